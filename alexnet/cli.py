@@ -1,0 +1,219 @@
+"""The `alexnet` command: train, evaluate, predict, summary, models."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from .config import PRESETS, Config, DataConfig, SystemConfig, TrainConfig
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config field, help from the field; unset flags stay out of the namespace so
+    the preset's value stands."""
+    for section in (TrainConfig, DataConfig, SystemConfig):
+        group = p.add_argument_group(section.__name__.replace("Config", "").lower())
+        for f in dataclasses.fields(section):
+            flag = "--" + f.name.replace("_", "-")
+            kind = f.type if isinstance(f.type, type) else str(f.type)
+            if f.type in (bool, "bool"):
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                   help=f.metadata["help"])  # fmt: skip
+                continue
+            conv = {"int": int, "float": float, "int | None": int, "str | None": str}.get(kind, str)
+            if f.type in (int, float):
+                conv = f.type
+            group.add_argument(flag, type=conv, default=argparse.SUPPRESS, help=f.metadata["help"],
+                               metavar=f.name.upper())  # fmt: skip
+
+
+def _config_from_args(args) -> tuple[Config, str]:
+    from .train import select_device
+
+    preset = args.preset
+    why = ""
+    if preset == "auto":
+        device = select_device(getattr(args, "device", "auto"))
+        preset = "d2l" if device.type == "cuda" else "cpu"
+        why = f" (default on {device.type})"
+    cfg = PRESETS[preset]
+    fields = {f.name for s in (TrainConfig, DataConfig, SystemConfig) for f in dataclasses.fields(s)}
+    overrides = {k: v for k, v in vars(args).items() if k in fields}
+    return cfg.replace(**overrides), why
+
+
+def cmd_train(args) -> int:
+    from .train import fit
+
+    cfg, why = _config_from_args(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{cfg.preset}-{cfg.train.model}-{stamp}"
+        if (run_dir / "last.pt").exists():
+            raise SystemExit(f"alexnet: error: {run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+    if why and not args.resume:
+        print(f"no --preset given: using {cfg.preset}{why}")
+    result = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if result.interrupted:
+        return 130
+    if result.metrics:
+        best = max(m["val_acc"] for m in result.metrics)
+        total = sum(m["epoch_time_s"] for m in result.metrics)
+        print(f"test accuracy {result.final['val_acc']:.4f} (best {best:.4f}) after {len(result.metrics)} epochs, "
+              f"{total:.0f}s of training and evaluation")  # fmt: skip
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from . import data as D
+    from .train import evaluate, load_checkpoint, make_transform, model_from_checkpoint, plot_confusion, select_device
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model, cfg = model_from_checkpoint(ckpt)
+    device = select_device(args.device)
+    ds = D.load_dataset(cfg.data.dataset, args.data_dir or cfg.data.data_dir, device=device)
+    transform = make_transform(cfg, ds, device)
+    model = model.to(device)
+    if transform.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = device.type == "cuda"
+    t0 = time.perf_counter()
+    ev = evaluate(model, D.loader(ds.test, transform, args.batch_size, False), device=device, amp=amp,
+                  num_classes=len(ds.classes), confusion=True)  # fmt: skip
+    dt = time.perf_counter() - t0
+    m = ev["confusion"]
+    print(f"{ckpt['path']}: {cfg.train.model} on {ds.name} test ({ev['images']} images, {ev['images'] / dt:.0f} img/s)")
+    print(f"accuracy {ev['acc']:.4f}   loss {ev['loss']:.4f}")
+    print(f"{'class':<12} {'accuracy':>8} {'images':>7}")
+    for i, name in enumerate(ds.classes):
+        n = int(m[i].sum())
+        print(f"{name:<12} {m[i, i].item() / max(n, 1):>8.4f} {n:>7}")
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / "confusion.png"
+    plot_confusion(m, ds.classes, out, f"{cfg.train.model} · {ds.name} · accuracy {ev['acc']:.4f}")
+    print(f"confusion matrix: {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from . import data as D
+    from .train import load_checkpoint, make_transform, model_from_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model, cfg = model_from_checkpoint(ckpt)
+    model.eval()
+    classes = ckpt["classes"]
+    native = 28 if ckpt["in_channels"] == 1 else 32
+    mode = "L" if ckpt["in_channels"] == 1 else "RGB"
+    ds = D.Dataset(ckpt["dataset"], None, None, classes)  # only .name is read by make_transform
+    transform = dataclasses.replace(make_transform(cfg, ds, torch.device("cpu")), channels_last=False)
+    failed = 0
+    for path in args.images:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                # Every mode (P, RGBA, CMYK, I;16, ...) is reduced to what the network was trained on,
+                # at the dataset's native size, then goes through the same transform as the test set.
+                img = im.convert("RGB").convert(mode).resize((native, native), Image.BILINEAR)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            print(f"{path}: cannot read image ({e.__class__.__name__}: {e})", file=sys.stderr)
+            failed += 1
+            continue
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        x = x.view(native, native, -1).permute(2, 0, 1)[None]
+        if args.invert:
+            x = 255 - x
+        with torch.inference_mode():
+            probs = model(transform(x, train=False)).softmax(1)[0]
+        top = probs.topk(min(args.top_k, len(classes)))
+        shown = "  ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
+        print(f"{path}: {shown}")
+    return 1 if failed else 0
+
+
+def cmd_summary(args) -> int:
+    from .analysis import format_summary, parse_shape, summary
+
+    rows = summary(args.model, parse_shape(args.input), num_classes=args.num_classes)
+    print(format_summary(rows))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import MODELS
+
+    for name, spec in MODELS.items():
+        print(f"{name:<14} {spec.resolution:>4}px  {spec.about}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model; writes a run directory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    t.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
+                   help="recipe: d2l (the chapter's), fast, cpu; auto = d2l on a GPU, cpu otherwise")  # fmt: skip
+    t.add_argument("--run-dir", help="where to write the run (default runs/PRESET-MODEL-TIME)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (to --epochs in total)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
+    e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--data-dir")
+    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--out", help="confusion-matrix PNG (default: next to the checkpoint)")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="classify image files with a checkpoint")
+    r.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    r.add_argument("images", nargs="+", metavar="IMAGE")
+    r.add_argument("--top-k", type=int, default=3)
+    r.add_argument("--invert", action="store_true",
+                   help="invert grey levels (Fashion-MNIST items are light on black; photos are usually dark on light)")  # fmt: skip
+    r.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("summary", help="layer-by-layer output shape, parameters and FLOPs")
+    s.add_argument("--model", default="alexnet")
+    s.add_argument("--input", default="1,1,224,224", help="N,C,H,W (or C,H,W)")
+    s.add_argument("--num-classes", type=int, default=10)
+    s.set_defaults(func=cmd_summary)
+
+    m = sub.add_parser("models", help="list the registered networks")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .analysis import InputTooSmall
+    from .data import DataError
+    from .models import UnknownModel
+    from .train import TrainingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, TrainingError, UnknownModel, InputTooSmall, ValueError) as e:
+        print(f"alexnet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:  # an unknown preset field in Config.replace
+        print(f"alexnet: error: unknown setting {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""Datasets held once on the training device as uint8, and the batched ops that feed the network.
+
+The chapter's loader resizes every 28×28 image to 224×224 with PIL in worker processes, then
+ships float32 tensors 64× larger than the source to the device. Here each split is read once into
+a uint8 tensor on the device (Fashion-MNIST's 70k images are 55 MB), a batch is a gather by
+shuffled indices, and crop / flip / resize / scaling run as a handful of batched tensor ops
+inside the step: no per-image Python, no worker processes, nothing 224×224 stored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import struct
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class DataError(RuntimeError):
+    """A dataset that is missing, truncated, corrupt or of the wrong kind; the message is one line."""
+
+
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
+                   "sandal", "shirt", "sneaker", "bag", "ankle boot"]  # fmt: skip
+MNIST_CLASSES = [str(i) for i in range(10)]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]  # fmt: skip
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# sha256 of the *decompressed* files: Debian's dataset-fashion-mnist re-gzips them, so the .gz
+# bytes differ from the official ones while the content is identical.
+FASHION_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Per-channel mean and std of the training images on the [0, 1] scale, for --normalize.
+STATS = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+@dataclass
+class Split:
+    """One split of a dataset: uint8 images (N, C, H, W) and int64 labels (N,), on one device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def subset(self, n: int) -> "Split":
+        return Split(self.images[:n], self.labels[:n])
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    classes: list[str]
+
+    @property
+    def channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.train.images.shape[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX files (MNIST, Fashion-MNIST)
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, gzip.BadGzipFile, ValueError) as e:
+        raise DataError(f"{path}: cannot be read or decompressed ({e})") from None
+
+
+def parse_idx(data: bytes, name: str, expect_dims: int) -> np.ndarray:
+    """Parse an IDX file of unsigned bytes, checking magic number and declared sizes."""
+    if len(data) < 4:
+        raise DataError(f"{name}: too short to be an IDX file ({len(data)} bytes)")
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08 or ndim != expect_dims:
+        magic = int.from_bytes(data[:4], "big")
+        want = 0x0800 + expect_dims
+        raise DataError(f"{name}: wrong magic number 0x{magic:08x}, expected 0x{want:08x}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{name}: truncated header")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    expected = header + int(np.prod(dims))
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        raise DataError(
+            f"{name}: {what}: header declares {'x'.join(map(str, dims))} "
+            f"({expected} bytes) but the file holds {len(data)}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _idx_path(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def read_idx_split(directory: Path, split: str, checksums: dict[str, str] | None) -> Split:
+    arrays = []
+    for stem, ndim in zip(IDX_FILES[split], (3, 1)):
+        path = _idx_path(directory, stem)
+        if path is None:
+            raise DataError(f"{directory}: missing {stem}.gz")
+        data = _read_maybe_gzip(path)
+        if checksums is not None and hashlib.sha256(data).hexdigest() != checksums[stem]:
+            array = parse_idx(data, str(path), ndim)  # a clearer error if the structure is off
+            raise DataError(f"{path}: sha256 of the decompressed content does not match {stem}")
+        arrays.append(parse_idx(data, str(path), ndim))
+    images, labels = arrays
+    if len(images) != len(labels):
+        raise DataError(f"{directory}: {len(images)} {split} images but {len(labels)} labels")
+    return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+
+def has_idx(directory: Path) -> bool:
+    return all(_idx_path(directory, stem) for pair in IDX_FILES.values() for stem in pair)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "alexnet"
+
+
+def find_idx_dir(name: str, data_dir: str | os.PathLike | None, download: bool = True) -> Path:
+    """Where an IDX dataset lives: --data-dir, $ALEXNET_DATA, the user cache, Debian's package."""
+    sub = name
+    candidates: list[tuple[str, Path]] = []
+    if data_dir is not None:
+        # An explicit directory is authoritative: it may hold the files or a <name>/ folder.
+        d = Path(data_dir)
+        for c in (d, d / sub):
+            if has_idx(c):
+                return c
+        raise DataError(f"--data-dir {d}: no {name} IDX files (train-images-idx3-ubyte.gz, ...) there")
+    if os.environ.get("ALEXNET_DATA"):
+        d = Path(os.environ["ALEXNET_DATA"])
+        candidates += [("$ALEXNET_DATA", d), ("$ALEXNET_DATA", d / sub)]
+    candidates.append(("cache", cache_dir() / sub))
+    if name == "fashion-mnist":
+        candidates.append(("debian", DEBIAN_FASHION_DIR))
+    for _, c in candidates:
+        if has_idx(c):
+            return c
+    if name == "fashion-mnist" and download:
+        target = cache_dir() / sub
+        try:
+            download_fashion_mnist(target)
+            return target
+        except OSError as e:
+            reason = f"download failed ({e.__class__.__name__}: {e})"
+    else:
+        reason = "no download source"
+    raise DataError(
+        f"{name} not found ({reason}); provide it by --data-dir DIR, by $ALEXNET_DATA, "
+        f"or by `apt-get install dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist)"
+    )
+
+
+def download_fashion_mnist(target: Path, timeout: float = 20) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for stem, digest in FASHION_SHA256.items():
+        dest = target / f"{stem}.gz"
+        if dest.exists():
+            continue
+        with urllib.request.urlopen(FASHION_URL + stem + ".gz", timeout=timeout) as r:
+            payload = r.read()
+        if hashlib.sha256(gzip.decompress(payload)).hexdigest() != digest:
+            raise OSError(f"downloaded {stem}.gz does not match its sha256")
+        _atomic_write(dest, payload)
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(payload)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 (the "python version": pickled dicts of 10000x3072 uint8 rows)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles; refuse anything but the numpy pieces they are made of."""
+
+    ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise DataError(f"{path.parent}: missing CIFAR-10 batch {path.name}")
+    try:
+        with open(path, "rb") as f:
+            d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+    except DataError:
+        raise
+    except Exception as e:  # any structural problem in a batch file is the same user error
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({e.__class__.__name__}: {e})") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"{path}: expected N x 3072 images and N labels, got {data.shape}, {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels outside 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar10(data_dir: str | os.PathLike | None) -> Dataset:
+    roots = [Path(data_dir)] if data_dir else []
+    if os.environ.get("ALEXNET_DATA"):
+        roots.append(Path(os.environ["ALEXNET_DATA"]))
+    roots.append(cache_dir())
+    for root in roots:
+        for d in (root, root / "cifar-10-batches-py", root / "cifar10" / "cifar-10-batches-py"):
+            if (d / "data_batch_1").exists():
+                parts = [_read_cifar_batch(d / f"data_batch_{i}") for i in range(1, 6)]
+                x_test, y_test = _read_cifar_batch(d / "test_batch")
+                x = np.concatenate([p[0] for p in parts])
+                y = np.concatenate([p[1] for p in parts])
+                return Dataset(
+                    "cifar10",
+                    Split(torch.from_numpy(x), torch.from_numpy(y)),
+                    Split(torch.from_numpy(x_test), torch.from_numpy(y_test)),
+                    CIFAR10_CLASSES,
+                )
+    where = ", ".join(str(r) for r in roots)
+    raise DataError(
+        f"cifar10 not found in {where}; download cifar-10-python.tar.gz from "
+        f"https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass --data-dir"
+    )
+
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10")
+
+
+def load_dataset(name: str, data_dir=None, device="cpu", download: bool = True) -> Dataset:
+    """Read a dataset, verified, and place both splits on ``device`` as uint8."""
+    if name == "cifar10":
+        ds = read_cifar10(data_dir)
+    elif name in ("fashion-mnist", "mnist"):
+        directory = find_idx_dir(name, data_dir, download=download)
+        checks = FASHION_SHA256 if name == "fashion-mnist" else None
+        ds = Dataset(
+            name,
+            read_idx_split(directory, "train", checks),
+            read_idx_split(directory, "test", checks),
+            FASHION_CLASSES if name == "fashion-mnist" else MNIST_CLASSES,
+        )
+    else:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    ds.train, ds.test = ds.train.to(device), ds.test.to(device)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: indices -> uint8 gather -> augment -> resize -> float
+
+
+def epoch_indices(n: int, epoch: int, seed: int, shuffle: bool = True, rank: int = 0,
+                  world_size: int = 1) -> torch.Tensor:
+    """The order in which one rank sees the examples in one epoch.
+
+    The permutation is a pure function of (seed, epoch): resuming needs no saved RNG state, and
+    data-parallel ranks each take every world_size-th index of the same permutation. The tail
+    that does not divide evenly is dropped so all ranks step the same number of times.
+    """
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g)
+    else:
+        order = torch.arange(n)
+    usable = n - n % world_size
+    return order[rank:usable:world_size]
+
+
+def batches(indices: torch.Tensor, batch_size: int, drop_last: bool = False):
+    stop = len(indices) - len(indices) % batch_size if drop_last else len(indices)
+    for start in range(0, stop, batch_size):
+        yield indices[start : start + batch_size]
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero-pad by ``padding`` and cut a random window of the original size from each image."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    oy = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator, device="cpu").to(x.device)
+    ox = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator, device="cpu").to(x.device)
+    rows = (oy + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (ox + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror a random half of the batch left-right."""
+    flip = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """What turns a uint8 batch into the network's input; the same for train and evaluation but
+    for the augmentation."""
+
+    resolution: int
+    mean: tuple[float, ...] | None = None  # None: plain [0, 1] pixels, as the chapter
+    std: tuple[float, ...] | None = None
+    crop_padding: int = 0  # random crop after zero-padding by this many pixels (train only)
+    flip: bool = False  # random horizontal flip (train only)
+    channels_last: bool = True
+    dtype: torch.dtype = torch.float32
+
+    def __call__(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None):
+        # Augment at native resolution (28×28), 64× fewer pixels than after the resize.
+        if train and self.crop_padding:
+            x = random_crop(x, self.crop_padding, generator)
+        if train and self.flip:
+            x = random_flip(x, generator)
+        x = x.to(self.dtype).div_(255)
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            # Bilinear, align_corners=False: what PIL's bilinear resize does when upsampling.
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
+                              align_corners=False)  # fmt: skip
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype)[None, :, None, None]
+            std = torch.tensor(self.std, device=x.device, dtype=x.dtype)[None, :, None, None]
+            x = (x - mean) / std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def loader(split: Split, transform: Transform, batch_size: int, train: bool, epoch: int = 0,
+           seed: int = 0, rank: int = 0, world_size: int = 1, skip: int = 0):
+    """Yield (inputs, labels) for one epoch; ``skip`` batches are passed over (mid-epoch resume)."""
+    idx = epoch_indices(len(split), epoch, seed, shuffle=train, rank=rank, world_size=world_size)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777)
+    idx = idx.to(split.images.device)
+    for i, b in enumerate(batches(idx, batch_size, drop_last=train)):
+        if i < skip:
+            continue
+        yield transform(split.images[b], train, g), split.labels[b]
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, train: bool = True) -> int:
+    per_rank = (n - n % world_size) // world_size
+    return per_rank // batch_size if train else -(-per_rank // batch_size)
+
+

@@ -1,0 +1,145 @@
+"""Training: it learns, it resumes exactly, it survives interruption and bad losses."""
+
+import json
+
+import pytest
+import torch
+
+from alexnet import data as D
+from alexnet import train as T
+from alexnet.config import PRESETS, Config
+
+
+def tiny(data_dir, **kw) -> Config:
+    base = dict(model="lenet-relu", dataset="mnist", data_dir=str(data_dir), epochs=2, batch_size=16,
+                lr=0.05, momentum=0.9, log_every=2)  # fmt: skip
+    return Config(preset="test").replace(**{**base, **kw})
+
+
+def test_presets_hold_the_chapter_recipe():
+    d2l = PRESETS["d2l"]
+    assert (d2l.train.model, d2l.train.lr, d2l.train.batch_size, d2l.train.epochs) == ("alexnet", 0.01, 128, 10)
+    assert d2l.train.momentum == 0 and d2l.train.schedule == "constant" and not d2l.data.normalize
+    assert PRESETS["cpu"].train.model == "alexnet28"
+    assert Config.from_dict(json.loads(json.dumps(PRESETS["fast"].to_dict()))) == PRESETS["fast"]
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    cfg = PRESETS["fast"]
+    lrs = [T.lr_at(s, 1000, 100, cfg) for s in range(1000)]
+    assert lrs[0] == pytest.approx(cfg.train.lr / 100) and max(lrs) == pytest.approx(cfg.train.lr)
+    assert lrs[99] == pytest.approx(cfg.train.lr) and lrs[-1] < cfg.train.lr * 1e-4
+    assert T.lr_at(500, 1000, 100, PRESETS["d2l"]) == 0.01
+
+
+def test_training_on_fashion_mnist_learns(fashion_dir, tmp_path):
+    # 3 short epochs over 6000 real images (a 0.25-epoch warm-up); chance is 0.10.
+    cfg = PRESETS["cpu"].replace(data_dir=str(fashion_dir), epochs=3, warmup_epochs=0.25, limit_train=6000,
+                                 limit_test=2000)
+    result = T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
+    assert result.final["val_acc"] > 0.70
+    assert result.metrics[1]["train_loss"] < result.metrics[0]["train_loss"]
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "curves.png", "last.pt", "best.pt"):
+        assert (tmp_path / "run" / name).exists(), name
+
+
+def _same_run(a, b):
+    for ma, mb in zip(a.metrics, b.metrics, strict=True):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            assert ma[key] == pytest.approx(mb[key], rel=1e-5, abs=1e-6), key
+    wa = T.load_checkpoint(a.run_dir / "last.pt")["model"]
+    wb = T.load_checkpoint(b.run_dir / "last.pt")["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k])
+
+
+def test_resume_equals_uninterrupted_training(idx_dir, tmp_path):
+    # The chapter's constant learning rate, with warm-up, augmentation and dropout all drawing random numbers.
+    cfg = tiny(idx_dir, crop_padding=2, flip=True, warmup_epochs=0.5)
+    straight = T.fit(cfg, tmp_path / "a", progress=False, quiet=True)
+    T.fit(cfg.replace(epochs=1), tmp_path / "b", progress=False, quiet=True)
+    resumed = T.fit(cfg, tmp_path / "b", resume=True, progress=False, quiet=True)
+    _same_run(straight, resumed)
+
+
+def _interrupt_at_batch(monkeypatch, n):
+    """Make the n-th batch drawn (training and evaluation alike) raise KeyboardInterrupt."""
+    real, calls = D.loader, {"n": 0}
+
+    def interrupting(*a, **k):
+        for batch in real(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(T.D, "loader", interrupting)
+    return lambda: monkeypatch.setattr(T.D, "loader", real)
+
+
+def test_interrupted_cosine_run_resumes_to_the_same_result(idx_dir, tmp_path, monkeypatch):
+    cfg = tiny(idx_dir, schedule="cosine", crop_padding=2)
+    straight = T.fit(cfg, tmp_path / "a", progress=False, quiet=True)
+    restore = _interrupt_at_batch(monkeypatch, 6)  # 4 training + 1 evaluation batches, then epoch 2 begins
+    assert T.fit(cfg, tmp_path / "b", progress=False, quiet=True).interrupted
+    restore()
+    _same_run(straight, T.fit(cfg, tmp_path / "b", resume=True, progress=False, quiet=True))
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(idx_dir, tmp_path, monkeypatch):
+    cfg = tiny(idx_dir, epochs=2)
+    restore = _interrupt_at_batch(monkeypatch, 7)  # the second training batch of epoch 2
+    result = T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
+    assert result.interrupted and len(result.metrics) == 1
+    ckpt = T.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["step"] > 0
+    restore()
+    resumed = T.fit(cfg, tmp_path / "run", resume=True, progress=False, quiet=True)
+    assert [m["epoch"] for m in resumed.metrics] == [1, 2] and not resumed.interrupted
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
+    T.fit(tiny(idx_dir, epochs=1), tmp_path / "run", progress=False, quiet=True)
+    good = T.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    # Resume the run with a learning rate that makes the loss blow up.
+    ckpt = T.load_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt["config"]["train"]["lr"] = 1e12
+    T.atomic_save(ckpt, tmp_path / "run" / "last.pt")
+    with pytest.raises(T.TrainingError, match=r"epoch 2: loss became (nan|inf).*Last good checkpoint: .*last.pt"):
+        T.fit(tiny(idx_dir, epochs=2), tmp_path / "run", resume=True, progress=False, quiet=True)
+    kept = T.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    T.atomic_save({"v": 1}, path)
+
+    def dies_midway(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T.torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        T.atomic_save({"v": 2}, path)
+    assert torch.load(path)["v"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temporary left behind
+
+
+def test_bf16_autocast_and_compile_paths_run_on_cpu(idx_dir, tmp_path):
+    cfg = tiny(idx_dir, epochs=1, amp="bf16", compile="on", limit_train=32, limit_test=16)
+    result = T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
+    assert 0 <= result.final["val_acc"] <= 1 and result.final["train_loss"] > 0
+
+
+def test_input_too_small_for_the_model_is_a_clear_error(idx_dir, tmp_path):
+    with pytest.raises(T.TrainingError, match=r"too small.*layer 5 \(MaxPool2d\)"):
+        T.fit(tiny(idx_dir, model="alexnet", resolution=28), tmp_path / "run", progress=False, quiet=True)
+
+
+def test_unavailable_device_is_named():
+    if not torch.cuda.is_available():
+        with pytest.raises(T.TrainingError, match="CUDA is not available"):
+            T.select_device("cuda")
+    with pytest.raises(T.TrainingError, match="unknown device 'gpu0'"):
+        T.select_device("gpu0")
