@@ -149,6 +149,19 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .report import markdown_table, plot_runs, read_run, summarize
+
+    runs = [read_run(r) for r in args.runs]
+    table = markdown_table([summarize(r) for r in runs])
+    print(table)
+    out = Path(args.out)
+    plot_runs(runs, out)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(f"curves: {out}   table: {out.with_suffix('.md')}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import MODELS
 
@@ -193,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, default=10)
     s.set_defaults(func=cmd_summary)
 
+    c = sub.add_parser("compare", help="table and overlaid curves of finished runs (the exercises' comparisons)")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--out", default="compare.png", help="PNG of the curves; the table goes beside it as .md")
+    c.set_defaults(func=cmd_compare)
+
     m = sub.add_parser("models", help="list the registered networks")
     m.set_defaults(func=cmd_models)
     return p
@@ -202,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     from .analysis import InputTooSmall
     from .data import DataError
     from .models import UnknownModel
+    from .report import ReportError
     from .train import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, TrainingError, UnknownModel, InputTooSmall, ValueError) as e:
+    except (DataError, TrainingError, UnknownModel, InputTooSmall, ReportError, ValueError) as e:
         print(f"alexnet: error: {e}", file=sys.stderr)
         return 2
     except KeyError as e:  # an unknown preset field in Config.replace
