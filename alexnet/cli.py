@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,11 +57,14 @@ def cmd_train(args) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{cfg.preset}-{cfg.train.model}-{stamp}"
         if (run_dir / "last.pt").exists():
             raise SystemExit(f"alexnet: error: {run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
-    if why and not args.resume:
+    lead = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
+    if why and not args.resume and lead:
         print(f"no --preset given: using {cfg.preset}{why}")
     result = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     if result.interrupted:
         return 130
+    if not lead:
+        return 0
     if result.metrics:
         best = max(m["val_acc"] for m in result.metrics)
         total = sum(m["epoch_time_s"] for m in result.metrics)
@@ -79,6 +83,14 @@ def cmd_evaluate(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     device = select_device(args.device)
+    if cfg.data.dataset in ("imagefolder", "imagelist"):  # the paper's figures: top-1 and top-5 error
+        from .imagenet import evaluate_run
+
+        ev = evaluate_run(model, cfg, ckpt, device, args.data_dir, args.batch_size, args.ten_crop)
+        print(f"{ckpt['path']}: {cfg.train.model} on {cfg.data.dataset} val ({ev['images']} images, "
+              f"{'10 crops' if ev['ten_crop'] else 'centre crop'}, {ev['skipped']} unreadable skipped)")  # fmt: skip
+        print(f"top-1 error {1 - ev['acc']:.4f}   top-5 error {1 - ev['top5']:.4f}   loss {ev['loss']:.4f}")
+        return 0
     ds = D.load_dataset(cfg.data.dataset, args.data_dir or cfg.data.data_dir, device=device)
     transform = make_transform(cfg, ds, device)
     model = model.to(device)
@@ -170,6 +182,55 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .analysis import (
+        DEVICES,
+        analyze,
+        chapter_figures,
+        format_analysis,
+        format_chapter,
+        get_device_spec,
+        parse_shape,
+        plot_roofline,
+    )
+
+    if args.chapter:
+        print(format_chapter(chapter_figures()))
+        return 0
+    from .models import get_spec
+
+    res = get_spec(args.model).resolution
+    shape = parse_shape(args.input or f"1,{res},{res}")
+    if args.batch is not None and shape[0] not in (1, args.batch):
+        raise ValueError(f"--input gives batch {shape[0]} and --batch gives {args.batch}; give it once")
+    batch = args.batch or (shape[0] if shape[0] > 1 else 128)
+    # Check the model and the input before spending seconds measuring the machine.
+    an = analyze(args.model, shape[1:], batch, DEVICES["h100"], args.dtype, args.num_classes)
+    if args.device != "h100":
+        an = analyze(args.model, shape[1:], batch, get_device_spec(args.device), args.dtype, args.num_classes)
+    print(format_analysis(an, args.format))
+    if args.plot:
+        plot_roofline(an, args.plot)
+        print(f"roofline plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import parse_batch_sizes, sweep, to_markdown, write_results
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"bench-{args.model}-{stamp}"
+    rows, header = sweep(args.model, parse_batch_sizes(args.batch_sizes), steps=args.steps, warmup=args.warmup,
+                         device=args.device, in_channels=args.in_channels, resolution=args.resolution, amp=args.amp,
+                         optimizer=args.optimizer, accuracy_epochs=args.accuracy_epochs, preset=args.preset,
+                         dataset=args.dataset, data_dir=args.data_dir, limit_train=args.limit_train,
+                         limit_test=args.limit_test, out_dir=out, threads=args.threads)  # fmt: skip
+    paths = write_results(rows, header, out)
+    print(to_markdown(rows, header))
+    print(f"written: {paths['csv']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -177,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model; writes a run directory",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     t.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
-                   help="recipe: d2l (the chapter's), fast, cpu; auto = d2l on a GPU, cpu otherwise")  # fmt: skip
+                   help="recipe: d2l (the chapter's), fast, cpu; paper, paper-step, imagenet-fast (image folders, "
+                        "docs/imagenet.md); auto = d2l on a GPU, cpu otherwise")  # fmt: skip
     t.add_argument("--run-dir", help="where to write the run (default runs/PRESET-MODEL-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (to --epochs in total)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -190,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--batch-size", type=int, default=1000)
     e.add_argument("--out", help="confusion-matrix PNG (default: next to the checkpoint)")
+    e.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="image folders: the paper's 10-crop evaluation (default: as the run was trained)")  # fmt: skip
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="classify image files with a checkpoint")
@@ -213,6 +277,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list the registered networks")
     m.set_defaults(func=cmd_models)
+
+    a = sub.add_parser("analyze", help="per-layer FLOPs, bytes, arithmetic intensity, roofline time and memory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    a.add_argument("--model", default="alexnet")
+    a.add_argument("--input", help="C,H,W or N,C,H,W (default: 1 channel at the model's own resolution)")
+    a.add_argument("--batch", type=int, help="batch size B (default: N of --input if above 1, else 128)")
+    a.add_argument("--num-classes", type=int, default=10)
+    a.add_argument("--device", default="h100", choices=["h100", "a100", "cpu", "measured"],
+                   help="device spec for the roofline; measured = a large GEMM and a large copy on this machine")  # fmt: skip
+    a.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    a.add_argument("--format", default="table", choices=["table", "csv", "json", "markdown"])
+    a.add_argument("--plot", metavar="PNG", help="draw every conv and FC layer on the device's roofline")
+    a.add_argument("--chapter", action="store_true",
+                   help="only the chapter's figures: 164 MB / 81 MFLOPs, conv/FC ratios, LeNet vs AlexNet")  # fmt: skip
+    a.set_defaults(func=cmd_analyze)
+
+    b = sub.add_parser("bench", help="training images/s, peak memory (and accuracy) against batch size",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    b.add_argument("--model", default="alexnet")
+    b.add_argument("--batch-sizes", default="16,32,64,128,256,512")
+    b.add_argument("--steps", type=int, default=10, help="timed training steps per batch size")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    b.add_argument("--in-channels", type=int, default=1)
+    b.add_argument("--resolution", type=int, help="input side (default: the model's own)")
+    b.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: on for CUDA)")
+    b.add_argument("--optimizer", default="sgd", choices=["sgd", "sgd-momentum", "adam"])
+    b.add_argument("--accuracy-epochs", type=int, default=0,
+                   help="also train each batch size this many epochs, lr = preset lr x B / 128, and report accuracy")  # fmt: skip
+    b.add_argument("--preset", choices=["auto", *PRESETS], default="auto", help="recipe for --accuracy-epochs")
+    b.add_argument("--dataset", default="fashion-mnist")
+    b.add_argument("--data-dir")
+    b.add_argument("--limit-train", type=int, help="use only the first N training images")
+    b.add_argument("--limit-test", type=int, help="use only the first N test images")
+    b.add_argument("--out", help="directory for bench.csv, bench.md, bench.png (default runs/bench-MODEL-TIME)")
+    b.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 on a CPU shared with other jobs")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -7,10 +7,13 @@ Select a network by name through :func:`build_model`; ``MODELS`` holds the table
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -153,11 +156,220 @@ def lenet_relu(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# The 2012 network itself (Krizhevsky, Sutskever & Hinton, NeurIPS 2012, §3 and §5)
+
+
+class GroupedLRN(nn.LocalResponseNorm):
+    """Local Response Normalisation (§3.3) as the paper writes it, within each GPU's stream.
+
+    The paper divides by ``(k + α Σ a²)^β``; PyTorch (like Caffe) divides by ``(k + α/n Σ a²)^β``,
+    so α is passed as n·α. In 2012 each GPU normalised over its own kernel maps only, so with the
+    two streams held as channel groups the sum must not reach across the group boundary.
+    """
+
+    def __init__(self, groups: int = 2, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        super().__init__(size, alpha=size * alpha, beta=beta, k=k)
+        self.groups = groups
+
+    def forward(self, x):
+        return torch.cat([super(GroupedLRN, self).forward(part) for part in x.chunk(self.groups, 1)], 1)
+
+
+class PadTo(nn.Module):
+    """Zero-pad a smaller input up to ``size`` (right and bottom get the odd pixel).
+
+    The paper says 224×224 but conv1 (11×11, stride 4, no padding) only tiles 227×227:
+    (224 − 11)/4 + 1 = 54.25, while (227 − 11)/4 + 1 = 55, the 55×55 maps of Figure 2. Padding a
+    224 crop to 227 makes the two the same network; a 227 input passes through untouched.
+    """
+
+    def __init__(self, size: int = 227):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x):
+        dh, dw = self.size - x.shape[-2], self.size - x.shape[-1]
+        if dh <= 0 and dw <= 0:
+            return x
+        return F.pad(x, (max(dw, 0) // 2, max(dw, 0) - max(dw, 0) // 2, max(dh, 0) // 2, max(dh, 0) - max(dh, 0) // 2))
+
+
+def alexnet2012(in_channels: int = 3, num_classes: int = 1000) -> nn.Sequential:
+    """The paper's network (Figure 2): two streams as ``groups=2`` convolutions, LRN, overlapping pools.
+
+    conv2, conv4 and conv5 see only their own GPU's half of the previous layer; conv3 and the
+    fully connected layers see both halves (there the GPUs communicated).
+    """
+    return nn.Sequential(
+        PadTo(227),  # (B, C, 224 or 227, ...) -> (B, C, 227, 227)
+        nn.Conv2d(in_channels, 96, kernel_size=11, stride=4),  # (B, 96, 55, 55)
+        nn.ReLU(),
+        GroupedLRN(groups=2),  # LRN after conv1 and conv2 only (§3.3)
+        nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 96, 27, 27): overlapping pooling, z=3 s=2 (§3.4)
+        nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=2),  # (B, 256, 27, 27)
+        nn.ReLU(),
+        GroupedLRN(groups=2),
+        nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 13, 13)
+        nn.Conv2d(256, 384, kernel_size=3, padding=1),  # (B, 384, 13, 13): across both GPUs
+        nn.ReLU(),
+        nn.Conv2d(384, 384, kernel_size=3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1, groups=2),  # (B, 256, 13, 13)
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 6, 6)
+        nn.Flatten(),  # (B, 256, 6, 6) -> (B, 9216)
+        nn.Linear(9216, 4096),
+        nn.ReLU(),
+        nn.Dropout(p=0.5),  # dropout on the outputs of the first two FC layers (§4.2)
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Dropout(p=0.5),
+        nn.Linear(4096, num_classes),
+    )
+
+
+def init_paper(model: nn.Module) -> None:
+    """§5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FC layers, else 0.
+
+    The unit biases give the ReLUs positive inputs early on, which the paper says speeds up learning.
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    ones = {convs[1], convs[3], convs[4], *linears[:-1]}
+    for m in convs + linears:
+        nn.init.normal_(m.weight, 0.0, 0.01)
+        nn.init.constant_(m.bias, 1.0 if m in ones else 0.0)
+
+
+class Blocks(nn.Sequential):
+    """An ``nn.Sequential`` of named blocks whose iteration walks the layers inside them in order.
+
+    The blocks fix the state_dict keys (``features.0.weight``); the flat walk keeps ``for layer in
+    net`` (the layer summary, FLOP counting) the same as for every other network here.
+    """
+
+    def __iter__(self):
+        for block in self._modules.values():
+            yield from (block if isinstance(block, nn.Sequential) else [block])
+
+
+def alexnet_owt(in_channels: int = 3, num_classes: int = 1000) -> Blocks:
+    """"One weird trick" AlexNet (Krizhevsky 2014): one stream, 64-192-384-256-256 channels.
+
+    Laid out as torchvision's ``alexnet`` (``features.N``, ``avgpool``, ``classifier.N``), so its
+    checkpoints load unchanged; conv1's padding 2 makes 224×224 input tile exactly.
+    """
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2),  # (B, 64, 55, 55)
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 64, 27, 27)
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 192, 13, 13)
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 6, 6)
+    )
+    classifier = nn.Sequential(
+        nn.Dropout(p=0.5),
+        nn.Linear(256 * 6 * 6, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes),
+    )
+    # Adaptive pooling makes any input of at least 63×63 give (B, 256, 6, 6), as torchvision's does.
+    return Blocks(OrderedDict(features=features, avgpool=nn.AdaptiveAvgPool2d((6, 6)), flatten=nn.Flatten(),
+                              classifier=classifier))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The two streams on two devices, as trained on two GTX 580s
+
+
+def _halves(n: int) -> list[slice]:
+    return [slice(0, n - n // 2), slice(n - n // 2, n)]
+
+
+def _split_layer(layer: nn.Module, first: bool) -> tuple[list[nn.Module], bool]:
+    """One layer of the grouped network as its two per-device halves, and whether each half reads
+    both streams (the points where the GPUs communicated)."""
+    if isinstance(layer, nn.Conv2d):
+        out = _halves(layer.out_channels)
+        grouped = layer.groups == 2
+        halves = []
+        for s in out:
+            conv = nn.Conv2d(layer.in_channels // layer.groups, s.stop - s.start, layer.kernel_size,
+                             layer.stride, layer.padding, groups=1)  # fmt: skip
+            conv.weight.data.copy_(layer.weight.data[s])
+            conv.bias.data.copy_(layer.bias.data[s])
+            halves.append(conv)
+        return halves, not grouped and not first
+    if isinstance(layer, nn.Linear):
+        halves = []
+        for s in _halves(layer.out_features):
+            fc = nn.Linear(layer.in_features, s.stop - s.start)
+            fc.weight.data.copy_(layer.weight.data[s])
+            fc.bias.data.copy_(layer.bias.data[s])
+            halves.append(fc)
+        return halves, True
+    if isinstance(layer, GroupedLRN):
+        return [nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k) for _ in range(2)], False
+    return [layer, copy.deepcopy(layer)], False
+
+
+class TwoTowers(nn.Module):
+    """``alexnet2012`` with stream k on ``devices[k]`` (``--model-parallel cuda:0,cuda:1``).
+
+    Each device holds half of every layer's output units; activations cross between devices only
+    at conv3 and the fully connected layers, as in §3.2. Computes what the grouped network does.
+    """
+
+    def __init__(self, grouped: nn.Sequential, devices: list[str | torch.device]):
+        super().__init__()
+        self.devices = [torch.device(d) for d in devices]
+        if len(self.devices) != 2:
+            raise ValueError(f"--model-parallel needs exactly two devices, got {len(self.devices)}")
+        if not any(isinstance(m, nn.Conv2d) and m.groups == 2 for m in grouped.modules()):
+            raise ValueError("--model-parallel splits the two streams of alexnet2012; this network has none")
+        towers: list[list[nn.Module]] = [[], []]
+        self.exchange: list[bool] = []
+        for i, layer in enumerate(grouped):
+            halves, exchange = _split_layer(layer, first=not any(isinstance(m, nn.Conv2d) for m in grouped[:i]))
+            self.exchange.append(exchange)
+            for k in (0, 1):
+                towers[k].append(halves[k])
+        self.towers = nn.ModuleList(nn.Sequential(*t).to(d) for t, d in zip(towers, self.devices))
+
+    def forward(self, x):
+        xs = [x.to(d, non_blocking=True) for d in self.devices]  # the image goes to both GPUs
+        for i, exchange in enumerate(self.exchange):
+            if exchange:
+                xs = [torch.cat([xs[0].to(d), xs[1].to(d)], 1) for d in self.devices]
+            xs = [self.towers[k][i](xs[k]) for k in (0, 1)]
+        return torch.cat([xs[0], xs[1].to(self.devices[0])], 1)  # logits on the first device
+
+    def grouped_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights in the grouped network's layout (what checkpoints hold), on the CPU."""
+        out = {}
+        for i, (a, b) in enumerate(zip(*self.towers)):
+            for name, pa in a.named_parameters():
+                out[f"{i}.{name}"] = torch.cat([pa.detach().cpu(), dict(b.named_parameters())[name].detach().cpu()])
+        return out
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     build: Callable[[int, int], nn.Module]
     resolution: int  # the square input side the network is designed for
     about: str
+    init: Callable[[nn.Module], None] | None = None  # applied to the whole network; None: Xavier per layer
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -166,6 +378,9 @@ MODELS: dict[str, ModelSpec] = {
     "alexnet28": ModelSpec(alexnet28, 28, "AlexNet-style net for native 28x28 (exercise 5.2)"),
     "lenet": ModelSpec(lenet, 28, "LeNet-5, sigmoid + average pooling (D2L 7.6)"),
     "lenet-relu": ModelSpec(lenet_relu, 28, "LeNet-5 with ReLU and dropout (exercise 7)"),
+    "alexnet2012": ModelSpec(alexnet2012, 227, "the 2012 paper's two-stream net: groups=2, LRN, 224/227 input",
+                             init=init_paper),
+    "alexnet-owt": ModelSpec(alexnet_owt, 224, "one-weird-trick single stream, torchvision checkpoint layout"),
 }
 
 
@@ -180,10 +395,13 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def build_model(name: str, in_channels: int = 1, num_classes: int = 10, seed: int | None = None):
-    """Build a registered network, Xavier-initialised as the chapter does."""
+    """Build a registered network, Xavier-initialised as the chapter does (alexnet2012: as the paper)."""
     spec = get_spec(name)
     if seed is not None:
         torch.manual_seed(seed)
     net = spec.build(in_channels, num_classes)
-    net.apply(init_xavier)
+    if spec.init is not None:
+        spec.init(net)
+    else:
+        net.apply(init_xavier)
     return net

@@ -2,6 +2,11 @@
 
 Data flows one way: uint8 split on the device -> batch of indices -> device-side augment/resize
 -> model -> loss -> SGD -> metrics summed on the device -> host once per log interval -> run dir.
+Image folders (imagenet.py) differ only in the first step: workers decode uint8 crops.
+
+Under ``torchrun`` the same loop is data-parallel (DistributedDataParallel): each rank reads its
+shard of every epoch's permutation, gradients are averaged in backward, metrics are reduced across
+ranks, and rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import data as D
+from . import imagenet as I
 from .analysis import InputTooSmall, trace
 from .config import Config
-from .models import build_model, get_spec
+from .models import TwoTowers, build_model, get_spec
 
 
 class TrainingError(RuntimeError):
@@ -65,6 +73,38 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def init_distributed(cfg: Config) -> tuple[torch.device, int, int]:
+    """(device, rank, world size). Under torchrun (WORLD_SIZE > 1) this joins the process group:
+    NCCL between GPUs, one GPU per process (LOCAL_RANK), and Gloo between CPU processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = select_device(cfg.system.device)
+    if world == 1:
+        return device, 0, 1
+    rank = int(os.environ["RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise TrainingError(f"data-parallel training runs on CUDA (NCCL) or the CPU (Gloo), not {device.type}")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world
+
+
+def reduce_means(m: dict, keys: tuple[str, ...], device, world: int, sums: tuple[str, ...] = ()) -> dict:
+    """Rank-local means (over m['images']) -> means over all ranks' images; ``sums`` are added up."""
+    if world == 1:
+        return m
+    t = torch.tensor([m["images"], *(m[k] * m["images"] for k in keys), *(m[k] for k in sums)],
+                     dtype=torch.float64, device=device)  # fmt: skip
+    dist.all_reduce(t)
+    n = max(t[0].item(), 1)
+    out = {**m, "images": int(t[0].item())}
+    out.update({k: t[1 + i].item() / n for i, k in enumerate(keys)})
+    out.update({k: int(t[1 + len(keys) + i].item()) for i, k in enumerate(sums)})
+    return out
+
+
 class CompiledOrEager(nn.Module):
     """``torch.compile`` the model, and fall back to eager if compilation fails on first use."""
 
@@ -97,8 +137,12 @@ def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
 
 
-def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: Config) -> float:
-    """The learning rate at a global step: a pure function, so resuming needs no scheduler state."""
+SCHEDULES = ("constant", "cosine", "step", "plateau")
+
+
+def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: Config, drops: int = 0) -> float:
+    """The learning rate at a global step: a pure function, so resuming needs no scheduler state
+    (``drops``, the plateau schedule's divisions so far, is replayed from the saved metrics)."""
     t = cfg.train
     warm = int(t.warmup_epochs * steps_per_epoch)
     if step < warm:
@@ -106,7 +150,25 @@ def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: Config) -> flo
     if t.schedule == "cosine":
         progress = (step - warm) / max(1, total_steps - warm)
         return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if t.schedule == "step":
+        return t.lr * 0.1 ** (step // max(1, t.lr_step_epochs * steps_per_epoch))
+    if t.schedule == "plateau":
+        return t.lr * 0.1**drops
     return t.lr
+
+
+def plateau_drops(val_errors: list[float], patience: int) -> int:
+    """How often the paper's rule ("divide by 10 when the validation error stopped improving") has
+    fired after these epochs: after ``patience`` epochs without a new best, and again after as many more."""
+    drops, best, since = 0, math.inf, 0
+    for err in val_errors:
+        if err < best:
+            best, since = err, 0
+        else:
+            since += 1
+            if since >= patience:
+                drops, since = drops + 1, 0
+    return drops
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,20 +246,30 @@ class NonFiniteLoss(TrainingError):
 
 @torch.inference_mode()
 def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool = False):
-    """Mean loss and accuracy (and the confusion matrix, rows = true class) over ``batches``."""
+    """Mean loss, accuracy and top-5 accuracy (and the confusion matrix, rows = true class).
+
+    A batch of shape (B, n, C, H, W) holds n crops per image whose softmaxes are averaged (§4.1).
+    """
     model.eval()
-    loss_sum = torch.zeros((), device=device)
+    loss_sum, top5 = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
     matrix = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
     seen = 0
     for x, y in batches:
+        crops = x.shape[1] if x.ndim == 5 else 1
         with autocast(device, amp):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        matrix += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
+            logits = model(x.flatten(0, 1) if crops > 1 else x).float()
+        if crops > 1:
+            scores = logits.softmax(1).view(len(y), crops, -1).mean(1).log()  # (B*n, K) -> (B, K)
+            loss_sum += F.nll_loss(scores, y, reduction="sum")
+        else:
+            scores = logits
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        matrix += torch.bincount(y * num_classes + scores.argmax(1), minlength=num_classes**2)
+        top5 += (scores.topk(min(5, num_classes), 1).indices == y[:, None]).any(1).sum()
         seen += len(y)
     matrix = matrix.view(num_classes, num_classes).cpu()
     out = {"loss": (loss_sum / max(seen, 1)).item(), "acc": (matrix.diag().sum() / max(seen, 1)).item(),
-           "images": seen}  # fmt: skip
+           "top5": (top5 / max(seen, 1)).item(), "images": seen}  # fmt: skip
     if confusion:
         out["confusion"] = matrix
     return out
@@ -330,9 +402,55 @@ def _say(msg: str, quiet: bool) -> None:
         print(msg, flush=True)
 
 
+class InMemory:
+    """The chapter's datasets (data.py): uint8 on the device, a batch is a gather by indices.
+
+    Each rank trains on its shard of the permutation and evaluates every world_size-th test image.
+    """
+
+    skipped = 0  # nothing here can fail to decode
+
+    def __init__(self, cfg: Config, device, batch: int, eval_batch: int, rank: int, world: int):
+        ds = D.load_dataset(cfg.data.dataset, cfg.data.data_dir, device=device)
+        if cfg.data.limit_train:
+            ds.train = ds.train.subset(cfg.data.limit_train)
+        if cfg.data.limit_test:
+            ds.test = ds.test.subset(cfg.data.limit_test)
+        self.ds, self.name, self.classes, self.channels = ds, ds.name, ds.classes, ds.channels
+        self.transform = make_transform(cfg, ds, device)
+        self.resolution = self.transform.resolution
+        self.test = D.Split(ds.test.images[rank::world], ds.test.labels[rank::world])
+        self.batch, self.eval_batch, self.seed, self.rank, self.world = batch, eval_batch, cfg.train.seed, rank, world
+
+    def __len__(self) -> int:
+        return len(self.ds.train)
+
+    def train(self, epoch: int, skip: int = 0):
+        return D.loader(self.ds.train, self.transform, self.batch, True, epoch, self.seed, self.rank, self.world,
+                        skip=skip)  # fmt: skip
+
+    def val(self):
+        return D.loader(self.test, self.transform, self.eval_batch, False)
+
+
+def load_data(cfg: Config, device, run_dir: Path, resume: bool, rank: int, world: int):
+    """The run's data source: ``train(epoch, skip)`` and ``val()`` yield device batches."""
+    if cfg.train.batch_size % world:
+        raise TrainingError(f"--batch-size {cfg.train.batch_size} (global) does not split evenly over {world} ranks")
+    batch, eval_batch = cfg.train.batch_size // world, max(1, cfg.train.eval_batch_size // world)
+    if cfg.data.dataset not in I.IMAGE_DATASETS:
+        return InMemory(cfg, device, batch, eval_batch, rank, world)
+    # The colour statistics are part of the run: a resumed run reuses them rather than resampling.
+    stats = I.load_stats(run_dir / "lighting.json") if resume else None
+    resolution = cfg.data.resolution or get_spec(cfg.train.model).resolution
+    return I.ImagePipeline(cfg, device, resolution, batch, eval_batch, rank, world, stats,
+                           channels_last=cfg.system.channels_last and device.type != "mps")  # fmt: skip
+
+
 def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
         quiet: bool = False) -> RunResult:  # fmt: skip
-    """Train ``cfg`` into ``run_dir`` (config.json, metrics.jsonl, curves.png, last.pt, best.pt)."""
+    """Train ``cfg`` into ``run_dir`` (config.json, metrics.jsonl, curves.png, last.pt, best.pt;
+    image folders add lighting.json). Under torchrun, data-parallel over the ranks."""
     run_dir = Path(run_dir)
     state = None
     if resume:
@@ -343,59 +461,95 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, progre
         saved = Config.from_dict(state["config"])
         # The run's own recipe wins; only the length and where it runs may change on resume.
         cfg = Config.from_dict({**saved.to_dict(), "system": cfg.system.__dict__}).replace(epochs=cfg.train.epochs)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.schedule not in SCHEDULES:
+        raise TrainingError(f"unknown --schedule {cfg.train.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    device, rank, world = init_distributed(cfg)
+    if cfg.system.model_parallel:  # batches and logits live on the first of the two devices
+        names = cfg.system.model_parallel.split(",")
+        if len(names) != 2:
+            raise TrainingError(f"--model-parallel {cfg.system.model_parallel}: give two devices, like cuda:0,cuda:1")
+        device = select_device(names[0])
+        select_device(names[1])
+    main = rank == 0  # only rank 0 writes the run directory, prints and draws progress bars
+    quiet, progress = quiet or not main, progress and main
+    try:
+        result = _fit(cfg, run_dir, state, device, rank, world, main, progress, quiet)
+        if world > 1:  # leave the group together: a rank exiting while rank 0 still writes can abort Gloo
+            dist.barrier()
+        return result
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
-    device = select_device(cfg.system.device)
+
+def _fit(cfg, run_dir, state, device, rank, world, main, progress, quiet) -> RunResult:
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     amp, compiled = use_amp(cfg, device), use_compile(cfg, device)
-    ds = D.load_dataset(cfg.data.dataset, cfg.data.data_dir, device=device)
-    if cfg.data.limit_train:
-        ds.train = ds.train.subset(cfg.data.limit_train)
-    if cfg.data.limit_test:
-        ds.test = ds.test.subset(cfg.data.limit_test)
-    transform = make_transform(cfg, ds, device)
-    num_classes = len(ds.classes)
+    data = load_data(cfg, device, run_dir, state is not None, rank, world)
+    if main and isinstance(data, I.ImagePipeline):
+        I.save_stats(data.stats, run_dir / "lighting.json")
+    resolution = data.resolution
+    channels_last = cfg.system.channels_last and device.type != "mps"
+    num_classes = len(data.classes)
 
-    model = build_model(cfg.train.model, ds.channels, num_classes, seed=cfg.train.seed).to(device)
-    if transform.channels_last:
+    model = build_model(cfg.train.model, data.channels, num_classes, seed=cfg.train.seed)
+    _check_input_fits(model, data.channels, resolution, "cpu")
+    if state is not None:
+        model.load_state_dict(state["model"])
+    if cfg.system.model_parallel:
+        try:
+            model = TwoTowers(model, cfg.system.model_parallel.split(","))
+        except (ValueError, RuntimeError) as e:
+            raise TrainingError(f"--model-parallel {cfg.system.model_parallel}: {e}") from None
+    else:
+        model = model.to(device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    _check_input_fits(model, ds.channels, transform.resolution, device)
     optimizer = make_optimizer(model, cfg, device)
-    net = CompiledOrEager(model, compiled)
+    # Gradients are averaged across ranks inside backward, bucket by bucket, overlapping the compute.
+    ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
+    net = CompiledOrEager(ddp, compiled)
 
     metrics: list[dict] = []
     start_epoch, start_step, sums, best = 0, 0, None, -1.0
     if state is not None:
-        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         metrics, start_epoch, best = state["metrics"], state["epoch"], state.get("best_acc", -1.0)
         start_step = state.get("step", 0)
-        if state.get("partial"):
+        if state.get("partial") and main:  # the interrupted epoch's totals so far count once, on rank 0
             p = state["partial"]
             sums = (torch.tensor(p[0], device=device), torch.tensor(p[1], device=device), p[2])
         _say(f"resuming {run_dir} at epoch {start_epoch + 1}" + (f", step {start_step}" if start_step else ""), quiet)
-    atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", run_dir / "config.json")
+    if main:
+        atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", run_dir / "config.json")
 
-    steps = D.steps_per_epoch(len(ds.train), cfg.train.batch_size)
+    steps = D.steps_per_epoch(len(data), cfg.train.batch_size // world, world)
     if steps == 0:
-        raise TrainingError(f"batch size {cfg.train.batch_size} exceeds the {len(ds.train)} training images")
+        raise TrainingError(f"batch size {cfg.train.batch_size} exceeds the {len(data)} training images")
     total = steps * cfg.train.epochs
+    images = isinstance(data, I.ImagePipeline)
+    drops = 0  # the plateau schedule's divisions of the rate so far, replayed each epoch from the metrics
 
     def lr_fn(s):
-        return lr_at(s, total, steps, cfg)
+        return lr_at(s, total, steps, cfg, drops)
 
     _say(
-        f"preset {cfg.preset} · model {cfg.train.model} · {ds.name} {transform.resolution}x{transform.resolution} · "
+        f"preset {cfg.preset} · model {cfg.train.model} · {data.name} {resolution}x{resolution} · "
         f"device {_describe(device)} · bf16 {'on' if amp else 'off'} · compile {'on' if compiled else 'off'} · "
-        f"channels_last {'on' if transform.channels_last else 'off'} · {cfg.train.epochs} epochs x {steps} steps",
+        f"channels_last {'on' if channels_last else 'off'} · {cfg.train.epochs} epochs x {steps} steps"
+        + (f" · data-parallel over {world} ranks ({dist.get_backend()})" if world > 1 else ""),
         quiet,
     )
 
     def checkpoint(epoch_done: int, step_in_epoch: int = 0, partial=None) -> dict:
+        weights = model.grouped_state_dict() if isinstance(model, TwoTowers) else model.state_dict()
         return {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": cfg.to_dict(),
+            "model": weights, "optimizer": optimizer.state_dict(), "config": cfg.to_dict(),
             "epoch": epoch_done, "step": step_in_epoch, "metrics": metrics, "best_acc": best,
-            "partial": partial, "classes": ds.classes, "dataset": ds.name, "in_channels": ds.channels,
-            "num_classes": num_classes, "resolution": transform.resolution, "torch": str(torch.__version__),
+            "partial": partial, "classes": data.classes, "dataset": data.name, "in_channels": data.channels,
+            "num_classes": num_classes, "resolution": resolution, "torch": str(torch.__version__),
+            "stats": getattr(data, "stats", None),
         }  # fmt: skip
 
     bars = Progress(progress)
@@ -406,7 +560,10 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, progre
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
-            torch.manual_seed(cfg.train.seed * 1_000_003 + epoch)  # dropout: a function of (seed, epoch)
+            # Dropout: a function of (seed, epoch), and of the rank, else every rank's i-th image would
+            # get the same mask.
+            torch.manual_seed(cfg.train.seed * 1_000_003 + epoch + 1_000_033 * rank)
+            drops = plateau_drops([1 - m["val_acc"] for m in metrics], cfg.train.lr_patience)
             skip = start_step if epoch == start_epoch else 0
             t0 = time.perf_counter()
             bar = bars.bar(steps, f"epoch {epoch + 1}/{cfg.train.epochs}")
@@ -418,8 +575,7 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, progre
 
             try:
                 tr = train_one_epoch(
-                    net, optimizer,
-                    D.loader(ds.train, transform, cfg.train.batch_size, True, epoch, cfg.train.seed, skip=skip),
+                    net, optimizer, data.train(epoch, skip),
                     device=device, amp=amp, label_smoothing=cfg.train.label_smoothing, lr_fn=lr_fn,
                     step0=epoch * steps + skip, log_every=cfg.system.log_every, bar=bar,
                     sums=sums if epoch == start_epoch else None, on_step=on_step,
@@ -433,37 +589,43 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, progre
                 if bar is not None:
                     bar.close()
             train_time = time.perf_counter() - t0
-            ev = evaluate(net, D.loader(ds.test, transform, cfg.train.eval_batch_size, False),
-                          device=device, amp=amp, num_classes=num_classes)  # fmt: skip
+            tr = reduce_means(tr, ("loss", "acc"), device, world)
+            ev = evaluate(net, data.val(), device=device, amp=amp, num_classes=num_classes)
+            ev = reduce_means({**ev, "skipped": data.skipped}, ("loss", "acc", "top5"), device, world, ("skipped",))
             row = {
                 "epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"],
                 "val_loss": ev["loss"], "val_acc": ev["acc"], "lr": lr_fn(tr["steps"] - 1),
                 "train_images_per_s": tr["images"] / train_time, "train_time_s": train_time,
                 "epoch_time_s": time.perf_counter() - t0,
             }  # fmt: skip
+            if images:  # the paper's figures: top-1 and top-5 error; and the files that could not be read
+                row.update(val_top1_err=1 - ev["acc"], val_top5_err=1 - ev["top5"], skipped_images=ev["skipped"])
             metrics.append(row)
             sums, live["step"], live["sums"] = None, 0, None
             improved = row["val_acc"] > best
             best = max(best, row["val_acc"])
-            atomic_save(checkpoint(epoch + 1), run_dir / "last.pt")
-            if improved:
-                atomic_save(checkpoint(epoch + 1), run_dir / "best.pt")
-            _write_metrics(metrics, run_dir)
-            plot_curves(metrics, run_dir / "curves.png", f"{cfg.train.model} · {ds.name} · preset {cfg.preset}")
+            if main:
+                atomic_save(checkpoint(epoch + 1), run_dir / "last.pt")
+                if improved:
+                    atomic_save(checkpoint(epoch + 1), run_dir / "best.pt")
+                _write_metrics(metrics, run_dir)
+                plot_curves(metrics, run_dir / "curves.png", f"{cfg.train.model} · {data.name} · preset {cfg.preset}")
             _say(
                 f"epoch {epoch + 1:>3}/{cfg.train.epochs}  train loss {row['train_loss']:.4f}  "
                 f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
-                f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s",
+                + (f"top-5 err {row['val_top5_err']:.4f}  " if images else "")
+                + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s",
                 quiet,
             )
     except KeyboardInterrupt:
         interrupted = True
         epoch_done = len(metrics)
         partial = None
-        if live["sums"] is not None:
+        if live["sums"] is not None and world == 1:  # other ranks' totals are out of reach mid-epoch
             ls, c, n = live["sums"]
             partial = (float(ls), float(c), int(n))
-        atomic_save(checkpoint(epoch_done, live["step"], partial), run_dir / "last.pt")
+        if main:
+            atomic_save(checkpoint(epoch_done, live["step"], partial), run_dir / "last.pt")
         _say(f"\ninterrupted: saved {run_dir / 'last.pt'} (epoch {epoch_done + 1}, step {live['step']}); "
              f"continue with: alexnet train --resume {run_dir}", quiet)  # fmt: skip
     finally:

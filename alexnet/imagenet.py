@@ -1,0 +1,368 @@
+"""ImageNet-style data: image folders and list files, decoded in worker processes, with the
+paper's augmentation (Krizhevsky et al. 2012, §4.1) and evaluation (§4.1, the 10-crop test).
+
+Unlike the in-memory datasets in data.py, ImageNet (1.28 M JPEGs, ~140 GB) cannot sit on the
+device, so decoding is the one per-image step: Pillow in DataLoader workers decodes, resizes the
+shorter side, crops and flips, and ships uint8 (4x smaller than float32) through pinned memory.
+Everything per-pixel after that (scaling, lighting, normalisation) runs batched on the device.
+
+Every random choice for an image is drawn from a generator seeded by (seed, epoch, index): the
+augmentation does not depend on the number of workers or of data-parallel ranks, and a resumed
+run sees the same crops as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .data import DataError, epoch_indices
+
+IMAGE_DATASETS = ("imagefolder", "imagelist")
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+# What a broken file raises inside Pillow: truncated data (OSError), not an image at all
+# (UnidentifiedImageError), bad headers (ValueError, SyntaxError), absurd sizes (the bomb check).
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass
+class ImageList:
+    """The files of one split, their integer labels and the class names."""
+
+    paths: list[str]
+    labels: list[int]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def scan_folder(root: Path, classes: list[str] | None = None) -> ImageList:
+    """``root/<class>/<image>``; classes are the sorted folder names (the training split's for val)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (expected {root.parent}/train/<class>/*.jpg and val/<class>/*.jpg)")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if classes is None:
+        classes = folders
+    unknown = sorted(set(folders) - set(classes))
+    if unknown:
+        raise DataError(f"{root}: class folder {unknown[0]!r} is not among the training classes")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        if not (root / name).is_dir():
+            continue
+        for p in sorted((root / name).iterdir()):
+            if p.suffix.lower() in EXTENSIONS and p.is_file():
+                paths.append(str(p))
+                labels.append(label)
+    if not paths:
+        raise DataError(f"{root}: no images found (expected {root}/<class>/*.jpg)")
+    return ImageList(paths, labels, classes)
+
+
+def read_list(path: Path, classes: list[str] | None = None) -> ImageList:
+    """A list file: one ``relative/path label`` per line (paths relative to the file's folder),
+    integer labels; class names from ``classes.txt`` beside it when there is one."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such list file (expected lines 'relative/path label')")
+    paths, labels = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+            raise DataError(f"{path}:{n}: expected 'relative/path label' with an integer label >= 0, got {line!r}")
+        paths.append(str(path.parent / parts[0]))
+        labels.append(int(parts[1]))
+    if not paths:
+        raise DataError(f"{path}: the list holds no images")
+    if classes is None:
+        names = path.parent / "classes.txt"
+        classes = names.read_text().split("\n") if names.is_file() else [str(i) for i in range(max(labels) + 1)]
+        classes = [c for c in classes if c.strip()]
+    if max(labels) >= len(classes):
+        raise DataError(f"{path}: label {max(labels)} but only {len(classes)} classes")
+    return ImageList(paths, labels, classes)
+
+
+def find_images(dataset: str, data_dir: str | None) -> tuple[ImageList, ImageList]:
+    if not data_dir:
+        raise DataError(f"--dataset {dataset} needs --data-dir DIR (holding train/ and val/, or train.txt and val.txt)")
+    root = Path(data_dir)
+    if dataset == "imagefolder":
+        train = scan_folder(root / "train")
+        return train, scan_folder(root / "val", train.classes)
+    train = read_list(root / "train.txt")
+    return train, read_list(root / "val.txt", train.classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding: any file Pillow reads, any mode, to 8-bit RGB
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit (and 32-bit integer) greyscale: Pillow's convert would clip at 255, not rescale.
+        a = np.asarray(im, dtype=np.float64)
+        return Image.fromarray((a.clip(0, 65535) / 257).round().astype(np.uint8)).convert("RGB")
+    if im.mode == "F":
+        return Image.fromarray(np.asarray(im).clip(0, 255).astype(np.uint8)).convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")  # P, L, LA, RGBA, CMYK, YCbCr, 1, ...
+
+
+def open_rgb(path: str, shorter: int | None = None) -> Image.Image:
+    """Decode ``path`` to RGB. With ``shorter``, a JPEG is decoded at the smallest 1/2, 1/4 or 1/8
+    scale whose shorter side is still >= ``shorter``: libjpeg then skips most of the IDCT work."""
+    with Image.open(path) as im:
+        if shorter is not None:
+            w, h = im.size
+            s = shorter / min(w, h)
+            im.draft(None, (math.ceil(w * s), math.ceil(h * s)))
+        im.load()
+        return to_rgb(im)
+
+
+def resize_shorter(im: Image.Image, side: int) -> Image.Image:
+    w, h = im.size
+    if min(w, h) == side:
+        return im
+    s = side / min(w, h)
+    # Pillow's bilinear filter widens its support when shrinking, so it antialiases.
+    return im.resize((max(side, round(w * s)), max(side, round(h * s))), Image.BILINEAR)
+
+
+def ten_crops(im: Image.Image, size: int) -> list[Image.Image]:
+    """§4.1's test-time crops: the four corners and the centre, and their mirror images."""
+    w, h = im.size
+    boxes = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size), ((w - size) // 2, (h - size) // 2)]
+    crops = [im.crop((x, y, x + size, y + size)) for x, y in boxes]
+    return crops + [c.transpose(Image.FLIP_LEFT_RIGHT) for c in crops]
+
+
+def _tensor(im: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W) uint8
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """One split; ``dataset[(index, epoch)]`` -> (uint8 image(s), label, lighting alphas, error).
+
+    ``mode``: 'train' (random crop + flip), 'center' or 'ten' (the 10 crops, stacked).
+    A file that cannot be decoded comes back as error text instead of a crash mid-epoch.
+    """
+
+    def __init__(self, images: ImageList, resize: int, crop: int, mode: str, flip: bool = True,
+                 lighting: float = 0.0, seed: int = 0):  # fmt: skip
+        self.images, self.resize, self.crop, self.mode = images, resize, crop, mode
+        self.flip, self.lighting, self.seed = flip, lighting, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key):
+        index, epoch = key
+        path, label = self.images.paths[index], self.images.labels[index]
+        try:
+            im = resize_shorter(open_rgb(path, self.resize), self.resize)
+        except UNREADABLE as e:
+            return None, label, None, f"{path} ({e.__class__.__name__}: {e})"
+        if min(im.size) < self.crop:
+            return None, label, None, f"{path} (shorter side {min(im.size)} < crop {self.crop}: raise --resize)"
+        rng = np.random.default_rng([self.seed, epoch, index])
+        w, h = im.size
+        alpha = torch.zeros(3)
+        if self.mode == "train":
+            x, y = int(rng.integers(0, w - self.crop + 1)), int(rng.integers(0, h - self.crop + 1))
+            im = im.crop((x, y, x + self.crop, y + self.crop))
+            if self.flip and rng.random() < 0.5:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+            if self.lighting:
+                alpha = torch.from_numpy(rng.normal(0.0, self.lighting, 3)).float()
+            return _tensor(im), label, alpha, None
+        if self.mode == "ten":
+            return torch.stack([_tensor(c) for c in ten_crops(im, self.crop)]), label, alpha, None
+        x, y = (w - self.crop) // 2, (h - self.crop) // 2
+        return _tensor(im.crop((x, y, x + self.crop, y + self.crop))), label, alpha, None
+
+
+def collate(samples):
+    """Stack the decodable images; the others travel as error text so the main process can log them."""
+    good = [s for s in samples if s[0] is not None]
+    errors = [s[3] for s in samples if s[0] is None]
+    if not good:
+        return None, None, None, errors
+    return (torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good]),
+            torch.stack([s[2] for s in good]), errors)  # fmt: skip
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """This rank's batches of (index, epoch) keys: the shard of data.epoch_indices, from ``skip`` on."""
+
+    def __init__(self, n: int, batch_size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.train, self.seed = n, batch_size, train, seed
+        self.rank, self.world_size, self.epoch, self.skip = rank, world_size, 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _indices(self) -> torch.Tensor:
+        if self.train:
+            return epoch_indices(self.n, self.epoch, self.seed, True, self.rank, self.world_size)
+        return torch.arange(self.n)[self.rank :: self.world_size]  # evaluation: every image, uneven shards
+
+    def __iter__(self):
+        idx = self._indices().tolist()
+        stop = len(idx) - len(idx) % self.batch_size if self.train else len(idx)
+        for start in range(self.skip * self.batch_size, stop, self.batch_size):
+            yield [(i, self.epoch) for i in idx[start : start + self.batch_size]]
+
+    def __len__(self) -> int:
+        m = len(self._indices())
+        return m // self.batch_size - self.skip if self.train else -(-m // self.batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Channel statistics and the lighting eigenvectors (§4.1)
+
+
+def channel_stats(images: ImageList, sample: int = 1000, side: int = 64, seed: int = 0) -> dict:
+    """Mean, std and the eigen-decomposition of the RGB covariance over a sample of training images,
+    on the [0, 1] scale. Colour statistics do not need resolution: the images are decoded at a
+    shorter side of ``side`` pixels, which JPEG draft mode makes ~30x cheaper than full size."""
+    g = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(images), generator=g)[: min(sample, len(images))].tolist()
+    pixels, used = [], 0
+    for i in chosen:
+        try:
+            im = resize_shorter(open_rgb(images.paths[i], side), side)
+        except UNREADABLE:
+            continue
+        pixels.append(np.asarray(im, dtype=np.float64).reshape(-1, 3) / 255)
+        used += 1
+    if not pixels:
+        raise DataError("no readable image among the training images sampled for the colour statistics")
+    p = np.concatenate(pixels)
+    eigval, eigvec = np.linalg.eigh(np.cov(p, rowvar=False))
+    return {"mean": p.mean(0).tolist(), "std": p.std(0).tolist(), "eigval": eigval.clip(min=0).tolist(),
+            "eigvec": eigvec.tolist(), "images": used, "pixels": len(p)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DeviceTransform:
+    """uint8 batch on the device -> float input: scale, lighting, normalisation, memory layout."""
+
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    eigval: tuple[float, ...]
+    eigvec: tuple[tuple[float, ...], ...]
+    channels_last: bool = True
+
+    def __call__(self, x: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.float().div_(255)  # (B, 3, H, W) or (B, 10, 3, H, W)
+        if alpha is not None and alpha.abs().sum() > 0:
+            # §4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel, a ~ N(0, 0.1) per image.
+            vec = torch.tensor(self.eigvec, device=x.device)
+            val = torch.tensor(self.eigval, device=x.device)
+            x = x + ((alpha.to(x.device) * val) @ vec.T)[:, :, None, None]  # (B, 3) -> (B, 3, 1, 1)
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
+            x = (x - mean) / torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline a run uses
+
+
+class ImagePipeline:
+    """Both splits of an image dataset as loaders that yield device batches, and the skip count.
+
+    Unreadable files are reported once each (with the path) and skipped; ``skipped`` counts them
+    per epoch for the run's metrics.
+    """
+
+    def __init__(self, cfg, device: torch.device, resolution: int, train_batch: int, eval_batch: int, rank: int = 0,
+                 world_size: int = 1, stats: dict | None = None, channels_last: bool = True):  # fmt: skip
+        d = cfg.data
+        self.train_images, self.val_images = find_images(d.dataset, d.data_dir)
+        self.name, self.classes, self.channels, self.resolution = d.dataset, self.train_images.classes, 3, resolution
+        if d.resize < resolution:
+            raise DataError(f"--resize {d.resize} is smaller than the crop {resolution}; use --resize >= {resolution}")
+        self.stats = stats or channel_stats(self.train_images, d.stats_images, seed=cfg.train.seed)
+        s = self.stats
+        self.transform = DeviceTransform(tuple(s["mean"]) if d.normalize else None,
+                                         tuple(s["std"]) if d.normalize else None, tuple(s["eigval"]),
+                                         tuple(map(tuple, s["eigvec"])), channels_last)  # fmt: skip
+        self.device, self.seen_bad, self.skipped = device, set(), 0
+        seed = cfg.train.seed
+        train_ds = ImageDataset(self.train_images, d.resize, resolution, "train", d.flip, d.lighting, seed)
+        val_ds = ImageDataset(self.val_images, d.resize, resolution, "ten" if d.ten_crop else "center", seed=seed)
+        self.train_sampler = EpochBatches(len(train_ds), train_batch, True, seed, rank, world_size)
+        self.val_sampler = EpochBatches(len(val_ds), eval_batch, False, seed, rank, world_size)
+        self._train = self._loader(train_ds, self.train_sampler, d.workers, device)
+        self._val = self._loader(val_ds, self.val_sampler, d.workers, device)
+
+    @staticmethod
+    def _loader(ds, sampler, workers: int, device: torch.device):
+        # Persistent workers are forked once per run, not once per epoch; pinned pages let the
+        # host-to-GPU copy run asynchronously (non_blocking) while the previous step computes.
+        extra = {"persistent_workers": True, "prefetch_factor": 4} if workers > 0 else {}
+        return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                                           pin_memory=device.type == "cuda", **extra)  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.train_images)
+
+    def _batches(self, loader, train: bool):
+        for x, y, alpha, errors in loader:
+            for e in errors:
+                self.skipped += 1
+                if e not in self.seen_bad:
+                    self.seen_bad.add(e)
+                    print(f"skipping unreadable image {e}", file=sys.stderr, flush=True)
+            if x is None:
+                continue
+            x = x.to(self.device, non_blocking=True)
+            yield self.transform(x, alpha if train else None), y.to(self.device, non_blocking=True)
+
+    def train(self, epoch: int, skip: int = 0):
+        self.skipped = 0
+        self.train_sampler.set_epoch(epoch, skip)
+        return self._batches(self._train, True)
+
+    def val(self):
+        return self._batches(self._val, False)
+
+
+def save_stats(stats: dict, path: Path) -> None:
+    from .train import atomic_write_text
+
+    atomic_write_text(json.dumps(stats, indent=2) + "\n", path)
+
+
+def load_stats(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def evaluate_run(model, cfg, ckpt: dict, device: torch.device, data_dir: str | None = None, batch_size: int = 256,
+                 ten_crop: bool | None = None) -> dict:  # fmt: skip
+    """A checkpoint's top-1 / top-5 on its validation split, with the run's own colour statistics."""
+    from .train import evaluate
+
+    changes = {"data_dir": data_dir or cfg.data.data_dir}
+    if ten_crop is not None:
+        changes["ten_crop"] = ten_crop
+    pipe = ImagePipeline(cfg.replace(**changes), device, ckpt["resolution"], 1, batch_size, stats=ckpt.get("stats"),
+                         channels_last=False)  # fmt: skip
+    ev = evaluate(model.to(device), pipe.val(), device=device, amp=device.type == "cuda",
+                  num_classes=len(pipe.classes))  # fmt: skip
+    return {**ev, "skipped": pipe.skipped, "ten_crop": changes.get("ten_crop", cfg.data.ten_crop)}
