@@ -1,0 +1,593 @@
+"""The chapter's training pipeline and this project's, side by side, in one process.
+
+    .venv/bin/python benchmarks/pipeline.py --batch-size 64 --steps 10      # ~3 min on a 2-core CPU
+
+Reference (D2L §8.1 as written): a Dataset that converts each 28×28 image with Pillow, resizes it
+to 224×224 (bilinear) and turns it into a float tensor in [0, 1]; a DataLoader with 4 workers and
+shuffling; `alexnet` in fp32, NCHW, eager; SGD lr 0.01; the loss read on the host every step.
+
+Project: `alexnet train` as shipped. The step is alexnet.train.train_one_epoch fed by
+alexnet.data.loader, with make_transform, make_optimizer, use_amp, use_compile and CompiledOrEager
+deciding precision, layout, optimizer and compilation, so what is timed is the shipped code.
+
+Both train the same network for the same number of steps after the same warm-up on the same device.
+Reported per row (as timm's benchmark.py): images/s, step ms, batch size, dtype, parameters, FLOPs,
+peak memory; and for training, MFU = (forward FLOPs x 3, the usual estimate of a training step) per
+second / the peak of a large GEMM in the training dtype measured in this run; and the fraction of
+step time spent outside the network's forward and backward passes, from torch.profiler.
+Units: a multiply-add is 2 FLOPs; MiB is 2^20 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
+from alexnet import data as D  # noqa: E402
+from alexnet import train as T  # noqa: E402
+from alexnet.analysis import trace  # noqa: E402
+from alexnet.config import PRESETS  # noqa: E402
+from alexnet.models import build_model, get_spec  # noqa: E402
+
+NETWORK = "network.forward"  # the profiler label of the forward pass; backward has the engine's own
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring: timing, memory, peak FLOP/s, the profiler split
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Wall seconds of ``fn()``, with the device drained on both sides (CUDA runs asynchronously)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Contestant:
+    """One pipeline in the interleaved timing: ``run(k)`` does k steps."""
+
+    name: str
+    run: object
+    block: int  # steps per turn
+    times: list = field(default_factory=list)  # seconds per step
+
+    @property
+    def step_s(self) -> float:
+        return statistics.median(self.times)
+
+
+def interleave(contestants: list[Contestant], rounds: int, device: torch.device) -> None:
+    """Time the pipelines in turns, a block of steps each, ``rounds`` times over.
+
+    This machine is shared: load that arrives halfway through a run would otherwise fall on
+    whichever pipeline ran last, and the ratios would measure it. In turns, every pipeline sees the
+    same conditions, and the median step ignores outliers. On a CPU each step is timed alone; on
+    CUDA a block is timed as one, so no synchronisation is added between its steps. A DataLoader
+    refills its prefetch queue while the next pipeline's first step runs: blocks of 3 or more steps
+    keep that step out of the median.
+    """
+    for _ in range(rounds):
+        for c in contestants:
+            if device.type == "cuda":
+                c.times.append(timed(lambda: c.run(c.block), device) / c.block)
+            else:
+                c.times += [timed(lambda: c.run(1), device) for _ in range(c.block)]
+
+
+class PeakMemory:
+    """Peak memory of one phase. CUDA: the allocator's peak. CPU: the resident set's high-water
+    mark, reset per phase through /proc/self/clear_refs (Linux); getrusage's ru_maxrss is the peak
+    of the whole process, so after the largest phase every later one would read the same."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.resettable = device.type == "cpu" and Path("/proc/self/clear_refs").exists()
+
+    def reset(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.resettable:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                self.resettable = False
+
+    def peak_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        if self.resettable:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+    @property
+    def what(self) -> str:
+        if self.device.type == "cuda":
+            return "torch.cuda.max_memory_allocated"
+        return "peak RSS of this process (VmHWM, reset per phase)" if self.resettable else "peak RSS (ru_maxrss)"
+
+
+def gemm_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
+    """FLOP/s of the best of several large square matmuls: the ceiling the network's convolutions
+    and linear layers (all GEMMs underneath) can approach. 2048 is where this CPU saturates."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(3):
+        a @ b
+    best = min(timed(lambda: a @ b, device) for _ in range(8 if device.type == "cuda" else 5))
+    return 2 * n**3 / best, n
+
+
+def forward_flops(model: nn.Module, channels: int, resolution: int) -> int:
+    """Forward FLOPs of one image, from the project's own layer trace (checked in its tests
+    against torch.utils.flop_counter)."""
+    return sum(r.flops for r in trace(model, (1, channels, resolution, resolution)))
+
+
+def cold_compile_cache(compiling: bool):
+    """torch.compile's cost measured cold, as on a user's first run: inductor's on-disk cache from
+    an earlier run would hide most of it."""
+    if not compiling:
+        return contextlib.nullcontext()
+    from torch._inductor.utils import fresh_cache
+
+    return fresh_cache()
+
+
+class Labelled(nn.Module):
+    """The network, with its forward pass marked for the profiler."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        with record_function(NETWORK):
+            return self.net(x)
+
+
+def outside_fraction(run_steps, device: torch.device) -> tuple[float, dict[str, float]]:
+    """Share of wall time not spent in the network's forward or backward pass, and where the
+    largest parts of it went (ms per top-level profiler event name).
+
+    Run under the profiler, the network's time is the forward pass (labelled by ``Labelled``) plus
+    every autograd-engine function (the backward pass: convolution, linear, ReLU, pooling, dropout,
+    gradient accumulation; the loss's backward too, a few microseconds). The rest, data loading,
+    resize, augmentation, the loss, zero_grad, the optimizer step and metrics, is outside. On CUDA
+    the network's share is the device time of the kernels those regions launch.
+    """
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        wall = timed(run_steps, device)
+    network_us, outside = 0.0, {}
+    for e in prof.events():
+        if e.cpu_parent is not None:
+            continue
+        us = e.device_time_total if device.type == "cuda" else e.cpu_time_total
+        if e.name == NETWORK or e.name.startswith("autograd::engine::evaluate_function"):
+            network_us += us
+        else:
+            outside[e.name] = outside.get(e.name, 0.0) + e.cpu_time_total / 1e3
+    top = dict(sorted(outside.items(), key=lambda kv: -kv[1])[:8])
+    return max(0.0, 1 - network_us / (wall * 1e6)), top
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference pipeline: the chapter's, in plain torch + Pillow
+
+
+class ReferenceFashionMNIST(torch.utils.data.Dataset):
+    """What d2l.FashionMNIST(resize=(224, 224)) does per item: torchvision's FashionMNIST builds
+    a PIL image from the uint8 array, transforms.Resize resizes it (bilinear), ToTensor makes a
+    float tensor in [0, 1]."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, resolution: int):
+        self.images, self.labels, self.resolution = images, labels, resolution
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i], mode="L")
+        img = img.resize((self.resolution, self.resolution), Image.BILINEAR)
+        x = torch.from_numpy(np.array(img, np.uint8, copy=True))  # ToTensor, step by step
+        x = x.view(img.size[1], img.size[0], 1).permute(2, 0, 1).contiguous()
+        return x.float().div(255), int(self.labels[i])
+
+
+class Reference:
+    """The chapter's training loop: d2l.Trainer.fit_epoch's body, without the plotting."""
+
+    def __init__(self, model_name: str, split: D.Split, channels: int, classes: int, resolution: int,
+                 batch_size: int, workers: int, device: torch.device):  # fmt: skip
+        self.device = device
+        self.model = build_model(model_name, channels, classes, seed=0).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
+        ds = ReferenceFashionMNIST(split.images[:, 0].cpu().numpy(), split.labels.cpu().numpy(), resolution)
+        with warnings.catch_warnings():
+            # The chapter's 4 workers exceed this machine's cores; that is the pipeline being measured.
+            warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+            loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers)
+            self.batches = iter(loader)
+
+    def steps(self, n: int, labelled: bool = False) -> None:
+        model = Labelled(self.model) if labelled else self.model
+        model.train()
+        for _, (x, y) in zip(range(n), self.batches):
+            x, y = x.to(self.device), y.to(self.device)
+            loss = F.cross_entropy(model(x), y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            loss.item()  # d2l's ProgressBoard takes every step's loss to the host
+
+
+# ---------------------------------------------------------------------------------------------
+# This project's pipeline: alexnet train's pieces, assembled as T.fit assembles them
+
+
+@dataclass
+class Project:
+    cfg: object
+    device: torch.device
+    amp: bool
+    ds: D.Dataset
+    transform: D.Transform
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    net: nn.Module
+
+    @classmethod
+    def build(cls, cfg, ds_cpu: D.Dataset) -> "Project":
+        # These lines follow T.fit's set-up, in its order; the step itself is T.train_one_epoch.
+        device = T.select_device(cfg.system.device)
+        amp, compiled = T.use_amp(cfg, device), T.use_compile(cfg, device)
+        ds = D.Dataset(ds_cpu.name, ds_cpu.train.to(device), ds_cpu.test.to(device), ds_cpu.classes)
+        transform = T.make_transform(cfg, ds, device)
+        model = build_model(cfg.train.model, ds.channels, len(ds.classes), seed=cfg.train.seed).to(device)
+        if transform.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = T.make_optimizer(model, cfg, device)
+        return cls(cfg, device, amp, ds, transform, model, optimizer, T.CompiledOrEager(model, compiled))
+
+    def __post_init__(self):
+        self.batches = D.loader(self.ds.train, self.transform, self.cfg.train.batch_size, True, 0, self.cfg.train.seed)
+
+    def train_steps(self, n: int, labelled: bool = False) -> dict:
+        cfg = self.cfg
+        steps = D.steps_per_epoch(len(self.ds.train), cfg.train.batch_size)
+        return T.train_one_epoch(
+            Labelled(self.net) if labelled else self.net, self.optimizer, itertools.islice(self.batches, n),
+            device=self.device, amp=self.amp, label_smoothing=cfg.train.label_smoothing,
+            lr_fn=lambda s: T.lr_at(s, steps * cfg.train.epochs, steps, cfg), log_every=cfg.system.log_every,
+        )  # fmt: skip
+
+    def evaluate(self, n: int) -> dict:
+        batches = D.loader(self.ds.test, self.transform, self.cfg.train.eval_batch_size, False)
+        return T.evaluate(self.net, itertools.islice(batches, n), device=self.device, amp=self.amp,
+                          num_classes=len(self.ds.classes))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows and the run
+
+
+@dataclass
+class Row:
+    pipeline: str
+    model: str
+    resolution: int
+    mode: str  # train or eval
+    batch_size: int
+    dtype: str
+    params: int
+    gflops_per_image: float  # forward FLOPs for eval, forward x 3 for a training step
+    images_per_s: float
+    step_ms: float
+    mfu: float  # achieved FLOP/s / the GEMM peak measured in this run
+    outside_network: float | None  # share of step time outside forward and backward (profiler)
+    peak_memory_mib: float | None  # measured with the pipeline alone; None for the variants
+    compile_s: float | None = None
+    note: str = ""
+
+
+def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu: D.Dataset, mem: PeakMemory,
+              log) -> tuple[list[Row], dict]:  # fmt: skip
+    """One model's rows: reference and project (training and evaluation), the layout flipped and,
+    if asked, compilation flipped. Memory and the profiler's split come from each pipeline run
+    alone; speeds from all of them run in turns (see ``interleave``)."""
+    res = get_spec(model_name).resolution
+    cfg = PRESETS[preset].replace(model=model_name, batch_size=args.batch_size, device=args.device,
+                                  eval_batch_size=args.eval_batch_size)  # fmt: skip
+    device = T.select_device(args.device)
+    channels, classes = ds_cpu.channels, len(ds_cpu.classes)
+    probe = build_model(model_name, channels, classes)
+    params = sum(p.numel() for p in probe.parameters())
+    fwd = forward_flops(probe, channels, res)
+    del probe
+    b, w = args.batch_size, args.warmup
+    dtype = "bf16 autocast" if T.use_amp(cfg, device) else "fp32"
+    extra: dict = {}
+
+    def reference() -> Reference:
+        return Reference(model_name, ds_cpu.train, channels, classes, res, b, args.workers, device)
+
+    # Alone: peak memory and where the step time goes.
+    log(f"{model_name}: reference alone: {w} + {args.profile_steps} profiled steps, {args.workers} workers")
+    mem.reset()
+    ref = reference()
+    ref.steps(w)
+    ref_outside, extra["reference_outside_ms"] = outside_fraction(lambda: ref.steps(args.profile_steps, True), device)
+    ref_mem = mem.peak_bytes()
+    del ref
+    gc.collect()
+    # The workers are separate processes, reaped when their loader is gone; this is the largest one.
+    extra["reference_worker_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+    log(f"{model_name}: project alone: {w} + {args.profile_steps} profiled steps, 1 evaluation batch")
+    mem.reset()
+    with cold_compile_cache(T.use_compile(cfg, device)):
+        p = Project.build(cfg, ds_cpu)
+        p.train_steps(w)
+        proj_outside, extra["project_outside_ms"] = outside_fraction(
+            lambda: p.train_steps(args.profile_steps, labelled=True), device)  # fmt: skip
+        proj_mem = mem.peak_bytes()
+        mem.reset()
+        p.evaluate(1)
+        eval_mem = mem.peak_bytes()
+        del p
+    gc.collect()
+
+    # In turns: every pipeline alive at once, warmed up, then timed block by block.
+    shipped = f"project (alexnet train --preset {preset})"
+    layout = not cfg.system.channels_last
+    variants = [(shipped, cfg), (f"project --{'' if layout else 'no-'}channels-last", cfg.replace(channels_last=layout))]
+    if measure_compile:
+        on = not T.use_compile(cfg, device)
+        variants.append((f"project --compile {'on' if on else 'off'}", cfg.replace(compile="on" if on else "off")))
+    rounds = max(1, math.ceil(args.steps / args.block))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(cold_compile_cache(any(T.use_compile(c, device) for _, c in variants)))
+        log(f"{model_name}: building and warming up {len(variants) + 1} pipelines ({w} steps each)")
+        ref = reference()
+        ref.steps(w)
+        contestants = [Contestant("reference", ref.steps, args.block)]
+        projects, first = {}, {}
+        for name, c in variants:
+            p = projects[name] = Project.build(c, ds_cpu)
+            # The first step compiles forward and backward when compile is on; timed apart to show it.
+            first[name] = timed(lambda: p.train_steps(1), device)
+            p.train_steps(max(0, w - 1))
+            contestants.append(Contestant(name, p.train_steps, args.block))
+        evaluation = projects[shipped]
+        evaluation.evaluate(1)
+        contestants.append(Contestant("evaluation", evaluation.evaluate, 1))
+        log(f"{model_name}: timing {', '.join(c.name for c in contestants)}: {rounds} rounds of {args.block} steps "
+            f"(evaluation: 1 batch of {args.eval_batch_size} per round)")  # fmt: skip
+        interleave(contestants, rounds, device)
+        times = {c.name: c.step_s for c in contestants}
+        compiled = {name: p.net.compiled is not None for name, p in projects.items()}
+        nhwc = {name: p.transform.channels_last for name, p in projects.items()}
+        del ref, projects, contestants, evaluation, p
+    gc.collect()
+
+    def row(pipeline, mode, step_s, batch, outside=None, memory=None, compile_s=None, note=""):
+        per_image = fwd * (3 if mode == "train" else 1)
+        return Row(pipeline, model_name, res, mode, batch, dtype if pipeline != "reference" else "fp32", params,
+                   per_image / 1e9, batch / step_s, 1e3 * step_s, math.nan, outside,
+                   None if memory is None else memory / 2**20, compile_s, note)  # fmt: skip (MFU: set by main)
+
+    rows = [row("reference", "train", times["reference"], b, ref_outside, ref_mem,
+                note=f"Pillow resize in {args.workers} DataLoader workers, NCHW, eager")]  # fmt: skip
+    for name, c in variants:
+        setup = (f"{'channels_last' if nhwc[name] else 'NCHW'}, {'compiled' if compiled[name] else 'eager'}, "
+                 f"device-side resize")  # fmt: skip
+        compile_s = max(0.0, first[name] - times[name]) if T.use_compile(c, device) else None
+        if T.use_compile(c, device) and not compiled[name]:
+            setup += " (compile failed: ran eager)"
+        alone = name == shipped
+        rows.append(row(name, "train", times[name], b, proj_outside if alone else None, proj_mem if alone else None,
+                        compile_s, setup))  # fmt: skip
+        if alone:
+            rows.append(row(name, "eval", times["evaluation"], args.eval_batch_size, memory=eval_mem,
+                            note="inference_mode, alexnet.train.evaluate"))  # fmt: skip
+    ship, flipped = times[shipped], times[variants[1][0]]
+    extra["channels_last_speedup"] = flipped / ship if not layout else ship / flipped
+    if measure_compile:
+        by_name = {r.pipeline: r for r in rows if r.mode == "train"}
+        eager, comp = (by_name[shipped], by_name[variants[2][0]])
+        if comp.compile_s is None:
+            eager, comp = comp, eager
+        run_steps = D.steps_per_epoch(len(ds_cpu.train), b) * cfg.train.epochs
+        extra["compile"] = compile_verdict(comp.compile_s, eager.step_ms / 1e3, comp.step_ms / 1e3, run_steps)
+    return rows, extra
+
+
+def compile_verdict(compile_s: float, eager_step_s: float, compiled_step_s: float, run_steps: int) -> dict:
+    """Whether compiling pays for itself within a run of ``run_steps`` training steps."""
+    saved = eager_step_s - compiled_step_s
+    break_even = math.ceil(compile_s / saved) if saved > 0 else None
+    return {"compile_s": compile_s, "eager_step_s": eager_step_s, "compiled_step_s": compiled_step_s,
+            "break_even_steps": break_even, "typical_run_steps": run_steps,
+            "net_saving_s": run_steps * saved - compile_s,
+            "pays": break_even is not None and break_even <= run_steps}  # fmt: skip
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    with_name = Path("/proc/cpuinfo")
+    if with_name.exists():
+        for line in with_name.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "device": T._describe(device), "cpu": f"{cpu} ({platform.machine()})", "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "load_average_1m_start": os.getloadavg()[0],
+    }  # fmt: skip
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"# Pipeline benchmark: {m['device']}",
+        "",
+        f"{m['cpu']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, "
+        f"Python {m['python']}, {m['date_utc']} UTC, 1-min load average {m['load_average_1m_start']:.2f} at start, "
+        f"{m['load_average_1m_end']:.2f} at end.",
+        f"GEMM peak ({result['gemm']['n']}x{result['gemm']['n']} {result['gemm']['dtype']}): "
+        f"{result['gemm']['flops'] / 1e9:.1f} GFLOP/s (the better of {result['gemm']['flops_start'] / 1e9:.1f} "
+        f"before the pipelines and {result['gemm']['flops_end'] / 1e9:.1f} after). Training FLOPs = forward FLOPs x 3; MFU = achieved FLOP/s / that peak. "
+        f"Step ms: {'the median of single steps' if m['cuda'] is None else 'the mean over all timed steps'}. "
+        f"Memory: {result['memory']}.",
+        "",
+        "| pipeline | model | input | mode | batch | dtype | params | GFLOPs/img | img/s | step ms | MFU "
+        "| outside net | peak MiB | compile s | notes |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in result["rows"]:
+        out = "" if r["outside_network"] is None else f"{100 * r['outside_network']:.1f}%"
+        comp = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+        mib = "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
+        lines.append(
+            f"| {r['pipeline']} | {r['model']} | {r['resolution']}x{r['resolution']} | {r['mode']} | {r['batch_size']} "
+            f"| {r['dtype']} | {r['params'] / 1e6:.2f} M | {r['gflops_per_image']:.3f} | {r['images_per_s']:.1f} "
+            f"| {r['step_ms']:.1f} | {100 * r['mfu']:.1f}% | {out} | {mib} | {comp} | {r['note']} |"
+        )
+    lines += ["", *result["summary"]]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(rows: list[Row], extras: dict, peak: float) -> list[str]:
+    out = []
+    for model, extra in extras.items():
+        mine = [r for r in rows if r.model == model]
+        ref = next(r for r in mine if r.pipeline == "reference")
+        proj, ev = (next(r for r in mine if r.pipeline.startswith("project (") and r.mode == m) for m in ("train", "eval"))
+        res = f"{model} {proj.resolution}x{proj.resolution}"
+        out.append(f"- {res} training: project {proj.images_per_s:.1f} img/s vs reference {ref.images_per_s:.1f} img/s "
+                   f"= {proj.images_per_s / ref.images_per_s:.2f}x.")  # fmt: skip
+        out.append(f"- {res} MFU: {proj.images_per_s * proj.gflops_per_image:.1f} GFLOP/s achieved (forward x 3) / "
+                   f"{peak / 1e9:.1f} GFLOP/s GEMM peak = {100 * proj.mfu:.1f}% (reference {100 * ref.mfu:.1f}%).")
+        out.append(f"- {res} time outside the network: project {100 * proj.outside_network:.1f}%, "
+                   f"reference {100 * ref.outside_network:.1f}% of step time.")  # fmt: skip
+        out.append(f"- {res} evaluation {ev.images_per_s:.1f} img/s (batch {ev.batch_size}) vs training "
+                   f"{proj.images_per_s:.1f} img/s: {ev.images_per_s / proj.images_per_s:.2f}x.")  # fmt: skip
+        out.append(f"- {res} channels_last speed-up over NCHW: {extra['channels_last_speedup']:.2f}x.")
+        c = extra.get("compile")
+        if c:
+            pays = (f"pays after {c['break_even_steps']} steps" if c["break_even_steps"] is not None
+                    else "never pays (compiled steps are not faster)")  # fmt: skip
+            out.append(
+                f"- {res} torch.compile: {c['compile_s']:.1f} s to compile, step {1e3 * c['compiled_step_s']:.0f} ms "
+                f"vs {1e3 * c['eager_step_s']:.0f} ms eager: {pays}; a 10-epoch run at this batch size is "
+                f"{c['typical_run_steps']} steps, so compile {'pays' if c['pays'] else 'does not pay'} "
+                f"({c['net_saving_s']:+.0f} s)."
+            )
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per pipeline (evaluation: one batch per --block)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    p.add_argument("--profile-steps", type=int, default=3, help="steps run under torch.profiler")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size (the chapter's is 128)")
+    p.add_argument("--eval-batch-size", type=int, default=512, help="evaluation batch size")
+    p.add_argument("--block", type=int, default=5, help="steps per turn when the pipelines are timed in turns")
+    p.add_argument("--model", default="alexnet", help="the network compared at its own resolution")
+    p.add_argument("--native-model", default="alexnet28", help="second network, with the cpu preset ('none': skip)")
+    p.add_argument("--workers", type=int, default=4, help="reference DataLoader workers (the chapter's 4)")
+    p.add_argument("--compile", choices=["native", "both", "none"], default="native",
+                   help="which models get the torch.compile measurement (compiling alexnet on a CPU takes minutes)")
+    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: as alexnet train finds it)")
+    p.add_argument("--out", default="runs/benchmark", help="directory for results.md and results.json")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = T.select_device(args.device)
+    stamp = machine(device)
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    ds = D.load_dataset("fashion-mnist", args.data_dir)
+    amp = T.use_amp(PRESETS["d2l"].replace(device=args.device), device)
+    dtype = torch.bfloat16 if amp else torch.float32
+    log(f"GEMM peak, {dtype}")
+    peak, n = gemm_peak(device, dtype)
+    peak_start = peak
+    mem = PeakMemory(device)
+    rows, extras = [], {}
+    plan = [(args.model, "d2l", args.compile == "both")]
+    if args.native_model != "none":
+        plan.append((args.native_model, "cpu", args.compile != "none"))
+    for model_name, preset, measure_compile in plan:
+        r, extra = run_model(args, model_name, preset, measure_compile, ds, mem, log)
+        rows += r
+        extras[model_name] = extra
+    # The peak is a ceiling that other work on the machine can only lower: the higher of two
+    # measurements, one before the pipelines and one after.
+    log(f"GEMM peak again, {dtype}")
+    peak_end = gemm_peak(device, dtype)[0]
+    peak = max(peak, peak_end)
+    for r in rows:
+        r.mfu = r.images_per_s * r.gflops_per_image * 1e9 / peak
+    stamp["load_average_1m_end"] = os.getloadavg()[0]
+    result = {
+        "machine": stamp, "args": vars(args), "memory": mem.what,
+        "gemm": {"n": n, "dtype": str(dtype).replace("torch.", ""), "flops": peak, "flops_start": peak_start,
+                 "flops_end": peak_end},
+        "rows": [asdict(r) for r in rows], "extras": extras, "summary": summarise(rows, extras, peak),
+    }  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    T.atomic_write_text(json.dumps(result, indent=2) + "\n", out / "results.json")
+    text = markdown(result)
+    T.atomic_write_text(text, out / "results.md")
+    print(text, end="")
+    log(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

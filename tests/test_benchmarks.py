@@ -1,0 +1,68 @@
+"""The pipeline benchmark runs end to end and produces every number it reports.
+
+How fast anything is is the benchmark's business, not the tests': here only that each figure is
+there and finite, on a tiny run (batch 4, 2 steps, no DataLoader workers, no compilation).
+"""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    spec = importlib.util.spec_from_file_location("bench_pipeline", ROOT / "benchmarks" / "pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_tiny_benchmark_reports_every_figure_finite(pipeline, fashion_dir, tmp_path):
+    result = pipeline.main([
+        "--model", "alexnet-small", "--native-model", "lenet-relu", "--batch-size", "4", "--eval-batch-size", "8",
+        "--steps", "2", "--block", "2", "--warmup", "1", "--profile-steps", "1", "--workers", "0",
+        "--compile", "none", "--device", "cpu", "--data-dir", str(fashion_dir), "--out", str(tmp_path),
+    ])  # fmt: skip
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    assert (tmp_path / "results.md").read_text().startswith("# Pipeline benchmark")
+
+    assert math.isfinite(saved["gemm"]["flops"]) and saved["gemm"]["flops"] > 0
+    assert {"device", "torch", "cpu_count", "load_average_1m_start"} <= set(saved["machine"])
+    rows = saved["rows"]
+    # Per model: reference, the shipped project pipeline (train and eval), the layout flipped.
+    assert [(r["model"], r["pipeline"].split(" ")[0], r["mode"]) for r in rows] == [
+        (m, p, mode) for m in ("alexnet-small", "lenet-relu")
+        for p, mode in (("reference", "train"), ("project", "train"), ("project", "eval"), ("project", "train"))
+    ]  # fmt: skip
+    for r in rows:
+        for key in ("images_per_s", "step_ms", "mfu", "gflops_per_image"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["pipeline"], r["mode"], key)
+        # Peak memory is measured with each pipeline alone: the reference and the shipped project.
+        alone = not r["pipeline"].startswith("project --")
+        assert (r["peak_memory_mib"] is not None and r["peak_memory_mib"] > 0) == alone, r["pipeline"]
+        assert r["params"] > 0 and r["batch_size"] in (4, 8) and r["dtype"] == "fp32"
+    profiled = [r for r in rows if r["outside_network"] is not None]
+    assert len(profiled) == 4 and all(0 <= r["outside_network"] < 1 for r in profiled)
+    # A training step is forward + backward, costed at 3 forward passes.
+    train, ev = rows[1], rows[2]
+    assert train["gflops_per_image"] == pytest.approx(3 * ev["gflops_per_image"])
+    for extra in saved["extras"].values():
+        assert extra["channels_last_speedup"] > 0 and extra["project_outside_ms"]
+    assert len(saved["summary"]) == 2 * 5
+
+
+def test_compile_pays_only_when_the_run_is_long_enough(pipeline):
+    v = pipeline.compile_verdict(compile_s=60.0, eager_step_s=1.0, compiled_step_s=0.75, run_steps=1000)
+    assert v["break_even_steps"] == 240 and v["pays"] and v["net_saving_s"] == pytest.approx(190.0)
+    assert not pipeline.compile_verdict(60.0, 1.0, 0.75, 200)["pays"]
+    slower = pipeline.compile_verdict(60.0, 1.0, 1.1, 10**6)
+    assert slower["break_even_steps"] is None and not slower["pays"]
