@@ -53,7 +53,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SystemConfig:
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    amp: str = _f("auto", "bf16 autocast: auto (on for CUDA), bf16, or off")
+    amp: str = _f("auto", "bf16 autocast: auto (on for GPUs and CPUs with bf16 units), bf16, or off")
     channels_last: bool = _f(True, "NHWC memory layout (faster convolutions on CPU and GPU)")
     compile: str = _f("auto", "torch.compile: auto (on for CUDA), on, or off")
     log_every: int = _f(25, "steps between progress-bar updates (the only host-device syncs)")

@@ -35,13 +35,15 @@ def test_tiny_benchmark_reports_every_figure_finite(pipeline, fashion_dir, tmp_p
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     assert (tmp_path / "results.md").read_text().startswith("# Pipeline benchmark")
 
-    assert math.isfinite(saved["gemm"]["flops"]) and saved["gemm"]["flops"] > 0
+    assert set(saved["gemm"]) == {"fp32", "bf16 autocast"}
+    assert all(math.isfinite(g["flops"]) and g["flops"] > 0 for g in saved["gemm"].values())
     assert {"device", "torch", "cpu_count", "load_average_1m_start"} <= set(saved["machine"])
     rows = saved["rows"]
-    # Per model: reference, the shipped project pipeline (train and eval), the layout flipped.
+    # Per model: reference, the shipped project pipeline (train and eval), the layout flipped, bf16 flipped.
     assert [(r["model"], r["pipeline"].split(" ")[0], r["mode"]) for r in rows] == [
         (m, p, mode) for m in ("alexnet-small", "lenet-relu")
-        for p, mode in (("reference", "train"), ("project", "train"), ("project", "eval"), ("project", "train"))
+        for p, mode in (("reference", "train"), ("project", "train"), ("project", "eval"), ("project", "train"),
+                        ("project", "train"))
     ]  # fmt: skip
     for r in rows:
         for key in ("images_per_s", "step_ms", "mfu", "gflops_per_image"):
@@ -49,14 +51,16 @@ def test_tiny_benchmark_reports_every_figure_finite(pipeline, fashion_dir, tmp_p
         # Peak memory is measured with each pipeline alone: the reference and the shipped project.
         alone = not r["pipeline"].startswith("project --")
         assert (r["peak_memory_mib"] is not None and r["peak_memory_mib"] > 0) == alone, r["pipeline"]
-        assert r["params"] > 0 and r["batch_size"] in (4, 8) and r["dtype"] == "fp32"
+        assert r["params"] > 0 and r["batch_size"] in (4, 8)
+    # The precision variant is the other dtype from the shipped pipeline's; the reference is fp32.
+    assert rows[0]["dtype"] == "fp32" and {rows[1]["dtype"], rows[4]["dtype"]} == {"fp32", "bf16 autocast"}
     profiled = [r for r in rows if r["outside_network"] is not None]
     assert len(profiled) == 4 and all(0 <= r["outside_network"] < 1 for r in profiled)
     # A training step is forward + backward, costed at 3 forward passes.
     train, ev = rows[1], rows[2]
     assert train["gflops_per_image"] == pytest.approx(3 * ev["gflops_per_image"])
     for extra in saved["extras"].values():
-        assert extra["channels_last_speedup"] > 0 and extra["project_outside_ms"]
+        assert extra["channels_last_speedup"] > 0 and extra["bf16_speedup"] > 0 and extra["project_outside_ms"]
     assert len(saved["summary"]) == 2 * 5
 
 

@@ -132,6 +132,14 @@ def test_bf16_autocast_and_compile_paths_run_on_cpu(idx_dir, tmp_path):
     assert 0 <= result.final["val_acc"] <= 1 and result.final["train_loss"] > 0
 
 
+def test_bf16_is_used_where_the_hardware_has_it(monkeypatch):
+    cpu, cfg = torch.device("cpu"), PRESETS["cpu"]
+    assert T.use_amp(cfg.replace(amp="bf16"), cpu) and not T.use_amp(cfg.replace(amp="off"), cpu)
+    for native in (True, False):  # auto: only a CPU with bf16 instructions gains from it
+        monkeypatch.setattr(T, "cpu_has_native_bf16", lambda native=native: native)
+        assert T.use_amp(cfg, cpu) is native
+
+
 def test_input_too_small_for_the_model_is_a_clear_error(idx_dir, tmp_path):
     with pytest.raises(T.TrainingError, match=r"too small.*layer 5 \(MaxPool2d\)"):
         T.fit(tiny(idx_dir, model="alexnet", resolution=28), tmp_path / "run", progress=False, quiet=True)
