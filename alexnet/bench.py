@@ -150,7 +150,7 @@ def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: i
           data_dir: str | None = None, limit_train: int | None = None, limit_test: int | None = None,
           out_dir: Path | None = None, threads: int | None = None, say=print) -> tuple[list[dict], str]:  # fmt: skip
     """Run the whole exercise: one row per batch size, and the header line that stamps it."""
-    from .train import select_device
+    from .train import bf16_autocast, select_device
 
     if threads is not None:
         if threads <= 0:
@@ -165,7 +165,7 @@ def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: i
     if steps <= 0 or warmup < 0:
         raise BenchError("--steps must be positive and --warmup not negative")
     dev = select_device(device)
-    use_amp = amp == "bf16" or (amp == "auto" and dev.type == "cuda")
+    use_amp = bf16_autocast(amp, dev)
     res = resolution or get_spec(model_name).resolution
     if preset == "auto":
         preset = "d2l" if dev.type == "cuda" else "cpu"

@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     b.add_argument("--in-channels", type=int, default=1)
     b.add_argument("--resolution", type=int, help="input side (default: the model's own)")
-    b.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: on for CUDA)")
+    b.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: as alexnet train, on where the hardware has bf16 units)")
     b.add_argument("--optimizer", default="sgd", choices=["sgd", "sgd-momentum", "adam"])
     b.add_argument("--accuracy-epochs", type=int, default=0,
                    help="also train each batch size this many epochs, lr = preset lr x B / 128, and report accuracy")  # fmt: skip

@@ -77,14 +77,19 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
 
 
-def use_amp(cfg: Config, device: torch.device) -> bool:
-    """bf16 autocast where it pays: CUDA GPUs with bf16 units (Ampere and later), CPUs with bf16
-    instructions. Weights, gradients and optimizer state stay fp32 either way."""
-    if cfg.system.amp != "auto":
-        return cfg.system.amp == "bf16"
+def bf16_autocast(setting: str, device: torch.device) -> bool:
+    """Whether ``--amp SETTING`` means bf16 autocast on ``device``. auto: where it pays, on CUDA
+    GPUs with bf16 units (Ampere and later) and CPUs with bf16 instructions. Weights, gradients
+    and optimizer state stay fp32 either way."""
+    if setting != "auto":
+        return setting == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def use_amp(cfg: Config, device: torch.device) -> bool:
+    return bf16_autocast(cfg.system.amp, device)
 
 
 def use_compile(cfg: Config, device: torch.device) -> bool:
@@ -505,18 +510,19 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, progre
 
 
 def _fit(cfg, run_dir, state, device, rank, world, main, progress, quiet) -> RunResult:
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     amp, compiled = use_amp(cfg, device), use_compile(cfg, device)
     data = load_data(cfg, device, run_dir, state is not None, rank, world)
-    if main and isinstance(data, I.ImagePipeline):
-        I.save_stats(data.stats, run_dir / "lighting.json")
     resolution = data.resolution
     channels_last = cfg.system.channels_last and device.type != "mps"
     num_classes = len(data.classes)
 
     model = build_model(cfg.train.model, data.channels, num_classes, seed=cfg.train.seed)
     _check_input_fits(model, data.channels, resolution, "cpu")
+    # Only now that the data and the model are known good: a mistake leaves no empty run behind.
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, I.ImagePipeline):
+            I.save_stats(data.stats, run_dir / "lighting.json")
     if state is not None:
         model.load_state_dict(state["model"])
     if cfg.system.model_parallel:

@@ -143,6 +143,7 @@ def test_bf16_is_used_where_the_hardware_has_it(monkeypatch):
 def test_input_too_small_for_the_model_is_a_clear_error(idx_dir, tmp_path):
     with pytest.raises(T.TrainingError, match=r"too small.*layer 5 \(MaxPool2d\)"):
         T.fit(tiny(idx_dir, model="alexnet", resolution=28), tmp_path / "run", progress=False, quiet=True)
+    assert not (tmp_path / "run").exists()  # a run that cannot start leaves no empty directory behind
 
 
 def test_unavailable_device_is_named():
