@@ -83,6 +83,29 @@ class Config:
             system=build(SystemConfig, d.get("system", {})),
         )
 
+    def check(self) -> "Config":
+        """Raise ValueError naming the first flag whose value cannot make a run."""
+        d, t, s = self.data, self.train, self.system
+        at_least_1 = dict(batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, epochs=t.epochs,
+                          log_every=s.log_every, lr_step_epochs=t.lr_step_epochs, resize=d.resize,
+                          stats_images=d.stats_images, resolution=d.resolution, limit_train=d.limit_train,
+                          limit_test=d.limit_test)  # fmt: skip
+        not_negative = dict(weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, crop_padding=d.crop_padding,
+                            lr_patience=t.lr_patience, lighting=d.lighting, workers=d.workers)  # fmt: skip
+        for name, v in at_least_1.items():
+            if v is not None and v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {v}")
+        for name, v in not_negative.items():
+            if v < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {v}")
+        if not t.lr > 0:
+            raise ValueError(f"--lr must be positive, not {t.lr}")
+        if not 0 <= t.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), not {t.momentum}")
+        if not 0 <= t.label_smoothing < 1:
+            raise ValueError(f"--label-smoothing must be in [0, 1), not {t.label_smoothing}")
+        return self
+
     def replace(self, **flat) -> "Config":
         """A copy with fields changed by their flat name (``lr=0.1``), whichever section holds them."""
         sections = {"data": self.data, "train": self.train, "system": self.system}

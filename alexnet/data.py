@@ -289,7 +289,7 @@ def load_dataset(name: str, data_dir=None, device="cpu", download: bool = True) 
             FASHION_CLASSES if name == "fashion-mnist" else MNIST_CLASSES,
         )
     else:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, imagefolder, imagelist")
     ds.train, ds.test = ds.train.to(device), ds.test.to(device)
     return ds
 

@@ -488,6 +488,10 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, progre
         saved = Config.from_dict(state["config"])
         # The run's own recipe wins; only the length and where it runs may change on resume.
         cfg = Config.from_dict({**saved.to_dict(), "system": cfg.system.__dict__}).replace(epochs=cfg.train.epochs)
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
     if cfg.train.schedule not in SCHEDULES:
         raise TrainingError(f"unknown --schedule {cfg.train.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     device, rank, world = init_distributed(cfg)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alexnet.imagenet import EpochBatches, ImageDataset, ImageList, collate
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
+from alexnet.imagenet import EpochBatches, ImageDataset, ImageList, collate  # noqa: E402
 
 
 def make_jpegs(root: Path, n: int, seed: int = 0) -> list[str]:
@@ -56,6 +58,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     args = ap.parse_args()
+    if args.images < 1 or args.workers < 1:
+        ap.error("--images and --workers must be at least 1")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)

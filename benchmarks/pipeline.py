@@ -548,7 +548,13 @@ def parse_args(argv=None):
                    help="which models get the torch.compile measurement (compiling alexnet on a CPU takes minutes)")
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: as alexnet train finds it)")
     p.add_argument("--out", default="runs/benchmark", help="directory for results.md and results.json")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("steps", "profile_steps", "batch_size", "eval_batch_size", "block"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or args.workers < 0:
+        p.error("--warmup and --workers must not be negative")
+    return args
 
 
 def main(argv=None) -> dict:
@@ -598,4 +604,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (D.DataError, T.TrainingError) as e:  # a user's mistake: one line, no traceback
+        sys.exit(f"pipeline.py: error: {e}")

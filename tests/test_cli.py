@@ -94,12 +94,18 @@ def test_summary_prints_the_chapter_shapes(tmp_path):
         (["evaluate", "/nonexistent/run"], "no such checkpoint"),
         (["train", "--resume", "/nonexistent/run"], "no last.pt to resume from"),
         (["train", "--device", "tpu9"], "unknown device"),
+        (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["train", "--limit-train", "0"], "--limit-train must be at least 1"),
+        (["train", "--epochs", "0"], "--epochs must be at least 1"),
+        (["train", "--momentum", "1.5"], "--momentum must be in [0, 1)"),
+        (["train", "--lr", "-0.1"], "--lr must be positive"),
     ],
 )
 def test_bad_input_gives_one_clear_line(args, message, tmp_path):
     r = alexnet(*args, cwd=tmp_path)
     line = one_error_line(r)
     assert message in line, line
+    assert not (tmp_path / "runs").exists()  # and leaves no run directory behind
 
 
 def test_corrupt_checkpoint_is_named(tmp_path):
