@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import data as D
-from .train import autocast, select_device
+from .train import autocast, bf16_autocast, select_device
 
 
 def init_cnn(module: nn.Module) -> None:
@@ -169,7 +169,7 @@ class Trainer(HyperParameters):
         with torch.no_grad():
             model(x[:1].cpu())  # materialise lazy layers (and run the deferred init_cnn) on the CPU
         model.to(device, memory_format=torch.channels_last)
-        self.model, self.optim, amp = model, model.configure_optimizers(), device.type == "cuda"
+        self.model, self.optim, amp = model, model.configure_optimizers(), bf16_autocast("auto", device)
         for self.epoch in range(self.max_epochs):
             t0 = time.perf_counter()
             model.train()

@@ -139,7 +139,7 @@ def read_idx_split(directory: Path, split: str, checksums: dict[str, str] | None
             raise DataError(f"{directory}: missing {stem}.gz")
         data = _read_maybe_gzip(path)
         if checksums is not None and hashlib.sha256(data).hexdigest() != checksums[stem]:
-            array = parse_idx(data, str(path), ndim)  # a clearer error if the structure is off
+            parse_idx(data, str(path), ndim)  # a clearer error if the structure is off
             raise DataError(f"{path}: sha256 of the decompressed content does not match {stem}")
         arrays.append(parse_idx(data, str(path), ndim))
     images, labels = arrays

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -353,7 +354,7 @@ def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu:
     mem.reset()
     ref = reference()
     ref.steps(w)
-    ref_outside, extra["reference_outside_ms"] = outside_fraction(lambda: ref.steps(args.profile_steps, True), device)
+    ref_outside, extra["reference_outside_ms"] = outside_fraction(functools.partial(ref.steps, args.profile_steps, True), device)
     ref_mem = mem.peak_bytes()
     del ref
     gc.collect()
@@ -366,7 +367,7 @@ def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu:
         p = Project.build(cfg, ds_cpu)
         p.train_steps(w)
         proj_outside, extra["project_outside_ms"] = outside_fraction(
-            lambda: p.train_steps(args.profile_steps, labelled=True), device)  # fmt: skip
+            functools.partial(p.train_steps, args.profile_steps, labelled=True), device)  # fmt: skip
         proj_mem = mem.peak_bytes()
         mem.reset()
         p.evaluate(1)
@@ -394,7 +395,7 @@ def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu:
         for name, c in variants:
             p = projects[name] = Project.build(c, ds_cpu)
             # The first step compiles forward and backward when compile is on; timed apart to show it.
-            first[name] = timed(lambda: p.train_steps(1), device)
+            first[name] = timed(functools.partial(p.train_steps, 1), device)
             p.train_steps(max(0, w - 1))
             contestants.append(Contestant(name, p.train_steps, args.block))
         evaluation = projects[shipped]

@@ -35,7 +35,7 @@ def trained_run(idx_dir, tmp_path):
 def test_train_reports_preset_device_accuracy_and_run_directory(trained_run):
     run, r = trained_run
     assert "preset cpu · model lenet-relu" in r.stdout and "device cpu" in r.stdout
-    assert "test accuracy" in r.stdout and f"run directory: run" in r.stdout
+    assert "test accuracy" in r.stdout and "run directory: run" in r.stdout
     assert {"config.json", "metrics.jsonl", "metrics.csv", "curves.png", "last.pt", "best.pt"} <= {
         p.name for p in run.iterdir()
     }

@@ -1,6 +1,5 @@
 """`alexnet compare`: the exercises' side-by-side table and curves from finished runs."""
 
-import pytest
 
 from alexnet import train as T
 from alexnet.cli import main
