@@ -139,7 +139,8 @@ DEVICES: dict[str, DeviceSpec] = {
 }  # fmt: skip
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device: CUDA runs asynchronously, so a timer must drain it on both sides."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -148,12 +149,12 @@ def _best_time(fn, device: torch.device, repeats: int) -> float:
     import time
 
     fn()  # warm-up: first calls pay for allocation and kernel selection
-    _sync(device)
+    sync(device)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return best
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .analysis import layer_costs, meta_model, training_memory
+from .analysis import layer_costs, meta_model, sync, training_memory
 from .models import build_model, get_spec
 
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam")
@@ -55,11 +55,6 @@ def make_optimizer(name: str, params, lr: float = 0.01) -> torch.optim.Optimizer
     if name == "adam":
         return torch.optim.Adam(params, lr=lr / 10)
     raise BenchError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_rss_bytes() -> int:
@@ -138,19 +133,13 @@ def train_accuracy(model_name: str, batch: int, epochs: int, run_dir: Path, *, p
     return {"lr": lr, "val_acc": result.final.get("val_acc"), "train_loss": result.final.get("train_loss")}
 
 
-def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: int = 3, device: str = "auto",
           in_channels: int = 1, resolution: int | None = None, amp: str = "auto", optimizer: str = "sgd",
           accuracy_epochs: int = 0, preset: str = "auto", dataset: str = "fashion-mnist",
           data_dir: str | None = None, limit_train: int | None = None, limit_test: int | None = None,
           out_dir: Path | None = None, threads: int | None = None, say=print) -> tuple[list[dict], str]:  # fmt: skip
     """Run the whole exercise: one row per batch size, and the header line that stamps it."""
-    from .train import bf16_autocast, select_device
+    from .train import bf16_autocast, describe, select_device
 
     if threads is not None:
         if threads <= 0:

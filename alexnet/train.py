@@ -568,7 +568,7 @@ def _fit(cfg, run_dir, state, device, rank, world, main, progress, quiet) -> Run
 
     _say(
         f"preset {cfg.preset} · model {cfg.train.model} · {data.name} {resolution}x{resolution} · "
-        f"device {_describe(device)} · bf16 {'on' if amp else 'off'} · compile {'on' if compiled else 'off'} · "
+        f"device {describe(device)} · bf16 {'on' if amp else 'off'} · compile {'on' if compiled else 'off'} · "
         f"channels_last {'on' if channels_last else 'off'} · {cfg.train.epochs} epochs x {steps} steps"
         + (f" · data-parallel over {world} ranks ({dist.get_backend()})" if world > 1 else ""),
         quiet,
@@ -678,7 +678,7 @@ def _write_metrics(metrics: list[dict], run_dir: Path) -> None:
     atomic_write_text("\n".join(rows) + "\n", run_dir / "metrics.csv")
 
 
-def _describe(device: torch.device) -> str:
+def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     if device.type == "cpu":

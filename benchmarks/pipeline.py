@@ -47,7 +47,7 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
 from alexnet import data as D  # noqa: E402
 from alexnet import train as T  # noqa: E402
-from alexnet.analysis import trace  # noqa: E402
+from alexnet.analysis import measure_device, sync, trace  # noqa: E402
 from alexnet.config import PRESETS  # noqa: E402
 from alexnet.models import build_model, get_spec  # noqa: E402
 
@@ -56,11 +56,6 @@ NETWORK = "network.forward"  # the profiler label of the forward pass; backward 
 
 # ---------------------------------------------------------------------------------------------
 # Measuring: timing, memory, peak FLOP/s, the profiler split
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn, device: torch.device) -> float:
@@ -140,16 +135,13 @@ class PeakMemory:
         return "peak RSS of this process (VmHWM, reset per phase)" if self.resettable else "peak RSS (ru_maxrss)"
 
 
-def gemm_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
-    """FLOP/s of the best of several large square matmuls: the ceiling the network's convolutions
-    and linear layers (all GEMMs underneath) can approach. 2048 is where this CPU saturates."""
+def gemm_peaks(device: torch.device) -> dict[str, tuple[float, int]]:
+    """FLOP/s of a large square matmul per training dtype (what `alexnet analyze --device
+    measured` takes): the ceiling the network's convolutions and linear layers, all GEMMs
+    underneath, can approach. 2048 is where this CPU saturates (2048-3072 measure alike)."""
     n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(3):
-        a @ b
-    best = min(timed(lambda: a @ b, device) for _ in range(8 if device.type == "cuda" else 5))
-    return 2 * n**3 / best, n
+    spec = measure_device(device, repeats=5, gemm_n=n)
+    return {"fp32": (spec.peak("fp32"), n), "bf16 autocast": (spec.peak("bf16"), n)}
 
 
 def forward_flops(model: nn.Module, channels: int, resolution: int) -> int:
@@ -463,7 +455,7 @@ def machine(device: torch.device) -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return {
-        "device": T._describe(device), "cpu": f"{cpu} ({platform.machine()})", "cpu_count": os.cpu_count(),
+        "device": T.describe(device), "cpu": f"{cpu} ({platform.machine()})", "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "load_average_1m_start": os.getloadavg()[0],
@@ -569,9 +561,8 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     ds = D.load_dataset("fashion-mnist", args.data_dir)
     # Every row is held to the peak of its own arithmetic: fp32 rows to an fp32 GEMM, bf16 ones to bf16.
-    dtypes = {"fp32": torch.float32, "bf16 autocast": torch.bfloat16}
     log("GEMM peaks, fp32 and bf16")
-    start = {k: gemm_peak(device, dt) for k, dt in dtypes.items()}
+    start = gemm_peaks(device)
     mem = PeakMemory(device)
     rows, extras = [], {}
     plan = [(args.model, "d2l", args.compile == "both")]
@@ -584,9 +575,9 @@ def main(argv=None) -> dict:
     # The peak is a ceiling that other work on the machine can only lower: the higher of two
     # measurements, one before the pipelines and one after.
     log("GEMM peaks again")
-    end = {k: gemm_peak(device, dt) for k, dt in dtypes.items()}
+    end = gemm_peaks(device)
     gemm = {k: {"n": start[k][1], "flops": max(start[k][0], end[k][0]), "flops_start": start[k][0],
-                "flops_end": end[k][0]} for k in dtypes}  # fmt: skip
+                "flops_end": end[k][0]} for k in start}  # fmt: skip
     for r in rows:
         r.mfu = r.images_per_s * r.gflops_per_image * 1e9 / gemm[r.dtype]["flops"]
     stamp["load_average_1m_end"] = os.getloadavg()[0]
