@@ -139,7 +139,7 @@ def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: i
           data_dir: str | None = None, limit_train: int | None = None, limit_test: int | None = None,
           out_dir: Path | None = None, threads: int | None = None, say=print) -> tuple[list[dict], str]:  # fmt: skip
     """Run the whole exercise: one row per batch size, and the header line that stamps it."""
-    from .train import bf16_autocast, describe, select_device
+    from .device import bf16_autocast, describe, select_device
 
     if threads is not None:
         if threads <= 0:

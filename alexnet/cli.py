@@ -7,60 +7,62 @@ import dataclasses
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 
-from .config import PRESETS, Config, DataConfig, SystemConfig, TrainConfig
+from .config import PRESETS, SECTIONS, Config, ConfigError, choices
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per config field, help from the field; unset flags stay out of the namespace so
-    the preset's value stands."""
-    for section in (TrainConfig, DataConfig, SystemConfig):
+    """One flag per config field, help and choices from the field; unset flags stay out of the
+    namespace, so the preset's value (or, on --resume, the run's own) stands."""
+    for section in SECTIONS.values():
         group = p.add_argument_group(section.__name__.replace("Config", "").lower())
+        hints = typing.get_type_hints(section)
         for f in dataclasses.fields(section):
             flag = "--" + f.name.replace("_", "-")
-            kind = f.type if isinstance(f.type, type) else str(f.type)
-            if f.type in (bool, "bool"):
+            kind = {a for a in typing.get_args(hints[f.name]) if a is not type(None)} or {hints[f.name]}
+            if bool in kind:
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                    help=f.metadata["help"])  # fmt: skip
                 continue
-            conv = {"int": int, "float": float, "int | None": int, "str | None": str}.get(kind, str)
-            if f.type in (int, float):
-                conv = f.type
-            group.add_argument(flag, type=conv, default=argparse.SUPPRESS, help=f.metadata["help"],
-                               metavar=f.name.upper())  # fmt: skip
+            conv = int if int in kind else float if float in kind else str
+            allowed = choices(section, f.name)
+            group.add_argument(flag, type=conv, default=argparse.SUPPRESS, help=f.metadata["help"], choices=allowed,
+                               metavar=None if allowed else f.name.upper())  # fmt: skip
+
+
+def _flags(args) -> dict:
+    fields = {f.name for s in SECTIONS.values() for f in dataclasses.fields(s)}
+    return {k: v for k, v in vars(args).items() if k in fields}
 
 
 def _config_from_args(args) -> tuple[Config, str]:
-    from .train import select_device
+    from .device import select_device
 
-    preset = args.preset
+    preset = args.preset or "auto"
     why = ""
     if preset == "auto":
         device = select_device(getattr(args, "device", "auto"))
         preset = "d2l" if device.type == "cuda" else "cpu"
         why = f" (default on {device.type})"
-    cfg = PRESETS[preset]
-    fields = {f.name for s in (TrainConfig, DataConfig, SystemConfig) for f in dataclasses.fields(s)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields}
-    return cfg.replace(**overrides), why
+    return PRESETS[preset].replace(**_flags(args)), why
 
 
 def cmd_train(args) -> int:
     from .train import fit
 
-    cfg, why = _config_from_args(args)
-    if args.resume:
-        run_dir = Path(args.resume)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{cfg.preset}-{cfg.train.model}-{stamp}"
-        if (run_dir / "last.pt").exists():
-            raise SystemExit(f"alexnet: error: {run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
     lead = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
-    if why and not args.resume and lead:
-        print(f"no --preset given: using {cfg.preset}{why}")
-    result = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if args.resume:
+        if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
+            raise ConfigError(f"--resume {args.resume} writes to its own directory, not --run-dir {args.run_dir}")
+        given = _flags(args) | ({"preset": args.preset} if args.preset else {})
+        result = fit(Config(), args.resume, resume=True, overrides=given, progress=not args.no_progress)
+    else:
+        cfg, why = _config_from_args(args)
+        if why and lead:
+            print(f"no --preset given: using {cfg.preset}{why}")
+        result = fit(cfg, args.run_dir, progress=not args.no_progress)
     if result.interrupted:
         return 130
     if not lead:
@@ -70,7 +72,7 @@ def cmd_train(args) -> int:
         total = sum(m["epoch_time_s"] for m in result.metrics)
         print(f"test accuracy {result.final['val_acc']:.4f} (best {best:.4f}) after {len(result.metrics)} epochs, "
               f"{total:.0f}s of training and evaluation")  # fmt: skip
-    print(f"run directory: {run_dir}")
+    print(f"run directory: {result.run_dir}")
     return 0
 
 
@@ -78,31 +80,33 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from . import data as D
-    from .train import evaluate, load_checkpoint, make_transform, model_from_checkpoint, plot_confusion, select_device
+    from .device import bf16_autocast, channels_last_on, select_device
+    from .report import plot_confusion
+    from .runs import load_checkpoint, model_from_checkpoint
+    from .train import evaluate, evaluate_run
 
     ckpt = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     device = select_device(args.device)
     if cfg.data.dataset in ("imagefolder", "imagelist"):  # the paper's figures: top-1 and top-5 error
-        from .imagenet import evaluate_run
-
-        ev = evaluate_run(model, cfg, ckpt, device, args.data_dir, args.batch_size, args.ten_crop)
+        ev = evaluate_run(model, ckpt, device, args.data_dir, args.batch_size, args.ten_crop)
         print(f"{ckpt['path']}: {cfg.train.model} on {cfg.data.dataset} val ({ev['images']} images, "
               f"{'10 crops' if ev['ten_crop'] else 'centre crop'}, {ev['skipped']} unreadable skipped)")  # fmt: skip
         print(f"top-1 error {1 - ev['acc']:.4f}   top-5 error {1 - ev['top5']:.4f}   loss {ev['loss']:.4f}")
         return 0
     ds = D.load_dataset(cfg.data.dataset, args.data_dir or cfg.data.data_dir, device=device)
-    transform = make_transform(cfg, ds, device)
+    transform = D.make_transform(cfg, ds.name, device)
     model = model.to(device)
-    if transform.channels_last:
+    if channels_last_on(cfg.system.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
-    amp = device.type == "cuda"
+    amp = bf16_autocast(cfg.system.amp, device)  # the run's own precision, where this device has it
     t0 = time.perf_counter()
     ev = evaluate(model, D.loader(ds.test, transform, args.batch_size, False), device=device, amp=amp,
                   num_classes=len(ds.classes), confusion=True)  # fmt: skip
     dt = time.perf_counter() - t0
     m = ev["confusion"]
-    print(f"{ckpt['path']}: {cfg.train.model} on {ds.name} test ({ev['images']} images, {ev['images'] / dt:.0f} img/s)")
+    print(f"{ckpt['path']}: {cfg.train.model} on {ds.name} test ({ev['images']} images, {ev['images'] / dt:.0f} img/s"
+          f", {'bf16' if amp else 'fp32'})")  # fmt: skip
     print(f"accuracy {ev['acc']:.4f}   loss {ev['loss']:.4f}")
     print(f"{'class':<12} {'accuracy':>8} {'images':>7}")
     for i, name in enumerate(ds.classes):
@@ -116,28 +120,30 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from . import data as D
-    from .train import load_checkpoint, make_transform, model_from_checkpoint
+    from .imagenet import UNREADABLE, to_rgb
+    from .runs import load_checkpoint, model_from_checkpoint
 
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, not {args.top_k}")
     ckpt = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     model.eval()
-    classes = ckpt["classes"]
-    native = 28 if ckpt["in_channels"] == 1 else 32
-    mode = "L" if ckpt["in_channels"] == 1 else "RGB"
-    ds = D.Dataset(ckpt["dataset"], None, None, classes)  # only .name is read by make_transform
-    transform = dataclasses.replace(make_transform(cfg, ds, torch.device("cpu")), channels_last=False)
+    classes, channels = ckpt["classes"], int(ckpt["in_channels"])
+    native = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32}.get(ckpt["dataset"], int(ckpt["resolution"]))
+    mean, std = _normalization(ckpt, cfg)
+    transform = D.Transform(int(ckpt["resolution"]), mean, std, channels_last=False)
     failed = 0
     for path in args.images:
         try:
             with Image.open(path) as im:
                 im.load()
-                # Every mode (P, RGBA, CMYK, I;16, ...) is reduced to what the network was trained on,
-                # at the dataset's native size, then goes through the same transform as the test set.
-                img = im.convert("RGB").convert(mode).resize((native, native), Image.BILINEAR)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+                # Every mode (P, RGBA, CMYK, 16-bit, ...) goes to 8-bit RGB the way image folders do
+                # (16-bit is rescaled, not clipped), then to what the network was trained on.
+                img = to_rgb(im).convert("L" if channels == 1 else "RGB").resize((native, native), Image.BILINEAR)
+        except UNREADABLE as e:
             print(f"{path}: cannot read image ({e.__class__.__name__}: {e})", file=sys.stderr)
             failed += 1
             continue
@@ -153,16 +159,35 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_summary(args) -> int:
-    from .analysis import format_summary, parse_shape, summary
+def _normalization(ckpt: dict, cfg: Config):
+    """The input normalisation the run trained with, as its checkpoint records it."""
+    if not cfg.data.normalize:
+        return None, None
+    if ckpt.get("normalization"):
+        return tuple(ckpt["normalization"][0]), tuple(ckpt["normalization"][1])
+    if ckpt.get("stats"):  # image folders: the run's own colour statistics
+        return tuple(ckpt["stats"]["mean"]), tuple(ckpt["stats"]["std"])
+    from .data import STATS
 
-    rows = summary(args.model, parse_shape(args.input), num_classes=args.num_classes)
+    return STATS.get(ckpt["dataset"], (None, None))
+
+
+def cmd_summary(args) -> int:
+    from .analysis import InputTooSmall, format_summary, parse_shape, summary
+
+    try:
+        rows = summary(args.model, parse_shape(args.input), num_classes=args.num_classes)
+    except InputTooSmall:
+        raise
+    except ValueError as e:  # a malformed --input
+        raise ConfigError(str(e)) from None
     print(format_summary(rows))
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .report import markdown_table, plot_runs, read_run, summarize
+    from .report import markdown_table, plot_runs, summarize
+    from .runs import read_run
 
     runs = [read_run(r) for r in args.runs]
     table = markdown_table([summarize(r) for r in runs])
@@ -183,6 +208,17 @@ def cmd_models(args) -> int:
 
 
 def cmd_analyze(args) -> int:
+    from .analysis import InputTooSmall
+
+    try:
+        return _analyze(args)
+    except InputTooSmall:
+        raise
+    except ValueError as e:  # a malformed --input, --batch or spec
+        raise ConfigError(str(e)) from None
+
+
+def _analyze(args) -> int:
     from .analysis import (
         DEVICES,
         analyze,
@@ -231,17 +267,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a wrong argument is one line (argparse prints the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model; writes a run directory",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    t.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
+    t.add_argument("--preset", choices=["auto", *PRESETS], default=None,
                    help="recipe: d2l (the chapter's), fast, cpu; paper, paper-step, imagenet-fast (image folders, "
                         "docs/imagenet.md); auto = d2l on a GPU, cpu otherwise")  # fmt: skip
-    t.add_argument("--run-dir", help="where to write the run (default runs/PRESET-MODEL-TIME)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (to --epochs in total)")
+    t.add_argument("--run-dir", help="where to write the run: a new or empty directory (default: a unique "
+                   "runs/PRESET-MODEL-TIME)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings; only "
+                   "--epochs (to extend it) and where/how fast it runs (--device, --amp, ...) may change")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
@@ -319,19 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .analysis import InputTooSmall
+    from .bench import BenchError
     from .data import DataError
     from .models import UnknownModel
     from .report import ReportError
-    from .train import TrainingError
+    from .runs import RunError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, TrainingError, UnknownModel, InputTooSmall, ReportError, ValueError) as e:
+    except (DataError, ConfigError, RunError, UnknownModel, InputTooSmall, ReportError, BenchError) as e:
         print(f"alexnet: error: {e}", file=sys.stderr)
-        return 2
-    except KeyError as e:  # an unknown preset field in Config.replace
-        print(f"alexnet: error: unknown setting {e}", file=sys.stderr)
         return 2
 
 

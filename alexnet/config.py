@@ -1,22 +1,92 @@
 """Every setting of a run, in three plain dataclasses, and the named presets.
 
-Each field's ``help`` is the command line's ``--help`` text (cli.py builds its flags from these).
+Each field's ``help`` is the command line's ``--help`` text, and a ``Literal`` field's choices are
+the flag's choices (cli.py builds its flags from these). A Config that cannot make a run cannot be
+built: each section checks its fields in ``__post_init__`` and raises ConfigError naming the flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
+
+
+class ConfigError(ValueError):
+    """A setting that cannot make a run; the message is one line naming the flag."""
 
 
 def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+def choices(klass, name: str) -> tuple | None:
+    """The allowed values of a Literal field, else None."""
+    hint = typing.get_type_hints(klass)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if len(args) == 1 and typing.get_origin(args[0]) is Literal:
+        return typing.get_args(args[0])
+    return None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class _Checked:
+    """Declared choices, finiteness and ranges, checked when a section is built."""
+
+    _AT_LEAST_1: tuple[str, ...] = ()
+    _NOT_NEGATIVE: tuple[str, ...] = ()
+    _AT_MOST: dict[str, int] = {}
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            allowed = choices(type(self), f.name)
+            if allowed is not None and v not in allowed and v is not None:
+                raise ConfigError(f"{_flag(f.name)} {v!r} is not one of: {', '.join(map(str, allowed))}")
+            base = {a for a in typing.get_args(hints[f.name]) if a is not type(None)} or {hints[f.name]}
+            if v is None:
+                if type(None) not in typing.get_args(hints[f.name]):
+                    raise ConfigError(f"{_flag(f.name)} must be given")
+                continue
+            if (int in base or float in base) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ConfigError(f"{_flag(f.name)} must be a number, not {v!r}")
+            if bool in base and not isinstance(v, bool):
+                raise ConfigError(f"{_flag(f.name)} must be true or false, not {v!r}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{_flag(f.name)} must be a finite number, not {v}")
+            if int in base and float not in base and not isinstance(v, int):
+                raise ConfigError(f"{_flag(f.name)} must be a whole number, not {v!r}")
+        for name in self._AT_LEAST_1:
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{_flag(name)} must be at least 1, not {v}")
+        for name in self._NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_flag(name)} must not be negative, not {getattr(self, name)}")
+        for name, most in self._AT_MOST.items():
+            v = getattr(self, name)
+            if v is not None and v > most:
+                raise ConfigError(f"{_flag(name)} must be at most {most}, not {v}")
+
+
+Dataset = Literal["fashion-mnist", "mnist", "cifar10", "imagefolder", "imagelist"]
+Schedule = Literal["constant", "cosine", "step", "plateau"]
+OnOffAuto = Literal["auto", "on", "off"]
+
+
 @dataclass(frozen=True)
-class DataConfig:
-    dataset: str = _f("fashion-mnist", "fashion-mnist, mnist, cifar10, imagefolder (DIR/train/<class>/*, "
-                      "DIR/val/<class>/*) or imagelist (DIR/train.txt, DIR/val.txt: 'path label' lines)")
+class DataConfig(_Checked):
+    dataset: Dataset = _f("fashion-mnist", "fashion-mnist, mnist, cifar10, imagefolder (DIR/train/<class>/*, "
+                          "DIR/val/<class>/*) or imagelist (DIR/train.txt, DIR/val.txt: 'path label' lines)")
     data_dir: str | None = _f(None, "directory holding the dataset (else $ALEXNET_DATA, the cache, Debian's copy)")
     resolution: int | None = _f(None, "square input side the images are resized to (default: the model's own)")
     normalize: bool = _f(False, "subtract the dataset mean and divide by its std (the chapter feeds plain [0, 1] pixels)")
@@ -30,9 +100,14 @@ class DataConfig:
     workers: int = _f(8, "image folders: decoding worker processes per rank (0: decode in the training process)")
     stats_images: int = _f(1000, "image folders: training images sampled for colour mean/std and lighting eigenvectors")
 
+    _AT_LEAST_1 = ("resize", "stats_images", "resolution", "limit_train", "limit_test")
+    _NOT_NEGATIVE = ("crop_padding", "lighting", "workers")
+    # Bounds that keep a typo from allocating terabytes: no dataset here is larger than this.
+    _AT_MOST = {"resolution": 1024, "resize": 4096, "crop_padding": 64, "workers": 256}
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Checked):
     model: str = _f("alexnet", "network from the registry (see `alexnet models`)")
     epochs: int = _f(10, "passes over the training set")
     batch_size: int = _f(128, "training batch size (global, across data-parallel ranks)")
@@ -41,23 +116,60 @@ class TrainConfig:
     momentum: float = _f(0.0, "SGD momentum")
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(0.0, "L2 weight decay")
-    schedule: str = _f("constant", "learning-rate schedule: constant, cosine, step (/10 every --lr-step-epochs) or "
-                       "plateau (/10 when validation error stalls for --lr-patience epochs)")
+    schedule: Schedule = _f("constant", "learning-rate schedule: constant, cosine, step (/10 every --lr-step-epochs) "
+                            "or plateau (/10 when validation error stalls for --lr-patience epochs)")
     lr_step_epochs: int = _f(30, "step schedule: epochs between divisions of the learning rate by 10")
     lr_patience: int = _f(5, "plateau schedule: epochs without a new best validation error before lr /= 10")
     warmup_epochs: float = _f(0.0, "linear learning-rate warm-up from 0, in epochs")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
     seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout")
 
+    _AT_LEAST_1 = ("epochs", "batch_size", "eval_batch_size", "lr_step_epochs")
+    _NOT_NEGATIVE = ("weight_decay", "warmup_epochs", "lr_patience", "seed")
+    _AT_MOST = {"epochs": 100_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20}
+
+    def __post_init__(self):
+        super().__post_init__()
+        from .models import MODELS  # the registry is the list of valid names
+
+        if self.model not in MODELS:
+            raise ConfigError(f"--model {self.model!r} is not one of: {', '.join(MODELS)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, not {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), not {self.momentum}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"--warmup-epochs {self.warmup_epochs} is longer than the run ({self.epochs} epochs)")
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
 
 @dataclass(frozen=True)
-class SystemConfig:
+class SystemConfig(_Checked):
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    amp: str = _f("auto", "bf16 autocast: auto (on for GPUs and CPUs with bf16 units), bf16, or off")
+    amp: Literal["auto", "bf16", "off"] = _f("auto", "bf16 autocast: auto (on for GPUs and CPUs with bf16 units), "
+                                             "bf16, or off")
     channels_last: bool = _f(True, "NHWC memory layout (faster convolutions on CPU and GPU)")
-    compile: str = _f("auto", "torch.compile: auto (on for CUDA), on, or off")
+    compile: OnOffAuto = _f("auto", "torch.compile: auto (on for CUDA), on, or off")
     log_every: int = _f(25, "steps between progress-bar updates (the only host-device syncs)")
     model_parallel: str | None = _f(None, "run alexnet2012's two streams on two devices (as in 2012): cuda:0,cuda:1")
+
+    _AT_LEAST_1 = ("log_every",)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"--device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        if self.model_parallel is not None:
+            parts = self.model_parallel.split(",")
+            if len(parts) != 2 or not all(_DEVICE.fullmatch(p) for p in parts):
+                raise ConfigError(f"--model-parallel {self.model_parallel}: give two devices, like cuda:0,cuda:1")
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "system": SystemConfig}
 
 
 @dataclass(frozen=True)
@@ -72,54 +184,49 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        """Build from a saved config; keys a newer or older version does not know are ignored."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a saved config must be a mapping, not {type(d).__name__}")
+
         def build(klass, values):
+            if not isinstance(values, dict):
+                raise ConfigError(f"saved config section of {klass.__name__} is not a mapping")
             names = {f.name for f in dataclasses.fields(klass)}
             return klass(**{k: v for k, v in values.items() if k in names})
 
-        return cls(
-            preset=d.get("preset", "custom"),
-            data=build(DataConfig, d.get("data", {})),
-            train=build(TrainConfig, d.get("train", {})),
-            system=build(SystemConfig, d.get("system", {})),
-        )
+        return cls(preset=str(d.get("preset", "custom")),
+                   **{sec: build(klass, d.get(sec, {})) for sec, klass in SECTIONS.items()})  # fmt: skip
 
-    def check(self) -> "Config":
-        """Raise ValueError naming the first flag whose value cannot make a run."""
-        d, t, s = self.data, self.train, self.system
-        at_least_1 = dict(batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, epochs=t.epochs,
-                          log_every=s.log_every, lr_step_epochs=t.lr_step_epochs, resize=d.resize,
-                          stats_images=d.stats_images, resolution=d.resolution, limit_train=d.limit_train,
-                          limit_test=d.limit_test)  # fmt: skip
-        not_negative = dict(weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, crop_padding=d.crop_padding,
-                            lr_patience=t.lr_patience, lighting=d.lighting, workers=d.workers)  # fmt: skip
-        for name, v in at_least_1.items():
-            if v is not None and v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {v}")
-        for name, v in not_negative.items():
-            if v < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {v}")
-        if not t.lr > 0:
-            raise ValueError(f"--lr must be positive, not {t.lr}")
-        if not 0 <= t.momentum < 1:
-            raise ValueError(f"--momentum must be in [0, 1), not {t.momentum}")
-        if not 0 <= t.label_smoothing < 1:
-            raise ValueError(f"--label-smoothing must be in [0, 1), not {t.label_smoothing}")
-        return self
+    @staticmethod
+    def section_of(name: str) -> str:
+        for sec, klass in SECTIONS.items():
+            if name in {f.name for f in dataclasses.fields(klass)}:
+                return sec
+        raise ConfigError(f"unknown setting {name!r}")
+
+    def flat(self) -> dict:
+        return {k: v for sec in SECTIONS for k, v in dataclasses.asdict(getattr(self, sec)).items()}
 
     def replace(self, **flat) -> "Config":
         """A copy with fields changed by their flat name (``lr=0.1``), whichever section holds them."""
-        sections = {"data": self.data, "train": self.train, "system": self.system}
-        changes: dict[str, dict] = {k: {} for k in sections}
+        changes: dict[str, dict] = {sec: {} for sec in SECTIONS}
         for key, value in flat.items():
-            for sec, obj in sections.items():
-                if key in {f.name for f in dataclasses.fields(obj)}:
-                    changes[sec][key] = value
-                    break
-            else:
-                raise KeyError(key)
+            changes[self.section_of(key)][key] = value
         return dataclasses.replace(
-            self, **{sec: dataclasses.replace(sections[sec], **c) for sec, c in changes.items()}
+            self, **{sec: dataclasses.replace(getattr(self, sec), **c) for sec, c in changes.items()}
         )
+
+    def resolution(self) -> int:
+        """The input side the network sees: --resolution, else the model's own."""
+        from .models import get_spec
+
+        return self.data.resolution or get_spec(self.train.model).resolution
+
+
+# Settings a resumed run may change: where and how fast it runs, and how long. Everything else
+# (the model, the data, the optimiser, the schedule's shape) is the run's own and stays.
+RESUMABLE = frozenset({"epochs", "device", "amp", "compile", "log_every", "workers", "data_dir",
+                       "eval_batch_size", "channels_last"})  # fmt: skip
 
 
 # The presets. `d2l` is the chapter's recipe, unchanged. `fast` and `cpu` share one modern recipe:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import data as D
-from .train import autocast, bf16_autocast, select_device
+from .device import autocast, bf16_autocast, select_device
 
 
 def init_cnn(module: nn.Module) -> None:

@@ -14,7 +14,6 @@ import hashlib
 import os
 import pickle
 import struct
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .config import Config
+from .runs import atomic_write
 
 
 class DataError(RuntimeError):
@@ -202,14 +204,7 @@ def download_fashion_mnist(target: Path, timeout: float = 20) -> None:
             payload = r.read()
         if hashlib.sha256(gzip.decompress(payload)).hexdigest() != digest:
             raise OSError(f"downloaded {stem}.gz does not match its sha256")
-        _atomic_write(dest, payload)
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(payload)
-    os.replace(tmp, path)
+        atomic_write(dest, payload)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,15 +368,21 @@ class Transform:
         return x
 
 
+def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The random numbers of one training batch's augmentation: a function of (seed, epoch, batch),
+    drawn on the CPU, so a run resumed at any step draws exactly what the uninterrupted one did."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + index + 7_777)
+
+
 def loader(split: Split, transform: Transform, batch_size: int, train: bool, epoch: int = 0,
            seed: int = 0, rank: int = 0, world_size: int = 1, skip: int = 0):
-    """Yield (inputs, labels) for one epoch; ``skip`` batches are passed over (mid-epoch resume)."""
+    """Yield (inputs, labels) for one epoch; the first ``skip`` batches are passed over (mid-epoch resume)."""
     idx = epoch_indices(len(split), epoch, seed, shuffle=train, rank=rank, world_size=world_size)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777)
     idx = idx.to(split.images.device)
     for i, b in enumerate(batches(idx, batch_size, drop_last=train)):
         if i < skip:
             continue
+        g = batch_generator(seed, epoch, i * world_size + rank) if train else None
         yield transform(split.images[b], train, g), split.labels[b]
 
 
@@ -390,3 +391,48 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, train: bool = 
     return per_rank // batch_size if train else -(-per_rank // batch_size)
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's data source
+
+
+def make_transform(cfg: Config, name: str, device: torch.device) -> Transform:
+    mean, std = STATS[name] if cfg.data.normalize else (None, None)
+    return Transform(cfg.resolution(), mean, std, cfg.data.crop_padding, cfg.data.flip,
+                     channels_last=cfg.system.channels_last and device.type != "mps")  # fmt: skip
+
+
+class InMemory:
+    """The chapter's datasets: uint8 on the device, a batch is a gather by indices.
+
+    Each rank trains on its shard of the permutation and evaluates every world_size-th test image.
+    ``train(epoch, skip)`` and ``val()`` yield device batches, as imagenet.ImagePipeline's do.
+    """
+
+    skipped = 0  # nothing here can fail to decode
+
+    def __init__(self, cfg: Config, device, batch: int, eval_batch: int, rank: int = 0, world: int = 1):
+        ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, device=device)
+        if cfg.data.limit_train:
+            ds.train = ds.train.subset(cfg.data.limit_train)
+        if cfg.data.limit_test:
+            ds.test = ds.test.subset(cfg.data.limit_test)
+        if cfg.data.crop_padding >= ds.size:
+            raise DataError(f"--crop-padding {cfg.data.crop_padding} must be smaller than the {ds.size}-pixel images")
+        self.ds, self.name, self.classes, self.channels = ds, ds.name, ds.classes, ds.channels
+        self.transform = make_transform(cfg, ds.name, device)
+        self.resolution = self.transform.resolution
+        self.normalization = (self.transform.mean, self.transform.std)
+        self.test = Split(ds.test.images[rank::world], ds.test.labels[rank::world])
+        self.batch, self.eval_batch, self.seed, self.rank, self.world = batch, eval_batch, cfg.train.seed, rank, world
+
+    def __len__(self) -> int:
+        return len(self.ds.train)
+
+    def train(self, epoch: int, skip: int = 0):
+        return loader(self.ds.train, self.transform, self.batch, True, epoch, self.seed, self.rank, self.world,
+                      skip=skip)  # fmt: skip
+
+    def val(self):
+        return loader(self.test, self.transform, self.eval_batch, False)

@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .data import DataError, epoch_indices
+from .runs import atomic_write
 
 IMAGE_DATASETS = ("imagefolder", "imagelist")
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -344,25 +345,8 @@ class ImagePipeline:
 
 
 def save_stats(stats: dict, path: Path) -> None:
-    from .train import atomic_write_text
-
-    atomic_write_text(json.dumps(stats, indent=2) + "\n", path)
+    atomic_write(path, json.dumps(stats, indent=2) + "\n")
 
 
 def load_stats(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def evaluate_run(model, cfg, ckpt: dict, device: torch.device, data_dir: str | None = None, batch_size: int = 256,
-                 ten_crop: bool | None = None) -> dict:  # fmt: skip
-    """A checkpoint's top-1 / top-5 on its validation split, with the run's own colour statistics."""
-    from .train import evaluate
-
-    changes = {"data_dir": data_dir or cfg.data.data_dir}
-    if ten_crop is not None:
-        changes["ten_crop"] = ten_crop
-    pipe = ImagePipeline(cfg.replace(**changes), device, ckpt["resolution"], 1, batch_size, stats=ckpt.get("stats"),
-                         channels_last=False)  # fmt: skip
-    ev = evaluate(model.to(device), pipe.val(), device=device, amp=device.type == "cuda",
-                  num_classes=len(pipe.classes))  # fmt: skip
-    return {**ev, "skipped": pipe.skipped, "ten_crop": changes.get("ten_crop", cfg.data.ten_crop)}

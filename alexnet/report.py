@@ -3,37 +3,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .analysis import trace
-from .models import build_model, get_spec
+from .models import build_model
 
 
 class ReportError(ValueError):
     pass
 
 
-def read_run(run_dir: str | Path) -> dict:
-    run = Path(run_dir)
-    try:
-        config = json.loads((run / "config.json").read_text())
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-    except FileNotFoundError as e:
-        raise ReportError(f"{run}: not a run directory (missing {Path(e.filename).name})") from None
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{run}: unreadable run files ({e})") from None
-    if not metrics:
-        raise ReportError(f"{run}: the run has no finished epoch")
-    return {"dir": run, "config": config, "metrics": metrics}
-
-
 def summarize(run: dict) -> dict:
+    """One row of the comparison table from ``runs.read_run``'s record: the model is built in the
+    shape its checkpoint records (channels, classes, resolution), so a 1000-class run counts 1000."""
     cfg, m = run["config"], run["metrics"]
-    model = cfg["train"]["model"]
-    channels = 3 if cfg["data"]["dataset"] == "cifar10" else 1
-    res = cfg["data"]["resolution"] or get_spec(model).resolution
-    rows = trace(build_model(model, channels), (1, channels, res, res))
+    model, channels, res = cfg["train"]["model"], run["in_channels"], run["resolution"]
+    rows = trace(build_model(model, channels, run["num_classes"]), (1, channels, res, res))
     return {
         "run": run["dir"].name, "model": model, "preset": cfg.get("preset", ""), "input": f"{res}x{res}",
         "params_M": sum(r.params for r in rows) / 1e6, "GFLOPs": sum(r.flops for r in rows) / 1e9,
@@ -70,5 +55,37 @@ def plot_runs(runs: list[dict], path: Path) -> None:
             ax.grid(alpha=0.3)
     axes[2].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from .runs import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def plot_confusion(matrix, classes: list[str], path: Path, title: str) -> None:
+    """The evaluate command's figure: row-normalised confusion matrix with counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .runs import atomic_write
+
+    m = matrix.double()
+    norm = m / m.sum(1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    n = len(classes)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            if m[i, j]:
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, fraction=0.046)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)

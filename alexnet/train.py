@@ -1,4 +1,4 @@
-"""Training and evaluation: one epoch, one evaluation pass, and the run around them.
+"""Training: the optimiser and schedule, one epoch, one evaluation, and the run around them.
 
 Data flows one way: uint8 split on the device -> batch of indices -> device-side augment/resize
 -> model -> loss -> SGD -> metrics summed on the device -> host once per log interval -> run dir.
@@ -7,20 +7,20 @@ Image folders (imagenet.py) differ only in the first step: workers decode uint8 
 Under ``torchrun`` the same loop is data-parallel (DistributedDataParallel): each rank reads its
 shard of every epoch's permutation, gradients are averaged in backward, metrics are reduced across
 ranks, and rank 0 alone writes the run directory.
+
+Resume is exact at any step: the data order, each batch's augmentation and each step's dropout
+masks are functions of (seed, epoch, step), a Ctrl-C or SIGTERM takes effect between two steps,
+and the checkpoint holds the epoch's running totals.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import math
-import os
 import signal
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,122 +32,21 @@ from torch.nn.parallel import DistributedDataParallel
 from . import data as D
 from . import imagenet as I
 from .analysis import InputTooSmall, trace
-from .config import Config
-from .models import TwoTowers, build_model, get_spec
+from .config import RESUMABLE, Config, ConfigError, Schedule
+from .device import (CompiledOrEager, autocast, bf16_autocast, channels_last_on, describe, init_distributed,
+                     reduce_means, select_device, use_compile)  # fmt: skip
+from .models import TwoTowers, build_model
+from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, say, warn
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """A run that cannot go on (non-finite loss, bad resume); the message is one line."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Device, precision, compilation
-
-
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainingError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError(f"--device {name}: MPS is not available on this machine")
-    return device
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (x86: AVX512-BF16 or AMX; Arm: BF16). Only
-    then does bf16 autocast pay on a CPU: on the 2-core AVX512-BF16 machine this project is
-    developed on, an `alexnet` training step runs 1.8x faster in bf16 than in fp32; without the
-    instructions, bf16 is emulated and slower than fp32."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith(("flags", "Features"))), [])  # fmt: skip
-    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
-
-
-def bf16_autocast(setting: str, device: torch.device) -> bool:
-    """Whether ``--amp SETTING`` means bf16 autocast on ``device``. auto: where it pays, on CUDA
-    GPUs with bf16 units (Ampere and later) and CPUs with bf16 instructions. Weights, gradients
-    and optimizer state stay fp32 either way."""
-    if setting != "auto":
-        return setting == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_native_bf16()
-
-
-def use_amp(cfg: Config, device: torch.device) -> bool:
-    return bf16_autocast(cfg.system.amp, device)
-
-
-def use_compile(cfg: Config, device: torch.device) -> bool:
-    return cfg.system.compile == "on" or (cfg.system.compile == "auto" and device.type == "cuda")
-
-
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def init_distributed(cfg: Config) -> tuple[torch.device, int, int]:
-    """(device, rank, world size). Under torchrun (WORLD_SIZE > 1) this joins the process group:
-    NCCL between GPUs, one GPU per process (LOCAL_RANK), and Gloo between CPU processes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = select_device(cfg.system.device)
-    if world == 1:
-        return device, 0, 1
-    rank = int(os.environ["RANK"])
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise TrainingError(f"data-parallel training runs on CUDA (NCCL) or the CPU (Gloo), not {device.type}")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, rank, world
-
-
-def reduce_means(m: dict, keys: tuple[str, ...], device, world: int, sums: tuple[str, ...] = ()) -> dict:
-    """Rank-local means (over m['images']) -> means over all ranks' images; ``sums`` are added up."""
-    if world == 1:
-        return m
-    t = torch.tensor([m["images"], *(m[k] * m["images"] for k in keys), *(m[k] for k in sums)],
-                     dtype=torch.float64, device=device)  # fmt: skip
-    dist.all_reduce(t)
-    n = max(t[0].item(), 1)
-    out = {**m, "images": int(t[0].item())}
-    out.update({k: t[1 + i].item() / n for i, k in enumerate(keys)})
-    out.update({k: int(t[1 + len(keys) + i].item()) for i, k in enumerate(sums)})
-    return out
-
-
-class CompiledOrEager(nn.Module):
-    """``torch.compile`` the model, and fall back to eager if compilation fails on first use."""
-
-    def __init__(self, model: nn.Module, enabled: bool):
-        super().__init__()
-        self.model = model
-        self.compiled = torch.compile(model) if enabled else None
-
-    def forward(self, x):
-        if self.compiled is not None:
-            try:
-                return self.compiled(x)
-            except Exception as e:  # a backend missing (no C compiler, old GPU) is not fatal
-                warnings.warn(f"torch.compile failed ({e.__class__.__name__}); running eager", stacklevel=2)
-                self.compiled = None
-        return self.model(x)
+class NonFiniteLoss(TrainingError):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss became {value} by step {step}")
+        self.step, self.value = step, value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +63,7 @@ def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
 
 
-SCHEDULES = ("constant", "cosine", "step", "plateau")
+SCHEDULES = typing.get_args(Schedule)
 
 
 def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: Config, drops: int = 0) -> float:
@@ -202,11 +101,61 @@ def plateau_drops(val_errors: list[float], patience: int) -> int:
 # One epoch, one evaluation
 
 
-def make_transform(cfg: Config, ds: D.Dataset, device: torch.device) -> D.Transform:
-    res = cfg.data.resolution or get_spec(cfg.train.model).resolution
-    mean, std = D.STATS[ds.name] if cfg.data.normalize else (None, None)
-    return D.Transform(res, mean, std, cfg.data.crop_padding, cfg.data.flip,
-                       channels_last=cfg.system.channels_last and device.type != "mps")  # fmt: skip
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, taken between two steps: weights, optimizer and totals agree."""
+
+
+class Abort(KeyboardInterrupt):
+    """A second Ctrl-C: stop now, mid-step, without writing anything."""
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag the loop reads between steps, so an interruption never lands
+    between ``optimizer.step()`` and the totals that a mid-epoch checkpoint saves."""
+
+    def __init__(self):
+        self.requested, self._previous = False, {}
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not in the main thread: leave the signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise Abort
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise Interrupted
+
+
+@dataclass
+class Tally:
+    """Running totals of the epoch in progress, on the device; a mid-epoch checkpoint saves them."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    steps: int = 0  # steps taken in this epoch
+
+    @classmethod
+    def start(cls, device, saved: tuple | None = None) -> "Tally":
+        ls, c, n, s = saved or (0.0, 0, 0, 0)
+        f32 = torch.float32
+        return cls(torch.tensor(ls, device=device, dtype=f32), torch.tensor(c, device=device), int(n), int(s))
+
+    def saved(self) -> tuple:
+        return (self.loss_sum.item(), int(self.correct.item()), self.seen, self.steps)
+
+    def mean_loss(self) -> float:
+        return (self.loss_sum / max(self.seen, 1)).item()  # the one host-device sync per interval
 
 
 @dataclass
@@ -215,64 +164,59 @@ class Progress:
 
     enabled: bool = True
 
-    def bar(self, total: int, desc: str):
+    def bar(self, total: int, desc: str, done: int = 0):
         if not self.enabled:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+        return tqdm(total=total, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
 
-def train_one_epoch(model, optimizer, batches, *, device, amp, label_smoothing=0.0, lr_fn=None,
-                    step0=0, log_every=25, bar=None, sums=None, on_step=None):
-    """Train over ``batches``; returns {'loss', 'acc', 'images', 'steps'} summed on the device.
+def train_one_epoch(model, optimizer, batches, *, device, amp, label_smoothing=0.0, lr_fn=None, step0=0,
+                    log_every=25, bar=None, tally=None, dropout_seed=None, stop=None) -> dict:  # fmt: skip
+    """Train over ``batches``; returns {'loss', 'acc', 'images', 'steps'} of the epoch.
 
-    ``sums`` carries the running totals of an interrupted epoch. Losses stay on the device and
-    reach the host only every ``log_every`` steps, where they are checked for non-finite values.
+    ``tally`` holds the epoch's running totals (resumed ones included) and is updated in place.
+    Losses stay on the device and reach the host only every ``log_every`` steps, where they are
+    checked for non-finite values. ``dropout_seed(step)`` seeds each step's dropout masks.
     """
     model.train()
-    loss_sum, correct, seen = sums or (torch.zeros((), device=device), torch.zeros((), device=device), 0)
-    step = step0
-    t0, n0 = time.perf_counter(), seen
+    tally = tally or Tally.start(device)
+    step, t0, n0 = step0, time.perf_counter(), tally.seen
     for x, y in batches:
+        if stop is not None:
+            stop.check()
         if lr_fn is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_fn(step)
+        if dropout_seed is not None:
+            torch.manual_seed(dropout_seed(step))
         with autocast(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-        step += 1
-        if on_step is not None:
-            on_step(step, (loss_sum, correct, seen))
+        tally.loss_sum += loss.detach() * len(y)
+        tally.correct += (logits.argmax(1) == y).sum()
+        tally.seen, tally.steps, step = tally.seen + len(y), tally.steps + 1, step + 1
         if step % log_every == 0:
-            mean = (loss_sum / seen).item()  # the one host-device sync per interval
+            mean = tally.mean_loss()
             if not math.isfinite(mean):
                 raise NonFiniteLoss(step, mean)
             if bar is not None:
-                rate = (seen - n0) / (time.perf_counter() - t0)
+                rate = (tally.seen - n0) / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{mean:.3f}", img_s=f"{rate:.0f}", refresh=False)
         if bar is not None:
             bar.update(1)
-    mean = (loss_sum / max(seen, 1)).item()
+    mean = tally.mean_loss()
     if not math.isfinite(mean):
         raise NonFiniteLoss(step, mean)
-    return {"loss": mean, "acc": (correct / max(seen, 1)).item(), "images": seen, "steps": step}
-
-
-class NonFiniteLoss(TrainingError):
-    def __init__(self, step: int, value: float):
-        super().__init__(f"loss became {value} by step {step}")
-        self.step, self.value = step, value
+    return {"loss": mean, "acc": (tally.correct / max(tally.seen, 1)).item(), "images": tally.seen, "steps": step}
 
 
 @torch.inference_mode()
-def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool = False):
+def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool = False, stop=None) -> dict:
     """Mean loss, accuracy and top-5 accuracy (and the confusion matrix, rows = true class).
 
     A batch of shape (B, n, C, H, W) holds n crops per image whose softmaxes are averaged (§4.1).
@@ -282,6 +226,8 @@ def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool =
     matrix = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
     seen = 0
     for x, y in batches:
+        if stop is not None:
+            stop.check()
         crops = x.shape[1] if x.ndim == 5 else 1
         with autocast(device, amp):
             logits = model(x.flatten(0, 1) if crops > 1 else x).float()
@@ -302,111 +248,76 @@ def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool =
     return out
 
 
+def evaluate_run(model, ckpt: dict, device: torch.device, data_dir: str | None = None, batch_size: int = 256,
+                 ten_crop: bool | None = None) -> dict:  # fmt: skip
+    """An image-folder checkpoint's top-1 / top-5 on its validation split, with the run's own colour
+    statistics and precision."""
+    cfg = ckpt["cfg"]
+    changes = {"data_dir": data_dir or cfg.data.data_dir}
+    if ten_crop is not None:
+        changes["ten_crop"] = ten_crop
+    pipe = I.ImagePipeline(cfg.replace(**changes), device, ckpt["resolution"], 1, batch_size,
+                           stats=ckpt.get("stats"), channels_last=False)  # fmt: skip
+    ev = evaluate(model.to(device), pipe.val(), device=device, amp=bf16_autocast(cfg.system.amp, device),
+                  num_classes=len(pipe.classes))  # fmt: skip
+    if ev["images"] == 0:
+        raise TrainingError(f"{cfg.data.data_dir}: no readable validation image ({pipe.skipped} unreadable)")
+    return {**ev, "skipped": pipe.skipped, "ten_crop": changes.get("ten_crop", cfg.data.ten_crop)}
+
+
 # ---------------------------------------------------------------------------------------------
-# Checkpoints and the run directory
+# Resuming: the run's own plan, and the few settings that may change
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``:
-    a crash or Ctrl-C at any moment leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@dataclass
+class Position:
+    """Where a run stands: finished epochs, steps into the next one and their totals, the metrics."""
+
+    epoch: int = 0
+    step: int = 0
+    tally: tuple | None = None  # (loss_sum, correct, seen, steps) of those steps
+    metrics: list[dict] = field(default_factory=list)
+    changes: list[dict] = field(default_factory=list)  # settings a resume changed, and from which epoch
+
+    @property
+    def best_acc(self) -> float:
+        return max((m["val_acc"] for m in self.metrics), default=-1.0)
+
+    @classmethod
+    def of(cls, ckpt: dict) -> "Position":
+        tally = ckpt.get("tally")
+        return cls(int(ckpt["epoch"]), int(ckpt["step"]), tuple(tally) if tally else None, list(ckpt["metrics"]),
+                   list(ckpt.get("changes", [])))  # fmt: skip
+
+
+def resume_config(ckpt: dict, overrides: dict) -> tuple[Config, list[dict]]:
+    """The run's recorded settings with the user's explicit changes, of which only RESUMABLE ones
+    are allowed; each change is returned as a record with the epoch it takes effect."""
+    saved = ckpt["cfg"]
+    current = {**saved.flat(), "preset": saved.preset}
+    refused = sorted(k for k, v in overrides.items() if k not in RESUMABLE and current.get(k) != v)
+    if refused:
+        k = refused[0]
+        raise TrainingError(f"--resume keeps the run's recorded settings: --{k.replace('_', '-')} cannot change "
+                            f"({current.get(k)!r} -> {overrides[k]!r}); start a new run for that")  # fmt: skip
+    done = int(ckpt["epoch"])
+    if "epochs" in overrides and overrides["epochs"] < done + (1 if ckpt["step"] else 0):
+        raise TrainingError(f"--epochs {overrides['epochs']}: the run has already trained {done} epochs")
+    changed = {k: v for k, v in overrides.items() if current.get(k) != v and k != "preset"}
+    at = done + 1
+    records = [{"epoch": at, "setting": k, "from": current.get(k), "to": v} for k, v in changed.items()]
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        cfg = saved.replace(**changed)
+    except ConfigError as e:
+        raise TrainingError(str(e)) from None
+    return cfg, list(ckpt.get("changes", [])) + records
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file, or the best (else last) one of a run directory."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).exists():
-                p = p / name
-                break
-        else:
-            raise TrainingError(f"{path}: run directory holds no checkpoint (best.pt or last.pt)")
-    if not p.exists():
-        raise TrainingError(f"{path}: no such checkpoint or run directory")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TrainingError(f"{p}: not a readable checkpoint ({e.__class__.__name__})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise TrainingError(f"{p}: not an alexnet checkpoint")
-    ckpt["path"] = str(p)
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, Config]:
-    cfg = Config.from_dict(ckpt["config"])
-    model = build_model(cfg.train.model, ckpt["in_channels"], ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"])
-    return model, cfg
-
-
-def plot_curves(metrics: list[dict], path: Path, title: str) -> None:
-    """The chapter's figure: train loss, validation loss and validation accuracy per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [m["epoch"] for m in metrics]
-    ax.plot(epochs, [m["train_loss"] for m in metrics], "-o", label="train loss")
-    ax.plot(epochs, [m["val_loss"] for m in metrics], "--s", label="val loss")
-    ax.plot(epochs, [m["val_acc"] for m in metrics], "-.^", label="val acc")
-    ax.set_xlabel("epoch")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def plot_confusion(matrix: torch.Tensor, classes: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = matrix.double()
-    norm = m / m.sum(1, keepdim=True).clamp_min(1)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    n = len(classes)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), classes, fontsize=8)
-    for i in range(n):
-        for j in range(n):
-            if m[i, j]:
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _resolved(cfg: Config, device: torch.device) -> Config:
+    """Record what 'auto' meant on this machine, so the run says how it was trained and a resume
+    keeps that precision (and compilation) rather than re-deciding."""
+    return cfg.replace(amp="bf16" if bf16_autocast(cfg.system.amp, device) else "off",
+                       compile="on" if use_compile(cfg.system.compile, device) else "off")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,87 +335,25 @@ class RunResult:
         return self.metrics[-1] if self.metrics else {}
 
 
-def _say(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, flush=True)
-
-
-class InMemory:
-    """The chapter's datasets (data.py): uint8 on the device, a batch is a gather by indices.
-
-    Each rank trains on its shard of the permutation and evaluates every world_size-th test image.
-    """
-
-    skipped = 0  # nothing here can fail to decode
-
-    def __init__(self, cfg: Config, device, batch: int, eval_batch: int, rank: int, world: int):
-        ds = D.load_dataset(cfg.data.dataset, cfg.data.data_dir, device=device)
-        if cfg.data.limit_train:
-            ds.train = ds.train.subset(cfg.data.limit_train)
-        if cfg.data.limit_test:
-            ds.test = ds.test.subset(cfg.data.limit_test)
-        self.ds, self.name, self.classes, self.channels = ds, ds.name, ds.classes, ds.channels
-        self.transform = make_transform(cfg, ds, device)
-        self.resolution = self.transform.resolution
-        self.test = D.Split(ds.test.images[rank::world], ds.test.labels[rank::world])
-        self.batch, self.eval_batch, self.seed, self.rank, self.world = batch, eval_batch, cfg.train.seed, rank, world
-
-    def __len__(self) -> int:
-        return len(self.ds.train)
-
-    def train(self, epoch: int, skip: int = 0):
-        return D.loader(self.ds.train, self.transform, self.batch, True, epoch, self.seed, self.rank, self.world,
-                        skip=skip)  # fmt: skip
-
-    def val(self):
-        return D.loader(self.test, self.transform, self.eval_batch, False)
-
-
-def load_data(cfg: Config, device, run_dir: Path, resume: bool, rank: int, world: int):
-    """The run's data source: ``train(epoch, skip)`` and ``val()`` yield device batches."""
-    if cfg.train.batch_size % world:
-        raise TrainingError(f"--batch-size {cfg.train.batch_size} (global) does not split evenly over {world} ranks")
-    batch, eval_batch = cfg.train.batch_size // world, max(1, cfg.train.eval_batch_size // world)
-    if cfg.data.dataset not in I.IMAGE_DATASETS:
-        return InMemory(cfg, device, batch, eval_batch, rank, world)
-    # The colour statistics are part of the run: a resumed run reuses them rather than resampling.
-    stats = I.load_stats(run_dir / "lighting.json") if resume else None
-    resolution = cfg.data.resolution or get_spec(cfg.train.model).resolution
-    return I.ImagePipeline(cfg, device, resolution, batch, eval_batch, rank, world, stats,
-                           channels_last=cfg.system.channels_last and device.type != "mps")  # fmt: skip
-
-
-def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
+def fit(cfg: Config, run_dir=None, *, resume: bool = False, overrides: dict | None = None, progress: bool = True,
         quiet: bool = False) -> RunResult:  # fmt: skip
-    """Train ``cfg`` into ``run_dir`` (config.json, metrics.jsonl, curves.png, last.pt, best.pt;
-    image folders add lighting.json). Under torchrun, data-parallel over the ranks."""
-    run_dir = Path(run_dir)
-    state = None
+    """Train ``cfg`` into ``run_dir`` (a fresh, uniquely named one under runs/ when None), or, with
+    ``resume``, continue the run there with its own settings changed only by ``overrides``.
+    Under torchrun, data-parallel over the ranks; rank 0 writes the run directory."""
+    ckpt = None
     if resume:
-        last = run_dir / "last.pt"
-        if not last.exists():
+        if run_dir is None or not (Path(run_dir) / "last.pt").exists():
             raise TrainingError(f"--resume {run_dir}: no last.pt to resume from")
-        state = load_checkpoint(last)
-        saved = Config.from_dict(state["config"])
-        # The run's own recipe wins; only the length and where it runs may change on resume.
-        cfg = Config.from_dict({**saved.to_dict(), "system": cfg.system.__dict__}).replace(epochs=cfg.train.epochs)
+        ckpt = load_checkpoint(Path(run_dir) / "last.pt")
+        cfg, changes = resume_config(ckpt, dict(overrides or {}))
+    elif overrides:
+        cfg = cfg.replace(**overrides)
+    device, rank, world = init_distributed(cfg.system.device)
+    main = rank == 0
     try:
-        cfg.check()
-    except ValueError as e:
-        raise TrainingError(str(e)) from None
-    if cfg.train.schedule not in SCHEDULES:
-        raise TrainingError(f"unknown --schedule {cfg.train.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-    device, rank, world = init_distributed(cfg)
-    if cfg.system.model_parallel:  # batches and logits live on the first of the two devices
-        names = cfg.system.model_parallel.split(",")
-        if len(names) != 2:
-            raise TrainingError(f"--model-parallel {cfg.system.model_parallel}: give two devices, like cuda:0,cuda:1")
-        device = select_device(names[0])
-        select_device(names[1])
-    main = rank == 0  # only rank 0 writes the run directory, prints and draws progress bars
-    quiet, progress = quiet or not main, progress and main
-    try:
-        result = _fit(cfg, run_dir, state, device, rank, world, main, progress, quiet)
+        with Session(cfg, device, rank, world, quiet=quiet or not main, progress=progress and main) as s:
+            s.prepare(run_dir, ckpt, changes if resume else [])
+            result = s.run()
         if world > 1:  # leave the group together: a rank exiting while rank 0 still writes can abort Gloo
             dist.barrier()
         return result
@@ -513,182 +362,232 @@ def fit(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, progre
             dist.destroy_process_group()
 
 
-def _fit(cfg, run_dir, state, device, rank, world, main, progress, quiet) -> RunResult:
-    amp, compiled = use_amp(cfg, device), use_compile(cfg, device)
-    data = load_data(cfg, device, run_dir, state is not None, rank, world)
-    resolution = data.resolution
-    channels_last = cfg.system.channels_last and device.type != "mps"
-    num_classes = len(data.classes)
+class Session:
+    """One process's part of a run: its data, network, optimiser, position and run directory."""
 
-    model = build_model(cfg.train.model, data.channels, num_classes, seed=cfg.train.seed)
-    _check_input_fits(model, data.channels, resolution, "cpu")
-    # Only now that the data and the model are known good: a mistake leaves no empty run behind.
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, I.ImagePipeline):
-            I.save_stats(data.stats, run_dir / "lighting.json")
-    if state is not None:
-        model.load_state_dict(state["model"])
-    if cfg.system.model_parallel:
+    def __init__(self, cfg: Config, device, rank: int, world: int, quiet: bool, progress: bool):
+        if cfg.system.model_parallel:  # batches and logits live on the first of the two devices
+            names = cfg.system.model_parallel.split(",")
+            device = select_device(names[0])
+            select_device(names[1])
+        self.cfg, self.device, self.rank, self.world = _resolved(cfg, device), device, rank, world
+        self.main, self.quiet, self.bars = rank == 0, quiet, Progress(progress)
+        self.run_dir: RunDir | None = None
+        self.stop = StopFlag()
+
+    def __enter__(self):
+        self.stop.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.__exit__(*exc)
+        if self.run_dir is not None:
+            self.run_dir.release()
+
+    def prepare(self, run_dir, ckpt: dict | None, changes: list[dict]) -> None:
+        """Data, network and optimiser, checked before the run directory is touched: a mistake
+        leaves no empty run behind."""
+        cfg, device = self.cfg, self.device
+        self.data = load_data(cfg, device, Path(run_dir) if ckpt else None, ckpt, self.rank, self.world)
+        self.model = build_model(cfg.train.model, self.data.channels, len(self.data.classes), seed=cfg.train.seed)
+        _check_input_fits(self.model, self.data.channels, self.data.resolution)
+        self.pos = Position.of(ckpt) if ckpt else Position()
+        self.pos.changes = changes
+        if ckpt is not None:
+            _load_weights(self.model, ckpt)
+        self.net = self._place_model()
+        self.optimizer = make_optimizer(self.model, cfg, device)
+        if ckpt is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.steps = D.steps_per_epoch(len(self.data), cfg.train.batch_size // self.world, self.world)
+        if self.steps == 0:
+            raise TrainingError(f"batch size {cfg.train.batch_size} exceeds the {len(self.data)} training images")
+        self.title = f"{cfg.train.model} · {self.data.name} · preset {cfg.preset}"
+        if self.main:
+            self.run_dir = self._open_run_dir(run_dir, ckpt)
+        self._announce(ckpt)
+
+    def _place_model(self) -> nn.Module:
+        cfg, device, model = self.cfg, self.device, self.model
+        if cfg.system.model_parallel:
+            try:
+                model = self.model = TwoTowers(model, cfg.system.model_parallel.split(","))
+            except (ValueError, RuntimeError) as e:
+                raise TrainingError(f"--model-parallel {cfg.system.model_parallel}: {e}") from None
+        else:
+            model = self.model = model.to(device)
+        if channels_last_on(cfg.system.channels_last, device):
+            model = self.model = model.to(memory_format=torch.channels_last)
+        # Gradients are averaged across ranks inside backward, bucket by bucket, overlapping the compute.
+        if self.world > 1:
+            model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        return CompiledOrEager(model, cfg.system.compile == "on")
+
+    def _open_run_dir(self, run_dir, ckpt) -> RunDir:
+        cfg = self.cfg
+        if ckpt is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run = RunDir.new(run_dir, f"{cfg.preset}-{cfg.train.model}-{stamp}")
+        else:
+            run = RunDir.open(run_dir)
+            for what in run.reconcile(ckpt, self.title):
+                warn(f"{run.path}: repaired {what}")
+        run.write_config(cfg, self.pos.changes)
+        if isinstance(self.data, I.ImagePipeline):
+            I.save_stats(self.data.stats, run.path / "lighting.json")
+        return run
+
+    def _announce(self, ckpt) -> None:
+        cfg, pos, d = self.cfg, self.pos, self.device
+        res = self.data.resolution
+        say(f"preset {cfg.preset} · model {cfg.train.model} · {self.data.name} {res}x{res} · device {describe(d)} · "
+            f"bf16 {cfg.system.amp == 'bf16' and 'on' or 'off'} · compile {cfg.system.compile} · channels_last "
+            f"{'on' if channels_last_on(cfg.system.channels_last, d) else 'off'} · {cfg.train.epochs} epochs x "
+            f"{self.steps} steps" + (f" · data-parallel over {self.world} ranks ({dist.get_backend()})"
+                                     if self.world > 1 else ""), self.quiet)  # fmt: skip
+        if ckpt is not None:
+            where = self.run_dir.path if self.run_dir else ""
+            say(f"resuming {where} at epoch {pos.epoch + 1}" + (f", step {pos.step}" if pos.step else ""), self.quiet)
+            for c in pos.changes:
+                if c["epoch"] == pos.epoch + 1:
+                    extra = ("; the learning-rate schedule is recomputed for the new length"
+                             if c["setting"] == "epochs" and (cfg.train.schedule != "constant" or
+                                                              cfg.train.warmup_epochs) else "")  # fmt: skip
+                    say(f"changed from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}{extra}", self.quiet)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        pos, cfg = self.pos, self.cfg
+        if pos.epoch >= cfg.train.epochs:
+            say(f"the run is complete ({pos.epoch} epochs); nothing to train", self.quiet)
         try:
-            model = TwoTowers(model, cfg.system.model_parallel.split(","))
-        except (ValueError, RuntimeError) as e:
-            raise TrainingError(f"--model-parallel {cfg.system.model_parallel}: {e}") from None
-    else:
-        model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg, device)
-    # Gradients are averaged across ranks inside backward, bucket by bucket, overlapping the compute.
-    ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
-    net = CompiledOrEager(ddp, compiled)
+            for epoch in range(pos.epoch, cfg.train.epochs):
+                t0 = time.perf_counter()
+                tr = self.train_epoch(epoch)
+                train_time = time.perf_counter() - t0
+                ev = self.evaluate()
+                self.end_epoch(epoch, tr, ev, train_time, time.perf_counter() - t0)
+        except KeyboardInterrupt as e:
+            self.save_interrupted(abort=isinstance(e, Abort))
+            return RunResult(self._path(), pos.metrics, interrupted=True)
+        return RunResult(self._path(), pos.metrics)
 
-    metrics: list[dict] = []
-    start_epoch, start_step, sums, best = 0, 0, None, -1.0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        metrics, start_epoch, best = state["metrics"], state["epoch"], state.get("best_acc", -1.0)
-        start_step = state.get("step", 0)
-        if state.get("partial") and main:  # the interrupted epoch's totals so far count once, on rank 0
-            p = state["partial"]
-            sums = (torch.tensor(p[0], device=device), torch.tensor(p[1], device=device), p[2])
-        _say(f"resuming {run_dir} at epoch {start_epoch + 1}" + (f", step {start_step}" if start_step else ""), quiet)
-    if main:
-        atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", run_dir / "config.json")
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, pos, steps = self.cfg, self.pos, self.steps
+        skip = pos.step if epoch == pos.epoch else 0
+        drops = plateau_drops([1 - m["val_acc"] for m in pos.metrics], cfg.train.lr_patience)
+        self.tally = Tally.start(self.device, pos.tally if skip and self.main else None)
+        self.tally.steps = skip
+        bar = self.bars.bar(steps, f"epoch {epoch + 1}/{cfg.train.epochs}", skip)
+        # Dropout: a function of (seed, step), and of the rank, else every rank's i-th image would
+        # get the same mask.
+        seed = cfg.train.seed * 1_000_003 + 1_000_033 * self.rank
+        try:
+            tr = train_one_epoch(
+                self.net, self.optimizer, self.data.train(epoch, skip), device=self.device,
+                amp=cfg.system.amp == "bf16", label_smoothing=cfg.train.label_smoothing,
+                lr_fn=lambda s: lr_at(s, steps * cfg.train.epochs, steps, cfg, drops), step0=epoch * steps + skip,
+                log_every=cfg.system.log_every, bar=bar, tally=self.tally, dropout_seed=lambda s: seed + 7 * s,
+                stop=self.stop,
+            )  # fmt: skip
+        except NonFiniteLoss as e:
+            good = self.run_dir.last if self.run_dir and self.run_dir.last.exists() else "none yet"
+            raise TrainingError(f"epoch {epoch + 1}: {e}; stopping (lower --lr?). Last good checkpoint: {good}") from None
+        finally:
+            if bar is not None:
+                bar.close()
+        tr["lr"] = lr_at(epoch * steps + steps - 1, steps * cfg.train.epochs, steps, cfg, drops)
+        return reduce_means(tr, ("loss", "acc"), self.device, self.world)
 
-    steps = D.steps_per_epoch(len(data), cfg.train.batch_size // world, world)
-    if steps == 0:
-        raise TrainingError(f"batch size {cfg.train.batch_size} exceeds the {len(data)} training images")
-    total = steps * cfg.train.epochs
-    images = isinstance(data, I.ImagePipeline)
-    drops = 0  # the plateau schedule's divisions of the rate so far, replayed each epoch from the metrics
+    def evaluate(self) -> dict:
+        ev = evaluate(self.net, self.data.val(), device=self.device, amp=self.cfg.system.amp == "bf16",
+                      num_classes=len(self.data.classes), stop=self.stop)  # fmt: skip
+        ev = reduce_means({**ev, "skipped": self.data.skipped}, ("loss", "acc", "top5"), self.device, self.world,
+                          ("skipped",))  # fmt: skip
+        if ev["images"] == 0:
+            raise TrainingError(f"no readable validation image ({ev['skipped']} unreadable): nothing to evaluate")
+        return ev
 
-    def lr_fn(s):
-        return lr_at(s, total, steps, cfg, drops)
+    def end_epoch(self, epoch: int, tr: dict, ev: dict, train_time: float, epoch_time: float) -> None:
+        pos = self.pos
+        row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": ev["loss"],
+               "val_acc": ev["acc"], "lr": tr["lr"], "train_images_per_s": tr["images"] / train_time,
+               "train_time_s": train_time, "epoch_time_s": epoch_time}  # fmt: skip
+        images = isinstance(self.data, I.ImagePipeline)
+        if images:  # the paper's figures: top-1 and top-5 error; and the files that could not be read
+            row.update(val_top1_err=1 - ev["acc"], val_top5_err=1 - ev["top5"], skipped_images=ev["skipped"])
+        improved = row["val_acc"] > pos.best_acc
+        pos.metrics.append(row)
+        pos.epoch, pos.step, pos.tally, self.tally = epoch + 1, 0, None, None
+        if self.run_dir is not None:
+            self.run_dir.save(self.checkpoint(), best=improved)
+            self.run_dir.write_metrics(pos.metrics, self.title)
+        say(f"epoch {epoch + 1:>3}/{self.cfg.train.epochs}  train loss {row['train_loss']:.4f}  "
+            f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
+            + (f"top-5 err {row['val_top5_err']:.4f}  " if images else "")
+            + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s", self.quiet)  # fmt: skip
 
-    _say(
-        f"preset {cfg.preset} · model {cfg.train.model} · {data.name} {resolution}x{resolution} · "
-        f"device {describe(device)} · bf16 {'on' if amp else 'off'} · compile {'on' if compiled else 'off'} · "
-        f"channels_last {'on' if channels_last else 'off'} · {cfg.train.epochs} epochs x {steps} steps"
-        + (f" · data-parallel over {world} ranks ({dist.get_backend()})" if world > 1 else ""),
-        quiet,
-    )
+    def save_interrupted(self, abort: bool) -> None:
+        pos, tally = self.pos, getattr(self, "tally", None)
+        if tally is not None and tally.steps:
+            # Mid-epoch. Under DDP the other ranks' totals are out of reach: the position is kept and
+            # the resumed epoch's training loss covers only the steps after it.
+            pos.step, pos.tally = tally.steps, tally.saved() if self.world == 1 else None
+        last = self.run_dir.last if self.run_dir else None
+        if not self.main or last is None:
+            return
+        if abort:
+            say(f"\nstopped without saving; {last} holds the last checkpoint", self.quiet)
+            return
+        try:
+            self.run_dir.save(self.checkpoint(), best=False)
+        except RunError as e:
+            warn(f"interrupted, and {e}; {last} is unchanged")
+            return
+        say(f"\ninterrupted: saved {last} (epoch {pos.epoch + 1}, step {pos.step}); "
+            f"continue with: alexnet train --resume {self.run_dir.path}", self.quiet)  # fmt: skip
 
-    def checkpoint(epoch_done: int, step_in_epoch: int = 0, partial=None) -> dict:
+    def checkpoint(self) -> dict:
+        pos, data, model = self.pos, self.data, self.model
         weights = model.grouped_state_dict() if isinstance(model, TwoTowers) else model.state_dict()
         return {
-            "model": weights, "optimizer": optimizer.state_dict(), "config": cfg.to_dict(),
-            "epoch": epoch_done, "step": step_in_epoch, "metrics": metrics, "best_acc": best,
-            "partial": partial, "classes": data.classes, "dataset": data.name, "in_channels": data.channels,
-            "num_classes": num_classes, "resolution": resolution, "torch": str(torch.__version__),
-            "stats": getattr(data, "stats", None),
+            "model": weights, "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
+            "epoch": pos.epoch, "step": pos.step, "tally": pos.tally, "metrics": pos.metrics,
+            "best_epoch": best_epoch_of(pos.metrics), "changes": pos.changes, "classes": data.classes,
+            "dataset": data.name, "in_channels": data.channels, "num_classes": len(data.classes),
+            "resolution": data.resolution, "normalization": getattr(data, "normalization", None),
+            "stats": getattr(data, "stats", None), "torch": str(torch.__version__),
         }  # fmt: skip
 
-    bars = Progress(progress)
-    live = {"step": start_step, "sums": sums}
-    interrupted = False
-    previous = signal.getsignal(signal.SIGTERM)
-    with contextlib.suppress(ValueError):  # not in the main thread: leave SIGTERM alone
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+    def _path(self) -> Path:
+        return self.run_dir.path if self.run_dir else Path(".")
+
+
+def load_data(cfg: Config, device, run_dir: Path | None, ckpt: dict | None, rank: int, world: int):
+    """The run's data source: ``train(epoch, skip)`` and ``val()`` yield device batches."""
+    if cfg.train.batch_size % world:
+        raise TrainingError(f"--batch-size {cfg.train.batch_size} (global) does not split evenly over {world} ranks")
+    batch, eval_batch = cfg.train.batch_size // world, max(1, cfg.train.eval_batch_size // world)
+    if cfg.data.dataset not in I.IMAGE_DATASETS:
+        return D.InMemory(cfg, device, batch, eval_batch, rank, world)
+    # The colour statistics are part of the run: a resumed run reuses them rather than resampling.
+    stats = (ckpt or {}).get("stats") or (I.load_stats(run_dir / "lighting.json") if run_dir else None)
+    return I.ImagePipeline(cfg, device, cfg.resolution(), batch, eval_batch, rank, world, stats,
+                           channels_last=channels_last_on(cfg.system.channels_last, device))  # fmt: skip
+
+
+def _load_weights(model: nn.Module, ckpt: dict) -> None:
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            # Dropout: a function of (seed, epoch), and of the rank, else every rank's i-th image would
-            # get the same mask.
-            torch.manual_seed(cfg.train.seed * 1_000_003 + epoch + 1_000_033 * rank)
-            drops = plateau_drops([1 - m["val_acc"] for m in metrics], cfg.train.lr_patience)
-            skip = start_step if epoch == start_epoch else 0
-            t0 = time.perf_counter()
-            bar = bars.bar(steps, f"epoch {epoch + 1}/{cfg.train.epochs}")
-            if bar is not None and skip:
-                bar.update(skip)
-
-            def on_step(s, current, _epoch=epoch):
-                live["step"], live["sums"] = s - _epoch * steps, current
-
-            try:
-                tr = train_one_epoch(
-                    net, optimizer, data.train(epoch, skip),
-                    device=device, amp=amp, label_smoothing=cfg.train.label_smoothing, lr_fn=lr_fn,
-                    step0=epoch * steps + skip, log_every=cfg.system.log_every, bar=bar,
-                    sums=sums if epoch == start_epoch else None, on_step=on_step,
-                )  # fmt: skip
-            except NonFiniteLoss as e:
-                good = "last.pt" if (run_dir / "last.pt").exists() else "none yet"
-                raise TrainingError(
-                    f"epoch {epoch + 1}: {e}; stopping (lower --lr?). Last good checkpoint: {run_dir / good if good != 'none yet' else good}"
-                ) from None
-            finally:
-                if bar is not None:
-                    bar.close()
-            train_time = time.perf_counter() - t0
-            tr = reduce_means(tr, ("loss", "acc"), device, world)
-            ev = evaluate(net, data.val(), device=device, amp=amp, num_classes=num_classes)
-            ev = reduce_means({**ev, "skipped": data.skipped}, ("loss", "acc", "top5"), device, world, ("skipped",))
-            row = {
-                "epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"],
-                "val_loss": ev["loss"], "val_acc": ev["acc"], "lr": lr_fn(tr["steps"] - 1),
-                "train_images_per_s": tr["images"] / train_time, "train_time_s": train_time,
-                "epoch_time_s": time.perf_counter() - t0,
-            }  # fmt: skip
-            if images:  # the paper's figures: top-1 and top-5 error; and the files that could not be read
-                row.update(val_top1_err=1 - ev["acc"], val_top5_err=1 - ev["top5"], skipped_images=ev["skipped"])
-            metrics.append(row)
-            sums, live["step"], live["sums"] = None, 0, None
-            improved = row["val_acc"] > best
-            best = max(best, row["val_acc"])
-            if main:
-                atomic_save(checkpoint(epoch + 1), run_dir / "last.pt")
-                if improved:
-                    atomic_save(checkpoint(epoch + 1), run_dir / "best.pt")
-                _write_metrics(metrics, run_dir)
-                plot_curves(metrics, run_dir / "curves.png", f"{cfg.train.model} · {data.name} · preset {cfg.preset}")
-            _say(
-                f"epoch {epoch + 1:>3}/{cfg.train.epochs}  train loss {row['train_loss']:.4f}  "
-                f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
-                + (f"top-5 err {row['val_top5_err']:.4f}  " if images else "")
-                + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s",
-                quiet,
-            )
-    except KeyboardInterrupt:
-        interrupted = True
-        epoch_done = len(metrics)
-        partial = None
-        if live["sums"] is not None and world == 1:  # other ranks' totals are out of reach mid-epoch
-            ls, c, n = live["sums"]
-            partial = (float(ls), float(c), int(n))
-        if main:
-            atomic_save(checkpoint(epoch_done, live["step"], partial), run_dir / "last.pt")
-        _say(f"\ninterrupted: saved {run_dir / 'last.pt'} (epoch {epoch_done + 1}, step {live['step']}); "
-             f"continue with: alexnet train --resume {run_dir}", quiet)  # fmt: skip
-    finally:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous)
-    return RunResult(run_dir, metrics, interrupted)
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else "size mismatch"
+        raise TrainingError(f"{ckpt['path']}: the weights do not fit {ckpt['cfg'].train.model} ({first})") from None
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _write_metrics(metrics: list[dict], run_dir: Path) -> None:
-    atomic_write_text("".join(json.dumps(m) + "\n" for m in metrics), run_dir / "metrics.jsonl")
-    keys = list(metrics[0])
-    rows = [",".join(keys)] + [",".join(f"{m[k]:.6g}" if isinstance(m[k], float) else str(m[k]) for k in keys)
-                               for m in metrics]  # fmt: skip
-    atomic_write_text("\n".join(rows) + "\n", run_dir / "metrics.csv")
-
-
-def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads{', no GPU found' if not torch.cuda.is_available() else ''})"
-    return str(device)
-
-
-def _check_input_fits(model: nn.Module, channels: int, resolution: int, device) -> None:
+def _check_input_fits(model: nn.Module, channels: int, resolution: int) -> None:
     """Fail before training, naming the layer, when the input is too small for the network."""
     try:
-        trace(model, (1, channels, resolution, resolution), device=device)
+        trace(model, (1, channels, resolution, resolution), device="cpu")
     except InputTooSmall as e:
         raise TrainingError(str(e)) from None

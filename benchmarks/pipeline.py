@@ -46,9 +46,11 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
 from alexnet import data as D  # noqa: E402
+from alexnet import device as V  # noqa: E402
+from alexnet import runs as R  # noqa: E402
 from alexnet import train as T  # noqa: E402
 from alexnet.analysis import measure_device, sync, trace  # noqa: E402
-from alexnet.config import PRESETS  # noqa: E402
+from alexnet.config import PRESETS, ConfigError  # noqa: E402
 from alexnet.models import build_model, get_spec  # noqa: E402
 
 NETWORK = "network.forward"  # the profiler label of the forward pass; backward has the engine's own
@@ -266,15 +268,15 @@ class Project:
     @classmethod
     def build(cls, cfg, ds_cpu: D.Dataset) -> "Project":
         # These lines follow T.fit's set-up, in its order; the step itself is T.train_one_epoch.
-        device = T.select_device(cfg.system.device)
-        amp, compiled = T.use_amp(cfg, device), T.use_compile(cfg, device)
+        device = V.select_device(cfg.system.device)
+        amp, compiled = V.bf16_autocast(cfg.system.amp, device), V.use_compile(cfg.system.compile, device)
         ds = D.Dataset(ds_cpu.name, ds_cpu.train.to(device), ds_cpu.test.to(device), ds_cpu.classes)
-        transform = T.make_transform(cfg, ds, device)
+        transform = D.make_transform(cfg, ds.name, device)
         model = build_model(cfg.train.model, ds.channels, len(ds.classes), seed=cfg.train.seed).to(device)
         if transform.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = T.make_optimizer(model, cfg, device)
-        return cls(cfg, device, amp, ds, transform, model, optimizer, T.CompiledOrEager(model, compiled))
+        return cls(cfg, device, amp, ds, transform, model, optimizer, V.CompiledOrEager(model, compiled))
 
     def __post_init__(self):
         self.batches = D.loader(self.ds.train, self.transform, self.cfg.train.batch_size, True, 0, self.cfg.train.seed)
@@ -326,7 +328,7 @@ def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu:
     res = get_spec(model_name).resolution
     cfg = PRESETS[preset].replace(model=model_name, batch_size=args.batch_size, device=args.device,
                                   eval_batch_size=args.eval_batch_size)  # fmt: skip
-    device = T.select_device(args.device)
+    device = V.select_device(args.device)
     channels, classes = ds_cpu.channels, len(ds_cpu.classes)
     probe = build_model(model_name, channels, classes)
     params = sum(p.numel() for p in probe.parameters())
@@ -336,7 +338,7 @@ def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu:
     extra: dict = {}
 
     def dtype(c) -> str:
-        return "bf16 autocast" if T.use_amp(c, device) else "fp32"
+        return "bf16 autocast" if V.bf16_autocast(c.system.amp, device) else "fp32"
 
     def reference() -> Reference:
         return Reference(model_name, ds_cpu.train, channels, classes, res, b, args.workers, device)
@@ -355,7 +357,7 @@ def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu:
 
     log(f"{model_name}: project alone: {w} + {args.profile_steps} profiled steps, 1 evaluation batch")
     mem.reset()
-    with cold_compile_cache(T.use_compile(cfg, device)):
+    with cold_compile_cache(V.use_compile(cfg.system.compile, device)):
         p = Project.build(cfg, ds_cpu)
         p.train_steps(w)
         proj_outside, extra["project_outside_ms"] = outside_fraction(
@@ -370,15 +372,15 @@ def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu:
     # In turns: every pipeline alive at once, warmed up, then timed block by block.
     shipped = f"project (alexnet train --preset {preset})"
     layout = not cfg.system.channels_last
-    amp = "off" if T.use_amp(cfg, device) else "bf16"
+    amp = "off" if V.bf16_autocast(cfg.system.amp, device) else "bf16"
     variants = [(shipped, cfg), (f"project --{'' if layout else 'no-'}channels-last", cfg.replace(channels_last=layout)),
                 (f"project --amp {amp}", cfg.replace(amp=amp))]  # fmt: skip
     if measure_compile:
-        on = not T.use_compile(cfg, device)
+        on = not V.use_compile(cfg.system.compile, device)
         variants.append((f"project --compile {'on' if on else 'off'}", cfg.replace(compile="on" if on else "off")))
     rounds = max(1, math.ceil(args.steps / args.block))
     with contextlib.ExitStack() as stack:
-        stack.enter_context(cold_compile_cache(any(T.use_compile(c, device) for _, c in variants)))
+        stack.enter_context(cold_compile_cache(any(V.use_compile(c.system.compile, device) for _, c in variants)))
         log(f"{model_name}: building and warming up {len(variants) + 1} pipelines ({w} steps each)")
         ref = reference()
         ref.steps(w)
@@ -413,8 +415,8 @@ def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu:
     for name, c in variants:
         setup = (f"{'channels_last' if nhwc[name] else 'NCHW'}, {'compiled' if compiled[name] else 'eager'}, "
                  f"device-side resize")  # fmt: skip
-        compile_s = max(0.0, first[name] - times[name]) if T.use_compile(c, device) else None
-        if T.use_compile(c, device) and not compiled[name]:
+        compile_s = max(0.0, first[name] - times[name]) if V.use_compile(c.system.compile, device) else None
+        if V.use_compile(c.system.compile, device) and not compiled[name]:
             setup += " (compile failed: ran eager)"
         alone = name == shipped
         rows.append(row(name, "train", times[name], b, proj_outside if alone else None, proj_mem if alone else None,
@@ -455,7 +457,7 @@ def machine(device: torch.device) -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return {
-        "device": T.describe(device), "cpu": f"{cpu} ({platform.machine()})", "cpu_count": os.cpu_count(),
+        "device": V.describe(device), "cpu": f"{cpu} ({platform.machine()})", "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "load_average_1m_start": os.getloadavg()[0],
@@ -552,7 +554,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = T.select_device(args.device)
+    device = V.select_device(args.device)
     stamp = machine(device)
 
     def log(msg):
@@ -587,9 +589,9 @@ def main(argv=None) -> dict:
     }  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    T.atomic_write_text(json.dumps(result, indent=2) + "\n", out / "results.json")
+    R.atomic_write(out / "results.json", json.dumps(result, indent=2) + "\n")
     text = markdown(result)
-    T.atomic_write_text(text, out / "results.md")
+    R.atomic_write(out / "results.md", text)
     print(text, end="")
     log(f"wrote {out / 'results.md'} and {out / 'results.json'}")
     return result
@@ -598,5 +600,5 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (D.DataError, T.TrainingError) as e:  # a user's mistake: one line, no traceback
+    except (D.DataError, R.RunError, ConfigError) as e:  # a user's mistake: one line, no traceback
         sys.exit(f"pipeline.py: error: {e}")

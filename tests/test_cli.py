@@ -90,7 +90,7 @@ def test_summary_prints_the_chapter_shapes(tmp_path):
         (["summary", "--input", "1,2,x"], "malformed input shape"),
         (["summary", "--input", "1,28,28"], "layer 5 (MaxPool2d)"),
         (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"], "no mnist IDX files"),
-        (["train", "--preset", "cpu", "--dataset", "imagenet21k"], "unknown dataset"),
+        (["train", "--preset", "cpu", "--dataset", "imagenet21k"], "invalid choice: 'imagenet21k'"),
         (["evaluate", "/nonexistent/run"], "no such checkpoint"),
         (["train", "--resume", "/nonexistent/run"], "no last.pt to resume from"),
         (["train", "--device", "tpu9"], "unknown device"),

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from alexnet import train as T
+from alexnet import runs as R
 from conftest import make_idx_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ def train(nproc: int, cwd, *args):
 
 
 def weights(run):
-    return T.load_checkpoint(run / "last.pt")["model"]
+    return R.load_checkpoint(run / "last.pt")["model"]
 
 
 def assert_same_weights(a, b):

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from alexnet import imagenet as I
+from alexnet import runs as R
 from alexnet import train as T
 from alexnet.analysis import summary
 from alexnet.cli import main
@@ -239,7 +240,7 @@ def test_training_on_an_image_folder_learns_and_counts_the_corrupt_file(folder, 
     logged = [ln for ln in capfd.readouterr().err.splitlines() if "skipping unreadable image" in ln]
     assert len(logged) == 1 and "999-truncated.jpg" in logged[0]
     stats = json.loads((tmp_path / "run" / "lighting.json").read_text())
-    assert len(stats["eigvec"]) == 3 and T.load_checkpoint(tmp_path / "run")["stats"] == stats
+    assert len(stats["eigvec"]) == 3 and R.load_checkpoint(tmp_path / "run")["stats"] == stats
     # `alexnet evaluate` (best.pt) reproduces the run's best top-1 error, and takes 10 crops when asked.
     outputs = {}
     for flag in ("--no-ten-crop", "--ten-crop"):
@@ -305,7 +306,7 @@ def test_model_parallel_run_checkpoints_in_the_grouped_layout(idx_dir, tmp_path)
                                         batch_size=4, limit_train=8, limit_test=4, model_parallel="cpu,cpu",
                                         channels_last=False)  # fmt: skip
     T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
-    model, _ = T.model_from_checkpoint(T.load_checkpoint(tmp_path / "run"))  # loads into the grouped network
+    model, _ = R.model_from_checkpoint(R.load_checkpoint(tmp_path / "run"))  # loads into the grouped network
     assert isinstance(model, nn.Sequential) and model[5].groups == 2
     with pytest.raises(T.TrainingError, match="model-parallel .*this network has none"):
         T.fit(cfg.replace(model="lenet"), tmp_path / "bad", progress=False, quiet=True)

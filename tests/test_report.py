@@ -21,4 +21,4 @@ def test_compare_tables_lenet_against_alexnet28(idx_dir, tmp_path, capsys):
 
 def test_compare_names_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
-    assert "not a run directory (missing config.json)" in capsys.readouterr().err
+    assert "not a run directory (no last.pt or config.json)" in capsys.readouterr().err

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from alexnet import data as D
+from alexnet import runs as R
 from alexnet import train as T
-from alexnet.config import PRESETS, Config
+from alexnet import device as V
+from alexnet.config import PRESETS, Config, ConfigError
 
 
 def tiny(data_dir, **kw) -> Config:
@@ -47,8 +49,8 @@ def _same_run(a, b):
     for ma, mb in zip(a.metrics, b.metrics, strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):
             assert ma[key] == pytest.approx(mb[key], rel=1e-5, abs=1e-6), key
-    wa = T.load_checkpoint(a.run_dir / "last.pt")["model"]
-    wb = T.load_checkpoint(b.run_dir / "last.pt")["model"]
+    wa = R.load_checkpoint(a.run_dir / "last.pt")["model"]
+    wb = R.load_checkpoint(b.run_dir / "last.pt")["model"]
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k])
 
@@ -58,7 +60,7 @@ def test_resume_equals_uninterrupted_training(idx_dir, tmp_path):
     cfg = tiny(idx_dir, crop_padding=2, flip=True, warmup_epochs=0.5)
     straight = T.fit(cfg, tmp_path / "a", progress=False, quiet=True)
     T.fit(cfg.replace(epochs=1), tmp_path / "b", progress=False, quiet=True)
-    resumed = T.fit(cfg, tmp_path / "b", resume=True, progress=False, quiet=True)
+    resumed = T.fit(cfg, tmp_path / "b", resume=True, overrides={"epochs": 2}, progress=False, quiet=True)
     _same_run(straight, resumed)
 
 
@@ -91,7 +93,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(idx_dir, tmp_path, monkeypatch):
     restore = _interrupt_at_batch(monkeypatch, 7)  # the second training batch of epoch 2
     result = T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
     assert result.interrupted and len(result.metrics) == 1
-    ckpt = T.load_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt = R.load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["step"] > 0
     restore()
     resumed = T.fit(cfg, tmp_path / "run", resume=True, progress=False, quiet=True)
@@ -100,28 +102,27 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(idx_dir, tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
     T.fit(tiny(idx_dir, epochs=1), tmp_path / "run", progress=False, quiet=True)
-    good = T.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    good = R.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     # Resume the run with a learning rate that makes the loss blow up.
-    ckpt = T.load_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt = R.load_checkpoint(tmp_path / "run" / "last.pt")
     ckpt["config"]["train"]["lr"] = 1e12
-    T.atomic_save(ckpt, tmp_path / "run" / "last.pt")
+    R.atomic_write(tmp_path / "run" / "last.pt", lambda f: torch.save({k: v for k, v in ckpt.items() if k not in ('cfg', 'path')}, f))
     with pytest.raises(T.TrainingError, match=r"epoch 2: loss became (nan|inf).*Last good checkpoint: .*last.pt"):
-        T.fit(tiny(idx_dir, epochs=2), tmp_path / "run", resume=True, progress=False, quiet=True)
-    kept = T.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+        T.fit(tiny(idx_dir), tmp_path / "run", resume=True, overrides={"epochs": 2}, progress=False, quiet=True)
+    kept = R.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     assert all(torch.equal(good[k], kept[k]) for k in good)
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+def test_checkpoint_write_is_atomic(tmp_path):
     path = tmp_path / "last.pt"
-    T.atomic_save({"v": 1}, path)
+    R.atomic_write(path, lambda f: torch.save({"v": 1}, f))
 
-    def dies_midway(obj, f):
+    def dies_midway(f):
         f.write(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(T.torch, "save", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        T.atomic_save({"v": 2}, path)
+        R.atomic_write(path, dies_midway)
     assert torch.load(path)["v"] == 1
     assert list(tmp_path.iterdir()) == [path]  # no temporary left behind
 
@@ -133,11 +134,11 @@ def test_bf16_autocast_and_compile_paths_run_on_cpu(idx_dir, tmp_path):
 
 
 def test_bf16_is_used_where_the_hardware_has_it(monkeypatch):
-    cpu, cfg = torch.device("cpu"), PRESETS["cpu"]
-    assert T.use_amp(cfg.replace(amp="bf16"), cpu) and not T.use_amp(cfg.replace(amp="off"), cpu)
+    cpu = torch.device("cpu")
+    assert V.bf16_autocast("bf16", cpu) and not V.bf16_autocast("off", cpu)
     for native in (True, False):  # auto: only a CPU with bf16 instructions gains from it
-        monkeypatch.setattr(T, "cpu_has_native_bf16", lambda native=native: native)
-        assert T.use_amp(cfg, cpu) is native
+        monkeypatch.setattr(V, "cpu_has_native_bf16", lambda native=native: native)
+        assert V.bf16_autocast("auto", cpu) is native
 
 
 def test_input_too_small_for_the_model_is_a_clear_error(idx_dir, tmp_path):
@@ -148,7 +149,7 @@ def test_input_too_small_for_the_model_is_a_clear_error(idx_dir, tmp_path):
 
 def test_unavailable_device_is_named():
     if not torch.cuda.is_available():
-        with pytest.raises(T.TrainingError, match="CUDA is not available"):
-            T.select_device("cuda")
-    with pytest.raises(T.TrainingError, match="unknown device 'gpu0'"):
-        T.select_device("gpu0")
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            V.select_device("cuda")
+    with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
+        V.select_device("gpu0")

@@ -1,0 +1,376 @@
+"""The run directory as one unit: created under a unique name and owned by one live run (a lock),
+every file written atomically, the checkpoint the single source of truth from which the rest
+(metrics.jsonl/.csv, curves.png, best.pt, config.json) is derived and, after a crash, repaired.
+
+    RUN/config.json     the settings, with any change a resume made and the epoch it took effect
+    RUN/last.pt         the newest checkpoint: weights, optimizer, position, metrics (the truth)
+    RUN/best.pt         the checkpoint of the epoch with the best validation accuracy
+    RUN/metrics.jsonl   one row per finished epoch (also metrics.csv), derived from last.pt
+    RUN/curves.png      the chapter's figure: train loss, val loss, val accuracy per epoch
+    RUN/.lock           held (flock) by the process writing the run; names it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import Config, ConfigError
+from .models import build_model
+
+CHECKPOINT_KEYS = ("model", "optimizer", "config", "epoch", "step", "metrics", "in_channels", "num_classes",
+                   "classes", "resolution")  # fmt: skip
+RUN_MARKERS = ("config.json", "last.pt", ".lock")
+
+
+class RunError(RuntimeError):
+    """A run directory or checkpoint that cannot be used; the message is one line naming it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# One atomic writer for every file
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, content: bytes | str | Callable) -> None:
+    """Write ``content`` (bytes, text, or a function given the open binary file) to a temporary
+    file beside ``path``, fsync, then rename over it: a crash or Ctrl-C at any moment leaves the
+    old file or the new one, never half of one, and a full disk keeps the old one."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise RunError(f"cannot write in {path.parent}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes 0600 files; a shared runs folder needs what the umask allows.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RunError(f"no space left on the device holding {path.parent} while writing {path.name}; "
+                           f"the previous {path.name} is kept") from None  # fmt: skip
+        if isinstance(e, OSError):
+            raise RunError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write a checkpoint, refusing non-finite weights: a diverged model never replaces a good file."""
+    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RunError(f"not writing {path}: weights {bad[0]} are not finite")
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading checkpoints
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else e.__class__.__name__
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint file, or the best (else last) one of a run directory, checked for what the
+    commands read from it."""
+    p = Path(path)
+    if p.is_dir():
+        p = next((p / n for n in ("best.pt", "last.pt") if (p / n).exists()), None)
+        if p is None:
+            raise RunError(f"{path}: run directory holds no checkpoint (best.pt or last.pt)")
+    if not p.exists():
+        raise RunError(f"{path}: no such checkpoint or run directory")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors alike: the file is not a checkpoint
+        raise RunError(f"{p}: not a readable checkpoint ({e.__class__.__name__}: {_first_line(e)})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise RunError(f"{p}: not an alexnet checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise RunError(f"{p}: checkpoint lacks {', '.join(repr(k) for k in missing)} (written by another program?)")
+    try:
+        ckpt["cfg"] = Config.from_dict(ckpt["config"])
+    except (ConfigError, TypeError) as e:
+        raise RunError(f"{p}: the recorded configuration is invalid ({_first_line(e)})") from None
+    ckpt["path"] = str(p)
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, Config]:
+    """The network of a checkpoint, shaped as recorded (channels, classes), with its weights."""
+    cfg = ckpt["cfg"]
+    model = build_model(cfg.train.model, int(ckpt["in_channels"]), int(ckpt["num_classes"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise RunError(f"{ckpt['path']}: the weights do not fit {cfg.train.model} "
+                       f"({_first_line(e).removeprefix('Error(s) in loading state_dict for Sequential: ')})") from None  # fmt: skip
+    return model, cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# The run directory
+
+
+def _is_run(path: Path) -> bool:
+    return any((path / m).exists() for m in RUN_MARKERS)
+
+
+class RunDir:
+    """A run directory held by this process: its lock, its files, its repair."""
+
+    def __init__(self, path: Path, lock_fd: int):
+        self.path, self._lock_fd = path, lock_fd
+
+    # -- creation and ownership ------------------------------------------------------------
+
+    @classmethod
+    def new(cls, path: str | os.PathLike | None, default_name: str, parent: str | os.PathLike = "runs") -> "RunDir":
+        """A fresh run: ``path``, or ``parent/default_name`` made unique (-2, -3, ...: two runs started in
+        the same second get two directories). Refuses a live run, a finished run and a non-empty
+        directory that is not a run."""
+        if path is None:
+            base = Path(parent) / default_name
+            for i in range(1, 10_000):
+                candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
+                try:
+                    _mkdir(candidate, exist_ok=False)
+                except FileExistsError:
+                    continue
+                return cls.open(candidate)
+            raise RunError(f"{base}: no free run directory name")
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--run-dir {path}: is a file, not a directory")
+        if path.is_dir() and any(path.iterdir()) and not _is_run(path):
+            raise RunError(f"--run-dir {path}: the directory is not empty and holds no run; "
+                           "choose an empty or new directory")  # fmt: skip
+        _mkdir(path, exist_ok=True)
+        run = cls.open(path)
+        if (path / "last.pt").exists():
+            run.release()
+            raise RunError(f"{path} already holds a run; continue it with --resume {path}, or choose another --run-dir")
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "RunDir":
+        """Take the lock of an existing run directory (the kernel drops it when its holder dies, so a
+        killed run never blocks its own resume)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunError(f"{path}: no such run directory")
+        try:
+            fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as e:
+            raise RunError(f"{path}: cannot write there ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(f"{path} is in use by a live run ({holder}); wait for it or choose another --run-dir") from None
+        os.ftruncate(fd, 0)
+        who = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.pwrite(fd, who.encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    # -- files -----------------------------------------------------------------------------
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    def write_config(self, cfg: Config, changes: list[dict]) -> None:
+        record = {**cfg.to_dict(), "changes": changes} if changes else cfg.to_dict()
+        atomic_write(self.path / "config.json", json.dumps(record, indent=2) + "\n")
+
+    def write_metrics(self, metrics: list[dict], title: str) -> None:
+        atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+        atomic_write(self.path / "metrics.csv", metrics_csv(metrics))
+        if metrics:
+            plot_curves(metrics, self.path / "curves.png", title)
+
+    def save(self, state: dict, best: bool) -> None:
+        """The epoch's checkpoint, then best.pt; a crash between the two is repaired by ``reconcile``."""
+        save_checkpoint(state, self.last)
+        if best:
+            save_checkpoint(state, self.best)
+
+    def reconcile(self, ckpt: dict, title: str) -> list[str]:
+        """Make every derived file agree with ``ckpt`` (the newest checkpoint) after a crash; remove
+        temporaries a killed write left. Returns what was repaired."""
+        repaired = []
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            repaired.append(f"removed {tmp.name}")
+        metrics = ckpt["metrics"]
+        on_disk = read_metrics(self.path)
+        if on_disk != metrics:
+            repaired.append(f"metrics ({len(on_disk or [])} rows on disk, {len(metrics)} in the checkpoint)")
+        self.write_metrics(metrics, title)
+        self.write_config(ckpt["cfg"], ckpt.get("changes", []))
+        best_epoch = best_epoch_of(metrics)
+        have = _checkpoint_epoch(self.best)
+        if best_epoch is not None and have != best_epoch:
+            if best_epoch == ckpt["epoch"] and ckpt["step"] == 0:
+                save_checkpoint({k: v for k, v in ckpt.items() if k not in ("path", "cfg")}, self.best)
+                repaired.append(f"best.pt (now epoch {best_epoch}, was {have or 'missing'})")
+            elif have is not None and have > ckpt["epoch"]:
+                self.best.unlink()
+                repaired.append(f"best.pt removed (epoch {have} is ahead of the checkpoint)")
+        return repaired
+
+
+def _mkdir(path: Path, exist_ok: bool) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        if not exist_ok or not path.is_dir():
+            raise
+    except OSError as e:
+        raise RunError(f"cannot create run directory {path}: {e.strerror}") from None
+
+
+def _checkpoint_epoch(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    try:  # mmap: the epoch is read without loading 180 MB of weights
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:
+        return -1  # unreadable: not the best checkpoint
+
+
+def best_epoch_of(metrics: list[dict]) -> int | None:
+    """The first epoch with the highest validation accuracy (a later tie is not an improvement)."""
+    if not metrics:
+        return None
+    return max(metrics, key=lambda m: (m["val_acc"], -m["epoch"]))["epoch"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and curves
+
+
+def metrics_csv(metrics: list[dict]) -> str:
+    if not metrics:
+        return ""
+    keys = list(metrics[0])
+    rows = [",".join(keys)] + [",".join(f"{m.get(k, ''):.6g}" if isinstance(m.get(k), float) else str(m.get(k, ''))
+                                        for k in keys) for m in metrics]  # fmt: skip
+    return "\n".join(rows) + "\n"
+
+
+def read_metrics(path: Path) -> list[dict] | None:
+    try:
+        return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError):
+        return None
+
+
+def plot_curves(metrics: list[dict], path: Path, title: str) -> None:
+    """The chapter's figure: train loss, validation loss and validation accuracy per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [m["epoch"] for m in metrics]
+    ax.plot(epochs, [m["train_loss"] for m in metrics], "-o", label="train loss")
+    ax.plot(epochs, [m["val_loss"] for m in metrics], "--s", label="val loss")
+    ax.plot(epochs, [m["val_acc"] for m in metrics], "-.^", label="val acc")
+    ax.set_xlabel("epoch")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished runs, for compare and the exercises
+
+
+def read_run(run_dir: str | os.PathLike) -> dict:
+    """A run's settings, per-epoch metrics and model shape, from its newest checkpoint (the truth);
+    a run whose checkpoint is gone falls back to config.json and metrics.jsonl."""
+    run = Path(run_dir)
+    if (run / "last.pt").exists():
+        try:
+            ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+            cfg = Config.from_dict(ckpt["config"])
+            shape = {k: int(ckpt[k]) for k in ("in_channels", "num_classes", "resolution")}
+            metrics = list(ckpt["metrics"])
+        except Exception as e:
+            raise RunError(f"{run / 'last.pt'}: not a readable checkpoint ({_first_line(e)})") from None
+    else:
+        try:
+            record = json.loads((run / "config.json").read_text())
+            cfg = Config.from_dict(record)
+        except FileNotFoundError:
+            raise RunError(f"{run}: not a run directory (no last.pt or config.json)") from None
+        except (ValueError, ConfigError) as e:
+            raise RunError(f"{run / 'config.json'}: unreadable ({_first_line(e)})") from None
+        metrics = read_metrics(run)
+        if metrics is None:
+            raise RunError(f"{run}: not a run directory (no readable metrics.jsonl)")
+        shape = {"in_channels": 3 if cfg.data.dataset == "cifar10" else 1, "num_classes": 10,
+                 "resolution": cfg.resolution()}  # fmt: skip
+    if not metrics:
+        raise RunError(f"{run}: the run has no finished epoch")
+    return {"dir": run, "config": cfg.to_dict(), "cfg": cfg, "metrics": metrics, **shape}
+
+
+def say(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    print(f"alexnet: {msg}", file=sys.stderr, flush=True)
