@@ -32,7 +32,6 @@ from .models import build_model
 
 CHECKPOINT_KEYS = ("model", "optimizer", "config", "epoch", "step", "metrics", "in_channels", "num_classes",
                    "classes", "resolution")  # fmt: skip
-RUN_MARKERS = ("config.json", "last.pt", ".lock")
 
 
 class RunError(RuntimeError):
@@ -68,6 +67,7 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable) -> No
             os.fsync(f.fileno())
         # mkstemp makes 0600 files; a shared runs folder needs what the umask allows.
         os.chmod(tmp, 0o666 & ~_umask())
+        _fault_point(path.name)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -78,6 +78,21 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable) -> No
         if isinstance(e, OSError):
             raise RunError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+_writes: dict[str, int] = {}
+
+
+def _fault_point(name: str) -> None:
+    """The fault suite's kill switch: ALEXNET_KILL_BEFORE_RENAME=NAME:N kills this process (SIGKILL,
+    as a power cut would) when the N-th write of file NAME is complete but not yet renamed."""
+    spec = os.environ.get("ALEXNET_KILL_BEFORE_RENAME")
+    if not spec:
+        return
+    target, _, n = spec.rpartition(":")
+    _writes[name] = _writes.get(name, 0) + 1
+    if name == target and _writes[name] == int(n):
+        os.kill(os.getpid(), 9)
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -124,15 +139,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def load_weights(model: nn.Module, ckpt: dict) -> None:
+    """Load a checkpoint's weights, or say in one line which tensor does not fit and why."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        details = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [_first_line(e)]
+        raise RunError(f"{ckpt['path']}: the weights do not fit {ckpt['cfg'].train.model} "
+                       f"(in_channels {ckpt['in_channels']}, {ckpt['num_classes']} classes): {details[0][:200]}") from None  # fmt: skip
+
+
 def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, Config]:
     """The network of a checkpoint, shaped as recorded (channels, classes), with its weights."""
     cfg = ckpt["cfg"]
     model = build_model(cfg.train.model, int(ckpt["in_channels"]), int(ckpt["num_classes"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise RunError(f"{ckpt['path']}: the weights do not fit {cfg.train.model} "
-                       f"({_first_line(e).removeprefix('Error(s) in loading state_dict for Sequential: ')})") from None  # fmt: skip
+    load_weights(model, ckpt)
     return model, cfg
 
 
@@ -141,7 +162,15 @@ def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, Config]:
 
 
 def _is_run(path: Path) -> bool:
-    return any((path / m).exists() for m in RUN_MARKERS)
+    """A directory this program wrote: a checkpoint, a lock, or a config.json of ours (a user's own
+    config.json is not enough)."""
+    if (path / "last.pt").exists() or (path / ".lock").exists():
+        return True
+    try:
+        record = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"data", "train", "system"} <= set(record)
 
 
 class RunDir:
@@ -178,6 +207,7 @@ class RunDir:
         if (path / "last.pt").exists():
             run.release()
             raise RunError(f"{path} already holds a run; continue it with --resume {path}, or choose another --run-dir")
+        run.remove_temporaries()  # a run killed before its first checkpoint: start it again
         return run
 
     @classmethod
@@ -241,13 +271,18 @@ class RunDir:
         if best:
             save_checkpoint(state, self.best)
 
+    def remove_temporaries(self) -> list[str]:
+        """What killed writes left behind; safe only while holding the lock (no live writer)."""
+        names = []
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            names.append(tmp.name)
+        return names
+
     def reconcile(self, ckpt: dict, title: str) -> list[str]:
         """Make every derived file agree with ``ckpt`` (the newest checkpoint) after a crash; remove
         temporaries a killed write left. Returns what was repaired."""
-        repaired = []
-        for tmp in self.path.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-            repaired.append(f"removed {tmp.name}")
+        repaired = [f"removed {name}" for name in self.remove_temporaries()]
         metrics = ckpt["metrics"]
         on_disk = read_metrics(self.path)
         if on_disk != metrics:
@@ -263,6 +298,9 @@ class RunDir:
             elif have is not None and have > ckpt["epoch"]:
                 self.best.unlink()
                 repaired.append(f"best.pt removed (epoch {have} is ahead of the checkpoint)")
+            else:
+                warn(f"{self.best}: the best epoch ({best_epoch}) cannot be recreated from last.pt "
+                     f"(epoch {ckpt['epoch']}); best.pt {'is missing' if have is None else f'holds epoch {have}'}")
         return repaired
 
 

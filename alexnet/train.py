@@ -36,7 +36,7 @@ from .config import RESUMABLE, Config, ConfigError, Schedule
 from .device import (CompiledOrEager, autocast, bf16_autocast, channels_last_on, describe, init_distributed,
                      reduce_means, select_device, use_compile)  # fmt: skip
 from .models import TwoTowers, build_model
-from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, say, warn
+from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, load_weights, say, warn
 
 
 class TrainingError(RunError):
@@ -394,7 +394,7 @@ class Session:
         self.pos = Position.of(ckpt) if ckpt else Position()
         self.pos.changes = changes
         if ckpt is not None:
-            _load_weights(self.model, ckpt)
+            load_weights(self.model, ckpt)
         self.net = self._place_model()
         self.optimizer = make_optimizer(self.model, cfg, device)
         if ckpt is not None:
@@ -575,14 +575,6 @@ def load_data(cfg: Config, device, run_dir: Path | None, ckpt: dict | None, rank
     stats = (ckpt or {}).get("stats") or (I.load_stats(run_dir / "lighting.json") if run_dir else None)
     return I.ImagePipeline(cfg, device, cfg.resolution(), batch, eval_batch, rank, world, stats,
                            channels_last=channels_last_on(cfg.system.channels_last, device))  # fmt: skip
-
-
-def _load_weights(model: nn.Module, ckpt: dict) -> None:
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else "size mismatch"
-        raise TrainingError(f"{ckpt['path']}: the weights do not fit {ckpt['cfg'].train.model} ({first})") from None
 
 
 def _check_input_fits(model: nn.Module, channels: int, resolution: int) -> None:
