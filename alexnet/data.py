@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import math
 import os
 import pickle
 import struct
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,36 +97,80 @@ class Dataset:
 # ---------------------------------------------------------------------------------------------
 # IDX files (MNIST, Fashion-MNIST)
 
+# The largest IDX payload we agree to read. MNIST's training images are 47 MB and EMNIST's largest
+# split 0.7 GB; a header declaring more is damaged or hostile, and is refused before any allocation.
+MAX_IDX_BYTES = 4 * 2**30
+_CHUNK = 2**22  # read in 4 MiB pieces, so memory follows the bytes that exist, not the bytes declared
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile, ValueError) as e:
-        raise DataError(f"{path}: cannot be read or decompressed ({e})") from None
+
+class _Hashing:
+    """A read-only stream that hashes what is read from it (the sha256 check of Fashion-MNIST)."""
+
+    def __init__(self, f):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        b = self.f.read(n)
+        self.sha.update(b)
+        return b
+
+
+def _read_idx_stream(f, name: str, expect_dims: int) -> np.ndarray:
+    """Read one IDX array of unsigned bytes from a stream: the header first, then exactly the bytes
+    it declares, then one more to detect excess. A gzip bomb is therefore never inflated beyond
+    the declared size (which is itself bounded), and a forged size never reaches numpy."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataError(f"{name}: too short to be an IDX file ({len(head)} bytes)")
+    zero, dtype, ndim = struct.unpack(">HBB", head)
+    if zero != 0 or dtype != 0x08 or ndim != expect_dims:
+        magic = int.from_bytes(head, "big")
+        raise DataError(f"{name}: wrong magic number 0x{magic:08x}, expected 0x{0x0800 + expect_dims:08x}")
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{name}: truncated header")
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    shape = "x".join(map(str, dims))
+    size = math.prod(dims)  # Python ints: 2^32 x 2^32 x 2^32 does not wrap around as numpy int64 would
+    if size > MAX_IDX_BYTES:
+        raise DataError(f"{name}: header declares {shape} ({size} bytes), more than the {MAX_IDX_BYTES} "
+                        f"an IDX dataset may hold: the header is damaged")  # fmt: skip
+    if size == 0:
+        raise DataError(f"{name}: header declares an empty array ({shape})")
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = f.read(min(_CHUNK, size - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    header = 4 + 4 * ndim
+    if len(buf) < size:
+        raise DataError(f"{name}: truncated: header declares {shape} ({header + size} bytes) "
+                        f"but the file holds {header + len(buf)}")  # fmt: skip
+    if f.read(1):
+        raise DataError(f"{name}: has trailing bytes: header declares {shape} ({header + size} bytes) "
+                        f"but the file holds more")  # fmt: skip
+    return np.frombuffer(buf, dtype=np.uint8).reshape(dims)
 
 
 def parse_idx(data: bytes, name: str, expect_dims: int) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes, checking magic number and declared sizes."""
-    if len(data) < 4:
-        raise DataError(f"{name}: too short to be an IDX file ({len(data)} bytes)")
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08 or ndim != expect_dims:
-        magic = int.from_bytes(data[:4], "big")
-        want = 0x0800 + expect_dims
-        raise DataError(f"{name}: wrong magic number 0x{magic:08x}, expected 0x{want:08x}")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{name}: truncated header")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(dims))
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "has trailing bytes"
-        raise DataError(
-            f"{name}: {what}: header declares {'x'.join(map(str, dims))} "
-            f"({expected} bytes) but the file holds {len(data)}"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    """Parse an IDX file of unsigned bytes held in memory, checking magic number and declared sizes."""
+    return _read_idx_stream(io.BytesIO(data), name, expect_dims)
+
+
+def read_idx(path: Path, expect_dims: int, sha256: str | None = None) -> np.ndarray:
+    """Read an IDX file, gzipped or not, streaming; with ``sha256``, check the decompressed content."""
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = _Hashing(gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw)
+            array = _read_idx_stream(f, str(path), expect_dims)
+    except (OSError, EOFError, zlib.error, ValueError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot be read or decompressed ({e})") from None
+    if sha256 is not None and f.sha.hexdigest() != sha256:
+        raise DataError(f"{path}: sha256 of the decompressed content does not match {path.name.removesuffix('.gz')}")
+    return array
 
 
 def _idx_path(directory: Path, stem: str) -> Path | None:
@@ -133,21 +180,23 @@ def _idx_path(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def read_idx_split(directory: Path, split: str, checksums: dict[str, str] | None) -> Split:
+def read_idx_split(directory: Path, split: str, checksums: dict[str, str] | None, num_classes: int = 10) -> Split:
     arrays = []
     for stem, ndim in zip(IDX_FILES[split], (3, 1)):
         path = _idx_path(directory, stem)
         if path is None:
             raise DataError(f"{directory}: missing {stem}.gz")
-        data = _read_maybe_gzip(path)
-        if checksums is not None and hashlib.sha256(data).hexdigest() != checksums[stem]:
-            parse_idx(data, str(path), ndim)  # a clearer error if the structure is off
-            raise DataError(f"{path}: sha256 of the decompressed content does not match {stem}")
-        arrays.append(parse_idx(data, str(path), ndim))
-    images, labels = arrays
+        arrays.append((path, read_idx(path, ndim, checksums[stem] if checksums is not None else None)))
+    (_, images), (label_path, labels) = arrays
     if len(images) != len(labels):
         raise DataError(f"{directory}: {len(images)} {split} images but {len(labels)} labels")
-    return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+    # MNIST carries no checksum: a label out of range would otherwise crash the loss mid-epoch.
+    bad = np.flatnonzero(labels >= num_classes)
+    if bad.size:
+        raise DataError(f"{label_path}: label {labels[bad[0]]} at index {bad[0]} is outside 0..{num_classes - 1} "
+                        f"({bad.size} such labels)")  # fmt: skip
+    # The arrays own writable buffers (bytearrays), so torch shares them without another copy.
+    return Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
 def has_idx(directory: Path) -> bool:
@@ -201,8 +250,14 @@ def download_fashion_mnist(target: Path, timeout: float = 20) -> None:
         if dest.exists():
             continue
         with urllib.request.urlopen(FASHION_URL + stem + ".gz", timeout=timeout) as r:
-            payload = r.read()
-        if hashlib.sha256(gzip.decompress(payload)).hexdigest() != digest:
+            payload = r.read(2**26 + 1)  # the largest file is 26 MB; never hold an unbounded response
+        # Verified the way it will be read: streaming, never inflated beyond its declared size.
+        f = _Hashing(gzip.GzipFile(fileobj=io.BytesIO(payload), mode="rb"))
+        try:
+            _read_idx_stream(f, f"downloaded {stem}.gz", 3 if "images" in stem else 1)
+        except (DataError, EOFError, zlib.error) as e:
+            raise OSError(str(e)) from None
+        if len(payload) > 2**26 or f.sha.hexdigest() != digest:
             raise OSError(f"downloaded {stem}.gz does not match its sha256")
         atomic_write(dest, payload)
 
@@ -277,11 +332,12 @@ def load_dataset(name: str, data_dir=None, device="cpu", download: bool = True) 
     elif name in ("fashion-mnist", "mnist"):
         directory = find_idx_dir(name, data_dir, download=download)
         checks = FASHION_SHA256 if name == "fashion-mnist" else None
+        classes = FASHION_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
         ds = Dataset(
             name,
-            read_idx_split(directory, "train", checks),
-            read_idx_split(directory, "test", checks),
-            FASHION_CLASSES if name == "fashion-mnist" else MNIST_CLASSES,
+            read_idx_split(directory, "train", checks, len(classes)),
+            read_idx_split(directory, "test", checks, len(classes)),
+            classes,
         )
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, imagefolder, imagelist")

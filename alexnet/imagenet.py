@@ -50,7 +50,8 @@ def scan_folder(root: Path, classes: list[str] | None = None) -> ImageList:
     if not root.is_dir():
         raise DataError(f"{root}: no such folder (expected {root.parent}/train/<class>/*.jpg and val/<class>/*.jpg)")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if classes is None:
+    training = classes is None
+    if training:
         classes = folders
     unknown = sorted(set(folders) - set(classes))
     if unknown:
@@ -59,10 +60,14 @@ def scan_folder(root: Path, classes: list[str] | None = None) -> ImageList:
     for label, name in enumerate(classes):
         if not (root / name).is_dir():
             continue
-        for p in sorted((root / name).iterdir()):
-            if p.suffix.lower() in EXTENSIONS and p.is_file():
-                paths.append(str(p))
-                labels.append(label)
+        found = [p for p in sorted((root / name).iterdir()) if p.suffix.lower() in EXTENSIONS and p.is_file()]
+        # An empty training class folder is refused rather than skipped: it would still take a label
+        # id (the classes are the sorted folder names) that no image teaches, and skipping it would
+        # silently shift the ids of every later class against a checkpoint or a list file.
+        if not found and training:
+            raise DataError(f"{root / name}: empty class folder (no image files); add images or remove it")
+        paths += map(str, found)
+        labels += [label] * len(found)
     if not paths:
         raise DataError(f"{root}: no images found (expected {root}/<class>/*.jpg)")
     return ImageList(paths, labels, classes)
@@ -251,7 +256,10 @@ def channel_stats(images: ImageList, sample: int = 1000, side: int = 64, seed: i
         raise DataError("no readable image among the training images sampled for the colour statistics")
     p = np.concatenate(pixels)
     eigval, eigvec = np.linalg.eigh(np.cov(p, rowvar=False))
-    return {"mean": p.mean(0).tolist(), "std": p.std(0).tolist(), "eigval": eigval.clip(min=0).tolist(),
+    # A channel constant over the sample (a greyscale-only or a pure-colour dataset) would be divided
+    # by a std of 0 under --normalize and turn the first batch into NaN: floor it at one grey level.
+    std = np.maximum(p.std(0), 1 / 255)
+    return {"mean": p.mean(0).tolist(), "std": std.tolist(), "eigval": eigval.clip(min=0).tolist(),
             "eigvec": eigvec.tolist(), "images": used, "pixels": len(p)}  # fmt: skip
 
 
