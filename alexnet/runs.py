@@ -131,6 +131,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise RunError(f"{p}: checkpoint lacks {', '.join(repr(k) for k in missing)} (written by another program?)")
+    ints = {k: ckpt[k] for k in ("in_channels", "num_classes", "resolution", "epoch", "step")}
+    bad = next((k for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0), None)
+    if bad is not None:
+        raise RunError(f"{p}: checkpoint field {bad!r} is {ckpt[bad]!r}, not a count")
+    classes = ckpt["classes"]
+    if not isinstance(classes, list) or len(classes) != ckpt["num_classes"] or not all(isinstance(c, str) for c in classes):
+        raise RunError(f"{p}: checkpoint's class names do not match its {ckpt['num_classes']} classes")
+    if not isinstance(ckpt["metrics"], list) or not all(isinstance(m, dict) for m in ckpt["metrics"]):
+        raise RunError(f"{p}: checkpoint's metrics are not a list of epochs")
     try:
         ckpt["cfg"] = Config.from_dict(ckpt["config"])
     except (ConfigError, TypeError) as e:

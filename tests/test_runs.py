@@ -367,3 +367,14 @@ def test_compare_counts_parameters_in_the_shape_the_checkpoint_records(tmp_path,
     assert f"{params / 1e6:.2f}" in capsys.readouterr().out
     image = next(p for p in (folder / "val").rglob("*") if p.is_file())
     assert main(["predict", str(tmp_path / "run"), str(image)]) == 0  # was: unknown setting 'imagefolder'
+
+
+def test_checkpoint_fields_of_the_wrong_type_are_one_line(data, tmp_path):
+    quiet_fit(recipe(data, epochs=1), tmp_path / "run")
+    ckpt = {k: v for k, v in R.load_checkpoint(tmp_path / "run" / "last.pt").items() if k not in ("cfg", "path")}
+    for field, value, message in (("in_channels", "x", "'in_channels' is 'x', not a count"),
+                                  ("classes", None, "class names do not match"),
+                                  ("metrics", "none", "metrics are not a list")):  # fmt: skip
+        R.save_checkpoint({**ckpt, field: value}, tmp_path / "bad.pt")
+        with pytest.raises(R.RunError, match=message):
+            R.load_checkpoint(tmp_path / "bad.pt")
