@@ -371,8 +371,8 @@ class _XavierWhenShaped:
     copy; a closure would remove the original's hook and fire on every forward of the copy."""
 
     def __call__(self, module, args):
-        if module.has_uninitialized_params():
-            return
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+            return  # (the class becomes plain Conv2d / Linear once shaped)
         nn.init.xavier_uniform_(module.weight)
         for key, hook in list(module._forward_pre_hooks.items()):
             if hook is self:
@@ -692,9 +692,26 @@ class Trainer(HyperParameters):
         model.board._handle = None  # a new figure in this cell, not a redraw of an earlier one
         model.to(self.device)
         if speed.channels_last:
-            # Lazy layers are shaped at the first batch; this converts the ones already shaped.
+            # A one-channel input is the same bytes in either layout, so the weights decide the
+            # layout of every activation: they must be converted, and for that they must exist.
+            if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules()):
+                self._shape_lazy_layers(model)
             model.to(memory_format=torch.channels_last)
         self.model = model
+
+    def _shape_lazy_layers(self, model):
+        """One forward pass on one training image, in eval mode (batch norm statistics and
+        dropout untouched), so that lazy layers take their shapes and deferred inits run."""
+        loader = self.train_dataloader
+        if isinstance(loader, DeviceLoader):
+            x = _to_float_resized(loader.images[:1], loader.size)
+        else:
+            x = next(iter(loader))[0][:1]
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(x.to(self.device))
+        model.train(was_training)
 
     def prepare_batch(self, batch):
         batch = [a.to(self.device, non_blocking=True) for a in batch]
