@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from alexnet import d2l
-from alexnet.train import bf16_autocast
+from alexnet.device import bf16_autocast
 
 
 @pytest.fixture(autouse=True)
