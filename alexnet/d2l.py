@@ -717,8 +717,8 @@ class Trainer(HyperParameters):
         batch = [a.to(self.device, non_blocking=True) for a in batch]
         if speed.channels_last and batch[0].dim() == 4:
             batch[0] = batch[0].contiguous(memory_format=torch.channels_last)
-        if self.model.training:
-            self._images += len(batch[-1])
+        if getattr(self, "model", None) is not None and self.model.training:
+            self._images = getattr(self, "_images", 0) + len(batch[-1])  # for the epoch's images/s
         return batch
 
     def clip_gradients(self, grad_clip_val, model):
