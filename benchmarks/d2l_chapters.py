@@ -332,6 +332,8 @@ def main(argv=None):
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     theirs = import_d2l_package()
+    # d2l's 4 workers on a 2-core machine warn at every loader; that pipeline is what is measured
+    warnings.filterwarnings("ignore", message=".*worker processes in total.*")
     os.environ.setdefault("ALEXNET_D2L_BOARD_DIR", tempfile.mkdtemp(prefix="d2l-boards-"))  # not the checkout
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"# {machine}; bf16 instructions: {cpu_has_native_bf16()}; train {args.train}, val {args.val}", flush=True)
