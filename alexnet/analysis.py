@@ -264,20 +264,25 @@ def gemm_peak(device, dtype: str, shapes=None, repeats: int = 3) -> tuple[float,
 
 
 def conv_rate(conv: nn.Conv2d, input_shape: tuple[int, ...], dtype: str, device, repeats: int = 3) -> float:
-    """FLOP/s of one convolution's training kernels (forward, input and weight gradients) at
-    ``input_shape``, channels_last, in ``dtype``: what the network's own dominant layer reaches."""
+    """FLOP/s of one convolution at ``input_shape``, channels_last, in ``dtype``: the better of its
+    forward pass alone (what evaluation runs) and its training kernels (forward, input and weight
+    gradients), so no pass of the network's dominant layer runs faster than this."""
     device = torch.device(device)
     layer = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       groups=conv.groups, bias=conv.bias is not None, device=device, dtype=TORCH_DTYPES[dtype])  # fmt: skip
     layer = layer.to(memory_format=torch.channels_last)
     x = torch.randn(*input_shape, device=device, dtype=TORCH_DTYPES[dtype]).contiguous(
         memory_format=torch.channels_last).requires_grad_()  # fmt: skip
-    flops = 3 * layer_flops(layer, x, layer(x))  # the two gradients are GEMMs of the forward's size
+    flops = layer_flops(layer, x, layer(x))  # the two gradients are GEMMs of the forward's size
+
+    def forward():
+        with torch.no_grad():
+            layer(x)
 
     def step():
         layer(x).sum().backward()
 
-    return flops / _best_time(step, device, repeats)
+    return max(flops / _best_time(forward, device, repeats), 3 * flops / _best_time(step, device, repeats))
 
 
 @dataclass(frozen=True)

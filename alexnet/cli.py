@@ -70,8 +70,8 @@ def cmd_train(args) -> int:
     if result.metrics:
         best = max(m["val_acc"] for m in result.metrics)
         total = sum(m["epoch_time_s"] for m in result.metrics)
-        print(f"test accuracy {result.final['val_acc']:.4f} (best {best:.4f}) after {len(result.metrics)} epochs, "
-              f"{total:.0f}s of training and evaluation")  # fmt: skip
+        print(f"test accuracy {result.final['val_acc']:.4f} (best {best:.4f}) after {result.final['epoch']} epochs, "
+              f"{total:.1f}s of training and evaluation")  # fmt: skip
     print(f"run directory: {result.run_dir}")
     return 0
 

@@ -64,3 +64,69 @@ def test_peak_is_at_least_what_the_networks_own_dominant_conv_reaches():
     assert peak.flops == max(peak.gemm, peak.conv)
     # MFU of the dominant conv alone, against this peak, cannot pass 100 %.
     assert Peak("fp32", 1.0, (1, 1, 1), 5.0, "conv2").flops == 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe in the trainer: presets, one-cycle schedule, evaluation at the end, flip TTA, holdout
+
+
+def test_speedrun_presets_train_speednet_and_evaluate_once_with_flip_tta():
+    from alexnet.config import PRESETS
+
+    for name, model in (("speedrun", "speednet"), ("speedrun-long", "speednet-wide")):
+        cfg = PRESETS[name]
+        assert cfg.train.model == model and cfg.train.evaluate == "end" and cfg.data.flip_tta
+        assert cfg.train.schedule == "linear" and cfg.data.crop_padding == 0 and cfg.data.holdout == 0
+
+
+def test_plateau_schedule_cannot_be_built_without_an_evaluation_per_epoch():
+    from alexnet.config import PRESETS, ConfigError
+
+    with pytest.raises(ConfigError, match="--evaluate end"):
+        PRESETS["speedrun"].replace(schedule="plateau")
+
+
+def test_linear_schedule_rises_for_the_warm_up_then_falls_to_zero():
+    from alexnet.config import PRESETS
+    from alexnet.train import lr_at
+
+    cfg = PRESETS["speedrun"]  # 1 warm-up epoch of 5
+    lrs = [lr_at(s, 500, 100, cfg) for s in range(500)]
+    assert lrs[99] == pytest.approx(cfg.train.lr) and max(lrs) == pytest.approx(cfg.train.lr)
+    assert lrs[299] == pytest.approx(cfg.train.lr * 0.5, rel=0.02) and lrs[-1] < cfg.train.lr * 0.01
+
+
+def test_flip_tta_averages_the_logits_of_an_image_and_its_mirror():
+    from alexnet.train import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.rand(5, 1, 3, 4), torch.tensor([0, 1, 2, 0, 1])
+    got = evaluate(model, [(x, y)], device=torch.device("cpu"), amp=False, num_classes=3, flip_tta=True)
+    with torch.no_grad():
+        logits = (model(x) + model(x.flip(-1))) / 2
+    assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert got["acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+
+def test_holdout_evaluates_on_the_last_training_images(idx_dir):
+    from alexnet import data as D
+    from alexnet.config import Config
+
+    cfg = Config(preset="test").replace(dataset="mnist", data_dir=str(idx_dir), holdout=10)
+    data = D.InMemory(cfg, torch.device("cpu"), batch=8, eval_batch=8)
+    full = D.load_dataset("mnist", idx_dir)
+    assert len(data) == len(full.train) - 10
+    assert torch.equal(data.test.images, full.train.images[-10:])
+
+
+def test_a_tiny_speedrun_trains_then_evaluates_once(idx_dir, tmp_path):
+    from alexnet.config import PRESETS
+    from alexnet.train import fit
+
+    cfg = PRESETS["speedrun"].replace(dataset="mnist", data_dir=str(idx_dir), epochs=2, batch_size=16, log_every=2)
+    result = fit(cfg, tmp_path / "run", progress=False, quiet=True)
+    [row] = result.metrics  # one row: evaluation after the last epoch only
+    assert row["epoch"] == 2 and row["eval_time_s"] > 0
+    assert row["train_time_s"] + row["eval_time_s"] <= row["epoch_time_s"] + 1e-6
+    assert (tmp_path / "run" / "last.pt").exists()
