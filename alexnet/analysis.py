@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .device import sync  # bench.py and the pipeline benchmark import it from here
 from .models import build_model, get_spec
 
 
@@ -220,12 +221,6 @@ DEVICES: dict[str, DeviceSpec] = {
     "cpu": DeviceSpec("cpu", "cpu", {"fp32": 4.096e12, "bf16": 4.096e12}, 204.8e9,
                       "reference CPU socket: 32 cores, 2.0 GHz, AVX-512 (4.1 TFLOP/s), 8x DDR4-3200 (204.8 GB/s)"),
 }  # fmt: skip
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device: CUDA runs asynchronously, so a timer must drain it on both sides."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _best_time(fn, device: torch.device, repeats: int) -> float:

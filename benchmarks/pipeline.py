@@ -320,14 +320,14 @@ class Row:
     note: str = ""
 
 
-def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu: D.Dataset, mem: PeakMemory,
-              log) -> tuple[list[Row], dict]:  # fmt: skip
+def run_model(args, model_name: str, preset: str, batch: int, measure_compile: bool, ds_cpu: D.Dataset,
+              mem: PeakMemory, log) -> tuple[list[Row], dict]:  # fmt: skip
     """One model's rows: reference and project (training and evaluation), the layout flipped, the
     precision flipped and,
     if asked, compilation flipped. Memory and the profiler's split come from each pipeline run
     alone; speeds from all of them run in turns (see ``interleave``)."""
     res = get_spec(model_name).resolution
-    cfg = PRESETS[preset].replace(model=model_name, batch_size=args.batch_size, device=args.device,
+    cfg = PRESETS[preset].replace(model=model_name, batch_size=batch, device=args.device,
                                   eval_batch_size=args.eval_batch_size)  # fmt: skip
     device = V.select_device(args.device)
     channels, classes = ds_cpu.channels, len(ds_cpu.classes)
@@ -335,7 +335,7 @@ def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu:
     params = sum(p.numel() for p in probe.parameters())
     fwd = forward_flops(probe, channels, res)
     step_flops = training_flops(probe, (1, channels, res, res))
-    b, w = args.batch_size, args.warmup
+    b, w = batch, args.warmup
     extra: dict = {}
     # The ceiling is measured before the pipelines and after; other work on the machine can only lower
     # it, so the better of the two stands.
@@ -554,7 +554,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-batch-size", type=int, default=512, help="evaluation batch size")
     p.add_argument("--block", type=int, default=5, help="steps per turn when the pipelines are timed in turns")
     p.add_argument("--model", default="alexnet", help="the network compared at its own resolution")
-    p.add_argument("--native-model", default="alexnet28", help="second network, with the cpu preset ('none': skip)")
+    p.add_argument("--preset", default="d2l", help="the first network's recipe")
+    p.add_argument("--native-model", default="alexnet28", help="second network, at its own resolution ('none': skip)")
+    p.add_argument("--native-preset", default="cpu", help="the second network's recipe (speedrun for speednet)")
+    p.add_argument("--native-batch-size", type=int, help="the second network's training batch size (default: --batch-size)")
     p.add_argument("--workers", type=int, default=4, help="reference DataLoader workers (the chapter's 4)")
     p.add_argument("--compile", choices=["native", "both", "none"], default="native",
                    help="which models get the torch.compile measurement (compiling alexnet on a CPU takes minutes)")
@@ -582,11 +585,12 @@ def main(argv=None) -> dict:
     # Every row is held to the peak of its own arithmetic: fp32 rows to fp32 kernels, bf16 ones to bf16.
     mem = PeakMemory(device)
     rows, extras = [], {}
-    plan = [(args.model, "d2l", args.compile == "both")]
+    plan = [(args.model, args.preset, args.batch_size, args.compile == "both")]
     if args.native_model != "none":
-        plan.append((args.native_model, "cpu", args.compile != "none"))
-    for model_name, preset, measure_compile in plan:
-        r, extra = run_model(args, model_name, preset, measure_compile, ds, mem, log)
+        plan.append((args.native_model, args.native_preset, args.native_batch_size or args.batch_size,
+                     args.compile != "none"))  # fmt: skip
+    for model_name, preset, batch, measure_compile in plan:
+        r, extra = run_model(args, model_name, preset, batch, measure_compile, ds, mem, log)
         rows += r
         extras[model_name] = extra
     stamp["load_average_1m_end"] = os.getloadavg()[0]
