@@ -102,7 +102,7 @@ def cmd_evaluate(args) -> int:
     amp = bf16_autocast(cfg.system.amp, device)  # the run's own precision, where this device has it
     t0 = time.perf_counter()
     ev = evaluate(model, D.loader(ds.test, transform, args.batch_size, False), device=device, amp=amp,
-                  num_classes=len(ds.classes), confusion=True)  # fmt: skip
+                  num_classes=len(ds.classes), confusion=True, flip_tta=cfg.data.flip_tta)  # fmt: skip
     dt = time.perf_counter() - t0
     m = ev["confusion"]
     print(f"{ckpt['path']}: {cfg.train.model} on {ds.name} test ({ev['images']} images, {ev['images'] / dt:.0f} img/s"
