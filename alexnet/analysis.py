@@ -302,9 +302,11 @@ class Peak:
         return f"{self.dtype} peak {self.flops / 1e9:.1f} GFLOP/s (GEMM {m}x{k}x{n} {self.gemm / 1e9:.1f}{conv})"
 
 
-def measure_peak(model: nn.Module, input_shape: tuple[int, ...], dtype: str, device, repeats: int = 3) -> Peak:
-    """:class:`Peak` for ``model`` training on ``input_shape`` (N, C, H, W) in ``dtype``."""
-    gemm, shape = gemm_peak(device, dtype, repeats=repeats)
+def measure_peak(model: nn.Module, input_shape: tuple[int, ...], dtype: str, device, repeats: int = 3,
+                 shapes=None) -> Peak:  # fmt: skip
+    """:class:`Peak` for ``model`` training on ``input_shape`` (N, C, H, W) in ``dtype``; ``shapes``
+    replaces the GEMM shapes tried (GEMM_SHAPES)."""
+    gemm, shape = gemm_peak(device, dtype, shapes, repeats)
     calls = walk(model, (1, *input_shape[1:]), device=next(model.parameters()).device)
     convs = [c for c in calls if isinstance(c.layer, nn.Conv2d)]
     if not convs:

@@ -40,9 +40,9 @@ def run_seed(preset: str, seed: int, run_dir: Path, extra: list[str]) -> dict:
             "train_eval_s": train + evaluation, "wall_s": wall}  # fmt: skip
 
 
-def summarise(preset: str, runs: list[dict]) -> dict:
+def summarise(preset: str, runs: list[dict], extra: list[str]) -> dict:
     accs = [r["acc"] for r in runs]
-    return {"preset": preset, "seeds": [r["seed"] for r in runs], "mean": statistics.mean(accs),
+    return {"preset": preset, "flags": " ".join(extra), "seeds": [r["seed"] for r in runs], "mean": statistics.mean(accs),
             "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs), "max": max(accs),
             "train_s": statistics.mean(r["train_s"] for r in runs),
             "train_eval_s": statistics.mean(r["train_eval_s"] for r in runs),
@@ -51,7 +51,8 @@ def summarise(preset: str, runs: list[dict]) -> dict:
 
 
 def report(s: dict, runs: list[dict], machine: str) -> str:
-    lines = [f"`alexnet train --preset {s['preset']}`, seeds {','.join(map(str, s['seeds']))}; {machine}", "",
+    command = " ".join(filter(None, ["alexnet train --preset", s["preset"], s["flags"]]))
+    lines = [f"`{command}`, seeds {','.join(map(str, s['seeds']))}; {machine}", "",
              "| seed | test acc | epochs | train s | train + eval s | command wall s |", "|---:|---:|---:|---:|---:|---:|"]
     lines += [(f"| {r['seed']} | {r['acc']:.4f} | {r['epochs']} | {r['train_s']:.1f} | {r['train_eval_s']:.1f} "
                f"| {r['wall_s']:.1f} |") for r in runs]  # fmt: skip
@@ -82,7 +83,7 @@ def main(argv=None) -> dict:
         r = runs[-1]
         print(f"seed {seed}: test acc {r['acc']:.4f}, train + eval {r['train_eval_s']:.1f} s, wall {r['wall_s']:.1f} s",
               flush=True)  # fmt: skip
-    s = summarise(args.preset, runs)
+    s = summarise(args.preset, runs, args.extra)
     text = report(s, runs, machine)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps({"summary": s, "runs": runs, "machine": machine}, indent=2) + "\n")

@@ -59,10 +59,11 @@ def test_alexnet_training_step_is_2_96_forward_passes_not_3():
 def test_peak_is_at_least_what_the_networks_own_dominant_conv_reaches():
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.Flatten(),
                           nn.Linear(16 * 6 * 6, 10))  # fmt: skip
-    peak = measure_peak(model, (4, 1, 6, 6), "fp32", "cpu", repeats=1)
+    peak = measure_peak(model, (4, 1, 6, 6), "fp32", "cpu", repeats=1, shapes=((64, 64, 64), (256, 32, 16)))
     assert peak.conv_label == "conv2" and peak.conv > 0 and peak.gemm > 0
-    assert peak.flops == max(peak.gemm, peak.conv)
-    # MFU of the dominant conv alone, against this peak, cannot pass 100 %.
+    assert peak.gemm_shape in ((64, 64, 64), (256, 32, 16))
+    # The ceiling is the better of the two, so the network's own dominant layer never exceeds it.
+    assert peak.flops == max(peak.gemm, peak.conv) >= peak.conv
     assert Peak("fp32", 1.0, (1, 1, 1), 5.0, "conv2").flops == 5.0
 
 
@@ -130,3 +131,19 @@ def test_a_tiny_speedrun_trains_then_evaluates_once(idx_dir, tmp_path):
     assert row["epoch"] == 2 and row["eval_time_s"] > 0
     assert row["train_time_s"] + row["eval_time_s"] <= row["epoch_time_s"] + 1e-6
     assert (tmp_path / "run" / "last.pt").exists()
+
+
+def test_speedrun_benchmark_summarises_seeds_as_mean_std_min_and_time():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "speedrun.py"
+    spec = importlib.util.spec_from_file_location("bench_speedrun", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = [{"seed": s, "acc": a, "epochs": 5, "train_s": 50.0, "train_eval_s": t, "wall_s": t + 4}
+            for s, a, t in ((0, 0.93, 55.0), (1, 0.92, 57.0), (2, 0.94, 59.0))]  # fmt: skip
+    s = bench.summarise("speedrun", runs, [])
+    assert s["mean"] == pytest.approx(0.93) and s["std"] == pytest.approx(0.01) and s["min"] == 0.92
+    assert s["train_eval_s"] == pytest.approx(57.0) and s["max_train_eval_s"] == 59.0
+    assert "`alexnet train --preset speedrun`, seeds 0,1,2" in bench.report(s, runs, "machine")
