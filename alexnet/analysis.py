@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .device import sync  # bench.py and the pipeline benchmark import it from here
 from .models import build_model, get_spec
 
 
@@ -23,11 +24,12 @@ class InputTooSmall(ValueError):
 
 @dataclass(frozen=True)
 class LayerRow:
-    index: int
+    index: int  # position in the order the forward pass calls the leaf modules
     name: str
     output_shape: tuple[int, ...]
     params: int
     flops: int  # forward FLOPs for the whole input batch
+    path: str = ""  # the module's qualified name in the network ("3.f.0.0" inside a residual block)
 
 
 def layer_flops(layer: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
@@ -39,30 +41,111 @@ def layer_flops(layer: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
     return 0
 
 
-def trace(model: nn.Sequential, input_shape: tuple[int, ...], device="cpu") -> list[LayerRow]:
-    """Run a zero input through the layers one by one, recording what each produces.
+@dataclass(frozen=True)
+class Call:
+    """One leaf module's call in a forward pass, and the tensors it read and wrote.
 
-    An input too small for the network raises :class:`InputTooSmall` naming the layer whose
-    output would be empty.
+    ``in_id`` / ``out_id`` name tensors: the network's input is "input", a leaf's output is its
+    index, and a tensor made between modules (the sum of a residual connection) gets its own name.
+    An in-place layer's or a view's output keeps its input's name: it is the same memory.
     """
+
+    index: int
+    path: str
+    layer: nn.Module
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    in_id: object
+    out_id: object
+    input_needs_grad: bool  # False for the image: backward stops at the first layer with weights
+    flops: int
+    params: int  # counted at a module's first call only
+
+
+def _is_view(layer: nn.Module, in_shape, out_shape) -> bool:
+    return (isinstance(layer, (nn.Flatten, nn.Identity)) or (isinstance(layer, nn.Dropout) and layer.p == 0)
+            or (out_shape == in_shape and layer.__class__.__name__ == "PadTo"))  # fmt: skip
+
+
+def walk(model: nn.Module, input_shape: tuple[int, ...], device="cpu") -> list[Call]:
+    """Run a zero input through ``model`` and record every leaf module's call, in order.
+
+    Forward hooks on the leaves (modules without children) see any network, not only an
+    ``nn.Sequential``: residual blocks and other ``forward`` code included. Operations between
+    modules (a residual sum) do no convolution or matrix product, so no FLOPs are missed; they are
+    not rows. The network runs in eval mode, so batch-norm statistics are left as they were; an
+    input too small for it raises :class:`InputTooSmall` naming the layer whose output would be empty.
+    """
+    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    calls: list[Call] = []
+    names: dict[int, object] = {}  # id(tensor) -> its name; `keep` holds the tensors so ids stay unique
+    keep: list[torch.Tensor] = []
+    seen_modules: set[int] = set()
+    current: list = []
+
+    def name_of(t: torch.Tensor) -> object:
+        if id(t) not in names:
+            names[id(t)] = ("op", len(names))
+            keep.append(t)
+        return names[id(t)]
+
+    def too_small(i: int, layer: nn.Module, shape) -> InputTooSmall:
+        return InputTooSmall(
+            f"input {'x'.join(map(str, input_shape[1:]))} is too small for this network: "
+            f"layer {i} ({layer.__class__.__name__}) receives {'x'.join(map(str, shape[1:]))} "
+            f"and its output would be empty"
+        )
+
+    def pre(path):
+        def hook(layer, args):
+            current[:] = [len(calls), layer, tuple(args[0].shape)]
+
+        return hook
+
+    def post(path):
+        def hook(layer, args, y):
+            x, i = args[0], len(calls)
+            if not isinstance(y, torch.Tensor) or y.numel() == 0:
+                raise too_small(i, layer, x.shape)
+            in_id = name_of(x)
+            view = _is_view(layer, tuple(x.shape), tuple(y.shape))
+            inplace = getattr(layer, "inplace", False) and not isinstance(layer, nn.Dropout)
+            out_id = in_id if view or inplace else i
+            names[id(y)] = out_id
+            keep.append(y)
+            params = 0 if id(layer) in seen_modules else sum(p.numel() for p in layer.parameters())
+            seen_modules.add(id(layer))
+            calls.append(Call(i, path, layer, tuple(x.shape), tuple(y.shape), in_id, out_id, x.requires_grad,
+                              layer_flops(layer, x, y), params))  # fmt: skip
+            current.clear()  # an error between modules (a residual sum) is not this layer's
+
+        return hook
+
+    handles = [h for path, m in leaves
+               for h in (m.register_forward_pre_hook(pre(path)), m.register_forward_hook(post(path)))]  # fmt: skip
+    modes = {m: m.training for m in model.modules()}
     x = torch.zeros(*input_shape, device=device)
-    rows = []
-    with torch.no_grad():
-        for i, layer in enumerate(model):
-            try:
-                y = layer(x)
-            except RuntimeError:
-                y = None
-            if y is None or y.numel() == 0:
-                raise InputTooSmall(
-                    f"input {'x'.join(map(str, input_shape[1:]))} is too small for this network: "
-                    f"layer {i} ({layer.__class__.__name__}) receives {'x'.join(map(str, x.shape[1:]))} "
-                    f"and its output would be empty"
-                )
-            params = sum(p.numel() for p in layer.parameters())
-            rows.append(LayerRow(i, layer.__class__.__name__, tuple(y.shape), params, layer_flops(layer, x, y)))
-            x = y
-    return rows
+    names[id(x)] = "input"
+    try:
+        model.eval()
+        with torch.enable_grad():  # requires_grad of each input says where backward must reach
+            model(x)
+    except RuntimeError:
+        if not current:
+            raise
+        raise too_small(current[0], current[1], current[2]) from None
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.train(training)
+    return calls
+
+
+def trace(model: nn.Module, input_shape: tuple[int, ...], device="cpu") -> list[LayerRow]:
+    """The layer summary: each leaf module's output shape, parameters and FLOPs, in call order."""
+    return [LayerRow(c.index, c.layer.__class__.__name__, c.output_shape, c.params, c.flops, c.path)
+            for c in walk(model, input_shape, device)]  # fmt: skip
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -87,11 +170,12 @@ def format_summary(rows: list[LayerRow]) -> str:
     def shape(s):
         return "x".join(map(str, s))
 
-    lines = [f"{'#':>2}  {'layer':<10} {'output shape':<18} {'params':>12} {'FLOPs':>16}"]
+    w = max(10, *(len(r.name) for r in rows))
+    lines = [f"{'#':>2}  {'layer':<{w}} {'output shape':<18} {'params':>12} {'FLOPs':>16}"]
     for r in rows:
-        lines.append(f"{r.index:>2}  {r.name:<10} {shape(r.output_shape):<18} {r.params:>12,} {r.flops:>16,}")
+        lines.append(f"{r.index:>2}  {r.name:<{w}} {shape(r.output_shape):<18} {r.params:>12,} {r.flops:>16,}")
     params, flops = sum(r.params for r in rows), sum(r.flops for r in rows)
-    lines.append(f"{'':>2}  {'total':<10} {'':<18} {params:>12,} {flops:>16,}")
+    lines.append(f"{'':>2}  {'total':<{w}} {'':<18} {params:>12,} {flops:>16,}")
     lines.append(f"    ({params * 4 / 2**20:.1f} MiB of fp32 weights; {flops / 1e9:.3f} GFLOPs forward, "
                  f"1 multiply-add = 2 FLOPs)")  # fmt: skip
     return "\n".join(lines)
@@ -139,12 +223,6 @@ DEVICES: dict[str, DeviceSpec] = {
 }  # fmt: skip
 
 
-def sync(device: torch.device) -> None:
-    """Wait for the device: CUDA runs asynchronously, so a timer must drain it on both sides."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _best_time(fn, device: torch.device, repeats: int) -> float:
     import time
 
@@ -159,24 +237,110 @@ def _best_time(fn, device: torch.device, repeats: int) -> float:
     return best
 
 
+# (M, K, N) of the GEMMs whose best rate is the peak: squares, and the tall-skinny products that
+# convolutions lower to (many pixels by few channels). One shape alone understates the peak: the
+# fp32 convolutions of AlexNet outran a 2048x2048 GEMM on the 2-core CPU (106 % "MFU").
+GEMM_SHAPES = {"cpu": ((1024, 1024, 1024), (2048, 2048, 2048), (3072, 3072, 3072), (12544, 576, 128),
+                       (3136, 1152, 256), (25088, 288, 64)),
+               "cuda": ((4096, 4096, 4096), (8192, 8192, 8192), (16384, 4096, 4096))}  # fmt: skip
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def gemm_peak(device, dtype: str, shapes=None, repeats: int = 3) -> tuple[float, tuple[int, int, int]]:
+    """The best FLOP/s over several GEMM shapes in ``dtype``, and the shape that reached it."""
+    device = torch.device(device)
+    best = (0.0, (0, 0, 0))
+    for m, k, n in shapes or GEMM_SHAPES["cuda" if device.type == "cuda" else "cpu"]:
+        a = torch.randn(m, k, device=device, dtype=TORCH_DTYPES[dtype])
+        b = torch.randn(k, n, device=device, dtype=TORCH_DTYPES[dtype])
+        rate = 2 * m * k * n / _best_time(lambda a=a, b=b: torch.mm(a, b), device, repeats)
+        best = max(best, (rate, (m, k, n)))
+    return best
+
+
+def conv_rate(conv: nn.Conv2d, input_shape: tuple[int, ...], dtype: str, device, repeats: int = 3) -> float:
+    """FLOP/s of one convolution at ``input_shape``, channels_last, in ``dtype``: the better of its
+    forward pass alone (what evaluation runs) and its training kernels (forward, input and weight
+    gradients), so no pass of the network's dominant layer runs faster than this."""
+    device = torch.device(device)
+    layer = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      groups=conv.groups, bias=conv.bias is not None, device=device, dtype=TORCH_DTYPES[dtype])  # fmt: skip
+    layer = layer.to(memory_format=torch.channels_last)
+    x = torch.randn(*input_shape, device=device, dtype=TORCH_DTYPES[dtype]).contiguous(
+        memory_format=torch.channels_last).requires_grad_()  # fmt: skip
+    flops = layer_flops(layer, x, layer(x))  # the two gradients are GEMMs of the forward's size
+
+    def forward():
+        with torch.no_grad():
+            layer(x)
+
+    def step():
+        layer(x).sum().backward()
+
+    return max(flops / _best_time(forward, device, repeats), 3 * flops / _best_time(step, device, repeats))
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The ceiling an MFU divides by: the better of the best GEMM and the network's own dominant
+    convolution, both measured in the same run and dtype. So no layer of the network ran faster
+    than the peak, and MFU cannot pass 100 % merely because one GEMM shape was slow."""
+
+    dtype: str
+    gemm: float  # FLOP/s
+    gemm_shape: tuple[int, int, int]
+    conv: float  # FLOP/s; 0.0 when the network has no convolution
+    conv_label: str
+
+    @property
+    def flops(self) -> float:
+        return max(self.gemm, self.conv)
+
+    def describe(self) -> str:
+        m, k, n = self.gemm_shape
+        conv = f", {self.conv_label} {self.conv / 1e9:.1f}" if self.conv else ""
+        return f"{self.dtype} peak {self.flops / 1e9:.1f} GFLOP/s (GEMM {m}x{k}x{n} {self.gemm / 1e9:.1f}{conv})"
+
+
+def measure_peak(model: nn.Module, input_shape: tuple[int, ...], dtype: str, device, repeats: int = 3,
+                 shapes=None) -> Peak:  # fmt: skip
+    """:class:`Peak` for ``model`` training on ``input_shape`` (N, C, H, W) in ``dtype``; ``shapes``
+    replaces the GEMM shapes tried (GEMM_SHAPES)."""
+    gemm, shape = gemm_peak(device, dtype, shapes, repeats)
+    calls = walk(model, (1, *input_shape[1:]), device=next(model.parameters()).device)
+    convs = [c for c in calls if isinstance(c.layer, nn.Conv2d)]
+    if not convs:
+        return Peak(dtype, gemm, shape, 0.0, "")
+    top = max(convs, key=lambda c: c.flops)
+    label = _labels([c.layer for c in calls])[top.index]
+    rate = conv_rate(top.layer, (input_shape[0], *top.input_shape[1:]), dtype, device, repeats)
+    return Peak(dtype, gemm, shape, rate, label)
+
+
+def training_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of one training step (forward, input and weight gradients) on ``input_shape``, as
+    :func:`layer_costs` counts them: AlexNet's is 2.96x its forward, not 3x, since the image
+    needs no gradient."""
+    return sum(c.fwd_flops + c.bwd_flops for c in layer_costs(model, input_shape))
+
+
 def measure_device(device="cpu", dtypes=("fp32", "bf16"), repeats: int = 3, gemm_n: int | None = None,
                    copy_numel: int | None = None) -> DeviceSpec:  # fmt: skip
-    """This machine's roofline: a large GEMM for FLOP/s and a large copy for bandwidth."""
+    """This machine's roofline: the best of several GEMMs for FLOP/s and a large copy for bandwidth."""
     device = torch.device(device)
     cuda = device.type == "cuda"
-    n = gemm_n or (8192 if cuda else 2048)
-    peaks = {}
+    shapes = ((gemm_n, gemm_n, gemm_n),) if gemm_n else None
+    peaks, best_shapes = {}, {}
     for name in dtypes:
-        dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
-        a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
-        peaks[name] = 2 * n**3 / _best_time(lambda a=a, b=b: torch.mm(a, b), device, repeats)
+        peaks[name], best_shapes[name] = gemm_peak(device, name, shapes, repeats)
     # 256 MiB on the CPU (far beyond any cache), 1 GiB on a GPU; a copy reads and writes each byte.
     numel = copy_numel or (2**28 if cuda else 2**26)
     src, dst = torch.ones(numel, device=device), torch.empty(numel, device=device)
     bandwidth = 2 * src.nbytes / _best_time(lambda: dst.copy_(src), device, repeats)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    about = (f"measured on this machine ({where}): {n}x{n} GEMM "
-             + ", ".join(f"{peaks[k] / 1e9:.0f} GFLOP/s {k}" for k in peaks)
+    about = (f"measured on this machine ({where}): "
+             + ", ".join(f"{peaks[k] / 1e9:.0f} GFLOP/s {k} (GEMM {'x'.join(map(str, best_shapes[k]))})"
+                         for k in peaks)
              + f"; {src.nbytes // 2**20} MiB copy {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
     if "fp32" in peaks and "bf16" not in peaks:
         peaks["bf16"] = peaks["fp32"]
@@ -232,10 +396,10 @@ def _kind(layer: nn.Module) -> str:
     return "conv" if isinstance(layer, nn.Conv2d) else "fc" if isinstance(layer, nn.Linear) else "rest"
 
 
-def _labels(model: nn.Sequential) -> list[str]:
+def _labels(layers: list[nn.Module]) -> list[str]:
     counts: dict[str, int] = {}
     out = []
-    for layer in model:
+    for layer in layers:
         k = _kind(layer)
         base = k if k != "rest" else layer.__class__.__name__.lower().replace("2d", "")
         counts[base] = counts.get(base, 0) + 1
@@ -243,56 +407,56 @@ def _labels(model: nn.Sequential) -> list[str]:
     return out
 
 
-def layer_costs(model: nn.Sequential, input_shape: tuple[int, ...], dtype: str = "fp32",
+def layer_costs(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "fp32",
                 device_kind: str = "cpu") -> list[LayerCost]:  # fmt: skip
-    """Per-layer FLOPs and bytes of a training step on ``input_shape`` (N, C, H, W).
+    """Per-layer FLOPs and bytes of a training step on ``input_shape`` (N, C, H, W), one row per
+    leaf module in the order the forward pass calls them (:func:`walk`).
 
     What autograd saves, by layer (tensors shared between layers are counted once, at the first):
     conv and linear their input; ReLU and sigmoid their output (an in-place ReLU's output is its
-    input's storage); max-pool its input and int64 indices; average pools their input; dropout its
-    mask (bool on CUDA; on the CPU dropout is ``x * mask`` with a float mask); local response
-    norm, per group of c channels, its input, the squares padded to c + size - 1 channels, the
-    base and the power of ``(k + alpha * mean)^beta``; flatten and padding save nothing.
+    input's storage); max-pools their input and int64 indices; average pools and batch norm their
+    input; dropout its mask (bool on CUDA; on the CPU dropout is ``x * mask`` with a float mask);
+    local response norm, per group of c channels, its input, the squares padded to c + size - 1
+    channels, the base and the power of ``(k + alpha * mean)^beta``; flatten and padding save
+    nothing. A residual sum between modules saves nothing and its bytes are not counted.
     """
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPE_BYTES)}")
     e = DTYPE_BYTES[dtype]
     batch = input_shape[0]
     # Shapes do not depend on the batch: trace one image, then scale.
-    rows = trace(model, (1, *input_shape[1:]), device=next(model.parameters()).device)
-    labels = _labels(model)
+    calls = walk(model, (1, *input_shape[1:]), device=next(model.parameters()).device)
+    labels = _labels([c.layer for c in calls])
     costs = []
     saved_ids: set = set()
-    in_id, in_shape = "input", tuple(input_shape)
-    grads_flow = False  # the image needs no gradient: backward stops at the first layer with weights
-    for layer, row, label in zip(model, rows, labels):
-        out_shape = (batch, *row.output_shape[1:])
+    for call, label in zip(calls, labels):
+        layer = call.layer
+        in_shape, out_shape = (batch, *call.input_shape[1:]), (batch, *call.output_shape[1:])
         n_in, n_out = _numel(in_shape), _numel(out_shape)
         x, y = n_in * e, n_out * e
         kind = _kind(layer)
-        w = row.params * e
-        fwd_flops = row.flops * batch
-        view = (isinstance(layer, (nn.Flatten, nn.Identity)) or (isinstance(layer, nn.Dropout) and layer.p == 0)
-                or (out_shape == in_shape and layer.__class__.__name__ == "PadTo"))  # fmt: skip
-        inplace = getattr(layer, "inplace", False) and not isinstance(layer, nn.Dropout)
-        out_id = in_id if view or inplace else row.index
+        w = call.params * e
+        fwd_flops = call.flops * batch
+        view = _is_view(layer, call.input_shape, call.output_shape)
+        inplace = call.out_id == call.in_id and not view
+        in_id, out_id, grads_flow = call.in_id, call.out_id, call.input_needs_grad
 
         saves: list[tuple[object, int]] = []
         if kind in ("conv", "fc"):
             saves = [(in_id, x)]
         elif isinstance(layer, (nn.ReLU, nn.Sigmoid, nn.Tanh)):
             saves = [(out_id, y)]
-        elif isinstance(layer, nn.MaxPool2d):
-            saves = [(in_id, x), (("indices", row.index), n_out * 8)]
-        elif isinstance(layer, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+        elif isinstance(layer, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+            saves = [(in_id, x), (("indices", call.index), n_out * 8)]
+        elif isinstance(layer, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d)):
             saves = [(in_id, x)]
         elif isinstance(layer, nn.Dropout) and not view:
-            saves = [(("mask", row.index), n_out * (1 if device_kind == "cuda" else e))]
+            saves = [(("mask", call.index), n_out * (1 if device_kind == "cuda" else e))]
         elif isinstance(layer, nn.LocalResponseNorm):
             groups, (b, c, h, wd) = getattr(layer, "groups", 1), in_shape
             padded = b * (c + groups * (layer.size - 1)) * h * wd * e
-            saves = [(in_id, x), (("lrn-padded", row.index), padded), (("lrn-base", row.index), x),
-                     (("lrn-power", row.index), x)]  # fmt: skip
+            saves = [(in_id, x), (("lrn-padded", call.index), padded), (("lrn-base", call.index), x),
+                     (("lrn-power", call.index), x)]  # fmt: skip
         saved = 0
         for tid, nbytes in saves:
             if tid not in saved_ids:
@@ -312,13 +476,11 @@ def layer_costs(model: nn.Sequential, input_shape: tuple[int, ...], dtype: str =
             extra = sum(b for tid, b in saves if isinstance(tid, tuple))  # indices, mask, LRN buffers
             fwd_bytes = x + y + extra
             # grad_out read and grad_in written, plus what the backward formula reads from the save
-            reads = {"ReLU": y, "Sigmoid": y, "Tanh": y}.get(layer.__class__.__name__, extra)
+            reads = {"ReLU": y, "Sigmoid": y, "Tanh": y, "BatchNorm2d": x}.get(layer.__class__.__name__, extra)
             bwd_in_bytes = (y + x + reads) if grads_flow else 0
-        costs.append(LayerCost(row.index, label, kind, in_shape, out_shape, row.params, w, fwd_flops,
+        costs.append(LayerCost(call.index, label, kind, in_shape, out_shape, call.params, w, fwd_flops,
                                bwd_in_flops, bwd_w_flops, 0 if view or inplace else y, saved, fwd_bytes,
                                bwd_in_bytes, bwd_w_bytes))  # fmt: skip
-        in_id, in_shape = out_id, out_shape
-        grads_flow = grads_flow or row.params > 0
     return costs
 
 
@@ -486,7 +648,7 @@ class Analysis:
         return out
 
 
-def meta_model(name: str, in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+def meta_model(name: str, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
     """The network with shapes but no storage: tracing it costs nothing, even for AlexNet at
     batch 512, and it raises the same errors for an input that is too small."""
     spec = get_spec(name)

@@ -70,8 +70,8 @@ def cmd_train(args) -> int:
     if result.metrics:
         best = max(m["val_acc"] for m in result.metrics)
         total = sum(m["epoch_time_s"] for m in result.metrics)
-        print(f"test accuracy {result.final['val_acc']:.4f} (best {best:.4f}) after {len(result.metrics)} epochs, "
-              f"{total:.0f}s of training and evaluation")  # fmt: skip
+        print(f"test accuracy {result.final['val_acc']:.4f} (best {best:.4f}) after {result.final['epoch']} epochs, "
+              f"{total:.1f}s of training and evaluation")  # fmt: skip
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -102,7 +102,7 @@ def cmd_evaluate(args) -> int:
     amp = bf16_autocast(cfg.system.amp, device)  # the run's own precision, where this device has it
     t0 = time.perf_counter()
     ev = evaluate(model, D.loader(ds.test, transform, args.batch_size, False), device=device, amp=amp,
-                  num_classes=len(ds.classes), confusion=True)  # fmt: skip
+                  num_classes=len(ds.classes), confusion=True, flip_tta=cfg.data.flip_tta)  # fmt: skip
     dt = time.perf_counter() - t0
     m = ev["confusion"]
     print(f"{ckpt['path']}: {cfg.train.model} on {ds.name} test ({ev['images']} images, {ev['images'] / dt:.0f} img/s"

@@ -470,6 +470,12 @@ class InMemory:
 
     def __init__(self, cfg: Config, device, batch: int, eval_batch: int, rank: int = 0, world: int = 1):
         ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, device=device)
+        if cfg.data.holdout:  # the last N training images become the evaluation split; the test set is unused
+            keep = len(ds.train) - cfg.data.holdout
+            if keep < 1:
+                raise DataError(f"--holdout {cfg.data.holdout} leaves no training image of {len(ds.train)}")
+            ds.test = Split(ds.train.images[keep:], ds.train.labels[keep:])
+            ds.train = ds.train.subset(keep)
         if cfg.data.limit_train:
             ds.train = ds.train.subset(cfg.data.limit_train)
         if cfg.data.limit_test:

@@ -59,7 +59,10 @@ def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # One fused kernel per step on CUDA and on the CPU: on the 2-core CPU alexnet28's 1 M parameters
+    # step in 0.19 ms fused against 0.62 ms foreach (alone; inside a profiled training step the
+    # foreach step took 4.2 ms of 56, with the gradients no longer in cache).
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
 
 
@@ -80,6 +83,8 @@ def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: Config, drops:
         return t.lr * 0.1 ** (step // max(1, t.lr_step_epochs * steps_per_epoch))
     if t.schedule == "plateau":
         return t.lr * 0.1**drops
+    if t.schedule == "linear":  # with the warm-up, a one-cycle: up for warmup_epochs, then down to zero
+        return t.lr * max(0.0, 1 - (step - warm) / max(1, total_steps - warm))
     return t.lr
 
 
@@ -216,10 +221,12 @@ def train_one_epoch(model, optimizer, batches, *, device, amp, label_smoothing=0
 
 
 @torch.inference_mode()
-def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool = False, stop=None) -> dict:
+def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool = False, stop=None,
+             flip_tta: bool = False) -> dict:  # fmt: skip
     """Mean loss, accuracy and top-5 accuracy (and the confusion matrix, rows = true class).
 
     A batch of shape (B, n, C, H, W) holds n crops per image whose softmaxes are averaged (§4.1).
+    ``flip_tta``: each image's logits are averaged with its mirror image's.
     """
     model.eval()
     loss_sum, top5 = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
@@ -231,6 +238,8 @@ def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool =
         crops = x.shape[1] if x.ndim == 5 else 1
         with autocast(device, amp):
             logits = model(x.flatten(0, 1) if crops > 1 else x).float()
+            if flip_tta:
+                logits = (logits + model(x.flip(-1).flatten(0, 1) if crops > 1 else x.flip(-1)).float()) / 2
         if crops > 1:
             scores = logits.softmax(1).view(len(y), crops, -1).mean(1).log()  # (B*n, K) -> (B, K)
             loss_sum += F.nll_loss(scores, y, reduction="sum")
@@ -462,12 +471,19 @@ class Session:
         if pos.epoch >= cfg.train.epochs:
             say(f"the run is complete ({pos.epoch} epochs); nothing to train", self.quiet)
         try:
+            since, trained, images = time.perf_counter(), 0.0, 0  # since the last evaluation
             for epoch in range(pos.epoch, cfg.train.epochs):
                 t0 = time.perf_counter()
                 tr = self.train_epoch(epoch)
-                train_time = time.perf_counter() - t0
+                trained, images = trained + time.perf_counter() - t0, images + tr["images"]
+                if cfg.train.evaluate == "end" and epoch + 1 < cfg.train.epochs:
+                    self.skip_evaluation(epoch)
+                    continue
+                t1 = time.perf_counter()
                 ev = self.evaluate()
-                self.end_epoch(epoch, tr, ev, train_time, time.perf_counter() - t0)
+                ev["time_s"] = time.perf_counter() - t1
+                self.end_epoch(epoch, {**tr, "images": images}, ev, trained, time.perf_counter() - since)
+                since, trained, images = time.perf_counter(), 0.0, 0
         except KeyboardInterrupt as e:
             self.save_interrupted(abort=isinstance(e, Abort))
             return RunResult(self._path(), pos.metrics, interrupted=True)
@@ -502,18 +518,26 @@ class Session:
 
     def evaluate(self) -> dict:
         ev = evaluate(self.net, self.data.val(), device=self.device, amp=self.cfg.system.amp == "bf16",
-                      num_classes=len(self.data.classes), stop=self.stop)  # fmt: skip
+                      num_classes=len(self.data.classes), stop=self.stop, flip_tta=self.cfg.data.flip_tta)  # fmt: skip
         ev = reduce_means({**ev, "skipped": self.data.skipped}, ("loss", "acc", "top5"), self.device, self.world,
                           ("skipped",))  # fmt: skip
         if ev["images"] == 0:
             raise TrainingError(f"no readable validation image ({ev['skipped']} unreadable): nothing to evaluate")
         return ev
 
+    def skip_evaluation(self, epoch: int) -> None:
+        """--evaluate end: an epoch done, with no evaluation, metrics row or checkpoint (an
+        interruption still saves one); the next row's times cover this epoch too."""
+        self.pos.epoch, self.pos.step, self.pos.tally, self.tally = epoch + 1, 0, None, None
+        say(f"epoch {epoch + 1:>3}/{self.cfg.train.epochs}  trained (evaluation after the last epoch only)", self.quiet)
+
     def end_epoch(self, epoch: int, tr: dict, ev: dict, train_time: float, epoch_time: float) -> None:
+        """One metrics row. Times and images/s cover the training since the previous row (one
+        epoch, or all of them under --evaluate end); epoch_time_s adds the evaluation."""
         pos = self.pos
         row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": ev["loss"],
                "val_acc": ev["acc"], "lr": tr["lr"], "train_images_per_s": tr["images"] / train_time,
-               "train_time_s": train_time, "epoch_time_s": epoch_time}  # fmt: skip
+               "train_time_s": train_time, "eval_time_s": ev.get("time_s", 0.0), "epoch_time_s": epoch_time}  # fmt: skip
         images = isinstance(self.data, I.ImagePipeline)
         if images:  # the paper's figures: top-1 and top-5 error; and the files that could not be read
             row.update(val_top1_err=1 - ev["acc"], val_top5_err=1 - ev["top5"], skipped_images=ev["skipped"])

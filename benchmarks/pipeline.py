@@ -12,9 +12,11 @@ deciding precision, layout, optimizer and compilation, so what is timed is the s
 
 Both train the same network for the same number of steps after the same warm-up on the same device.
 Reported per row (as timm's benchmark.py): images/s, step ms, batch size, dtype, parameters, FLOPs,
-peak memory; and for training, MFU = (forward FLOPs x 3, the usual estimate of a training step) per
-second / the peak of a large GEMM in the training dtype measured in this run; and the fraction of
-step time spent outside the network's forward and backward passes, from torch.profiler.
+peak memory; and MFU = achieved FLOP/s (a training step's exact FLOPs as alexnet.analysis counts
+them, 2.96 forward passes for AlexNet since the image needs no gradient) / the peak in the row's
+dtype, measured in this run: the better of the best of several GEMM shapes and the network's own
+dominant convolution, so that no layer of the network can outrun it; and the fraction of step time
+spent outside the network's forward and backward passes, from torch.profiler.
 Units: a multiply-add is 2 FLOPs; MiB is 2^20 bytes.
 """
 
@@ -49,7 +51,7 @@ from alexnet import data as D  # noqa: E402
 from alexnet import device as V  # noqa: E402
 from alexnet import runs as R  # noqa: E402
 from alexnet import train as T  # noqa: E402
-from alexnet.analysis import measure_device, sync, trace  # noqa: E402
+from alexnet.analysis import Peak, measure_peak, sync, trace, training_flops  # noqa: E402
 from alexnet.config import PRESETS, ConfigError  # noqa: E402
 from alexnet.models import build_model, get_spec  # noqa: E402
 
@@ -137,13 +139,12 @@ class PeakMemory:
         return "peak RSS of this process (VmHWM, reset per phase)" if self.resettable else "peak RSS (ru_maxrss)"
 
 
-def gemm_peaks(device: torch.device) -> dict[str, tuple[float, int]]:
-    """FLOP/s of a large square matmul per training dtype (what `alexnet analyze --device
-    measured` takes): the ceiling the network's convolutions and linear layers, all GEMMs
-    underneath, can approach. 2048 is where this CPU saturates (2048-3072 measure alike)."""
-    n = 8192 if device.type == "cuda" else 2048
-    spec = measure_device(device, repeats=5, gemm_n=n)
-    return {"fp32": (spec.peak("fp32"), n), "bf16 autocast": (spec.peak("bf16"), n)}
+DTYPES = {"fp32": "fp32", "bf16 autocast": "bf16"}  # a row's dtype -> the arithmetic its peak is measured in
+
+
+def peaks(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> dict[str, Peak]:
+    """Per row dtype, the ceiling MFU divides by (alexnet.analysis.measure_peak)."""
+    return {row: measure_peak(model, input_shape, dt, device, repeats=5) for row, dt in DTYPES.items()}
 
 
 def forward_flops(model: nn.Module, channels: int, resolution: int) -> int:
@@ -312,30 +313,34 @@ class Row:
     gflops_per_image: float  # forward FLOPs for eval, forward x 3 for a training step
     images_per_s: float
     step_ms: float
-    mfu: float  # achieved FLOP/s / the GEMM peak measured in this run
+    mfu: float  # achieved FLOP/s / the peak (best GEMM or the dominant conv) measured in this run
     outside_network: float | None  # share of step time outside forward and backward (profiler)
     peak_memory_mib: float | None  # measured with the pipeline alone; None for the variants
     compile_s: float | None = None
     note: str = ""
 
 
-def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu: D.Dataset, mem: PeakMemory,
-              log) -> tuple[list[Row], dict]:  # fmt: skip
+def run_model(args, model_name: str, preset: str, batch: int, measure_compile: bool, ds_cpu: D.Dataset,
+              mem: PeakMemory, log) -> tuple[list[Row], dict]:  # fmt: skip
     """One model's rows: reference and project (training and evaluation), the layout flipped, the
     precision flipped and,
     if asked, compilation flipped. Memory and the profiler's split come from each pipeline run
     alone; speeds from all of them run in turns (see ``interleave``)."""
     res = get_spec(model_name).resolution
-    cfg = PRESETS[preset].replace(model=model_name, batch_size=args.batch_size, device=args.device,
+    cfg = PRESETS[preset].replace(model=model_name, batch_size=batch, device=args.device,
                                   eval_batch_size=args.eval_batch_size)  # fmt: skip
     device = V.select_device(args.device)
     channels, classes = ds_cpu.channels, len(ds_cpu.classes)
-    probe = build_model(model_name, channels, classes)
+    probe = build_model(model_name, channels, classes).to(device)
     params = sum(p.numel() for p in probe.parameters())
     fwd = forward_flops(probe, channels, res)
-    del probe
-    b, w = args.batch_size, args.warmup
+    step_flops = training_flops(probe, (1, channels, res, res))
+    b, w = batch, args.warmup
     extra: dict = {}
+    # The ceiling is measured before the pipelines and after; other work on the machine can only lower
+    # it, so the better of the two stands.
+    log(f"{model_name}: peaks before the pipelines (GEMM shapes and the dominant conv, fp32 and bf16)")
+    before = peaks(probe, (b, channels, res, res), device)
 
     def dtype(c) -> str:
         return "bf16 autocast" if V.bf16_autocast(c.system.amp, device) else "fp32"
@@ -404,11 +409,20 @@ def run_model(args, model_name: str, preset: str, measure_compile: bool, ds_cpu:
         del ref, projects, contestants, evaluation, p
     gc.collect()
 
+    log(f"{model_name}: peaks after the pipelines")
+    after = peaks(probe, (b, channels, res, res), device)
+    best = {k: max(before[k], after[k], key=lambda p: p.flops) for k in DTYPES}
+    extra["peaks"] = {k: {"flops": best[k].flops, "gemm": best[k].gemm, "gemm_shape": best[k].gemm_shape,
+                          "conv": best[k].conv, "conv_label": best[k].conv_label,
+                          "flops_before": before[k].flops, "flops_after": after[k].flops} for k in DTYPES}  # fmt: skip
+    del probe
+
     def row(pipeline, mode, step_s, batch, outside=None, memory=None, compile_s=None, note="", c=cfg):
-        per_image = fwd * (3 if mode == "train" else 1)
-        return Row(pipeline, model_name, res, mode, batch, dtype(c) if pipeline != "reference" else "fp32", params,
-                   per_image / 1e9, batch / step_s, 1e3 * step_s, math.nan, outside,
-                   None if memory is None else memory / 2**20, compile_s, note)  # fmt: skip (MFU: set by main)
+        per_image = step_flops if mode == "train" else fwd
+        dt = dtype(c) if pipeline != "reference" else "fp32"
+        return Row(pipeline, model_name, res, mode, batch, dt, params, per_image / 1e9, batch / step_s, 1e3 * step_s,
+                   per_image * batch / step_s / best[dt].flops, outside, None if memory is None else memory / 2**20,
+                   compile_s, note)  # fmt: skip
 
     rows = [row("reference", "train", times["reference"], b, ref_outside, ref_mem,
                 note=f"Pillow resize in {args.workers} DataLoader workers, NCHW, eager")]  # fmt: skip
@@ -472,10 +486,12 @@ def markdown(result: dict) -> str:
         f"{m['cpu']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, "
         f"Python {m['python']}, {m['date_utc']} UTC, 1-min load average {m['load_average_1m_start']:.2f} at start, "
         f"{m['load_average_1m_end']:.2f} at end.",
-        "GEMM peaks (" + "; ".join(
-            f"{k}, {g['n']}x{g['n']}: {g['flops'] / 1e9:.1f} GFLOP/s, the better of {g['flops_start'] / 1e9:.1f} before "
-            f"the pipelines and {g['flops_end'] / 1e9:.1f} after" for k, g in result["gemm"].items()) + "). "
-        "Training FLOPs = forward FLOPs x 3; MFU = achieved FLOP/s / the peak of the row's dtype. "
+        "Peaks (GFLOP/s; each the better of a measurement before the pipelines and one after): " + "; ".join(
+            f"{model} {k}: {g['flops'] / 1e9:.1f} = max(best GEMM {'x'.join(map(str, g['gemm_shape']))} "
+            f"{g['gemm'] / 1e9:.1f}, dominant conv {g['conv_label']} {g['conv'] / 1e9:.1f})"
+            for model, e in result["extras"].items() for k, g in e["peaks"].items()) + ". "
+        "Training FLOPs: the step's exact count (forward, input and weight gradients; alexnet.analysis); "
+        "MFU = achieved FLOP/s / the peak of the row's model and dtype. "
         f"Step ms: {'the median of single steps' if m['cuda'] is None else 'the mean over all timed steps'}. "
         f"Memory: {result['memory']}.",
         "",
@@ -496,7 +512,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarise(rows: list[Row], extras: dict, gemm: dict) -> list[str]:
+def summarise(rows: list[Row], extras: dict) -> list[str]:
     out = []
     for model, extra in extras.items():
         mine = [r for r in rows if r.model == model]
@@ -505,9 +521,10 @@ def summarise(rows: list[Row], extras: dict, gemm: dict) -> list[str]:
         res = f"{model} {proj.resolution}x{proj.resolution}"
         out.append(f"- {res} training: project {proj.images_per_s:.1f} img/s vs reference {ref.images_per_s:.1f} img/s "
                    f"= {proj.images_per_s / ref.images_per_s:.2f}x.")  # fmt: skip
-        out.append(f"- {res} MFU: {proj.images_per_s * proj.gflops_per_image:.1f} GFLOP/s achieved (forward x 3, "
-                   f"{proj.dtype}) / {gemm[proj.dtype]['flops'] / 1e9:.1f} GFLOP/s GEMM peak = {100 * proj.mfu:.1f}% "
-                   f"(reference, fp32: {100 * ref.mfu:.1f}%).")
+        pk = extra["peaks"][proj.dtype]
+        out.append(f"- {res} MFU: {proj.images_per_s * proj.gflops_per_image:.1f} GFLOP/s achieved ({proj.dtype}) / "
+                   f"{pk['flops'] / 1e9:.1f} GFLOP/s peak (GEMM {pk['gemm'] / 1e9:.1f}, {pk['conv_label']} "
+                   f"{pk['conv'] / 1e9:.1f}) = {100 * proj.mfu:.1f}% (reference, fp32: {100 * ref.mfu:.1f}%).")
         out.append(f"- {res} time outside the network: project {100 * proj.outside_network:.1f}%, "
                    f"reference {100 * ref.outside_network:.1f}% of step time.")  # fmt: skip
         out.append(f"- {res} evaluation {ev.images_per_s:.1f} img/s (batch {ev.batch_size}) vs training "
@@ -537,7 +554,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-batch-size", type=int, default=512, help="evaluation batch size")
     p.add_argument("--block", type=int, default=5, help="steps per turn when the pipelines are timed in turns")
     p.add_argument("--model", default="alexnet", help="the network compared at its own resolution")
-    p.add_argument("--native-model", default="alexnet28", help="second network, with the cpu preset ('none': skip)")
+    p.add_argument("--preset", default="d2l", help="the first network's recipe")
+    p.add_argument("--native-model", default="alexnet28", help="second network, at its own resolution ('none': skip)")
+    p.add_argument("--native-preset", default="cpu", help="the second network's recipe (speedrun for speednet)")
+    p.add_argument("--native-batch-size", type=int, help="the second network's training batch size (default: --batch-size)")
     p.add_argument("--workers", type=int, default=4, help="reference DataLoader workers (the chapter's 4)")
     p.add_argument("--compile", choices=["native", "both", "none"], default="native",
                    help="which models get the torch.compile measurement (compiling alexnet on a CPU takes minutes)")
@@ -562,30 +582,21 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     ds = D.load_dataset("fashion-mnist", args.data_dir)
-    # Every row is held to the peak of its own arithmetic: fp32 rows to an fp32 GEMM, bf16 ones to bf16.
-    log("GEMM peaks, fp32 and bf16")
-    start = gemm_peaks(device)
+    # Every row is held to the peak of its own arithmetic: fp32 rows to fp32 kernels, bf16 ones to bf16.
     mem = PeakMemory(device)
     rows, extras = [], {}
-    plan = [(args.model, "d2l", args.compile == "both")]
+    plan = [(args.model, args.preset, args.batch_size, args.compile == "both")]
     if args.native_model != "none":
-        plan.append((args.native_model, "cpu", args.compile != "none"))
-    for model_name, preset, measure_compile in plan:
-        r, extra = run_model(args, model_name, preset, measure_compile, ds, mem, log)
+        plan.append((args.native_model, args.native_preset, args.native_batch_size or args.batch_size,
+                     args.compile != "none"))  # fmt: skip
+    for model_name, preset, batch, measure_compile in plan:
+        r, extra = run_model(args, model_name, preset, batch, measure_compile, ds, mem, log)
         rows += r
         extras[model_name] = extra
-    # The peak is a ceiling that other work on the machine can only lower: the higher of two
-    # measurements, one before the pipelines and one after.
-    log("GEMM peaks again")
-    end = gemm_peaks(device)
-    gemm = {k: {"n": start[k][1], "flops": max(start[k][0], end[k][0]), "flops_start": start[k][0],
-                "flops_end": end[k][0]} for k in start}  # fmt: skip
-    for r in rows:
-        r.mfu = r.images_per_s * r.gflops_per_image * 1e9 / gemm[r.dtype]["flops"]
     stamp["load_average_1m_end"] = os.getloadavg()[0]
     result = {
-        "machine": stamp, "args": vars(args), "memory": mem.what, "gemm": gemm,
-        "rows": [asdict(r) for r in rows], "extras": extras, "summary": summarise(rows, extras, gemm),
+        "machine": stamp, "args": vars(args), "memory": mem.what,
+        "rows": [asdict(r) for r in rows], "extras": extras, "summary": summarise(rows, extras),
     }  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,10 +27,26 @@ from alexnet.models import MODELS, build_model, get_spec
 H100 = DEVICES["h100"]
 
 
+def _leaf_order(model, x) -> dict[str, int]:
+    """Each leaf module's qualified name -> the position of its call in a forward pass."""
+    order: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: order.append(name))
+             for name, m in model.named_modules() if not list(m.children())]  # fmt: skip
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return {f"{model.__class__.__name__}.{name}": i for i, name in enumerate(order)}
+
+
+def _leaves_in_order(model, x) -> list:
+    modules = dict(model.named_modules())
+    return [modules[name.split(".", 1)[1]] for name in _leaf_order(model, x)]
+
+
 def _counted(model, x):
     """FLOPs of forward and backward per layer index, as torch.utils.flop_counter counts them."""
-    names = {f"{model.__class__.__name__}.{fqn}": i for i, layer in enumerate(model)
-             for fqn, m in model.named_modules() if m is layer}  # fmt: skip
+    names = _leaf_order(model, x)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
     fwd, bwd = {}, {}
@@ -60,7 +76,8 @@ def test_flops_of_both_passes_agree_exactly_with_torch_flop_counter(name):
     model = build_model(name).to("meta")
     x = torch.zeros(2, 1, res, res, device="meta")
     costs = layer_costs(build_model(name), (2, 1, res, res))
-    groups = {i: getattr(layer, "groups", 1) if _counter_ignores_groups() else 1 for i, layer in enumerate(model)}
+    groups = {c.index: getattr(layer, "groups", 1) if _counter_ignores_groups() else 1
+              for c, layer in zip(costs, _leaves_in_order(model, x))}
     fwd, bwd = _counted(model, x)
     assert {c.index: c.fwd_flops for c in costs if c.fwd_flops} == fwd
     assert {c.index: c.bwd_input_flops + c.bwd_weight_flops * groups[c.index] for c in costs if c.bwd_flops} == bwd

@@ -35,8 +35,10 @@ def test_tiny_benchmark_reports_every_figure_finite(pipeline, fashion_dir, tmp_p
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     assert (tmp_path / "results.md").read_text().startswith("# Pipeline benchmark")
 
-    assert set(saved["gemm"]) == {"fp32", "bf16 autocast"}
-    assert all(math.isfinite(g["flops"]) and g["flops"] > 0 for g in saved["gemm"].values())
+    for extra in saved["extras"].values():  # per model and dtype: the best GEMM, the dominant conv, their max
+        assert set(extra["peaks"]) == {"fp32", "bf16 autocast"}
+        for g in extra["peaks"].values():
+            assert g["flops"] == max(g["gemm"], g["conv"]) and g["gemm"] > 0 and g["conv"] > 0
     assert {"device", "torch", "cpu_count", "load_average_1m_start"} <= set(saved["machine"])
     rows = saved["rows"]
     # Per model: reference, the shipped project pipeline (train and eval), the layout flipped, bf16 flipped.
@@ -56,9 +58,9 @@ def test_tiny_benchmark_reports_every_figure_finite(pipeline, fashion_dir, tmp_p
     assert rows[0]["dtype"] == "fp32" and {rows[1]["dtype"], rows[4]["dtype"]} == {"fp32", "bf16 autocast"}
     profiled = [r for r in rows if r["outside_network"] is not None]
     assert len(profiled) == 4 and all(0 <= r["outside_network"] < 1 for r in profiled)
-    # A training step is forward + backward, costed at 3 forward passes.
+    # A training step: forward, and the weight and input gradients (none for the image): under 3 forward passes.
     train, ev = rows[1], rows[2]
-    assert train["gflops_per_image"] == pytest.approx(3 * ev["gflops_per_image"])
+    assert 2 * ev["gflops_per_image"] < train["gflops_per_image"] < 3 * ev["gflops_per_image"]
     for extra in saved["extras"].values():
         assert extra["channels_last_speedup"] > 0 and extra["bf16_speedup"] > 0 and extra["project_outside_ms"]
     assert len(saved["summary"]) == 2 * 5

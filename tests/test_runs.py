@@ -318,7 +318,7 @@ def test_run_files_follow_the_umask(data, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--amp", "foo"], "invalid choice: 'foo'"),
     (["--compile", "foo"], "invalid choice: 'foo'"),
-    (["--schedule", "linear"], "invalid choice: 'linear'"),
+    (["--schedule", "exponential"], "invalid choice: 'exponential'"),  # linear is one: the speedrun's
     (["--warmup-epochs", "inf"], "--warmup-epochs must be a finite number"),
     (["--crop-padding", "100000"], "--crop-padding must be at most 64"),
     (["--resolution", "100000"], "--resolution must be at most 1024"),

@@ -1,0 +1,149 @@
+"""The speedrun (docs/speedrun.md): its network, the analysis of networks that are not a plain
+``nn.Sequential``, and MFU figures whose peak no layer of the network can beat."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from alexnet.analysis import Peak, layer_costs, measure_peak, trace, training_flops, walk
+from alexnet.models import Residual, build_model
+
+
+def test_speednet_maps_28x28_images_to_logits_through_a_residual_block():
+    model = build_model("speednet")
+    assert any(isinstance(m, Residual) for m in model.modules())
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_layer_summary_walks_a_network_with_a_skip_connection():
+    class Skip(nn.Module):  # not a Sequential: forward adds the input back
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(2, 2, 3, padding=1), nn.Linear(2 * 5 * 5, 3)
+
+        def forward(self, x):
+            return self.head((x + self.conv(x)).flatten(1))
+
+    model = Skip()
+    rows = trace(model, (4, 2, 5, 5))
+    assert [(r.name, r.path) for r in rows] == [("Conv2d", "conv"), ("Linear", "head")]
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(4, 2, 5, 5))
+    assert sum(r.flops for r in rows) == counter.get_total_flops()
+    assert sum(r.params for r in rows) == sum(p.numel() for p in model.parameters())
+
+
+def test_speednet_flops_of_a_training_step_agree_with_torch_flop_counter():
+    model = build_model("speednet").to("meta")
+    x = torch.zeros(8, 1, 28, 28, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    assert training_flops(model, tuple(x.shape)) == counter.get_total_flops()
+
+
+def test_trace_leaves_batch_norm_statistics_and_the_training_flag_alone():
+    model = build_model("speednet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    walk(model, (2, 1, 28, 28))
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_alexnet_training_step_is_2_96_forward_passes_not_3():
+    model = build_model("alexnet").to("meta")
+    forward = sum(c.fwd_flops for c in layer_costs(model, (1, 1, 224, 224)))
+    assert training_flops(model, (1, 1, 224, 224)) / forward == pytest.approx(2.96, abs=0.005)
+
+
+def test_peak_is_at_least_what_the_networks_own_dominant_conv_reaches():
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.Flatten(),
+                          nn.Linear(16 * 6 * 6, 10))  # fmt: skip
+    peak = measure_peak(model, (4, 1, 6, 6), "fp32", "cpu", repeats=1, shapes=((64, 64, 64), (256, 32, 16)))
+    assert peak.conv_label == "conv2" and peak.conv > 0 and peak.gemm > 0
+    assert peak.gemm_shape in ((64, 64, 64), (256, 32, 16))
+    # The ceiling is the better of the two, so the network's own dominant layer never exceeds it.
+    assert peak.flops == max(peak.gemm, peak.conv) >= peak.conv
+    assert Peak("fp32", 1.0, (1, 1, 1), 5.0, "conv2").flops == 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe in the trainer: presets, one-cycle schedule, evaluation at the end, flip TTA, holdout
+
+
+def test_speedrun_presets_train_speednet_and_evaluate_once_with_flip_tta():
+    from alexnet.config import PRESETS
+
+    for name, model in (("speedrun", "speednet"), ("speedrun-long", "speednet-wide")):
+        cfg = PRESETS[name]
+        assert cfg.train.model == model and cfg.train.evaluate == "end" and cfg.data.flip_tta
+        assert cfg.train.schedule == "linear" and cfg.data.crop_padding == 0 and cfg.data.holdout == 0
+
+
+def test_plateau_schedule_cannot_be_built_without_an_evaluation_per_epoch():
+    from alexnet.config import PRESETS, ConfigError
+
+    with pytest.raises(ConfigError, match="--evaluate end"):
+        PRESETS["speedrun"].replace(schedule="plateau")
+
+
+def test_linear_schedule_rises_for_the_warm_up_then_falls_to_zero():
+    from alexnet.config import PRESETS
+    from alexnet.train import lr_at
+
+    cfg = PRESETS["speedrun"]  # 1 warm-up epoch of 5
+    lrs = [lr_at(s, 500, 100, cfg) for s in range(500)]
+    assert lrs[99] == pytest.approx(cfg.train.lr) and max(lrs) == pytest.approx(cfg.train.lr)
+    assert lrs[299] == pytest.approx(cfg.train.lr * 0.5, rel=0.02) and lrs[-1] < cfg.train.lr * 0.01
+
+
+def test_flip_tta_averages_the_logits_of_an_image_and_its_mirror():
+    from alexnet.train import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.rand(5, 1, 3, 4), torch.tensor([0, 1, 2, 0, 1])
+    got = evaluate(model, [(x, y)], device=torch.device("cpu"), amp=False, num_classes=3, flip_tta=True)
+    with torch.no_grad():
+        logits = (model(x) + model(x.flip(-1))) / 2
+    assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert got["acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+
+def test_holdout_evaluates_on_the_last_training_images(idx_dir):
+    from alexnet import data as D
+    from alexnet.config import Config
+
+    cfg = Config(preset="test").replace(dataset="mnist", data_dir=str(idx_dir), holdout=10)
+    data = D.InMemory(cfg, torch.device("cpu"), batch=8, eval_batch=8)
+    full = D.load_dataset("mnist", idx_dir)
+    assert len(data) == len(full.train) - 10
+    assert torch.equal(data.test.images, full.train.images[-10:])
+
+
+def test_a_tiny_speedrun_trains_then_evaluates_once(idx_dir, tmp_path):
+    from alexnet.config import PRESETS
+    from alexnet.train import fit
+
+    cfg = PRESETS["speedrun"].replace(dataset="mnist", data_dir=str(idx_dir), epochs=2, batch_size=16, log_every=2)
+    result = fit(cfg, tmp_path / "run", progress=False, quiet=True)
+    [row] = result.metrics  # one row: evaluation after the last epoch only
+    assert row["epoch"] == 2 and row["eval_time_s"] > 0
+    assert row["train_time_s"] + row["eval_time_s"] <= row["epoch_time_s"] + 1e-6
+    assert (tmp_path / "run" / "last.pt").exists()
+
+
+def test_speedrun_benchmark_summarises_seeds_as_mean_std_min_and_time():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "speedrun.py"
+    spec = importlib.util.spec_from_file_location("bench_speedrun", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = [{"seed": s, "acc": a, "epochs": 5, "train_s": 50.0, "train_eval_s": t, "wall_s": t + 4}
+            for s, a, t in ((0, 0.93, 55.0), (1, 0.92, 57.0), (2, 0.94, 59.0))]  # fmt: skip
+    s = bench.summarise("speedrun", runs, [])
+    assert s["mean"] == pytest.approx(0.93) and s["std"] == pytest.approx(0.01) and s["min"] == 0.92
+    assert s["train_eval_s"] == pytest.approx(57.0) and s["max_train_eval_s"] == 59.0
+    assert "`alexnet train --preset speedrun`, seeds 0,1,2" in bench.report(s, runs, "machine")
