@@ -187,14 +187,14 @@ def cmd_summary(args) -> int:
 
 def cmd_compare(args) -> int:
     from .report import compare_table, plot_runs
-    from .runs import read_run
+    from .runs import atomic_write, read_run
 
     runs = [read_run(r) for r in args.runs]
     table = compare_table(runs)
     print(table)
     out = Path(args.out)
     plot_runs(runs, out)
-    out.with_suffix(".md").write_text(table + "\n")
+    atomic_write(out.with_suffix(".md"), table + "\n")
     print(f"curves: {out}   table: {out.with_suffix('.md')}")
     return 0
 

@@ -337,7 +337,7 @@ def _trend(g: Group) -> str:
     if not runs:
         return "not measured"
     n = len(runs[0]["metrics"])
-    mean = lambda k, i: sum(r["metrics"][i][k] for r in runs) / len(runs)  # noqa: E731
+    mean = lambda k, i: sum(r["metrics"][i][k] for r in runs) / len(runs)
     losses = [mean("val_loss", i) for i in range(n)]
     k = min(range(n), key=losses.__getitem__)
     last3 = mean("val_acc", n - 1) - mean("val_acc", max(0, n - 4))

@@ -36,7 +36,7 @@ def test_filters_writes_one_cell_per_first_layer_kernel(tiny_run, tmp_path, caps
     assert "32 first-layer kernels (3x3, 1 input channel) in a 6x6 grid" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if n != "alexnet2012"])
+@pytest.mark.parametrize("name", list(MODELS))
 def test_every_registered_model_has_a_first_conv_shown_as_a_grid(name):
     w = first_conv(build_model(name, 3, 10)).weight.detach()
     image, rows, cols = mosaic(filter_cells(w))
@@ -95,7 +95,7 @@ def test_compare_shows_mean_and_std_over_seeds_of_one_configuration(idx_dir, tmp
                                           batch_size=16)  # fmt: skip
     T.fit(other, tmp_path / "relu", progress=False, quiet=True)
     assert main(["compare", *dirs, str(tmp_path / "relu"), "--out", str(tmp_path / "c.png")]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| s0") or line.startswith("| relu")]
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| s0", "| relu"))]
     assert len(rows) == 2  # three seeds make one row
     assert "s0 (+2 seeds)" in rows[0] and rows[0].count(" ± ") >= 4
     assert " ± " not in rows[1]
