@@ -6,8 +6,8 @@ a difference is called real only when it is larger than the two spreads together
 ``runs/exercises-BUDGET/NAME-sSEED``; a finished run is reused, so an interrupted sweep continues
 where it stopped and ``--render-only`` rewrites the report without training.
 
-With ``ALEXNET_CPU_LOCK`` set (a path, or 1 for /tmp/alexnet-cpu.lock) each training run holds an
-exclusive ``flock`` on that file, so a long sweep shares a machine one run at a time.
+With ``ALEXNET_CPU_LOCK`` set (a path, or 1 for /tmp/alexnet-cpu.lock) training holds an exclusive
+``flock`` on that file in turns of a few minutes, so a long sweep shares a machine with other jobs.
 """
 
 from __future__ import annotations
@@ -141,20 +141,32 @@ EXERCISE_OF = {"4-224": "4", "4-28": "4", "5": "5", "7": "7", "8-overfit": "8", 
 # Running
 
 
-@contextlib.contextmanager
-def cpu_lock():
-    """Hold the team's CPU lock (``ALEXNET_CPU_LOCK``) for one run; nothing when it is not set."""
-    where = os.environ.get("ALEXNET_CPU_LOCK")
-    if not where:
-        yield
-        return
-    path = "/tmp/alexnet-cpu.lock" if where == "1" else where
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+class CpuLock:
+    """The team's CPU lock (``ALEXNET_CPU_LOCK``: a path, or 1 for /tmp/alexnet-cpu.lock), taken before
+    a run and kept across the next runs until ``hold_s`` have passed, then handed on: one turn of a
+    few minutes rather than a queue position lost after every 20-second run. Nothing when unset."""
+
+    def __init__(self, hold_s: float = 360.0):
+        where = os.environ.get("ALEXNET_CPU_LOCK")
+        self.path = None if not where else "/tmp/alexnet-cpu.lock" if where == "1" else where
+        self.hold_s, self._file, self._since = hold_s, None, 0.0
+
+    def acquire(self) -> None:
+        if self.path and self._file is None:
+            self._file = open(self.path, "a")  # noqa: SIM115 (held across calls, closed in release)
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+            self._since = time.perf_counter()
+
+    def turn_over(self) -> None:
+        """Release the lock if this turn has lasted ``hold_s``."""
+        if self._file is not None and time.perf_counter() - self._since >= self.hold_s:
+            self.release()
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
 
 
 class Ledger:
@@ -177,7 +189,7 @@ def _complete(run_dir: Path, epochs: int) -> bool:
     return bool(m) and len(m) >= epochs and (run_dir / "last.pt").exists()
 
 
-def train_one(spec: Spec, seed: int, root: Path, data: dict, ledger: Ledger) -> None:
+def train_one(spec: Spec, seed: int, root: Path, data: dict, ledger: Ledger, lock: CpuLock) -> None:
     from .train import TrainingError, fit
 
     name = f"{spec.name}-s{seed}"
@@ -185,17 +197,18 @@ def train_one(spec: Spec, seed: int, root: Path, data: dict, ledger: Ledger) -> 
     entry = ledger.entries.get(name, {})
     if entry.get("status") == "failed" or (entry.get("status") == "done" and _complete(run_dir, cfg.train.epochs)):
         return
-    with cpu_lock():
-        t0 = time.perf_counter()
-        resume = (run_dir / "last.pt").exists()
-        if run_dir.exists() and not resume:
-            shutil.rmtree(run_dir)  # a run killed before its first epoch: start it again
-        try:
-            r = fit(cfg, run_dir, resume=resume, progress=False, quiet=True)
-            status, error = ("interrupted", "") if r.interrupted else ("done", "")
-        except TrainingError as e:
-            status, error = "failed", str(e)
-        wall = time.perf_counter() - t0 + (entry.get("wall_s", 0.0) if resume else 0.0)
+    lock.acquire()
+    t0 = time.perf_counter()
+    resume = (run_dir / "last.pt").exists()
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # a run killed before its first epoch: start it again
+    try:
+        r = fit(cfg, run_dir, resume=resume, progress=False, quiet=True)
+        status, error = ("interrupted", "") if r.interrupted else ("done", "")
+    except TrainingError as e:
+        status, error = "failed", str(e)
+    wall = time.perf_counter() - t0 + (entry.get("wall_s", 0.0) if resume else 0.0)
+    lock.turn_over()
     ledger.record(name, status=status, error=error, wall_s=round(wall, 2), finished=time.strftime("%H:%M:%S"))
     m = read_metrics(run_dir) or []
     acc = f"val acc {m[-1]['val_acc']:.4f}" if m else "no epoch finished"
@@ -385,8 +398,12 @@ def run_exercises(budget: str, out: Path, runs: Path | None = None, only: set[st
                         seen.add((spec.name, seed))
                         todo.append((spec, seed))
         print(f"exercises, budget {budget}: {len(todo)} runs ({len(b.seeds)} seeds) into {root}", flush=True)
-        for spec, seed in todo:
-            train_one(spec, seed, root, data, ledger)
+        lock = CpuLock()
+        try:
+            for spec, seed in todo:
+                train_one(spec, seed, root, data, ledger, lock)
+        finally:
+            lock.release()
     sweep_s = time.perf_counter() - t0
     result = render(b, p, root, ledger, Path(out), data, sweep_s)
     print(f"report: {out}   figures: {result['figures']}")
