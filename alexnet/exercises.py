@@ -557,15 +557,19 @@ def _ex4(b, g, figs, rel, cmd, root):
         f"- {versus(l224, a224)}.",
         f"- {versus(l28, a28)}.",
         "",
-        "Why they differ. *Capacity*: AlexNet (46.8 M parameters at 224, 1.06 M for `alexnet28`) can fit "
-        "far more than LeNet's 61,706, so its training loss keeps falling while LeNet's flattens early. "
-        "*Optimisation speed*: LeNet's sigmoids saturate and its gradients shrink layer by layer, so for "
-        "the same number of steps it is still near the start of its curve; ReLU networks move fast from "
-        "the first epoch. *Regularisation*: dropout in AlexNet's two hidden FC layers and the crops and "
-        "flips keep its test loss from turning up as its training loss falls; without them (exercise 8) "
-        "the same network's test loss does turn up. The cosine schedule flattens every curve at the end "
-        "by design, so a flat end says the schedule ran out, not that the model cannot learn more. "
-        "More epochs help AlexNet more than LeNet because it has the capacity to use them.",
+        "Why they differ. *Optimisation speed* first: LeNet's sigmoids saturate and pass back at most a "
+        "quarter of the gradient each, so for the same number of steps LeNet is still early on its curve "
+        f"(training loss {fmt(l28.last('train_loss'))} after {b.epochs28} epochs at 28×28, against alexnet28's "
+        f"{fmt(a28.last('train_loss'))}); its best epoch is "
+        f"{fmt(l28.best_epoch(), '{:.1f}')} of {b.epochs28}, so more epochs would still help it. The ReLU "
+        "networks leave chance in the first epoch. *Capacity*: AlexNet (46.8 M parameters at 224, 1.06 M for "
+        "`alexnet28`) against LeNet's 61,706: the ReLU network can fit far more, and does so in fewer "
+        "steps. *Regularisation*: with dropout, crops and flips, alexnet28's training accuracy stays close "
+        f"to its test accuracy ({fmt(a28.last('train_acc'))} against {fmt(a28.last('val_acc'))}; the "
+        "training figure is measured with dropout and augmentation on), so its test loss has not turned "
+        "up within this budget; without them and on fewer images it does (exercise 8). The cosine "
+        "schedule lowers the learning rate to 0 at the last epoch, so every curve flattens at the end by "
+        "design: the flat end says the schedule ran out, not that the model could not learn more.",
         "",
     ]
     acc = a28.last("val_acc")
@@ -667,12 +671,16 @@ def _ex7(b, g, figs, rel, cmd, root):
         *[f"- **{what}**: {verdict(a, b2)}. {versus(a, b2)}." for a, b2, what in steps],
         "",
         "Why. ReLU does not saturate, so gradients reach LeNet's first layers undiminished and the same "
-        "number of steps goes much further. Dropout regularises a network that is *not* overfitting: "
-        "LeNet has 61,706 parameters and its training accuracy stays near its test accuracy (the gap "
-        "column), so dropout mostly adds noise and costs accuracy within a short budget. Augmentation "
-        "likewise fights overfitting that a network this small on this many images barely has; within "
-        "a fixed number of epochs it makes the training task harder, and its benefit (invariance) shows "
-        "only when the model would otherwise memorise (exercise 8 at 1,000 images).",
+        "number of steps goes much further. "
+        + ("Dropout regularises a network that is hardly overfitting: LeNet-ReLU's training accuracy is "
+           f"only {fmt(relu.gap(), '{:+.4f}')} above its test accuracy, so dropout's noise costs more fit "
+           "than it saves in generalisation, within this budget. " if verdict(relu, drop) == "hurts" else
+           f"Dropout: {verdict(relu, drop)} here (LeNet-ReLU's gap without it: {fmt(relu.gap(), '{:+.4f}')}). ")
+        + ("Augmentation likewise fights an overfitting that a 61,706-parameter network on this many "
+           "images barely has: in a fixed number of epochs it makes the training task harder (the training "
+           "accuracy falls with each added augmentation) and its benefit, invariance, pays only when the "
+           "model would otherwise memorise its training set." if "hurts" in (verdict(drop, crop), verdict(drop, both))
+           else "Augmentation pays when the model would otherwise memorise its training set."),
         "",
         "**Which invariances Fashion-MNIST has.** Clothes are photographed upright and centred, so a "
         "horizontal flip yields another plausible garment (a left-facing shoe becomes a right-facing "
@@ -752,10 +760,10 @@ def _ex8(b, g, figs, rel, cmd, root):
         f"![breaking training]({rel}/{f3})", "",
         *[f"- {grp.label}: {outcome(grp)}." for grp in brk[1:]],
         "",
-        "Why. Sigmoids saturate: with eight layers their gradients shrink by at most 1/4 per layer, so "
+        "Why. Sigmoids saturate: each of the eight passes back at most a quarter of the gradient, so "
         "the first convolutions barely learn in this budget. PyTorch's default initialisation "
-        "(Kaiming-uniform with a = √5, i.e. a variance of 1/(3·fan_in)) shrinks the signal about 1.7× per "
-        "ReLU layer compared with Xavier/He, so a deep network without batch norm starts with vanishing "
+        "(Kaiming-uniform with a = √5, i.e. a variance of 1/(3·fan_in)) shrinks the signal about 1.7× more per "
+        "ReLU layer than Xavier does (2.4× more than He), so a deep network without batch norm starts with vanishing "
         "activations and learns late. A learning rate 10× too high with momentum 0.9 is an effective step "
         "of 5; the warm-up lets the weights grow into a region where that step is survivable, and without "
         "it the first steps can throw the network into a state where ReLUs are dead or the loss is "
