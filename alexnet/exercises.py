@@ -461,6 +461,11 @@ def render(b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict
         f"this invocation {sweep_s / 60:.1f} min). Fashion-MNIST"
         + (f" ({data['dataset']})" if data.get("dataset") else "") + ", bf16 autocast where the CPU has it.",
         "",
+        *([f"This report is the `{b.name}` budget; `--budget full` trains on larger subsets for more epochs "
+           "(see the last section for both and what each cost here).", ""] if b.name != "full" else []),
+        "In the figures, *val* is the test set (its first N images, as each section says): Fashion-MNIST "
+        "has no separate validation split, and nothing here is tuned on it.",
+        "",
         "Every comparison is the mean ± sample standard deviation over the seeds. A difference is called "
         "real only when it is larger than the two configurations' standard deviations added together; "
         "otherwise it is *within the spread*. Runs: `" + str(root) + "/NAME-sSEED` (`alexnet compare` "
@@ -806,10 +811,11 @@ def _pictures(b, g, figs, rel, cmd, root):
     """The chapter's Figure 8.1.2 from this sweep's own runs, and one image's feature maps."""
     from . import data as D
     from .runs import load_checkpoint, model_from_checkpoint
-    from .visualize import plot_activations, plot_filters
+    from .models import build_model
+    from .visualize import first_conv, plot_activations, plot_filters
 
     lines = ["## What the networks learned: first-layer filters (the chapter's Figure 8.1.2) and feature maps", ""]
-    shown = None
+    shown, moved_by, moved_kh = None, {}, {}
     for grp, name in ((g["4-224"][0], "filters-alexnet224.png"), (g["4-28"][0], "filters-alexnet28.png")):
         if not grp.finished:
             continue
@@ -818,16 +824,28 @@ def _pictures(b, g, figs, rel, cmd, root):
         model, cfg = model_from_checkpoint(ckpt)
         info = plot_filters(model, figs / name, f"{cfg.train.model} · {run.name}")
         o, c, kh, kw = info["shape"]
-        lines += [f"`alexnet filters {run}` — {o} kernels {kh}×{kw} on {c} channel(s):", "",
+        # How far training moved the kernels: the run's initial weights are a function of its seed.
+        w0 = first_conv(build_model(cfg.train.model, c, int(ckpt["num_classes"]), seed=cfg.train.seed)).weight
+        w = first_conv(model).weight
+        moved = float((w - w0).norm() / w0.norm())
+        moved_by[cfg.train.model], moved_kh[cfg.train.model] = moved, kh
+        lines += [f"`alexnet filters {run}` — {o} kernels {kh}×{kw} on {c} channel(s), after "
+                  f"{len(grp.finished[0]['metrics'])} epochs on {cfg.data.limit_train or 'all'} images; training "
+                  f"moved them by {moved:.0%} of their initial norm (‖W − W₀‖ / ‖W₀‖):", "",
                   f"![filters]({rel}/{name})", ""]
         shown = shown or name
     lines.append(
         "The chapter's figure shows AlexNet's ImageNet filters: oriented edges, gratings and colour blobs "
-        "learned from 1.2 M photographs over 90 epochs. Trained for minutes on a few thousand grey "
-        "28×28 clothes upsampled to 224, AlexNet's 11×11 kernels are mostly still close to their random "
-        "initialisation with faint smooth structure: the upsampled images hold no detail finer than 8 "
-        "pixels for them to tune to. `alexnet28`'s 3×3 kernels show the edge and gradient detectors one "
-        "expects at that scale."
+        "learned from 1.2 M photographs over 90 epochs. Here the networks trained for minutes on a few "
+        "hundred or thousand grey 28×28 clothes. "
+        + " ".join(f"`{m}`'s kernels " + (f"moved {x:.0%} of their initial norm: they keep most of their random "
+                                          "initialisation and look like noise with faint structure."
+                                          if x < 0.5 else f"moved {x:.0%} of their initial norm: training has "
+                                          "rewritten them, though 3×3 leaves room for little more than local "
+                                          "contrast." if moved_kh[m] <= 5 else f"moved {x:.0%}: training has "
+                                          "rewritten them.") for m, x in moved_by.items())
+        + " At 224×224 the upsampled images hold no detail finer than 8 pixels for 11×11 kernels to tune "
+        "to; filters like the chapter's need the chapter's data and epochs."
     )
     lines.append("")
     grp = g["4-28"][0]
@@ -840,7 +858,7 @@ def _pictures(b, g, figs, rel, cmd, root):
         label = ds.classes[int(ds.test.labels[0])]
         written = plot_activations(model, x, figs, "activations-alexnet28", 16, f"alexnet28 · test image 0 ({label})")
         lines += [f"`alexnet activations {run} test:0` — the feature maps of each stage for the first test "
-                  f"image (a {label}), the 16 strongest channels per stage:", ""]
+                  f"image ({label}), the 16 strongest channels per stage:", ""]
         lines += [f"![{w['stage']}]({rel}/{w['path'].name})" for w in written]
         lines += ["", "The first stages respond to the garment's edges and its bright and dark regions at full "
                   "resolution; after each pooling the maps get coarser and more selective, and in the last "

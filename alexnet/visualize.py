@@ -66,7 +66,7 @@ def _imshow(image: torch.Tensor, path: Path, title: str, scale: float = 0.12) ->
     import matplotlib.pyplot as plt
 
     h, w, c = image.shape
-    fig, ax = plt.subplots(figsize=(max(3.0, min(10.0, w * scale)), max(2.5, min(10.0, h * scale)) + 0.4))
+    fig, ax = plt.subplots(figsize=(max(3.0, min(8.0, w * scale)), max(2.5, min(8.0, h * scale)) + 0.4))
     ax.imshow(image.squeeze(-1).numpy() if c == 1 else image.numpy(), cmap="gray" if c == 1 else None,
               vmin=0, vmax=1, interpolation="nearest")  # fmt: skip
     ax.set_axis_off()
@@ -85,7 +85,7 @@ def plot_filters(model: nn.Module, path: str | Path, title: str = "") -> dict:
     colour = "RGB" if w.shape[1] == 3 else "grey" if w.shape[1] == 1 else f"mean of {w.shape[1]} channels"
     label = f"{title} · " if title else ""
     _imshow(image, Path(path), f"{label}first layer: {w.shape[0]} kernels {w.shape[2]}x{w.shape[3]}x{w.shape[1]} "
-            f"({colour}, each scaled to its own range)", scale=0.5 if w.shape[-1] <= 5 else 0.12)  # fmt: skip
+            f"({colour}, each scaled to its own range)", scale=0.25 if w.shape[-1] <= 5 else 0.07)  # fmt: skip
     return {"path": Path(path), "kernels": w.shape[0], "rows": rows, "cols": cols, "shape": tuple(w.shape)}
 
 
