@@ -825,9 +825,9 @@ def _pictures(b, g, figs, rel, cmd, root):
         info = plot_filters(model, figs / name, f"{cfg.train.model} · {run.name}")
         o, c, kh, kw = info["shape"]
         # How far training moved the kernels: the run's initial weights are a function of its seed.
-        w0 = first_conv(build_model(cfg.train.model, c, int(ckpt["num_classes"]), seed=cfg.train.seed)).weight
-        w = first_conv(model).weight
-        moved = float((w - w0).norm() / w0.norm())
+        w0 = first_conv(build_model(cfg.train.model, c, int(ckpt["num_classes"]), seed=cfg.train.seed)).weight.detach()
+        w = first_conv(model).weight.detach()
+        moved = float((w - w0).norm() / w0.norm()) if w0.norm() > 0 else 0.0
         moved_by[cfg.train.model], moved_kh[cfg.train.model] = moved, kh
         lines += [f"`alexnet filters {run}` — {o} kernels {kh}×{kw} on {c} channel(s), after "
                   f"{len(grp.finished[0]['metrics'])} epochs on {cfg.data.limit_train or 'all'} images; training "
