@@ -409,11 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("exercises", help="rerun the training exercises at a budget; write docs/exercises.md",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     x.add_argument("--budget", choices=["smoke", "small", "full"], default="small",
-                   help="smoke: CI check (<1 min); small: ~15 min on 2 CPU cores; full: what the docs report")  # fmt: skip
+                   help="smoke: the CI check (<1 min); small: ~15 min of 2 CPU cores; full: ~35 min, larger subsets")  # fmt: skip
     x.add_argument("--out", default="docs/exercises.md", help="the report; figures go to a folder beside it")
-    x.add_argument("--runs", help="where the runs go (default: runs/exercises-BUDGET); finished runs are reused")
-    x.add_argument("--only", help="comma-separated exercises to run, e.g. 7,8 (default: all)")
-    x.add_argument("--data-dir", help="directory of Fashion-MNIST (default: found automatically)")
+    x.add_argument("--runs", help="where the runs go (none: runs/exercises-BUDGET); finished runs are reused")
+    x.add_argument("--only", help="comma-separated exercises to train, e.g. 7,8 (none: all)")
+    x.add_argument("--data-dir", help="directory of Fashion-MNIST (none: found automatically)")
     x.add_argument("--render-only", action="store_true", help="train nothing; write the report from finished runs")
     x.set_defaults(func=cmd_exercises)
 
