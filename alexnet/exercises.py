@@ -826,7 +826,7 @@ def _pictures(b, g, figs, rel, cmd, root):
         if not grp.finished:
             continue
         run = grp.finished[0]["dir"]
-        ckpt = load_checkpoint(run)
+        ckpt = load_checkpoint(run / "last.pt")  # the end of the run, as the text says
         model, cfg = model_from_checkpoint(ckpt)
         info = plot_filters(model, figs / name, f"{cfg.train.model} · {run.name}")
         o, c, kh, kw = info["shape"]
@@ -857,7 +857,7 @@ def _pictures(b, g, figs, rel, cmd, root):
     grp = g["4-28"][0]
     if grp.finished:
         run = grp.finished[0]["dir"]
-        ckpt = load_checkpoint(run)
+        ckpt = load_checkpoint(run / "last.pt")  # the end of the run, as the text says
         model, cfg = model_from_checkpoint(ckpt)
         ds = D.load_dataset(cfg.data.dataset, cfg.data.data_dir)
         x = D.make_transform(cfg, ds.name, torch.device("cpu"))(ds.test.images[:1], train=False)
