@@ -460,8 +460,8 @@ def render(b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict
         "",
         f"Written by `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on {machine()}. "
         f"Budget `{b.name}`: {done} of {len(names)} training runs finished, seeds {', '.join(map(str, b.seeds))}, "
-        f"{locked / 60:.1f} minutes of training wall time in all (each run timed alone; "
-        f"this invocation {sweep_s / 60:.1f} min). Fashion-MNIST"
+        f"{locked / 60:.1f} minutes of training wall time in all (each run timed alone"
+        + (f"; this invocation {sweep_s / 60:.1f} min" if sweep_s >= 1 else "") + "). Fashion-MNIST"
         + (f" ({data['dataset']})" if data.get("dataset") else "") + ", bf16 autocast where the CPU has it.",
         "",
         *([f"This report is the `{b.name}` budget; `--budget full` trains on larger subsets for more epochs "
