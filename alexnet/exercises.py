@@ -761,7 +761,10 @@ def _ex8(b, g, figs, rel, cmd, root):
            else ": not a difference these seeds resolve") + ".",
         "",
         "So to overfit: *more* fitting, not less — fewer images, no regularisers, and enough epochs for "
-        "the training accuracy to reach 1.0. A lower learning rate or fewer epochs (the published "
+        "the training accuracy to approach 1.0"
+        + ("" if tr is None else f" (here {tr.mean:.4f} after {eo} epochs"
+           + (")" if tr.mean >= 0.99 else "; more epochs would take it further)"))
+        + ". A lower learning rate or fewer epochs (the published "
         "solution's suggestion) make the network fit its training set *less*: they underfit.",
         "",
         f"**Breaking training.** One change each to the recipe, on the same {n1} images and {e1} epochs:",
