@@ -186,16 +186,81 @@ def cmd_summary(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .report import markdown_table, plot_runs, summarize
-    from .runs import read_run
+    from .report import compare_table, plot_runs
+    from .runs import atomic_write, read_run
 
     runs = [read_run(r) for r in args.runs]
-    table = markdown_table([summarize(r) for r in runs])
+    table = compare_table(runs)
     print(table)
     out = Path(args.out)
     plot_runs(runs, out)
-    out.with_suffix(".md").write_text(table + "\n")
+    atomic_write(out.with_suffix(".md"), table + "\n")
     print(f"curves: {out}   table: {out.with_suffix('.md')}")
+    return 0
+
+
+def cmd_filters(args) -> int:
+    from .runs import load_checkpoint, model_from_checkpoint
+    from .visualize import plot_filters
+
+    ckpt = load_checkpoint(args.run)
+    model, cfg = model_from_checkpoint(ckpt)
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / "filters.png"
+    info = plot_filters(model, out, f"{cfg.train.model} · {ckpt['dataset']} · epoch {ckpt['epoch']}")
+    o, c, kh, kw = info["shape"]
+    print(f"{o} first-layer kernels ({kh}x{kw}, {c} input channel{'s' if c > 1 else ''}) in a "
+          f"{info['rows']}x{info['cols']} grid: {out}")  # fmt: skip
+    return 0
+
+
+def _input_image(spec: str, ckpt: dict, cfg: Config):
+    """IMAGE as the network sees it, (1, C, H, W): an image file (resized to the dataset's native side,
+    as predict does) or ``test:N``, the N-th test image of the run's own dataset. Returns (x, label)."""
+    import torch
+    from PIL import Image
+
+    from . import data as D
+    from .imagenet import UNREADABLE, to_rgb
+
+    channels, res = int(ckpt["in_channels"]), int(ckpt["resolution"])
+    if spec.startswith("test:"):
+        try:
+            n = int(spec[5:])
+        except ValueError:
+            raise ConfigError(f"{spec}: give test:N with N a whole number") from None
+        if cfg.data.dataset not in ("fashion-mnist", "mnist", "cifar10"):
+            raise ConfigError(f"{spec}: test:N reads the chapter's datasets; give an image file for {cfg.data.dataset}")
+        ds = D.load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        if not 0 <= n < len(ds.test):
+            raise ConfigError(f"{spec}: the test set has {len(ds.test)} images (0 to {len(ds.test) - 1})")
+        x, label = ds.test.images[n : n + 1], ds.classes[int(ds.test.labels[n])]
+    else:
+        native = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32}.get(ckpt["dataset"], res)
+        try:
+            with Image.open(spec) as im:
+                im.load()
+                img = to_rgb(im).convert("L" if channels == 1 else "RGB").resize((native, native), Image.BILINEAR)
+        except (*UNREADABLE, FileNotFoundError) as e:
+            raise ConfigError(f"{spec}: cannot read image ({e.__class__.__name__}: {e})") from None
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(native, native, -1).permute(2, 0, 1)[None]
+        label = Path(spec).name
+    mean, std = _normalization(ckpt, cfg)
+    return D.Transform(res, mean, std, channels_last=False)(x, train=False), label
+
+
+def cmd_activations(args) -> int:
+    from .runs import load_checkpoint, model_from_checkpoint
+    from .visualize import plot_activations
+
+    ckpt = load_checkpoint(args.run)
+    model, cfg = model_from_checkpoint(ckpt)
+    x, label = _input_image(args.image, ckpt, cfg)
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / "activations"
+    stem = args.image.replace(":", "") if args.image.startswith("test:") else Path(args.image).stem
+    pred = ckpt["classes"][int(model.eval()(x).argmax(1))]
+    written = plot_activations(model, x, out, stem, args.max_channels, f"{cfg.train.model} · {label} -> {pred}")
+    for w in written:
+        print(f"{w['stage']:<28} {w['shown']:>3} of {w['channels']:>3} maps: {w['path']}")
     return 0
 
 
@@ -204,6 +269,15 @@ def cmd_models(args) -> int:
 
     for name, spec in MODELS.items():
         print(f"{name:<14} {spec.resolution:>4}px  {spec.about}")
+    return 0
+
+
+def cmd_exercises(args) -> int:
+    from .exercises import run_exercises
+
+    only = {s.strip() for s in args.only.split(",")} if args.only else None
+    run_exercises(args.budget, Path(args.out), Path(args.runs) if args.runs else None, only=only,
+                  data_dir=args.data_dir, render_only=args.render_only)  # fmt: skip
     return 0
 
 
@@ -320,6 +394,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="compare.png", help="PNG of the curves; the table goes beside it as .md")
     c.set_defaults(func=cmd_compare)
 
+    f = sub.add_parser("filters", help="the first layer's kernels as an image grid (the chapter's Figure 8.1.2)")
+    f.add_argument("run", metavar="RUN_OR_CHECKPOINT")
+    f.add_argument("--out", help="PNG to write (default: RUN/filters.png)")
+    f.set_defaults(func=cmd_filters)
+
+    v = sub.add_parser("activations", help="feature maps of each convolutional stage for one image")
+    v.add_argument("run", metavar="RUN_OR_CHECKPOINT")
+    v.add_argument("image", metavar="IMAGE", help="an image file, or test:N for the run's N-th test image")
+    v.add_argument("--out", help="directory for the PNGs (default: RUN/activations)")
+    v.add_argument("--max-channels", type=int, default=32, help="maps shown per stage, strongest first")
+    v.set_defaults(func=cmd_activations)
+
+    x = sub.add_parser("exercises", help="rerun the training exercises at a budget; write docs/exercises.md",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    x.add_argument("--budget", choices=["smoke", "small", "full"], default="small",
+                   help="smoke: the CI check (<1 min); small: ~15 min of 2 CPU cores; full: ~35 min, larger subsets")  # fmt: skip
+    x.add_argument("--out", default="docs/exercises.md", help="the report; figures go to a folder beside it")
+    x.add_argument("--runs", help="where the runs go (none: runs/exercises-BUDGET); finished runs are reused")
+    x.add_argument("--only", help="comma-separated exercises to train, e.g. 7,8 (none: all)")
+    x.add_argument("--data-dir", help="directory of Fashion-MNIST (none: found automatically)")
+    x.add_argument("--render-only", action="store_true", help="train nothing; write the report from finished runs")
+    x.set_defaults(func=cmd_exercises)
+
     m = sub.add_parser("models", help="list the registered networks")
     m.set_defaults(func=cmd_models)
 
@@ -369,11 +466,13 @@ def main(argv: list[str] | None = None) -> int:
     from .models import UnknownModel
     from .report import ReportError
     from .runs import RunError
+    from .visualize import VisualizeError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError, RunError, UnknownModel, InputTooSmall, ReportError, BenchError) as e:
+    except (DataError, ConfigError, RunError, UnknownModel, InputTooSmall, ReportError, BenchError,
+            VisualizeError) as e:
         print(f"alexnet: error: {e}", file=sys.stderr)
         return 2
 

@@ -446,6 +446,34 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# Exercises 7 and 8 change one thing at a time; each variant is its base network with that one change.
+
+
+def _without(net: nn.Sequential, kind: type) -> nn.Sequential:
+    return nn.Sequential(*(m for m in net if not isinstance(m, kind)))
+
+
+def _swap(net: nn.Sequential, old: type, new: Callable[[], nn.Module]) -> nn.Sequential:
+    return nn.Sequential(*(new() if isinstance(m, old) else m for m in net))
+
+
+def init_pytorch_default(model: nn.Module) -> None:
+    """Leave PyTorch's own initialisation (Kaiming-uniform with a=sqrt(5)): what a d2l 1.0 model got
+    when its ``init_cnn`` was never applied."""
+
+
+MODELS.update({
+    "lenet-relu-nodrop": ModelSpec(lambda c, k: _without(lenet_relu(c, k), nn.Dropout), 28,
+                                   "LeNet-5 with ReLU, no dropout (exercise 7, one change at a time)"),
+    "alexnet28-nodrop": ModelSpec(lambda c, k: _without(alexnet28(c, k), nn.Dropout), 28,
+                                  "alexnet28 without dropout (exercise 8: overfitting)"),
+    "alexnet28-sigmoid": ModelSpec(lambda c, k: _swap(alexnet28(c, k), nn.ReLU, nn.Sigmoid), 28,
+                                   "alexnet28 with sigmoid instead of ReLU (exercise 8: breaking training)"),
+    "alexnet28-torchinit": ModelSpec(alexnet28, 28, "alexnet28 with PyTorch's default init, not Xavier "
+                                     "(exercise 8: d2l 1.0's init bug)", init=init_pytorch_default),
+})  # fmt: skip
+
+
 class UnknownModel(ValueError):
     pass
 

@@ -1,0 +1,153 @@
+"""What a trained network has learned, as pictures: the first layer's kernels (the chapter's
+Figure 8.1.2) and the feature maps each convolutional stage makes of one image.
+
+Both work for any registered network with a convolution: the first ``nn.Conv2d`` the forward pass
+reaches is "the first layer", and a stage is a convolution with the element-wise layers (ReLU,
+batch norm, ...) that follow it before the shape changes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .runs import atomic_write
+
+
+class VisualizeError(ValueError):
+    """A network or input the pictures cannot be made of; the message is one line."""
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise VisualizeError(f"{type(model).__name__} has no convolution to show")
+    return conv
+
+
+def contrast(x: torch.Tensor) -> torch.Tensor:
+    """Scale each item of a (N, ...) tensor to [0, 1] on its own; a constant item becomes 0.5
+    (a flat grey cell) rather than a division by zero."""
+    flat = x.detach().float().flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    span = (hi - lo).view(-1, *[1] * (x.ndim - 1))
+    out = (x.float() - lo.view_as(span)) / span.clamp_min(1e-12)
+    return torch.where(span > 0, out, torch.full_like(out, 0.5))
+
+
+def mosaic(cells: torch.Tensor, cols: int | None = None, gap: int = 1) -> tuple[torch.Tensor, int, int]:
+    """Tile (N, C, h, w) cells with values in [0, 1] into one (H, W, C) image with ``gap``-pixel white
+    lines between them; returns (image, rows, cols). The grid is as square as N allows."""
+    n, c, h, w = cells.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    out = torch.ones(rows * (h + gap) - gap, cols * (w + gap) - gap, c)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        out[r * (h + gap) : r * (h + gap) + h, k * (w + gap) : k * (w + gap) + w] = cells[i].permute(1, 2, 0)
+    return out, rows, cols
+
+
+def filter_cells(weight: torch.Tensor) -> torch.Tensor:
+    """The first layer's kernels (out, in, kh, kw) as displayable cells: 3 input channels are shown
+    as colour (RGB), 1 as grey, any other number as the mean over the channels (in grey)."""
+    if weight.shape[1] not in (1, 3):
+        weight = weight.mean(1, keepdim=True)
+    return contrast(weight)
+
+
+def _imshow(image: torch.Tensor, path: Path, title: str, scale: float = 0.12) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w, c = image.shape
+    fig, ax = plt.subplots(figsize=(max(3.0, min(8.0, w * scale)), max(2.5, min(8.0, h * scale)) + 0.4))
+    ax.imshow(image.squeeze(-1).numpy() if c == 1 else image.numpy(), cmap="gray" if c == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest")  # fmt: skip
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def plot_filters(model: nn.Module, path: str | Path, title: str = "") -> dict:
+    """Write the first convolution's kernels as a grid; returns {'path', 'kernels', 'rows', 'cols', 'shape'}."""
+    conv = first_conv(model)
+    w = conv.weight.detach().cpu().float()
+    image, rows, cols = mosaic(filter_cells(w))
+    colour = "RGB" if w.shape[1] == 3 else "grey" if w.shape[1] == 1 else f"mean of {w.shape[1]} channels"
+    label = f"{title} · " if title else ""
+    _imshow(image, Path(path), f"{label}first layer: {w.shape[0]} kernels {w.shape[2]}x{w.shape[3]}x{w.shape[1]} "
+            f"({colour}, each scaled to its own range)", scale=0.25 if w.shape[-1] <= 5 else 0.07)  # fmt: skip
+    return {"path": Path(path), "kernels": w.shape[0], "rows": rows, "cols": cols, "shape": tuple(w.shape)}
+
+
+# Element-wise layers that belong to the convolution before them: they keep its output's shape.
+_ELEMENTWISE = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.BatchNorm2d,
+                nn.LocalResponseNorm, nn.GroupNorm, nn.Identity)  # fmt: skip
+
+
+@torch.inference_mode()
+def stage_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """Run one image (1, C, H, W) through the network and return, per convolutional stage, its name
+    and feature maps (channels, h, w): a convolution's output after the element-wise layers that
+    follow it (its ReLU, say), taken in the order the forward pass runs them."""
+    names = {m: n for n, m in model.named_modules()}
+    seen: list[tuple[nn.Module, torch.Tensor]] = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, o))) for m in leaves]
+    try:
+        model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    stages, k = [], 0
+    for i, (m, out) in enumerate(seen):
+        if not isinstance(m, nn.Conv2d):
+            continue
+        k += 1
+        name, maps = f"conv{k} ({names.get(m, '?')})", out
+        for m2, out2 in seen[i + 1 :]:
+            if not isinstance(m2, _ELEMENTWISE) or not torch.is_tensor(out2) or out2.shape != out.shape:
+                break
+            name, maps = f"{name}+{type(m2).__name__.lower()}", out2
+        stages.append((name, maps[0].detach().float().cpu()))
+    if not stages:
+        raise VisualizeError(f"{type(model).__name__} has no convolution to show")
+    return stages
+
+
+def strongest(maps: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` channels with the largest mean activation, strongest first."""
+    order = maps.flatten(1).mean(1).argsort(descending=True)
+    return maps[order[:n]]
+
+
+def plot_activations(model: nn.Module, x: torch.Tensor, out_dir: str | Path, stem: str = "image",
+                     max_channels: int = 32, title: str = "") -> list[dict]:  # fmt: skip
+    """One PNG per convolutional stage, its ``max_channels`` strongest maps in a grid (each map scaled
+    to its own range), and the input as the network saw it; returns one record per file written."""
+    out_dir = Path(out_dir)
+    written = []
+    shown = contrast(x[:1].detach().float().cpu())[0]
+    path = out_dir / f"{stem}-input.png"
+    _imshow(shown.permute(1, 2, 0) if shown.shape[0] in (1, 3) else shown[:1].permute(1, 2, 0), path,
+            f"{title} input {tuple(x.shape[1:])}", scale=0.05)  # fmt: skip
+    written.append({"path": path, "stage": "input", "channels": x.shape[1], "shown": 1})
+    for k, (name, maps) in enumerate(stage_maps(model, x), 1):
+        top = strongest(maps, max_channels)
+        image, rows, cols = mosaic(contrast(top[:, None]), gap=max(1, maps.shape[-1] // 14))
+        path = out_dir / f"{stem}-stage{k}.png"
+        label = f"{title} · " if title else ""
+        _imshow(image, path, f"{label}stage {k}: {name}, {maps.shape[0]} maps {maps.shape[1]}x{maps.shape[2]}; "
+                f"the {len(top)} strongest (mean activation), strongest first", scale=0.06)  # fmt: skip
+        written.append({"path": path, "stage": name, "channels": maps.shape[0], "shown": len(top),
+                        "rows": rows, "cols": cols})  # fmt: skip
+    return written

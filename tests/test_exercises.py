@@ -1,0 +1,131 @@
+"""The exercises driver, the filter and feature-map pictures, and mean ± std in `alexnet compare`."""
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from alexnet import train as T
+from alexnet.cli import main
+from alexnet.config import Config
+from alexnet.exercises import BUDGETS, plan, run_exercises
+from alexnet.models import MODELS, build_model
+from alexnet.report import Spread
+from alexnet.visualize import contrast, filter_cells, first_conv, mosaic, stage_maps
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A one-epoch alexnet28 run on a synthetic MNIST-like set."""
+    from conftest import make_idx_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_idx_dataset(root / "data")
+    cfg = Config(preset="test").replace(model="alexnet28", dataset="mnist", data_dir=str(data), epochs=1,
+                                        batch_size=16)  # fmt: skip
+    T.fit(cfg, root / "run", progress=False, quiet=True)
+    return root / "run"
+
+
+def test_filters_writes_one_cell_per_first_layer_kernel(tiny_run, tmp_path, capsys):
+    out = tmp_path / "f.png"
+    assert main(["filters", str(tiny_run), "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    # alexnet28's first layer: 32 kernels of 3x3 on 1 channel, in a 6x6 grid.
+    assert "32 first-layer kernels (3x3, 1 input channel) in a 6x6 grid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_registered_model_has_a_first_conv_shown_as_a_grid(name):
+    w = first_conv(build_model(name, 3, 10)).weight.detach()
+    image, rows, cols = mosaic(filter_cells(w))
+    assert rows * cols >= w.shape[0] > (rows - 1) * cols
+    assert image.shape[-1] == 3  # three input channels are drawn as colour
+    assert 0 <= image.min() and image.max() <= 1
+
+
+def test_a_constant_kernel_is_grey_not_a_division_by_zero():
+    w = torch.zeros(4, 1, 5, 5)
+    w[1] = torch.randn(1, 5, 5)
+    cells = contrast(w)
+    assert torch.isfinite(cells).all()
+    assert (cells[0] == 0.5).all() and cells[1].min() == 0 and cells[1].max() == 1
+
+
+def test_activations_writes_a_grid_per_conv_stage(tiny_run, tmp_path, capsys):
+    from alexnet.data import DEBIAN_FASHION_DIR  # noqa: F401  (the run's own data is the synthetic set)
+
+    assert main(["activations", str(tiny_run), "test:3", "--out", str(tmp_path), "--max-channels", "8"]) == 0
+    out = capsys.readouterr().out
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["test3-input.png"] + [f"test3-stage{k}.png" for k in range(1, 6)]  # alexnet28: 5 convs
+    assert len(re.findall(r"\s8 of", out)) == 5
+
+
+def test_stages_are_taken_after_the_relu_in_forward_order():
+    net = build_model("alexnet28", 1, 10)
+    stages = stage_maps(net, torch.rand(1, 1, 28, 28))
+    assert [s.shape for _, s in stages] == [(32, 28, 28), (64, 14, 14), (128, 7, 7), (128, 7, 7), (96, 7, 7)]
+    assert all("+relu" in name for name, _ in stages) and all((s >= 0).all() for _, s in stages)
+
+
+def test_a_network_without_convolution_is_refused(tiny_run, tmp_path):
+    from alexnet.visualize import VisualizeError
+
+    with pytest.raises(VisualizeError):
+        first_conv(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+
+
+def test_spread_is_mean_and_sample_std_and_says_when_a_difference_is_real():
+    s = Spread([0.80, 0.82, 0.84])
+    assert s.mean == pytest.approx(0.82) and s.std == pytest.approx(0.02) and s.format() == "0.8200 ± 0.0200"
+    assert Spread([0.90, 0.91, 0.92]).exceeds(s)  # 0.09 apart, spreads 0.02 + 0.01
+    assert not Spread([0.83, 0.84, 0.85]).exceeds(s)  # 0.02 apart: within 0.02 + 0.01
+
+
+def test_compare_shows_mean_and_std_over_seeds_of_one_configuration(idx_dir, tmp_path, capsys):
+    dirs = []
+    for seed in (0, 1, 2):
+        cfg = Config(preset="test").replace(model="lenet", dataset="mnist", data_dir=str(idx_dir), epochs=1,
+                                            batch_size=16, seed=seed)  # fmt: skip
+        T.fit(cfg, tmp_path / f"s{seed}", progress=False, quiet=True)
+        dirs.append(str(tmp_path / f"s{seed}"))
+    other = Config(preset="test").replace(model="lenet-relu", dataset="mnist", data_dir=str(idx_dir), epochs=1,
+                                          batch_size=16)  # fmt: skip
+    T.fit(other, tmp_path / "relu", progress=False, quiet=True)
+    assert main(["compare", *dirs, str(tmp_path / "relu"), "--out", str(tmp_path / "c.png")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| s0", "| relu"))]
+    assert len(rows) == 2  # three seeds make one row
+    assert "s0 (+2 seeds)" in rows[0] and rows[0].count(" ± ") >= 4
+    assert " ± " not in rows[1]
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_the_budgets_grow_and_smoke_is_tiny():
+    smoke, small, full = (BUDGETS[k] for k in ("smoke", "small", "full"))
+    assert len(small.seeds) >= 3 and len(full.seeds) >= 3
+    assert smoke.train224 * smoke.epochs224 < small.train224 * small.epochs224 <= full.train224 * full.epochs224
+    assert set(plan(full)) == {"4-224", "4-28", "5", "7", "8-overfit", "8-break"}
+
+
+def test_smoke_budget_writes_every_table_and_figure(idx_dir, tmp_path, capsys):
+    out = tmp_path / "docs" / "exercises.md"
+    result = run_exercises("smoke", out, tmp_path / "runs", data_dir=str(idx_dir), dataset="mnist")
+    text = out.read_text()
+    for heading in ("For the README", "Exercises 1–3", "Exercise 4", "Exercise 5", "Exercise 6", "Exercise 7",
+                    "Exercise 8", "Figure 8.1.2"):  # fmt: skip
+        assert heading in text
+    figs = tmp_path / "docs" / "figures" / "exercises"
+    for name in ("ex4-224.png", "ex4-28.png", "ex5.png", "ex7.png", "ex8-overfit.png", "ex8-gap.png",
+                 "ex8-break.png", "filters-alexnet224.png", "filters-alexnet28.png",
+                 "activations-alexnet28-stage1.png"):  # fmt: skip
+        assert (figs / name).stat().st_size > 1000, name
+        assert f"figures/exercises/{name}" in text, name
+    assert "—" not in text.split("## Exercise 6")[0].split("## Exercise 4")[1]  # every ex. 4/5 cell measured
+    assert " ± " in text
+    assert [r[0] for r in result["readme"]] == ["1–3", "4", "5", "6", "7", "8", "Fig. 8.1.2"]
+    # A second call reuses the finished runs and only rewrites the report.
+    capsys.readouterr()
+    run_exercises("smoke", out, tmp_path / "runs", data_dir=str(idx_dir), dataset="mnist")
+    assert "  ex" not in capsys.readouterr().out
