@@ -348,10 +348,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train a model; writes a run directory",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     t.add_argument("--preset", choices=["auto", *PRESETS], default=None,
@@ -365,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
+def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
     e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     e.add_argument("--device", default="auto")
@@ -375,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image folders: the paper's 10-crop evaluation (default: as the run was trained)")  # fmt: skip
     e.set_defaults(func=cmd_evaluate)
 
+def _add_predict(sub) -> None:
     r = sub.add_parser("predict", help="classify image files with a checkpoint")
     r.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     r.add_argument("images", nargs="+", metavar="IMAGE")
@@ -383,22 +382,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="invert grey levels (Fashion-MNIST items are light on black; photos are usually dark on light)")  # fmt: skip
     r.set_defaults(func=cmd_predict)
 
+def _add_summary(sub) -> None:
     s = sub.add_parser("summary", help="layer-by-layer output shape, parameters and FLOPs")
     s.add_argument("--model", default="alexnet")
     s.add_argument("--input", default="1,1,224,224", help="N,C,H,W (or C,H,W)")
     s.add_argument("--num-classes", type=int, default=10)
     s.set_defaults(func=cmd_summary)
 
+def _add_compare(sub) -> None:
     c = sub.add_parser("compare", help="table and overlaid curves of finished runs (the exercises' comparisons)")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--out", default="compare.png", help="PNG of the curves; the table goes beside it as .md")
     c.set_defaults(func=cmd_compare)
 
+def _add_filters(sub) -> None:
     f = sub.add_parser("filters", help="the first layer's kernels as an image grid (the chapter's Figure 8.1.2)")
     f.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     f.add_argument("--out", help="PNG to write (default: RUN/filters.png)")
     f.set_defaults(func=cmd_filters)
 
+def _add_activations(sub) -> None:
     v = sub.add_parser("activations", help="feature maps of each convolutional stage for one image")
     v.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     v.add_argument("image", metavar="IMAGE", help="an image file, or test:N for the run's N-th test image")
@@ -406,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-channels", type=int, default=32, help="maps shown per stage, strongest first")
     v.set_defaults(func=cmd_activations)
 
+def _add_exercises(sub) -> None:
     x = sub.add_parser("exercises", help="rerun the training exercises at a budget; write docs/exercises.md",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     x.add_argument("--budget", choices=["smoke", "small", "full"], default="small",
@@ -417,9 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--render-only", action="store_true", help="train nothing; write the report from finished runs")
     x.set_defaults(func=cmd_exercises)
 
+def _add_models(sub) -> None:
     m = sub.add_parser("models", help="list the registered networks")
     m.set_defaults(func=cmd_models)
 
+def _add_analyze(sub) -> None:
     a = sub.add_parser("analyze", help="per-layer FLOPs, bytes, arithmetic intensity, roofline time and memory",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     a.add_argument("--model", default="alexnet")
@@ -435,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the chapter's figures: 164 MB / 81 MFLOPs, conv/FC ratios, LeNet vs AlexNet")  # fmt: skip
     a.set_defaults(func=cmd_analyze)
 
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="training images/s, peak memory (and accuracy) against batch size",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     b.add_argument("--model", default="alexnet")
@@ -456,6 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="directory for bench.csv, bench.md, bench.png (default runs/bench-MODEL-TIME)")
     b.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 on a CPU shared with other jobs")
     b.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_compare, _add_filters, _add_activations,
+                _add_exercises, _add_models, _add_analyze, _add_bench):  # fmt: skip
+        add(sub)
     return p
 
 
