@@ -703,6 +703,22 @@ def _ex7(b, g, figs, rel, cmd, root):
     return text, [("7", f"{cmd} --only 7", ans, f"[ex7.png](docs/{rel}/{f})")]
 
 
+def _break_outcome(grp: Group, bacc, seeds: int) -> str:
+    """What one change to the recipe did: broke training, slowed it, or no measurable harm."""
+    s = grp.last("val_acc")
+    if grp.failed:
+        where = grp.failed[0].split(";")[0]  # "epoch 3: loss became nan by step 21"
+        rest = f", the others end at {s.format()}" if s is not None else ""
+        return f"**breaks**: {len(grp.failed)} of {seeds} seeds diverged ({where}){rest}"
+    if s is None:
+        return "not measured"
+    if s.mean < 0.2:
+        return f"**breaks**: test accuracy {s.format()} (chance is 0.10)"
+    if bacc is not None and s.exceeds(bacc) and s.mean < bacc.mean:
+        return f"**slows**: {s.format()} against the recipe's {bacc.format()}, lower by more than the seeds' spread"
+    return f"no measurable harm: {s.format()} against {fmt(bacc)}"
+
+
 def _ex8(b, g, figs, rel, cmd, root):
     over = g["8-overfit"]
     brk = g["8-break"]
@@ -717,22 +733,10 @@ def _ex8(b, g, figs, rel, cmd, root):
     f2 = _gap_figure(over, b, figs / "ex8-gap.png")
     c = cols("train acc (last)", "test acc (last)", "best test acc", "gap (train − test)", "test loss (last)",
              "epoch of min test loss")
-    base = brk[0]
-    bacc = base.last("val_acc")
+    bacc = brk[0].last("val_acc")
 
     def outcome(grp):
-        s = grp.last("val_acc")
-        if grp.failed:
-            where = grp.failed[0].split(";")[0]  # "epoch 3: loss became nan by step 21"
-            rest = f", the others end at {s.format()}" if s is not None else ""
-            return f"**breaks**: {len(grp.failed)} of {len(b.seeds)} seeds diverged ({where}){rest}"
-        if s is None:
-            return "not measured"
-        if s.mean < 0.2:
-            return f"**breaks**: test accuracy {s.format()} (chance is 0.10)"
-        if bacc is not None and s.exceeds(bacc) and s.mean < bacc.mean:
-            return f"**slows**: {s.format()} against the recipe's {bacc.format()}, lower by more than the seeds' spread"
-        return f"no measurable harm: {s.format()} against {fmt(bacc)}"
+        return _break_outcome(grp, bacc, len(b.seeds))
 
     none1 = over[4]
     tr = none1.last("train_acc")
