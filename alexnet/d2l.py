@@ -78,48 +78,27 @@ def numpy(x, *args, **kwargs):
     return x.detach().cpu().numpy(*args, **kwargs)
 
 
-def size(x, *args, **kwargs):
-    return x.numel(*args, **kwargs)
+def _tensor_method(name: str, method: str):
+    """``d2l.name(x, ...)`` calls ``x.method(...)``: the book's framework-neutral spelling."""
+
+    def call(x, *args, **kwargs):
+        return getattr(x, method)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
-def reshape(x, *args, **kwargs):
-    return x.reshape(*args, **kwargs)
-
-
-def to(x, *args, **kwargs):
-    return x.to(*args, **kwargs)
-
-
-def reduce_sum(x, *args, **kwargs):
-    return x.sum(*args, **kwargs)
-
-
-def reduce_mean(x, *args, **kwargs):
-    return x.mean(*args, **kwargs)
-
-
-def argmax(x, *args, **kwargs):
-    return x.argmax(*args, **kwargs)
-
-
-def astype(x, *args, **kwargs):
-    return x.type(*args, **kwargs)
-
-
-def transpose(x, *args, **kwargs):
-    return x.t(*args, **kwargs)
-
-
-def expand_dims(x, *args, **kwargs):
-    return x.unsqueeze(*args, **kwargs)
-
-
-def swapaxes(x, *args, **kwargs):
-    return x.swapaxes(*args, **kwargs)
-
-
-def repeat(x, *args, **kwargs):
-    return x.repeat(*args, **kwargs)
+size = _tensor_method("size", "numel")
+reshape = _tensor_method("reshape", "reshape")
+to = _tensor_method("to", "to")
+reduce_sum = _tensor_method("reduce_sum", "sum")
+reduce_mean = _tensor_method("reduce_mean", "mean")
+argmax = _tensor_method("argmax", "argmax")
+astype = _tensor_method("astype", "type")
+transpose = _tensor_method("transpose", "t")
+expand_dims = _tensor_method("expand_dims", "unsqueeze")
+swapaxes = _tensor_method("swapaxes", "swapaxes")
+repeat = _tensor_method("repeat", "repeat")
 
 
 def __getattr__(name):
