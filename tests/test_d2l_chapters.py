@@ -343,17 +343,8 @@ def test_batch_norm_chapter(Net):
 # §8.6 ResNet and ResNeXt: lazy batch norm inside blocks, the chapter's d2l.randn probes
 
 
-class Residual(nn.Module):
-    def __init__(self, num_channels, use_1x1conv=False, strides=1):
-        super().__init__()
-        self.conv1 = nn.LazyConv2d(num_channels, kernel_size=3, padding=1, stride=strides)
-        self.conv2 = nn.LazyConv2d(num_channels, kernel_size=3, padding=1)
-        self.conv3 = nn.LazyConv2d(num_channels, kernel_size=1, stride=strides) if use_1x1conv else None
-        self.bn1, self.bn2 = nn.LazyBatchNorm2d(), nn.LazyBatchNorm2d()
-
-    def forward(self, X):
-        Y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(X)))))
-        return F.relu(Y + (self.conv3(X) if self.conv3 else X))
+# §8.6 saves its Residual block into d2l (#@save); alexnet.d2l holds the same block.
+Residual = d2l.Residual
 
 
 class ResNet(d2l.Classifier):
@@ -369,7 +360,7 @@ def block(self, num_residuals, num_channels, first_block=False):
 
 
 @d2l.add_to_class(ResNet)
-def __init__(self, arch, lr=0.1, num_classes=10):
+def __init__(self, arch, lr=0.1, num_classes=10):  # noqa: F811
     super(ResNet, self).__init__()
     self.save_hyperparameters()
     self.net = nn.Sequential(self.b1())
