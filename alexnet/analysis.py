@@ -67,6 +67,55 @@ def _is_view(layer: nn.Module, in_shape, out_shape) -> bool:
             or (out_shape == in_shape and layer.__class__.__name__ == "PadTo"))  # fmt: skip
 
 
+def _too_small(input_shape, i: int, layer: nn.Module, shape) -> InputTooSmall:
+    return InputTooSmall(
+        f"input {'x'.join(map(str, input_shape[1:]))} is too small for this network: "
+        f"layer {i} ({layer.__class__.__name__}) receives {'x'.join(map(str, shape[1:]))} "
+        f"and its output would be empty"
+    )
+
+
+class _CallRecorder:
+    """The forward hooks of :func:`walk`: each leaf's call becomes a :class:`Call`, and every tensor
+    it reads or writes gets a name."""
+
+    def __init__(self, input_shape: tuple[int, ...]):
+        self.input_shape = input_shape
+        self.calls: list[Call] = []
+        self.names: dict[int, object] = {}  # id(tensor) -> its name; `keep` holds the tensors so ids stay unique
+        self.keep: list[torch.Tensor] = []
+        self.seen_modules: set[int] = set()
+        self.current: list = []  # [index, layer, input shape] of the leaf running now, for InputTooSmall
+
+    def name_of(self, t: torch.Tensor) -> object:
+        if id(t) not in self.names:
+            self.names[id(t)] = ("op", len(self.names))
+            self.keep.append(t)
+        return self.names[id(t)]
+
+    def pre(self, layer, args):
+        self.current[:] = [len(self.calls), layer, tuple(args[0].shape)]
+
+    def post(self, path: str):
+        def hook(layer, args, y):
+            x, i = args[0], len(self.calls)
+            if not isinstance(y, torch.Tensor) or y.numel() == 0:
+                raise _too_small(self.input_shape, i, layer, x.shape)
+            in_id = self.name_of(x)
+            view = _is_view(layer, tuple(x.shape), tuple(y.shape))
+            inplace = getattr(layer, "inplace", False) and not isinstance(layer, nn.Dropout)
+            out_id = in_id if view or inplace else i
+            self.names[id(y)] = out_id
+            self.keep.append(y)
+            params = 0 if id(layer) in self.seen_modules else sum(p.numel() for p in layer.parameters())
+            self.seen_modules.add(id(layer))
+            self.calls.append(Call(i, path, layer, tuple(x.shape), tuple(y.shape), in_id, out_id, x.requires_grad,
+                                   layer_flops(layer, x, y), params))  # fmt: skip
+            self.current.clear()  # an error between modules (a residual sum) is not this layer's
+
+        return hook
+
+
 def walk(model: nn.Module, input_shape: tuple[int, ...], device="cpu") -> list[Call]:
     """Run a zero input through ``model`` and record every leaf module's call, in order.
 
@@ -77,69 +126,26 @@ def walk(model: nn.Module, input_shape: tuple[int, ...], device="cpu") -> list[C
     input too small for it raises :class:`InputTooSmall` naming the layer whose output would be empty.
     """
     leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
-    calls: list[Call] = []
-    names: dict[int, object] = {}  # id(tensor) -> its name; `keep` holds the tensors so ids stay unique
-    keep: list[torch.Tensor] = []
-    seen_modules: set[int] = set()
-    current: list = []
-
-    def name_of(t: torch.Tensor) -> object:
-        if id(t) not in names:
-            names[id(t)] = ("op", len(names))
-            keep.append(t)
-        return names[id(t)]
-
-    def too_small(i: int, layer: nn.Module, shape) -> InputTooSmall:
-        return InputTooSmall(
-            f"input {'x'.join(map(str, input_shape[1:]))} is too small for this network: "
-            f"layer {i} ({layer.__class__.__name__}) receives {'x'.join(map(str, shape[1:]))} "
-            f"and its output would be empty"
-        )
-
-    def pre(path):
-        def hook(layer, args):
-            current[:] = [len(calls), layer, tuple(args[0].shape)]
-
-        return hook
-
-    def post(path):
-        def hook(layer, args, y):
-            x, i = args[0], len(calls)
-            if not isinstance(y, torch.Tensor) or y.numel() == 0:
-                raise too_small(i, layer, x.shape)
-            in_id = name_of(x)
-            view = _is_view(layer, tuple(x.shape), tuple(y.shape))
-            inplace = getattr(layer, "inplace", False) and not isinstance(layer, nn.Dropout)
-            out_id = in_id if view or inplace else i
-            names[id(y)] = out_id
-            keep.append(y)
-            params = 0 if id(layer) in seen_modules else sum(p.numel() for p in layer.parameters())
-            seen_modules.add(id(layer))
-            calls.append(Call(i, path, layer, tuple(x.shape), tuple(y.shape), in_id, out_id, x.requires_grad,
-                              layer_flops(layer, x, y), params))  # fmt: skip
-            current.clear()  # an error between modules (a residual sum) is not this layer's
-
-        return hook
-
+    rec = _CallRecorder(input_shape)
     handles = [h for path, m in leaves
-               for h in (m.register_forward_pre_hook(pre(path)), m.register_forward_hook(post(path)))]  # fmt: skip
+               for h in (m.register_forward_pre_hook(rec.pre), m.register_forward_hook(rec.post(path)))]  # fmt: skip
     modes = {m: m.training for m in model.modules()}
     x = torch.zeros(*input_shape, device=device)
-    names[id(x)] = "input"
+    rec.names[id(x)] = "input"
     try:
         model.eval()
         with torch.enable_grad():  # requires_grad of each input says where backward must reach
             model(x)
     except RuntimeError:
-        if not current:
+        if not rec.current:
             raise
-        raise too_small(current[0], current[1], current[2]) from None
+        raise _too_small(input_shape, *rec.current) from None
     finally:
         for h in handles:
             h.remove()
         for m, training in modes.items():
             m.train(training)
-    return calls
+    return rec.calls
 
 
 def trace(model: nn.Module, input_shape: tuple[int, ...], device="cpu") -> list[LayerRow]:
@@ -422,66 +428,76 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "fp
     """
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPE_BYTES)}")
-    e = DTYPE_BYTES[dtype]
-    batch = input_shape[0]
     # Shapes do not depend on the batch: trace one image, then scale.
     calls = walk(model, (1, *input_shape[1:]), device=next(model.parameters()).device)
     labels = _labels([c.layer for c in calls])
-    costs = []
-    saved_ids: set = set()
-    for call, label in zip(calls, labels):
-        layer = call.layer
-        in_shape, out_shape = (batch, *call.input_shape[1:]), (batch, *call.output_shape[1:])
-        n_in, n_out = _numel(in_shape), _numel(out_shape)
-        x, y = n_in * e, n_out * e
-        kind = _kind(layer)
-        w = call.params * e
-        fwd_flops = call.flops * batch
-        view = _is_view(layer, call.input_shape, call.output_shape)
-        inplace = call.out_id == call.in_id and not view
-        in_id, out_id, grads_flow = call.in_id, call.out_id, call.input_needs_grad
+    saved_ids: set = set()  # the tensors an earlier layer already saved
+    return [_layer_cost(call, label, input_shape[0], DTYPE_BYTES[dtype], device_kind, saved_ids)
+            for call, label in zip(calls, labels)]  # fmt: skip
 
-        saves: list[tuple[object, int]] = []
-        if kind in ("conv", "fc"):
-            saves = [(in_id, x)]
-        elif isinstance(layer, (nn.ReLU, nn.Sigmoid, nn.Tanh)):
-            saves = [(out_id, y)]
-        elif isinstance(layer, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
-            saves = [(in_id, x), (("indices", call.index), n_out * 8)]
-        elif isinstance(layer, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d)):
-            saves = [(in_id, x)]
-        elif isinstance(layer, nn.Dropout) and not view:
-            saves = [(("mask", call.index), n_out * (1 if device_kind == "cuda" else e))]
-        elif isinstance(layer, nn.LocalResponseNorm):
-            groups, (b, c, h, wd) = getattr(layer, "groups", 1), in_shape
-            padded = b * (c + groups * (layer.size - 1)) * h * wd * e
-            saves = [(in_id, x), (("lrn-padded", call.index), padded), (("lrn-base", call.index), x),
-                     (("lrn-power", call.index), x)]  # fmt: skip
-        saved = 0
-        for tid, nbytes in saves:
-            if tid not in saved_ids:
-                saved_ids.add(tid)
-                saved += nbytes
 
-        if kind in ("conv", "fc"):
-            bwd_in_flops = fwd_flops if grads_flow else 0  # the same GEMM shapes, transposed
-            bwd_w_flops = fwd_flops
-            fwd_bytes = w + x + y
-            bwd_in_bytes = (y + w + x) if grads_flow else 0
-            bwd_w_bytes = y + x + w
-        elif view:
-            bwd_in_flops = bwd_w_flops = fwd_bytes = bwd_in_bytes = bwd_w_bytes = 0
-        else:
-            bwd_in_flops = bwd_w_flops = bwd_w_bytes = 0
-            extra = sum(b for tid, b in saves if isinstance(tid, tuple))  # indices, mask, LRN buffers
-            fwd_bytes = x + y + extra
-            # grad_out read and grad_in written, plus what the backward formula reads from the save
-            reads = {"ReLU": y, "Sigmoid": y, "Tanh": y, "BatchNorm2d": x}.get(layer.__class__.__name__, extra)
-            bwd_in_bytes = (y + x + reads) if grads_flow else 0
-        costs.append(LayerCost(call.index, label, kind, in_shape, out_shape, call.params, w, fwd_flops,
-                               bwd_in_flops, bwd_w_flops, 0 if view or inplace else y, saved, fwd_bytes,
-                               bwd_in_bytes, bwd_w_bytes))  # fmt: skip
-    return costs
+def _saved_tensors(call: Call, in_shape, out_shape, e: int, view: bool,
+                   device_kind: str) -> list[tuple[object, int]]:  # fmt: skip
+    """What autograd keeps for one layer's backward, as (tensor name, bytes), by the rules in the
+    docstring of :func:`layer_costs`; at ``in_shape`` / ``out_shape`` with ``e`` bytes an element."""
+    layer, in_id, out_id = call.layer, call.in_id, call.out_id
+    n_out = _numel(out_shape)
+    x, y = _numel(in_shape) * e, n_out * e
+    if _kind(layer) in ("conv", "fc"):
+        return [(in_id, x)]
+    if isinstance(layer, (nn.ReLU, nn.Sigmoid, nn.Tanh)):
+        return [(out_id, y)]
+    if isinstance(layer, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+        return [(in_id, x), (("indices", call.index), n_out * 8)]
+    if isinstance(layer, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d)):
+        return [(in_id, x)]
+    if isinstance(layer, nn.Dropout) and not view:
+        return [(("mask", call.index), n_out * (1 if device_kind == "cuda" else e))]
+    if isinstance(layer, nn.LocalResponseNorm):
+        groups, (b, c, h, wd) = getattr(layer, "groups", 1), in_shape
+        padded = b * (c + groups * (layer.size - 1)) * h * wd * e
+        return [(in_id, x), (("lrn-padded", call.index), padded), (("lrn-base", call.index), x),
+                (("lrn-power", call.index), x)]  # fmt: skip
+    return []
+
+
+def _layer_cost(call: Call, label: str, batch: int, e: int, device_kind: str, saved_ids: set) -> LayerCost:
+    """One row of :func:`layer_costs`: ``call``, traced at batch 1, scaled to ``batch`` with ``e``
+    bytes an element. Adds what it saves to ``saved_ids``, and counts only what was not there."""
+    layer = call.layer
+    in_shape, out_shape = (batch, *call.input_shape[1:]), (batch, *call.output_shape[1:])
+    x, y = _numel(in_shape) * e, _numel(out_shape) * e
+    kind = _kind(layer)
+    w = call.params * e
+    fwd_flops = call.flops * batch
+    view = _is_view(layer, call.input_shape, call.output_shape)
+    inplace = call.out_id == call.in_id and not view
+    grads_flow = call.input_needs_grad
+
+    saves = _saved_tensors(call, in_shape, out_shape, e, view, device_kind)
+    saved = 0
+    for tid, nbytes in saves:
+        if tid not in saved_ids:
+            saved_ids.add(tid)
+            saved += nbytes
+
+    if kind in ("conv", "fc"):
+        bwd_in_flops = fwd_flops if grads_flow else 0  # the same GEMM shapes, transposed
+        bwd_w_flops = fwd_flops
+        fwd_bytes = w + x + y
+        bwd_in_bytes = (y + w + x) if grads_flow else 0
+        bwd_w_bytes = y + x + w
+    elif view:
+        bwd_in_flops = bwd_w_flops = fwd_bytes = bwd_in_bytes = bwd_w_bytes = 0
+    else:
+        bwd_in_flops = bwd_w_flops = bwd_w_bytes = 0
+        extra = sum(b for tid, b in saves if isinstance(tid, tuple))  # indices, mask, LRN buffers
+        fwd_bytes = x + y + extra
+        # grad_out read and grad_in written, plus what the backward formula reads from the save
+        reads = {"ReLU": y, "Sigmoid": y, "Tanh": y, "BatchNorm2d": x}.get(layer.__class__.__name__, extra)
+        bwd_in_bytes = (y + x + reads) if grads_flow else 0
+    return LayerCost(call.index, label, kind, in_shape, out_shape, call.params, w, fwd_flops, bwd_in_flops,
+                     bwd_w_flops, 0 if view or inplace else y, saved, fwd_bytes, bwd_in_bytes, bwd_w_bytes)  # fmt: skip
 
 
 def _numel(shape) -> int:
