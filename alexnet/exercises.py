@@ -169,6 +169,7 @@ class CpuLock:
         """Release the lock if this turn has lasted ``hold_s``."""
         if self._file is not None and time.perf_counter() - self._since >= self.hold_s:
             self.release()
+            time.sleep(0.5)  # flock is not a queue: without a pause the next run takes the lock straight back
 
     def release(self) -> None:
         if self._file is not None:
