@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,14 +127,23 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def open_rgb(path: str, shorter: int | None = None) -> Image.Image:
     """Decode ``path`` to RGB. With ``shorter``, a JPEG is decoded at the smallest 1/2, 1/4 or 1/8
-    scale whose shorter side is still >= ``shorter``: libjpeg then skips most of the IDCT work."""
-    with Image.open(path) as im:
-        if shorter is not None:
-            w, h = im.size
-            s = shorter / min(w, h)
-            im.draft(None, (math.ceil(w * s), math.ceil(h * s)))
-        im.load()
-        return to_rgb(im)
+    scale whose shorter side is still >= ``shorter``: libjpeg then skips most of the IDCT work.
+
+    An image of more than Image.MAX_IMAGE_PIXELS is refused (DecompressionBombError, one of
+    UNREADABLE), like one past twice that. Pillow itself refuses only the latter; between, it
+    decodes hundreds of MB per worker after a warning, a stray stderr line beside ours."""
+    with warnings.catch_warnings():  # workers are processes: no other thread shares these filters
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                if shorter is not None:
+                    w, h = im.size
+                    s = shorter / min(w, h)
+                    im.draft(None, (math.ceil(w * s), math.ceil(h * s)))
+                im.load()  # GIF frames and icons are checked here, not in open
+                return to_rgb(im)
+        except Image.DecompressionBombWarning as e:
+            raise Image.DecompressionBombError(str(e)) from None
 
 
 def resize_shorter(im: Image.Image, side: int) -> Image.Image:
