@@ -235,6 +235,24 @@ def test_validation_set_with_no_readable_image_fails_the_run(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# CIFAR-10 batches whose values do not fit a byte
+
+
+def test_cifar_pixels_outside_a_byte_stop_train_with_one_line(tmp_path):
+    from test_data import _write_cifar
+
+    data = np.random.default_rng(0).integers(0, 256, (20, 3072))
+    data[0, 0] = 300
+    _write_cifar(tmp_path / "data", replace={"data_batch_2": {b"data": data}})
+    r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "cifar10", "--data-dir",
+                tmp_path / "data", "--epochs", 1, "--batch-size", 16, "--run-dir", "run", "--no-progress",
+                cwd=tmp_path)  # fmt: skip
+    line = one_error_line(r)
+    assert "data_batch_2: pixel value 300 (image 0) is outside 0..255" in line, line
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
 # Fuzzing: any bytes give a result or the module's own one-line error, with bounded memory
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
