@@ -123,7 +123,7 @@ def cmd_predict(args) -> int:
     from PIL import Image
 
     from . import data as D
-    from .imagenet import UNREADABLE, to_rgb
+    from .imagenet import UNREADABLE, open_rgb
     from .runs import load_checkpoint, model_from_checkpoint
 
     if args.top_k < 1:
@@ -138,11 +138,9 @@ def cmd_predict(args) -> int:
     failed = 0
     for path in args.images:
         try:
-            with Image.open(path) as im:
-                im.load()
-                # Every mode (P, RGBA, CMYK, 16-bit, ...) goes to 8-bit RGB the way image folders do
-                # (16-bit is rescaled, not clipped), then to what the network was trained on.
-                img = to_rgb(im).convert("L" if channels == 1 else "RGB").resize((native, native), Image.BILINEAR)
+            # Every mode (P, RGBA, CMYK, 16-bit, ...) goes to 8-bit RGB the way image folders do
+            # (16-bit is rescaled, not clipped), then to what the network was trained on.
+            img = open_rgb(path).convert("L" if channels == 1 else "RGB").resize((native, native), Image.BILINEAR)
         except UNREADABLE as e:
             print(f"{path}: cannot read image ({e.__class__.__name__}: {e})", file=sys.stderr)
             failed += 1
@@ -220,7 +218,7 @@ def _input_image(spec: str, ckpt: dict, cfg: Config):
     from PIL import Image
 
     from . import data as D
-    from .imagenet import UNREADABLE, to_rgb
+    from .imagenet import UNREADABLE, open_rgb
 
     channels, res = int(ckpt["in_channels"]), int(ckpt["resolution"])
     if spec.startswith("test:"):
@@ -237,10 +235,8 @@ def _input_image(spec: str, ckpt: dict, cfg: Config):
     else:
         native = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32}.get(ckpt["dataset"], res)
         try:
-            with Image.open(spec) as im:
-                im.load()
-                img = to_rgb(im).convert("L" if channels == 1 else "RGB").resize((native, native), Image.BILINEAR)
-        except (*UNREADABLE, FileNotFoundError) as e:
+            img = open_rgb(spec).convert("L" if channels == 1 else "RGB").resize((native, native), Image.BILINEAR)
+        except UNREADABLE as e:  # FileNotFoundError is an OSError
             raise ConfigError(f"{spec}: cannot read image ({e.__class__.__name__}: {e})") from None
         x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(native, native, -1).permute(2, 0, 1)[None]
         label = Path(spec).name

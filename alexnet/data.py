@@ -278,23 +278,36 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
+def _check_range(values: np.ndarray, path: Path, what: str, top: int) -> None:
+    """Integers in 0..top, one row per image, or a DataError naming the first image that is not.
+    Casting first would hide it: numpy's cast to uint8 wraps 300 to 44 and truncates 1.7 to 1."""
+    if values.dtype == np.uint8 and top >= 255:  # the real batches: nothing to look at
+        return
+    if not np.issubdtype(values.dtype, np.integer):
+        raise DataError(f"{path}: {what}s are {values.dtype}, expected integers 0..{top}")
+    bad = ((values < 0) | (values > top)).reshape(len(values), -1)
+    if bad.any():
+        image = int(bad.any(1).argmax())
+        value = values[image][bad[image].argmax()] if values.ndim > 1 else values[image]
+        raise DataError(f"{path}: {what} {value} (image {image}) is outside 0..{top}")
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise DataError(f"{path.parent}: missing CIFAR-10 batch {path.name}")
     try:
         with open(path, "rb") as f:
             d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
+        data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
     except DataError:
         raise
     except Exception as e:  # any structural problem in a batch file is the same user error
         raise DataError(f"{path}: not a CIFAR-10 python batch ({e.__class__.__name__}: {e})") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DataError(f"{path}: expected N x 3072 images and N labels, got {data.shape}, {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path}: labels outside 0..9")
-    return data.reshape(-1, 3, 32, 32), labels
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
+        raise DataError(f"{path}: expected N x 3072 pixel values and N labels, got {data.shape}, {labels.shape}")
+    _check_range(data, path, "pixel value", 255)
+    _check_range(labels, path, "label", 9)
+    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def read_cifar10(data_dir: str | os.PathLike | None) -> Dataset:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,10 @@ EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
 # What a broken file raises inside Pillow: truncated data (OSError), not an image at all
 # (UnidentifiedImageError), bad headers (ValueError, SyntaxError), absurd sizes (the bomb check).
 UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+# Bounds on a list file, so a wrong file (a tar, an image) is one line, not all of memory.
+MAX_LIST_BYTES = 2**30  # ImageNet-21k's 14 M images take ~0.6 GB as 'path label' lines
+MAX_LINE_BYTES = 8192  # twice Linux's PATH_MAX
+MAX_CLASSES = 100_000  # ~5x ImageNet-21k; a larger label is a typo that would size the last layer
 
 
 @dataclass
@@ -73,26 +79,59 @@ def scan_folder(root: Path, classes: list[str] | None = None) -> ImageList:
     return ImageList(paths, labels, classes)
 
 
+def _lines(path: Path):
+    """(number, text) for each line of a UTF-8 file, never holding more than one bounded line."""
+    size = path.stat().st_size
+    if size > MAX_LIST_BYTES:
+        raise DataError(f"{path}: {size / 1e9:.2f} GB, more than the {MAX_LIST_BYTES / 1e9:.2f} GB an image list "
+                        f"needs; is this the right file?")  # fmt: skip
+    with open(path, "rb") as f:
+        for n, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
+            raw = raw.rstrip(b"\n")
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{n}: line longer than {MAX_LINE_BYTES} bytes; not a list of 'path label' lines")
+            try:
+                yield n, raw.decode()
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{n}: not UTF-8 text; expected lines 'relative/path label'") from None
+
+
 def read_list(path: Path, classes: list[str] | None = None) -> ImageList:
-    """A list file: one ``relative/path label`` per line (paths relative to the file's folder),
-    integer labels; class names from ``classes.txt`` beside it when there is one."""
+    """A list file: one ``path label`` per line, integer labels from 0, blank lines and ``#``
+    comments passed over; class names from ``classes.txt`` beside it when there is one.
+
+    An absolute path is taken as written: lists generated over a shared store often are. A relative
+    path is relative to the list's folder and must stay inside it (``a/../b.jpg`` is fine,
+    ``../b.jpg`` is refused with its line number): one that climbs out reads files the --data-dir
+    the user named does not hold, and breaks when the folder is moved; write it absolute instead.
+    The check reads the text, not the disk, so a symlinked folder inside the list's folder counts
+    as inside. A file, a line or a label beyond the MAX_* bounds above is refused in one line.
+    """
     if not path.is_file():
         raise DataError(f"{path}: no such list file (expected lines 'relative/path label')")
     paths, labels = [], []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in _lines(path):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.rsplit(None, 1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-            raise DataError(f"{path}:{n}: expected 'relative/path label' with an integer label >= 0, got {line!r}")
-        paths.append(str(path.parent / parts[0]))
-        labels.append(int(parts[1]))
+        # isascii: str.isdigit accepts '²', which int() then refuses.
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()):
+            shown = repr(line) if len(line) <= 100 else repr(line[:100]) + "..."
+            raise DataError(f"{path}:{n}: expected 'relative/path label' with an integer label >= 0, got {shown}")
+        entry, label = parts[0], int(parts[1])
+        if label >= MAX_CLASSES:
+            raise DataError(f"{path}:{n}: label {label} is not below {MAX_CLASSES}; is it a typo?")
+        if ".." in entry and not os.path.isabs(entry) and os.path.normpath(entry).split(os.sep)[0] == "..":
+            raise DataError(f"{path}:{n}: {entry!r} climbs out of {path.parent}; write it relative to that folder "
+                            f"or as an absolute path")  # fmt: skip
+        paths.append(str(path.parent / entry))
+        labels.append(label)
     if not paths:
         raise DataError(f"{path}: the list holds no images")
     if classes is None:
         names = path.parent / "classes.txt"
-        classes = names.read_text().split("\n") if names.is_file() else [str(i) for i in range(max(labels) + 1)]
+        classes = [c for _, c in _lines(names)] if names.is_file() else [str(i) for i in range(max(labels) + 1)]
         classes = [c for c in classes if c.strip()]
     if max(labels) >= len(classes):
         raise DataError(f"{path}: label {max(labels)} but only {len(classes)} classes")
@@ -126,14 +165,23 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def open_rgb(path: str, shorter: int | None = None) -> Image.Image:
     """Decode ``path`` to RGB. With ``shorter``, a JPEG is decoded at the smallest 1/2, 1/4 or 1/8
-    scale whose shorter side is still >= ``shorter``: libjpeg then skips most of the IDCT work."""
-    with Image.open(path) as im:
-        if shorter is not None:
-            w, h = im.size
-            s = shorter / min(w, h)
-            im.draft(None, (math.ceil(w * s), math.ceil(h * s)))
-        im.load()
-        return to_rgb(im)
+    scale whose shorter side is still >= ``shorter``: libjpeg then skips most of the IDCT work.
+
+    An image of more than Image.MAX_IMAGE_PIXELS is refused (DecompressionBombError, one of
+    UNREADABLE), like one past twice that. Pillow itself refuses only the latter; between, it
+    decodes hundreds of MB per worker after a warning, a stray stderr line beside ours."""
+    with warnings.catch_warnings():  # workers are processes: no other thread shares these filters
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                if shorter is not None:
+                    w, h = im.size
+                    s = shorter / min(w, h)
+                    im.draft(None, (math.ceil(w * s), math.ceil(h * s)))
+                im.load()  # GIF frames and icons are checked here, not in open
+                return to_rgb(im)
+        except Image.DecompressionBombWarning as e:
+            raise Image.DecompressionBombError(str(e)) from None
 
 
 def resize_shorter(im: Image.Image, side: int) -> Image.Image:

@@ -99,13 +99,16 @@ def test_no_data_and_no_network_names_the_three_ways(tmp_path, monkeypatch):
     assert "apt-get install dataset-fashion-mnist" in msg and "\n" not in msg
 
 
-def _write_cifar(root, n=20, corrupt=None):
+def _write_cifar(root, n=20, corrupt=None, replace=None):
+    """Six python batches of ``n`` random images; ``replace`` maps a batch name to fields that
+    overwrite its generated ones (as the pickle would hold them)."""
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [int(v) for v in rng.integers(0, 10, n)],
                  b"batch_label": name.encode()}  # fmt: skip
+        batch.update((replace or {}).get(name, {}))
         with open(d / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
     if corrupt:
@@ -135,6 +138,38 @@ def test_cifar_pickle_with_code_is_refused(tmp_path):
         pickle.dump({b"data": print, b"labels": []}, f)
     with pytest.raises(D.DataError, match="refusing to load builtins.print"):
         D.load_dataset("cifar10", tmp_path)
+
+
+def _pixels(value, dtype, n=20):
+    data = np.random.default_rng(1).integers(0, 256, (n, 3072)).astype(dtype)
+    data[3, 100] = value
+    return {b"data": data}
+
+
+@pytest.mark.parametrize("fields, message", [
+    (_pixels(300, np.int64), r"data_batch_2: pixel value 300 \(image 3\) is outside 0..255"),  # would wrap to 44
+    (_pixels(-1, np.int16), r"data_batch_2: pixel value -1 \(image 3\) is outside 0..255"),  # would wrap to 255
+    (_pixels(0.5, np.float64), r"data_batch_2: pixel values are float64, expected integers 0..255"),
+    ({b"labels": [1.7] * 20}, r"data_batch_2: labels are float64, expected integers 0..9"),  # would become 1
+    ({b"labels": [3] * 19 + [10]}, r"data_batch_2: label 10 \(image 19\) is outside 0..9"),
+    ({b"labels": [[3]] * 20}, r"data_batch_2: expected N x 3072 pixel values and N labels, .* \(20, 3072\), \(20, 1\)"),
+    ({b"labels": [3] * 19}, r"data_batch_2: expected N x 3072 .* got \(20, 3072\), \(19,\)"),
+    ({b"data": np.zeros((20, 3071), np.uint8)}, r"data_batch_2: expected N x 3072 .* got \(20, 3071\)"),
+])  # fmt: skip
+def test_cifar_batch_that_does_not_fit_bytes_and_ten_labels_is_refused_not_cast(fields, message, tmp_path):
+    _write_cifar(tmp_path, replace={"data_batch_2": fields})
+    with pytest.raises(D.DataError, match=message) as e:
+        D.load_dataset("cifar10", tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_cifar_batch_of_wider_integers_within_a_byte_loads_unchanged(tmp_path):
+    wide = np.random.default_rng(2).integers(0, 256, (20, 3072))  # int64, as a re-pickled batch may hold
+    _write_cifar(tmp_path, replace={"test_batch": {b"data": wide, b"labels": np.arange(20) % 10}})
+    ds = D.load_dataset("cifar10", tmp_path)
+    assert ds.test.images.dtype == torch.uint8 and torch.equal(ds.test.images.reshape(20, -1).long(),
+                                                               torch.from_numpy(wide))  # fmt: skip
+    assert ds.test.labels.tolist() == [i % 10 for i in range(20)]
 
 
 def test_shards_of_an_epoch_partition_the_permutation():

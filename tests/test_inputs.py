@@ -152,19 +152,37 @@ def test_sixteen_bit_grey_is_rescaled_not_clipped(tmp_path):
     assert np.asarray(I.open_rgb(str(path))).max() == 128
 
 
-def test_predict_rescales_16bit_names_a_bomb_and_goes_on(trained_run, tmp_path):
+def test_predict_rescales_16bit_names_each_oversized_image_once_and_goes_on(trained_run, tmp_path):
     run, _ = trained_run
-    grey16, bomb, plain = tmp_path / "grey16.png", tmp_path / "bomb.png", tmp_path / "plain.png"
+    grey16, plain = tmp_path / "grey16.png", tmp_path / "plain.png"
     Image.fromarray(np.full((28, 28), 32768, dtype=np.uint16)).save(grey16)
-    side = int((2 * Image.MAX_IMAGE_PIXELS) ** 0.5) + 10  # past twice the limit: an error, not a warning
-    write_png_header(bomb, side, side)
+    # Past twice the limit Pillow raises; between the limit and twice it, it only warns (a stray
+    # stderr line) and decodes: both are refused, each in the same one line.
+    bombs = {factor: tmp_path / f"bomb{factor}.png" for factor in (1.5, 2.1)}
+    for factor, bomb in bombs.items():
+        side = int((factor * Image.MAX_IMAGE_PIXELS) ** 0.5)
+        write_png_header(bomb, side, side)
     Image.new("L", (28, 28), 200).save(plain)
-    r = alexnet("predict", run, grey16, bomb, plain, "--top-k", 1, cwd=tmp_path)
+    r = alexnet("predict", run, grey16, bombs[1.5], bombs[2.1], plain, "--top-k", 1, cwd=tmp_path)
     assert r.returncode == 1
     out = r.stdout.strip().splitlines()
     assert [ln.split(":")[0] for ln in out] == [str(grey16), str(plain)], r.stdout
-    line = one_error_line(r)
-    assert line.startswith(f"{bomb}: cannot read image (DecompressionBombError"), line
+    lines = r.stderr.strip().splitlines()
+    assert [ln.split(": cannot read image (")[0] for ln in lines] == [str(b) for b in bombs.values()], r.stderr
+    assert all("(DecompressionBombError: Image size" in ln for ln in lines), r.stderr
+
+
+def test_an_image_over_the_pixel_limit_is_one_skip_without_a_warning(tmp_path, monkeypatch, recwarn):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 40 x 40 image is then in Pillow's warning range
+    for side in (30, 40, 50):
+        Image.new("RGB", (side, side), (9, 99, 199)).save(tmp_path / f"{side}.png")
+    images = I.ImageList([str(tmp_path / f"{side}.png") for side in (30, 40, 50)], [0, 0, 0], ["a"])
+    errors = [I.ImageDataset(images, 28, 28, "center")[(i, 0)][3] for i in range(3)]
+    assert errors[0] is None
+    assert [e.split(" (")[0] for e in errors[1:]] == images.paths[1:], errors
+    assert all("(DecompressionBombError: Image size" in e for e in errors[1:]), errors
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert I.channel_stats(images)["images"] == 1  # the colour statistics pass over both
 
 
 def test_predict_top_k_zero_is_one_line(tmp_path):
@@ -214,6 +232,85 @@ def test_validation_set_with_no_readable_image_fails_the_run(tmp_path):
     assert r.returncode != 0 and "val_acc 0.0" not in r.stdout, r.stdout
     assert "no readable validation image" in [ln for ln in r.stderr.splitlines() if "skipping" not in ln][-1]
     assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 batches whose values do not fit a byte, image lists that are not lists
+
+
+def test_cifar_pixels_outside_a_byte_stop_train_with_one_line(tmp_path):
+    from test_data import _write_cifar
+
+    data = np.random.default_rng(0).integers(0, 256, (20, 3072))
+    data[0, 0] = 300
+    _write_cifar(tmp_path / "data", replace={"data_batch_2": {b"data": data}})
+    r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "cifar10", "--data-dir",
+                tmp_path / "data", "--epochs", 1, "--batch-size", 16, "--run-dir", "run", "--no-progress",
+                cwd=tmp_path)  # fmt: skip
+    line = one_error_line(r)
+    assert "data_batch_2: pixel value 300 (image 0) is outside 0..255" in line, line
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def _image_list(root: Path, *entries: str, name: str = "train.txt") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text("".join(f"{e}\n" for e in entries))
+    return root / name
+
+
+def test_list_paths_are_absolute_or_stay_inside_the_lists_folder(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "linked").symlink_to(outside)  # a symlinked folder inside is inside
+    path = _image_list(tmp_path / "data", f"{outside / 'a.png'} 0", "sub/../b.png 1", "linked/c.png 0", "# note")
+    listed = I.read_list(path)
+    assert listed.paths == [str(outside / "a.png"), str(tmp_path / "data/sub/../b.png"),
+                            str(tmp_path / "data/linked/c.png")]  # fmt: skip
+    assert listed.labels == [0, 1, 0] and listed.classes == ["0", "1"]
+    # A relative path that climbs out is refused with its line: it would read what --data-dir
+    # does not hold, and break when the folder moves. Written absolute, it is accepted.
+    path = _image_list(tmp_path / "data", "x/a.png 0", "", "x/../../elsewhere/a.png 0")
+    with pytest.raises(D.DataError, match=r"train.txt:3: 'x/../../elsewhere/a.png' climbs out of .*/data; "
+                                          r"write it relative to that folder or as an absolute path"):  # fmt: skip
+        I.read_list(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"a.png 0\n" + b"x" * 9000 + b".png 1\n", r"train.txt:2: line longer than 8192 bytes"),
+    (b"a.png 0\n\xff\xfe\x00b.png 1\n", r"train.txt:2: not UTF-8 text"),
+    ("a.png \u00b2\n".encode(), r"train.txt:1: expected 'relative/path label' with an integer label >= 0"),
+    (b"a.png 0\nb.png 100000\n", r"train.txt:2: label 100000 is not below 100000"),
+])  # fmt: skip
+def test_a_list_that_is_not_a_list_of_path_label_lines_is_one_line(content, message, tmp_path):
+    (tmp_path / "train.txt").write_bytes(content)
+    with pytest.raises(D.DataError, match=message) as e:
+        I.read_list(tmp_path / "train.txt")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
+def test_a_huge_list_file_is_refused_before_reading_and_a_long_line_without_holding_it(tmp_path, monkeypatch):
+    path = tmp_path / "train.txt"
+    with open(path, "wb") as f:  # 20 MB and not one newline: a binary file passed as the list
+        for _ in range(20):
+            f.write(b"y" * MB)
+    peak, err = peak_memory(lambda: I.read_list(path))
+    assert isinstance(err, D.DataError) and "train.txt:1: line longer than 8192 bytes" in str(err), err
+    assert peak < MB
+    monkeypatch.setattr(I, "MAX_LIST_BYTES", 10 * MB)
+    with pytest.raises(D.DataError, match=r"train.txt: 0.02 GB, more than the 0.01 GB an image list needs"):
+        I.read_list(path)
+
+
+def test_a_list_entry_climbing_out_stops_train_with_one_line(tmp_path):
+    _folder(tmp_path / "img", {"a": 2, "b": 2})
+    entries = [f"../img/{c}/{i}.png {c == 'b':d}" for c in "ab" for i in range(2)]
+    _image_list(tmp_path / "data", *entries)
+    _image_list(tmp_path / "data", *entries, name="val.txt")
+    r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "imagelist", "--data-dir",
+                tmp_path / "data", "--resize", 32, "--resolution", 28, "--workers", 0, "--epochs", 1, "--batch-size", 4,
+                "--run-dir", "run", "--no-progress", cwd=tmp_path)  # fmt: skip
+    assert "train.txt:1: '../img/a/0.png' climbs out of" in one_error_line(r)
 
 
 # ---------------------------------------------------------------------------------------------
