@@ -62,3 +62,14 @@ def _isolated_env(tmp_path, monkeypatch):
     # No test reads the developer's cache or $ALEXNET_DATA by accident.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("ALEXNET_DATA", raising=False)
+
+
+@pytest.fixture
+def trained_run(idx_dir, tmp_path):
+    """A LeNet-ReLU run of 2 epochs on the tiny MNIST files, made by the command line: (run dir, result)."""
+    from test_cli import alexnet
+
+    r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", idx_dir,
+                "--epochs", 2, "--batch-size", 16, "--run-dir", "run", "--no-progress", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "run", r

@@ -24,14 +24,6 @@ def one_error_line(result):
     return lines[0]
 
 
-@pytest.fixture
-def trained_run(idx_dir, tmp_path):
-    r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", idx_dir,
-                "--epochs", 2, "--batch-size", 16, "--run-dir", "run", "--no-progress", cwd=tmp_path)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return tmp_path / "run", r
-
-
 def test_train_reports_preset_device_accuracy_and_run_directory(trained_run):
     run, r = trained_run
     assert "preset cpu · model lenet-relu" in r.stdout and "device cpu" in r.stdout

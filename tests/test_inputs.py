@@ -20,7 +20,7 @@ from alexnet import imagenet as I
 from alexnet import runs as R
 from alexnet.config import Config
 from conftest import make_idx_dataset, write_idx
-from test_cli import alexnet, one_error_line, trained_run  # noqa: F401 (trained_run is a fixture)
+from test_cli import alexnet, one_error_line
 
 MB = 10**6
 
