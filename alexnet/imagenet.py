@@ -88,6 +88,8 @@ def _lines(path: Path):
     with open(path, "rb") as f:
         for n, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
             raw = raw.rstrip(b"\n")
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a byte-order mark (Windows editors write one) is not part of the first path
             if len(raw) > MAX_LINE_BYTES:
                 raise DataError(f"{path}:{n}: line longer than {MAX_LINE_BYTES} bytes; not a list of 'path label' lines")
             try:
@@ -292,16 +294,18 @@ def channel_stats(images: ImageList, sample: int = 1000, side: int = 64, seed: i
     shorter side of ``side`` pixels, which JPEG draft mode makes ~30x cheaper than full size."""
     g = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(images), generator=g)[: min(sample, len(images))].tolist()
-    pixels, used = [], 0
+    pixels, used, first_error = [], 0, None
     for i in chosen:
         try:
             im = resize_shorter(open_rgb(images.paths[i], side), side)
-        except UNREADABLE:
+        except UNREADABLE as e:
+            first_error = first_error or f"{images.paths[i]} ({e.__class__.__name__}: {e})"
             continue
         pixels.append(np.asarray(im, dtype=np.float64).reshape(-1, 3) / 255)
         used += 1
     if not pixels:
-        raise DataError("no readable image among the training images sampled for the colour statistics")
+        raise DataError(f"none of the {len(chosen)} training images sampled for the colour statistics could be "
+                        f"read; the first: {first_error}")
     p = np.concatenate(pixels)
     eigval, eigvec = np.linalg.eigh(np.cov(p, rowvar=False))
     # A channel constant over the sample (a greyscale-only or a pure-colour dataset) would be divided

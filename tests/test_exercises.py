@@ -8,7 +8,7 @@ from torch import nn
 
 from alexnet import train as T
 from alexnet.cli import main
-from alexnet.config import Config
+from alexnet.config import PRESETS, Config
 from alexnet.exercises import BUDGETS, plan, run_exercises
 from alexnet.models import MODELS, build_model
 from alexnet.report import Spread
@@ -106,7 +106,14 @@ def test_the_budgets_grow_and_smoke_is_tiny():
     smoke, small, full = (BUDGETS[k] for k in ("smoke", "small", "full"))
     assert len(small.seeds) >= 3 and len(full.seeds) >= 3
     assert smoke.train224 * smoke.epochs224 < small.train224 * small.epochs224 <= full.train224 * full.epochs224
-    assert set(plan(full)) == {"4-224", "4-28", "5", "7", "8-overfit", "8-break"}
+    assert set(plan(full)) == {"4-224", "4-28", "4-whole", "5", "7", "8-overfit", "8-break"}
+    # exercise 4 asks for alexnet28 on the full training set: every image, every test image, longer
+    (aw, lw) = plan(full)["4-whole"]
+    for spec in (aw, lw):
+        cfg = spec.config(0, {})
+        assert cfg.data.limit_train is None and cfg.data.limit_test is None
+        assert cfg.train.epochs > PRESETS["cpu"].train.epochs
+    assert plan(small)["4-whole"] == []  # small stays under half an hour
 
 
 def test_smoke_budget_writes_every_table_and_figure(idx_dir, tmp_path, capsys):
@@ -117,7 +124,7 @@ def test_smoke_budget_writes_every_table_and_figure(idx_dir, tmp_path, capsys):
                     "Exercise 8", "Figure 8.1.2"):  # fmt: skip
         assert heading in text
     figs = tmp_path / "docs" / "figures" / "exercises"
-    for name in ("ex4-224.png", "ex4-28.png", "ex5.png", "ex7.png", "ex8-overfit.png", "ex8-gap.png",
+    for name in ("ex4-224.png", "ex4-28.png", "ex4-whole.png", "ex5.png", "ex7.png", "ex8-overfit.png", "ex8-gap.png",
                  "ex8-break.png", "filters-alexnet224.png", "filters-alexnet28.png",
                  "activations-alexnet28-stage1.png"):  # fmt: skip
         assert (figs / name).stat().st_size > 1000, name
@@ -129,3 +136,12 @@ def test_smoke_budget_writes_every_table_and_figure(idx_dir, tmp_path, capsys):
     capsys.readouterr()
     run_exercises("smoke", out, tmp_path / "runs", data_dir=str(idx_dir), dataset="mnist")
     assert "  ex" not in capsys.readouterr().out
+
+
+def test_a_change_that_diverges_every_seed_breaks_training_and_some_seeds_is_unstable():
+    from alexnet.exercises import Group, _break_outcome
+
+    spec = plan(BUDGETS["smoke"])["8-break"][3]  # lr 10x
+    nan = "epoch 2: loss became nan by step 3; the last good checkpoint is kept"
+    assert _break_outcome(Group(spec, [], [nan, nan], 0.0), None, 2).startswith("**breaks**: 2 of 2 seeds diverged")
+    assert _break_outcome(Group(spec, [], [nan], 0.0), None, 2).startswith("**unstable**: 1 of 2 seeds diverged")

@@ -289,6 +289,18 @@ def test_a_list_that_is_not_a_list_of_path_label_lines_is_one_line(content, mess
     assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_path(tmp_path):
+    (tmp_path / "train.txt").write_bytes("a.png 0\nb.png 1\n".encode("utf-8-sig"))  # as Notepad saves it
+    assert I.read_list(tmp_path / "train.txt").paths == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+
+
+def test_a_list_of_missing_files_names_the_first_one(tmp_path):
+    listed = I.read_list(_image_list(tmp_path / "data", "gone/a.png 0", "gone/b.png 1"))
+    with pytest.raises(D.DataError, match=r"none of the 2 training images .* could be read; the first: "
+                                          r".*/data/gone/[ab].png \(FileNotFoundError"):  # fmt: skip
+        I.channel_stats(listed)
+
+
 def test_a_huge_list_file_is_refused_before_reading_and_a_long_line_without_holding_it(tmp_path, monkeypatch):
     path = tmp_path / "train.txt"
     with open(path, "wb") as f:  # 20 MB and not one newline: a binary file passed as the list
