@@ -89,7 +89,8 @@ class _CallRecorder:
 
     def name_of(self, t: torch.Tensor) -> object:
         if id(t) not in self.names:
-            self.names[id(t)] = ("op", len(self.names))
+            # A string, like "input": tuple names are reserved for a layer's own buffers (indices, masks).
+            self.names[id(t)] = f"op{len(self.names)}"
             self.keep.append(t)
         return self.names[id(t)]
 

@@ -93,6 +93,20 @@ def test_flops_of_both_passes_agree_exactly_with_torch_flop_counter(name):
     }
 
 
+def test_a_pool_after_a_residual_sum_moves_its_input_output_and_indices_only():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(2)
+
+        def forward(self, x):
+            return self.pool(self.conv(x) + x)  # the pool's input comes from no layer
+
+    pool = layer_costs(Block(), (1, 4, 8, 8), device_kind="cpu")[1]
+    x, y = 4 * 8 * 8 * 4, 4 * 4 * 4 * 4
+    assert pool.fwd_bytes == x + y + 4 * 4 * 4 * 8  # the int64 indices, and the input read once
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("channels", [1, 3])
 def test_saved_activation_bytes_agree_with_what_autograd_saves(name, channels):
