@@ -764,8 +764,9 @@ def _break_outcome(grp: Group, bacc, seeds: int) -> str:
     if grp.failed:
         where = grp.failed[0].split(";")[0]  # "epoch 3: loss became nan by step 21"
         rest = f", the others end at {s.format()}" if s is not None else ""
-        # Every seed diverging is a broken recipe; some of them, a rate at the edge of stability.
-        word = "breaks" if len(grp.failed) >= seeds else "unstable"
+        # Every seed diverging, or the rest left at chance, is a broken recipe; some seeds diverging
+        # while the others learn, a rate at the edge of stability.
+        word = "breaks" if len(grp.failed) >= seeds or (s is not None and s.mean < 0.2) else "unstable"
         return f"**{word}**: {len(grp.failed)} of {seeds} seeds diverged ({where}){rest}"
     if s is None:
         return "not measured"

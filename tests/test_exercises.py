@@ -145,3 +145,7 @@ def test_a_change_that_diverges_every_seed_breaks_training_and_some_seeds_is_uns
     nan = "epoch 2: loss became nan by step 3; the last good checkpoint is kept"
     assert _break_outcome(Group(spec, [], [nan, nan], 0.0), None, 2).startswith("**breaks**: 2 of 2 seeds diverged")
     assert _break_outcome(Group(spec, [], [nan], 0.0), None, 2).startswith("**unstable**: 1 of 2 seeds diverged")
+    epochs = spec.config(0, {}).train.epochs
+    at = lambda acc: {"metrics": [{"epoch": e + 1, "val_acc": acc} for e in range(epochs)]}  # noqa: E731
+    assert _break_outcome(Group(spec, [at(0.7)], [nan], 0.0), None, 2).startswith("**unstable**")
+    assert _break_outcome(Group(spec, [at(0.1)], [nan], 0.0), None, 2).startswith("**breaks**")  # the rest at chance
