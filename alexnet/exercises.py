@@ -625,8 +625,8 @@ def _ex4_whole(b, g, figs, rel) -> list[str]:
     c = cols("test acc (last)", "best test acc", "epoch of best", "train acc (last)", "train loss (last)",
              "test loss (last)", "epoch of min test loss", "s per run")
     return [
-        f"- **At 28×28 on {_images(b.whole_train)}**, for {b.whole_epochs} epochs (twice the `cpu` "
-        f"preset's 10), the same recipe, tested on {test}:",
+        f"- **At 28×28 on {_images(b.whole_train)}**, for {b.whole_epochs} epochs (the `cpu` preset "
+        f"trains {PRESETS['cpu'].train.epochs}), the same recipe, tested on {test}:",
         "",
         _table(whole, c), "",
         f"![exercise 4 on the whole training set]({rel}/{f})", "",
