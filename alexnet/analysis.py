@@ -444,8 +444,11 @@ def _saved_tensors(call: Call, in_shape, out_shape, e: int, view: bool,
     layer, in_id, out_id = call.layer, call.in_id, call.out_id
     n_out = _numel(out_shape)
     x, y = _numel(in_shape) * e, n_out * e
+    trained = any(p.requires_grad for p in layer.parameters())
+    if not call.input_needs_grad and not trained:  # a frozen stem: autograd records nothing there
+        return []
     if _kind(layer) in ("conv", "fc"):
-        return [(in_id, x)]
+        return [(in_id, x)] if trained else []  # the input, for the weight gradient
     if isinstance(layer, (nn.ReLU, nn.Sigmoid, nn.Tanh)):
         return [(out_id, y)]
     if isinstance(layer, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
@@ -484,10 +487,11 @@ def _layer_cost(call: Call, label: str, batch: int, e: int, device_kind: str, sa
 
     if kind in ("conv", "fc"):
         bwd_in_flops = fwd_flops if grads_flow else 0  # the same GEMM shapes, transposed
-        bwd_w_flops = fwd_flops
+        trained = any(p.requires_grad for p in layer.parameters())  # a frozen layer has no weight gradient
+        bwd_w_flops = fwd_flops if trained else 0
         fwd_bytes = w + x + y
         bwd_in_bytes = (y + w + x) if grads_flow else 0
-        bwd_w_bytes = y + x + w
+        bwd_w_bytes = (y + x + w) if trained else 0
     elif view:
         bwd_in_flops = bwd_w_flops = fwd_bytes = bwd_in_bytes = bwd_w_bytes = 0
     else:

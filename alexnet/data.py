@@ -505,9 +505,48 @@ class InMemory:
     def __len__(self) -> int:
         return len(self.ds.train)
 
+    def sample(self, n: int) -> torch.Tensor:
+        """The first ``n`` training images as the network sees them, unaugmented: the same on every rank."""
+        return self.transform(self.ds.train.images[:n], train=False)
+
+    def precompute(self, frozen: torch.nn.Module, amp: bool, batch: int = 2000) -> None:
+        """Run every training image, and its mirror image when training flips, through ``frozen``
+        once; ``train`` then yields those outputs, with the same images and flips it would have drawn."""
+        if self.transform.crop_padding:
+            raise ValueError("a random crop changes the image every epoch: nothing to compute once")
+        images = self.ds.train.images
+        plain = Transform(self.transform.resolution, self.transform.mean, self.transform.std,
+                          channels_last=self.transform.channels_last)  # fmt: skip
+        outs = []
+        with torch.no_grad(), torch.autocast(images.device.type, torch.bfloat16, enabled=amp):
+            for mirror in (False, True) if self.transform.flip else (False,):
+                for i in range(0, len(images), batch):
+                    x = plain(images[i : i + batch], train=False)
+                    outs.append(frozen(x.flip(-1) if mirror else x))
+        memory = torch.channels_last if self.transform.channels_last else torch.contiguous_format
+        self.features = torch.cat(outs).contiguous(memory_format=memory)
+
     def train(self, epoch: int, skip: int = 0):
+        if getattr(self, "features", None) is not None:
+            return self._train_features(epoch, skip)
         return loader(self.ds.train, self.transform, self.batch, True, epoch, self.seed, self.rank, self.world,
                       skip=skip)  # fmt: skip
+
+    def _train_features(self, epoch: int, skip: int):
+        """``loader``'s batches, as gathers from the precomputed features: the flip that random_flip
+        would draw for an image picks its mirror's row (N rows further on)."""
+        n = len(self.ds.train)
+        idx = epoch_indices(n, epoch, self.seed, shuffle=True, rank=self.rank, world_size=self.world)
+        idx = idx.to(self.features.device)
+        for i, b in enumerate(batches(idx, self.batch, drop_last=True)):
+            if i < skip:
+                continue
+            rows = b
+            if self.transform.flip:
+                g = batch_generator(self.seed, epoch, i * self.world + self.rank)
+                flip = (torch.rand(len(b), generator=g, device="cpu") < 0.5).to(b.device)
+                rows = b + n * flip.long()
+            yield self.features[rows], self.ds.train.labels[b]
 
     def val(self):
         return loader(self.test, self.transform, self.eval_batch, False)

@@ -147,3 +147,82 @@ def test_speedrun_benchmark_summarises_seeds_as_mean_std_min_and_time():
     assert s["mean"] == pytest.approx(0.93) and s["std"] == pytest.approx(0.01) and s["min"] == 0.92
     assert s["train_eval_s"] == pytest.approx(57.0) and s["max_train_eval_s"] == 59.0
     assert "`alexnet train --preset speedrun`, seeds 0,1,2" in bench.report(s, runs, "machine")
+
+
+def test_whitening_conv_makes_the_patches_uncorrelated_with_unit_variance():
+    from alexnet.models import WhiteningConv
+
+    torch.manual_seed(0)
+    images = torch.nn.functional.avg_pool2d(torch.randn(64, 1, 30, 30), 3, stride=1)  # neighbours correlated
+    conv = WhiteningConv(1, eps=0.0)
+    assert not conv.fitted and not conv.weight.requires_grad
+    conv.fit(images)
+    assert conv.fitted and conv.out_channels == 18
+    x = torch.cat([images, images.flip(-1)])
+    out = torch.nn.functional.conv2d(x, conv.weight[:9])[..., 1:-1, 1:-1]  # the + half, valid positions only
+    z = out.permute(1, 0, 2, 3).reshape(9, -1)
+    cov = torch.cov(z)
+    assert torch.allclose(cov, torch.eye(9), atol=0.05)
+    assert torch.equal(conv.weight[9:], -conv.weight[:9])  # both signs: the ReLU after it loses nothing
+
+
+def test_speednet_white_trains_nothing_in_its_frozen_stem_and_counts_no_gradient_for_it():
+    model = build_model("speednet-white")
+    stem = model[0]
+    assert all(not p.requires_grad for p in stem.parameters())
+    x = torch.zeros(8, 1, 28, 28)
+    meta = build_model("speednet-white").to("meta")
+    with FlopCounterMode(display=False) as counter:
+        meta(x.to("meta")).sum().backward()
+    assert training_flops(meta, tuple(x.shape)) == counter.get_total_flops()
+    costs = layer_costs(meta, tuple(x.shape))
+    assert costs[0].bwd_flops == 0 and costs[0].fwd_flops > 0
+
+
+def test_computing_the_frozen_stem_once_per_image_trains_exactly_as_running_it_every_step(idx_dir, tmp_path,
+                                                                                       monkeypatch):
+    from alexnet import data as D
+    from alexnet.config import PRESETS
+    from alexnet.train import fit
+
+    cfg = PRESETS["speedrun"].replace(model="speednet-white", dataset="mnist", data_dir=str(idx_dir), epochs=2,
+                                      batch_size=16, log_every=2, amp="off")
+    cached = fit(cfg, tmp_path / "cached", progress=False, quiet=True)
+    calls = []
+    monkeypatch.setattr(D.InMemory, "precompute", lambda self, *a, **k: calls.append(1))
+    monkeypatch.setattr("alexnet.train.Frozen", type("NotFrozen", (), {}))  # the stem runs in every step
+    live = fit(cfg, tmp_path / "live", progress=False, quiet=True)
+    assert calls == []
+    a = torch.load(tmp_path / "cached" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "live" / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and bool(a["0.0.fitted"])
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4), k
+    assert cached.final["val_acc"] == pytest.approx(live.final["val_acc"], abs=0.04)
+
+
+def test_precomputed_batches_are_the_frozen_layers_output_for_the_drawn_images_and_flips(idx_dir):
+    from alexnet import data as D
+    from alexnet.config import PRESETS
+
+    cfg = PRESETS["speedrun"].replace(dataset="mnist", data_dir=str(idx_dir), batch_size=16)
+    live = D.InMemory(cfg, torch.device("cpu"), 16, 16)
+    cached = D.InMemory(cfg, torch.device("cpu"), 16, 16)
+    frozen = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2))
+    cached.precompute(frozen, amp=False)
+    with torch.no_grad():
+        for (x, y), (f, yc) in zip(live.train(epoch=1), cached.train(epoch=1), strict=True):
+            assert torch.equal(y, yc)
+            assert torch.allclose(frozen(x), f, atol=1e-6)
+
+
+def test_speednet_white_needs_an_in_memory_dataset(tmp_path):
+    from alexnet.config import PRESETS
+    from alexnet.train import TrainingError, fit
+    from tests.test_imagenet import make_image_folder
+
+    root = make_image_folder(tmp_path / "folder", per_class=(2, 1), corrupt=False)
+    cfg = PRESETS["speedrun"].replace(model="speednet-white", dataset="imagefolder", data_dir=str(root), workers=0)
+    with pytest.raises(TrainingError, match="in-memory dataset"):
+        fit(cfg, tmp_path / "run", progress=False, quiet=True)
+    assert not (tmp_path / "run").exists()
