@@ -172,9 +172,12 @@ def _normalization(ckpt: dict, cfg: Config):
 
 def cmd_summary(args) -> int:
     from .analysis import InputTooSmall, format_summary, parse_shape, summary
+    from .models import get_spec
 
     try:
-        rows = summary(args.model, parse_shape(args.input), num_classes=args.num_classes)
+        side = get_spec(args.model).resolution
+        shape = parse_shape(args.input) if args.input else (1, 1, side, side)
+        rows = summary(args.model, shape, num_classes=args.num_classes)
     except InputTooSmall:
         raise
     except ValueError as e:  # a malformed --input
@@ -381,7 +384,7 @@ def _add_predict(sub) -> None:
 def _add_summary(sub) -> None:
     s = sub.add_parser("summary", help="layer-by-layer output shape, parameters and FLOPs")
     s.add_argument("--model", default="alexnet")
-    s.add_argument("--input", default="1,1,224,224", help="N,C,H,W (or C,H,W)")
+    s.add_argument("--input", help="N,C,H,W (or C,H,W); default: one 1-channel image at the model's resolution")
     s.add_argument("--num-classes", type=int, default=10)
     s.set_defaults(func=cmd_summary)
 

@@ -75,6 +75,12 @@ def test_summary_prints_the_chapter_shapes(tmp_path):
         assert shape in r.stdout
 
 
+def test_summary_takes_the_models_own_resolution_by_default(tmp_path):
+    r = alexnet("summary", "--model", "speednet-white", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "1x18x28x28" in r.stdout and "1x96x3x3" in r.stdout
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
