@@ -509,22 +509,28 @@ class InMemory:
         """The first ``n`` training images as the network sees them, unaugmented: the same on every rank."""
         return self.transform(self.ds.train.images[:n], train=False)
 
-    def precompute(self, frozen: torch.nn.Module, amp: bool, batch: int = 2000) -> None:
+    def precompute(self, frozen: torch.nn.Module, amp: bool, batch: int = 256) -> None:
         """Run every training image, and its mirror image when training flips, through ``frozen``
-        once; ``train`` then yields those outputs, with the same images and flips it would have drawn."""
+        once; ``train`` then yields those outputs, with the same images and flips it would have drawn.
+        In batches of 256: the stem's 28×28 maps stay in cache on their way to the pool."""
         if self.transform.crop_padding:
             raise ValueError("a random crop changes the image every epoch: nothing to compute once")
         images = self.ds.train.images
         plain = Transform(self.transform.resolution, self.transform.mean, self.transform.std,
                           channels_last=self.transform.channels_last)  # fmt: skip
-        outs = []
+        views = (False, True) if self.transform.flip else (False,)
+        self.features = None
         with torch.no_grad(), torch.autocast(images.device.type, torch.bfloat16, enabled=amp):
-            for mirror in (False, True) if self.transform.flip else (False,):
+            for v, mirror in enumerate(views):
                 for i in range(0, len(images), batch):
                     x = plain(images[i : i + batch], train=False)
-                    outs.append(frozen(x.flip(-1) if mirror else x))
-        memory = torch.channels_last if self.transform.channels_last else torch.contiguous_format
-        self.features = torch.cat(outs).contiguous(memory_format=memory)
+                    out = frozen(x.flip(-1) if mirror else x)
+                    if self.features is None:
+                        memory = torch.channels_last if self.transform.channels_last else torch.contiguous_format
+                        self.features = torch.empty((len(views) * len(images), *out.shape[1:]), dtype=out.dtype,
+                                                    device=out.device).contiguous(memory_format=memory)  # fmt: skip
+                    start = v * len(images) + i
+                    self.features[start : start + len(out)] = out
 
     def train(self, epoch: int, skip: int = 0):
         if getattr(self, "features", None) is not None:

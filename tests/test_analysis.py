@@ -47,15 +47,13 @@ def _leaves_in_order(model, x) -> list:
 def _counted(model, x):
     """FLOPs of forward and backward per layer index, as torch.utils.flop_counter counts them."""
     names = _leaf_order(model, x)
-    leaves = dict(zip(names, _leaves_in_order(model, x)))
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
     fwd, bwd = {}, {}
     for name, ops in counter.get_flop_counts().items():
         if name in names:
             for op, n in ops.items():
-                # A linear layer's forward is addmm, its gradients mm; the whitening conv's forward is an mm.
-                backward = "backward" in str(op) or (str(op) == "aten.mm" and isinstance(leaves[name], nn.Linear))
+                backward = "backward" in str(op) or str(op) == "aten.mm"  # linear's forward is addmm
                 side = bwd if backward else fwd
                 side[names[name]] = side.get(names[name], 0) + n
     return fwd, bwd

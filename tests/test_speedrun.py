@@ -71,10 +71,10 @@ def test_peak_is_at_least_what_the_networks_own_dominant_conv_reaches():
 # The recipe in the trainer: presets, one-cycle schedule, evaluation at the end, flip TTA, holdout
 
 
-def test_speedrun_presets_train_speednet_and_evaluate_once_with_flip_tta():
+def test_speedrun_presets_train_a_speednet_and_evaluate_once_with_flip_tta():
     from alexnet.config import PRESETS
 
-    for name, model in (("speedrun", "speednet"), ("speedrun-long", "speednet-wide")):
+    for name, model in (("speedrun", "speednet-white"), ("speedrun-long", "speednet-wide")):
         cfg = PRESETS[name]
         assert cfg.train.model == model and cfg.train.evaluate == "end" and cfg.data.flip_tta
         assert cfg.train.schedule == "linear" and cfg.data.crop_padding == 0 and cfg.data.holdout == 0
@@ -226,3 +226,17 @@ def test_speednet_white_needs_an_in_memory_dataset(tmp_path):
     with pytest.raises(TrainingError, match="in-memory dataset"):
         fit(cfg, tmp_path / "run", progress=False, quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_pairwise_max_pool_gives_max_pool2ds_values_and_gradient():
+    from alexnet.models import MaxPool2x2
+
+    x = torch.randn(4, 6, 8, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(MaxPool2x2()(x), nn.functional.max_pool2d(x, 2))
+        assert torch.equal(MaxPool2x2()(x.bfloat16()), nn.functional.max_pool2d(x.bfloat16(), 2))
+    x.requires_grad_()
+    MaxPool2x2()(x).sum().backward()  # with a gradient it is max_pool2d itself
+    ref = x.detach().clone().requires_grad_()
+    nn.functional.max_pool2d(ref, 2).sum().backward()
+    assert torch.equal(x.grad, ref.grad)
