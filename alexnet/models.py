@@ -403,13 +403,20 @@ def speednet(in_channels: int = 1, num_classes: int = 10, widths: tuple[int, int
     w1, w2, w3 = widths
     return nn.Sequential(
         conv_bn(in_channels, w1, pool=True),  # (B, 24, 28, 28) -> (B, 24, 14, 14)
+        *_speednet_rest(w1, w2, w3, num_classes),
+    )
+
+
+def _speednet_rest(w1: int, w2: int, w3: int, num_classes: int) -> list[nn.Module]:
+    """Everything after the first stage, from its 14×14 maps (shapes at 24-48-96)."""
+    return [
         conv_bn(w1, w2, pool=True),  # (B, 48, 14, 14) -> (B, 48, 7, 7)
         Residual(w2),  # (B, 48, 7, 7)
         conv_bn(w2, w3, pool=True),  # (B, 96, 7, 7) -> (B, 96, 3, 3)
         nn.AdaptiveMaxPool2d(1),  # (B, 96, 1, 1)
         nn.Flatten(),  # (B, 96)
         nn.Linear(w3, num_classes),
-    )
+    ]
 
 
 class WhiteningConv(nn.Conv2d):
@@ -477,12 +484,7 @@ def speednet_white(in_channels: int = 1, num_classes: int = 10, widths: tuple[in
     w1 = white.out_channels
     return nn.Sequential(
         Frozen(white, MaxPool2x2(), nn.ReLU()),  # (B, 18, 28, 28) -> (B, 18, 14, 14), once per image
-        conv_bn(w1, w2, pool=True),  # (B, 48, 14, 14) -> (B, 48, 7, 7)
-        Residual(w2),  # (B, 48, 7, 7)
-        conv_bn(w2, w3, pool=True),  # (B, 96, 7, 7) -> (B, 96, 3, 3)
-        nn.AdaptiveMaxPool2d(1),  # (B, 96, 1, 1)
-        nn.Flatten(),  # (B, 96)
-        nn.Linear(w3, num_classes),
+        *_speednet_rest(w1, w2, w3, num_classes),
     )
 
 
