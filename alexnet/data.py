@@ -480,6 +480,7 @@ class InMemory:
     """
 
     skipped = 0  # nothing here can fail to decode
+    features: torch.Tensor | None = None  # the frozen layers' outputs, once precompute has run
 
     def __init__(self, cfg: Config, device, batch: int, eval_batch: int, rank: int = 0, world: int = 1):
         ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, device=device)
@@ -533,7 +534,7 @@ class InMemory:
                     self.features[start : start + len(out)] = out
 
     def train(self, epoch: int, skip: int = 0):
-        if getattr(self, "features", None) is not None:
+        if self.features is not None:
             return self._train_features(epoch, skip)
         return loader(self.ds.train, self.transform, self.batch, True, epoch, self.seed, self.rank, self.world,
                       skip=skip)  # fmt: skip

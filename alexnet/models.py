@@ -520,7 +520,7 @@ MODELS: dict[str, ModelSpec] = {
     "alexnet2012": ModelSpec(alexnet2012, 227, "the 2012 paper's two-stream net: groups=2, LRN, 224/227 input",
                              init=init_paper),
     "alexnet-owt": ModelSpec(alexnet_owt, 224, "one-weird-trick single stream, torchvision checkpoint layout"),
-    "speednet": ModelSpec(speednet, 28, "batch-norm conv-pool net with a residual block, 28x28 (the speedrun)",
+    "speednet": ModelSpec(speednet, 28, "batch-norm conv-pool net with a residual block, 28x28",
                           init=init_default),
     "speednet-white": ModelSpec(speednet_white, 28, "speednet with a frozen whitening first conv, computed "
                                 "once per image (the speedrun)", init=init_default),
