@@ -240,3 +240,23 @@ def test_pairwise_max_pool_gives_max_pool2ds_values_and_gradient():
     ref = x.detach().clone().requires_grad_()
     nn.functional.max_pool2d(ref, 2).sum().backward()
     assert torch.equal(x.grad, ref.grad)
+
+
+def test_a_resumed_run_keeps_the_whitening_filters_of_its_checkpoint(idx_dir, tmp_path, monkeypatch):
+    from alexnet.config import PRESETS
+    from alexnet.models import WhiteningConv
+    from alexnet.train import fit
+
+    cfg = PRESETS["speedrun"].replace(model="speednet-white", dataset="mnist", data_dir=str(idx_dir), epochs=1,
+                                      batch_size=16)
+    fit(cfg, tmp_path / "run", progress=False, quiet=True)
+    before = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]["0.0.weight"]
+
+    def refit(self, images):
+        raise AssertionError("a resumed run fitted its whitening filters again")
+
+    monkeypatch.setattr(WhiteningConv, "fit", refit)
+    result = fit(cfg, tmp_path / "run", resume=True, overrides={"epochs": 2}, progress=False, quiet=True)
+    assert result.final["epoch"] == 2
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]["0.0.weight"]
+    assert torch.equal(before, after)
