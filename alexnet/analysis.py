@@ -437,6 +437,10 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "fp
             for call, label in zip(calls, labels)]  # fmt: skip
 
 
+def _trained(layer: nn.Module) -> bool:
+    return any(p.requires_grad for p in layer.parameters())
+
+
 def _saved_tensors(call: Call, in_shape, out_shape, e: int, view: bool,
                    device_kind: str) -> list[tuple[object, int]]:  # fmt: skip
     """What autograd keeps for one layer's backward, as (tensor name, bytes), by the rules in the
@@ -444,7 +448,7 @@ def _saved_tensors(call: Call, in_shape, out_shape, e: int, view: bool,
     layer, in_id, out_id = call.layer, call.in_id, call.out_id
     n_out = _numel(out_shape)
     x, y = _numel(in_shape) * e, n_out * e
-    trained = any(p.requires_grad for p in layer.parameters())
+    trained = _trained(layer)
     if not call.input_needs_grad and not trained:  # a frozen stem: autograd records nothing there
         return []
     if _kind(layer) in ("conv", "fc"):
@@ -487,7 +491,7 @@ def _layer_cost(call: Call, label: str, batch: int, e: int, device_kind: str, sa
 
     if kind in ("conv", "fc"):
         bwd_in_flops = fwd_flops if grads_flow else 0  # the same GEMM shapes, transposed
-        trained = any(p.requires_grad for p in layer.parameters())  # a frozen layer has no weight gradient
+        trained = _trained(layer)  # a frozen layer has no weight gradient
         bwd_w_flops = fwd_flops if trained else 0
         fwd_bytes = w + x + y
         bwd_in_bytes = (y + w + x) if grads_flow else 0

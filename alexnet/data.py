@@ -398,9 +398,14 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
     return padded[batch, chan, rows, cols]
 
 
+def flip_draws(n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Which of a batch's ``n`` images to mirror: one draw each, on the CPU (resumable anywhere)."""
+    return (torch.rand(n, generator=generator, device="cpu") < 0.5).to(device)
+
+
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
-    flip = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) < 0.5
+    flip = flip_draws(x.shape[0], x.device, generator)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -551,8 +556,7 @@ class InMemory:
             rows = b
             if self.transform.flip:
                 g = batch_generator(self.seed, epoch, i * self.world + self.rank)
-                flip = (torch.rand(len(b), generator=g, device="cpu") < 0.5).to(b.device)
-                rows = b + n * flip.long()
+                rows = b + n * flip_draws(len(b), b.device, g).long()
             yield self.features[rows], self.ds.train.labels[b]
 
     def val(self):
