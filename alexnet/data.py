@@ -477,6 +477,12 @@ def make_transform(cfg: Config, name: str, device: torch.device) -> Transform:
                      channels_last=cfg.system.channels_last and device.type != "mps")  # fmt: skip
 
 
+class CacheTooLarge(MemoryError):
+    def __init__(self, need: int, free: int):
+        super().__init__(f"the frozen layers' outputs would take {need / 1e9:.2f} GB of the {free / 1e9:.2f} GB free")
+        self.need, self.free = need, free
+
+
 class InMemory:
     """The chapter's datasets: uint8 on the device, a batch is a gather by indices.
 
@@ -515,10 +521,14 @@ class InMemory:
         """The first ``n`` training images as the network sees them, unaugmented: the same on every rank."""
         return self.transform(self.ds.train.images[:n], train=False)
 
-    def precompute(self, frozen: torch.nn.Module, amp: bool, batch: int = 256) -> None:
+    def precompute(self, frozen: torch.nn.Module, amp: bool, batch: int = 256, free: int | None = None) -> int:
         """Run every training image, and its mirror image when training flips, through ``frozen``
         once; ``train`` then yields those outputs, with the same images and flips it would have drawn.
-        In batches of 256: the stem's 28×28 maps stay in cache on their way to the pool."""
+        In batches of 256: the stem's 28×28 maps stay in cache on their way to the pool.
+
+        Returns the cache's size in bytes. Where ``free`` bytes are known and the cache would take
+        more than half of them, nothing is kept and ``CacheTooLarge`` says why: the caller then
+        runs ``frozen`` in every step instead (slower, the same result)."""
         if self.transform.crop_padding:
             raise ValueError("a random crop changes the image every epoch: nothing to compute once")
         images = self.ds.train.images
@@ -532,11 +542,15 @@ class InMemory:
                     x = plain(images[i : i + batch], train=False)
                     out = frozen(x.flip(-1) if mirror else x)
                     if self.features is None:
+                        need = len(views) * len(images) * out[0].numel() * out.element_size()
+                        if free is not None and need > free // 2:  # half: the step and the OS need the rest
+                            raise CacheTooLarge(need, free)
                         memory = torch.channels_last if self.transform.channels_last else torch.contiguous_format
                         self.features = torch.empty((len(views) * len(images), *out.shape[1:]), dtype=out.dtype,
                                                     device=out.device).contiguous(memory_format=memory)  # fmt: skip
                     start = v * len(images) + i
                     self.features[start : start + len(out)] = out
+        return self.features.numel() * self.features.element_size()
 
     def train(self, epoch: int, skip: int = 0):
         if self.features is not None:

@@ -84,6 +84,25 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device``: the GPU's free memory, or the host's
+    MemAvailable (what Linux can hand out without swapping); None where neither can be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"

@@ -33,8 +33,8 @@ from . import data as D
 from . import imagenet as I
 from .analysis import InputTooSmall, trace
 from .config import RESUMABLE, Config, ConfigError, Schedule
-from .device import (CompiledOrEager, autocast, bf16_autocast, channels_last_on, describe, init_distributed,
-                     reduce_means, select_device, use_compile)  # fmt: skip
+from .device import (CompiledOrEager, autocast, bf16_autocast, channels_last_on, describe, free_memory,
+                     init_distributed, reduce_means, select_device, use_compile)  # fmt: skip
 from .models import Frozen, TwoTowers, WhiteningConv, build_model
 from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, load_weights, say, warn
 
@@ -505,7 +505,12 @@ class Session:
         model = self.model
         if (isinstance(model, nn.Sequential) and isinstance(model[0], Frozen) and isinstance(self.data, D.InMemory)
                 and self.world == 1 and not self.cfg.data.crop_padding):  # fmt: skip
-            self.data.precompute(model[0], amp=self.cfg.system.amp == "bf16")
+            try:
+                self.data.precompute(model[0], amp=self.cfg.system.amp == "bf16", free=free_memory(self.device))
+            except D.CacheTooLarge as e:
+                if self.main:
+                    warn(f"{e}: computing them in every step instead (slower, the same result)")
+                return
             self.train_net = CompiledOrEager(model[1:], self.cfg.system.compile == "on")
 
     def train_epoch(self, epoch: int) -> dict:

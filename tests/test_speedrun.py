@@ -1,6 +1,8 @@
 """The speedrun (docs/speedrun.md): its network, the analysis of networks that are not a plain
 ``nn.Sequential``, and MFU figures whose peak no layer of the network can beat."""
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -199,6 +201,36 @@ def test_computing_the_frozen_stem_once_per_image_trains_exactly_as_running_it_e
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4), k
     assert cached.final["val_acc"] == pytest.approx(live.final["val_acc"], abs=0.04)
+
+
+def test_a_stem_cache_that_would_not_fit_in_memory_is_not_made_and_the_run_trains_the_same(idx_dir, tmp_path,
+                                                                                          monkeypatch, capsys):
+    from alexnet import data as D
+    from alexnet.config import PRESETS
+    from alexnet.train import fit
+
+    cfg = PRESETS["speedrun"].replace(dataset="mnist", data_dir=str(idx_dir), epochs=1, batch_size=16, amp="off")
+    cached = fit(cfg, tmp_path / "cached", progress=False, quiet=True)
+    made = []
+    real = D.InMemory.precompute
+    monkeypatch.setattr(D.InMemory, "precompute", lambda self, *a, **k: made.append(real(self, *a, **k)))
+    monkeypatch.setattr("alexnet.train.free_memory", lambda device: 10_000)  # 10 kB free
+    tight = fit(cfg, tmp_path / "tight", progress=False, quiet=True)
+    assert made == []  # it raised before keeping anything
+    err = capsys.readouterr().err
+    assert "GB of the 0.00 GB free: computing them in every step instead" in err and "Traceback" not in err
+    a = torch.load(tmp_path / "cached" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "tight" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4), k
+    assert tight.final["val_acc"] == pytest.approx(cached.final["val_acc"], abs=0.04)
+
+
+def test_free_memory_reads_the_hosts_available_memory():
+    from alexnet.device import free_memory
+
+    free = free_memory(torch.device("cpu"))
+    assert free is None or 0 < free <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def test_precomputed_batches_are_the_frozen_layers_output_for_the_drawn_images_and_flips(idx_dir):
