@@ -76,7 +76,7 @@ def test_peak_is_at_least_what_the_networks_own_dominant_conv_reaches():
 def test_speedrun_presets_train_a_speednet_and_evaluate_once_with_flip_tta():
     from alexnet.config import PRESETS
 
-    for name, model in (("speedrun", "speednet-white"), ("speedrun-long", "speednet-wide")):
+    for name, model in (("speedrun", "speednet-white"), ("speedrun-long", "speednet-white-2x")):
         cfg = PRESETS[name]
         assert cfg.train.model == model and cfg.train.evaluate == "end" and cfg.data.flip_tta
         assert cfg.train.schedule == "linear" and cfg.data.crop_padding == 0 and cfg.data.holdout == 0
