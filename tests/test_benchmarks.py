@@ -72,3 +72,26 @@ def test_compile_pays_only_when_the_run_is_long_enough(pipeline):
     assert not pipeline.compile_verdict(60.0, 1.0, 0.75, 200)["pays"]
     slower = pipeline.compile_verdict(60.0, 1.0, 1.1, 10**6)
     assert slower["break_even_steps"] is None and not slower["pays"]
+
+
+def test_step_benchmark_times_the_trained_part_on_each_thread_count_with_mfu_under_one(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_steps", ROOT / "benchmarks" / "steps.py")
+    steps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steps)
+    from alexnet.analysis import training_flops
+    from alexnet.models import build_model
+
+    result = steps.main(["--models", "speednet-white,speednet", "--batch-size", "4", "--threads", "1,2",
+                         "--block", "2", "--rounds", "1", "--out", str(tmp_path)])  # fmt: skip
+    rows = result["rows"]
+    assert [(r["model"], r["threads"]) for r in rows] == [(m, t) for m in ("speednet-white", "speednet") for t in (1, 2)]
+    for r in rows:
+        for key in ("step_ms", "images_per_s", "gflop_per_s", "peak_gflop_per_s"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["model"], key)
+        assert 0 < r["mfu"] < 1
+    # After the frozen stem only the rest trains: its FLOPs, on the stem's 18 maps of 14x14.
+    white = build_model("speednet-white")
+    assert rows[0]["gflop_per_step"] * 1e9 == pytest.approx(training_flops(white[1:], (4, 18, 14, 14)), rel=1e-9)
+    assert rows[2]["gflop_per_step"] * 1e9 == pytest.approx(training_flops(build_model("speednet"), (4, 1, 28, 28)),
+                                                           rel=1e-9)
+    assert (tmp_path / "results.md").read_text().count("| speednet") == 4
