@@ -496,7 +496,7 @@ def speednet_white_wide(in_channels: int = 1, num_classes: int = 10) -> nn.Seque
 def speednet_white_2x(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
     """``speednet-white`` at twice its widths, 96-192 after the stem: the 5-minute speedrun's network.
     Wider convs are larger GEMMs, which a CPU runs closer to its peak: on the 2-core Xeon with AMX
-    (docs/speedrun.md) its step takes 2.4x speednet-white's time for 3.6x the arithmetic."""
+    (docs/speedrun.md) its step takes 2.4-2.6x speednet-white's time for 3.6x the arithmetic."""
     return speednet_white(in_channels, num_classes, widths=(96, 192))
 
 
