@@ -521,14 +521,14 @@ class InMemory:
         """The first ``n`` training images as the network sees them, unaugmented: the same on every rank."""
         return self.transform(self.ds.train.images[:n], train=False)
 
-    def precompute(self, frozen: torch.nn.Module, amp: bool, batch: int = 256, free: int | None = None) -> int:
+    def precompute(self, frozen: torch.nn.Module, amp: bool, batch: int = 256, free: int | None = None) -> None:
         """Run every training image, and its mirror image when training flips, through ``frozen``
         once; ``train`` then yields those outputs, with the same images and flips it would have drawn.
         In batches of 256: the stem's 28×28 maps stay in cache on their way to the pool.
 
-        Returns the cache's size in bytes. Where ``free`` bytes are known and the cache would take
-        more than half of them, nothing is kept and ``CacheTooLarge`` says why: the caller then
-        runs ``frozen`` in every step instead (slower, the same result)."""
+        Where ``free`` bytes are known and the cache would take more than half of them, nothing is
+        kept and ``CacheTooLarge`` says why: the caller then runs ``frozen`` in every step instead
+        (slower, the same result)."""
         if self.transform.crop_padding:
             raise ValueError("a random crop changes the image every epoch: nothing to compute once")
         images = self.ds.train.images
@@ -550,7 +550,6 @@ class InMemory:
                                                     device=out.device).contiguous(memory_format=memory)  # fmt: skip
                     start = v * len(images) + i
                     self.features[start : start + len(out)] = out
-        return self.features.numel() * self.features.element_size()
 
     def train(self, epoch: int, skip: int = 0):
         if self.features is not None:
