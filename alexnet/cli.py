@@ -120,10 +120,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     import torch
-    from PIL import Image
 
-    from . import data as D
-    from .imagenet import UNREADABLE, open_rgb
+    from .imagenet import UNREADABLE, checkpoint_input, checkpoint_transform
     from .runs import load_checkpoint, model_from_checkpoint
 
     if args.top_k < 1:
@@ -131,43 +129,22 @@ def cmd_predict(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     model.eval()
-    classes, channels = ckpt["classes"], int(ckpt["in_channels"])
-    native = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32}.get(ckpt["dataset"], int(ckpt["resolution"]))
-    mean, std = _normalization(ckpt, cfg)
-    transform = D.Transform(int(ckpt["resolution"]), mean, std, channels_last=False)
+    classes = ckpt["classes"]
+    transform = checkpoint_transform(ckpt)
     failed = 0
     for path in args.images:
         try:
-            # Every mode (P, RGBA, CMYK, 16-bit, ...) goes to 8-bit RGB the way image folders do
-            # (16-bit is rescaled, not clipped), then to what the network was trained on.
-            img = open_rgb(path).convert("L" if channels == 1 else "RGB").resize((native, native), Image.BILINEAR)
+            x = checkpoint_input(path, ckpt, args.invert)
         except UNREADABLE as e:
             print(f"{path}: cannot read image ({e.__class__.__name__}: {e})", file=sys.stderr)
             failed += 1
             continue
-        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        x = x.view(native, native, -1).permute(2, 0, 1)[None]
-        if args.invert:
-            x = 255 - x
         with torch.inference_mode():
             probs = model(transform(x, train=False)).softmax(1)[0]
         top = probs.topk(min(args.top_k, len(classes)))
         shown = "  ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
         print(f"{path}: {shown}")
     return 1 if failed else 0
-
-
-def _normalization(ckpt: dict, cfg: Config):
-    """The input normalisation the run trained with, as its checkpoint records it."""
-    if not cfg.data.normalize:
-        return None, None
-    if ckpt.get("normalization"):
-        return tuple(ckpt["normalization"][0]), tuple(ckpt["normalization"][1])
-    if ckpt.get("stats"):  # image folders: the run's own colour statistics
-        return tuple(ckpt["stats"]["mean"]), tuple(ckpt["stats"]["std"])
-    from .data import STATS
-
-    return STATS.get(ckpt["dataset"], (None, None))
 
 
 def cmd_summary(args) -> int:
@@ -215,15 +192,11 @@ def cmd_filters(args) -> int:
 
 
 def _input_image(spec: str, ckpt: dict, cfg: Config):
-    """IMAGE as the network sees it, (1, C, H, W): an image file (resized to the dataset's native side,
-    as predict does) or ``test:N``, the N-th test image of the run's own dataset. Returns (x, label)."""
-    import torch
-    from PIL import Image
-
+    """IMAGE as the network sees it, (1, C, H, W): an image file (converted as predict does) or
+    ``test:N``, the N-th test image of the run's own dataset. Returns (x, label)."""
     from . import data as D
-    from .imagenet import UNREADABLE, open_rgb
+    from .imagenet import UNREADABLE, checkpoint_input, checkpoint_transform
 
-    channels, res = int(ckpt["in_channels"]), int(ckpt["resolution"])
     if spec.startswith("test:"):
         try:
             n = int(spec[5:])
@@ -236,15 +209,12 @@ def _input_image(spec: str, ckpt: dict, cfg: Config):
             raise ConfigError(f"{spec}: the test set has {len(ds.test)} images (0 to {len(ds.test) - 1})")
         x, label = ds.test.images[n : n + 1], ds.classes[int(ds.test.labels[n])]
     else:
-        native = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32}.get(ckpt["dataset"], res)
         try:
-            img = open_rgb(spec).convert("L" if channels == 1 else "RGB").resize((native, native), Image.BILINEAR)
+            x = checkpoint_input(spec, ckpt)
         except UNREADABLE as e:  # FileNotFoundError is an OSError
             raise ConfigError(f"{spec}: cannot read image ({e.__class__.__name__}: {e})") from None
-        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(native, native, -1).permute(2, 0, 1)[None]
         label = Path(spec).name
-    mean, std = _normalization(ckpt, cfg)
-    return D.Transform(res, mean, std, channels_last=False)(x, train=False), label
+    return checkpoint_transform(ckpt)(x, train=False), label
 
 
 def cmd_activations(args) -> int:

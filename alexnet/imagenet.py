@@ -186,6 +186,39 @@ def open_rgb(path: str, shorter: int | None = None) -> Image.Image:
             raise Image.DecompressionBombError(str(e)) from None
 
 
+# The chapter's datasets are stored at this side; an image given to a trained network (predict,
+# activations, serve) is first shrunk to it, as the training images were, then resized as they are.
+NATIVE_SIDE = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32}
+
+
+def checkpoint_input(source, ckpt: dict, invert: bool = False) -> torch.Tensor:
+    """An image file (a path or a binary file object) of any size and mode as uint8 (1, C, side, side)
+    for a checkpoint's network: 8-bit RGB as image folders do (16-bit rescaled, not clipped), grey for a
+    1-channel network, at its dataset's native side; ``invert`` flips the grey levels (Fashion-MNIST
+    items are light on black, photos usually dark on light). Raises one of UNREADABLE."""
+    channels = int(ckpt["in_channels"])
+    side = NATIVE_SIDE.get(ckpt["dataset"], int(ckpt["resolution"]))
+    img = open_rgb(source).convert("L" if channels == 1 else "RGB").resize((side, side), Image.BILINEAR)
+    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(side, side, -1).permute(2, 0, 1)[None]
+    return 255 - x if invert else x
+
+
+def checkpoint_transform(ckpt: dict):
+    """The evaluation transform a checkpoint's run used: its resolution and input normalisation."""
+    from .data import STATS, Transform
+
+    mean = std = None
+    if not ckpt["cfg"].data.normalize:
+        pass  # the chapter's plain [0, 1] pixels
+    elif ckpt.get("normalization"):
+        mean, std = tuple(ckpt["normalization"][0]), tuple(ckpt["normalization"][1])
+    elif ckpt.get("stats"):  # image folders: the run's own colour statistics
+        mean, std = tuple(ckpt["stats"]["mean"]), tuple(ckpt["stats"]["std"])
+    else:
+        mean, std = STATS.get(ckpt["dataset"], (None, None))
+    return Transform(int(ckpt["resolution"]), mean, std, channels_last=False)
+
+
 def resize_shorter(im: Image.Image, side: int) -> Image.Image:
     w, h = im.size
     if min(w, h) == side:
