@@ -440,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_compare, _add_filters, _add_activations,
                 _add_exercises, _add_models, _add_analyze, _add_bench):  # fmt: skip
         add(sub)
+    from .serve import add_parser as _add_serve  # its own module: the web app's imports load only when served
+
+    _add_serve(sub)
     return p
 
 

@@ -313,6 +313,28 @@ class RunDir:
         return repaired
 
 
+def live_holder(path: str | os.PathLike) -> str | None:
+    """Who holds a run's lock ("pid N on HOST, since ..."), or None when no live process does. Read,
+    not probed with flock: taking the lock even for an instant could make a run starting at that
+    moment fail with "in use". A killed holder leaves its line behind, so the pid is checked (on this
+    host; a run on another host sharing the folder is taken at its word)."""
+    try:
+        who = (Path(path) / ".lock").read_text(errors="replace").strip()
+    except OSError:
+        return None
+    parts = who.split()
+    if len(parts) < 4 or parts[0] != "pid" or not parts[1].isdigit():
+        return None
+    if parts[3].rstrip(",") == socket.gethostname():
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, another user's
+    return who
+
+
 def _mkdir(path: Path, exist_ok: bool) -> None:
     try:
         path.mkdir(parents=True, exist_ok=exist_ok)
