@@ -437,8 +437,10 @@ def _add_bench(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from .report import add_report_parser
+
     for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_compare, _add_filters, _add_activations,
-                _add_exercises, _add_models, _add_analyze, _add_bench):  # fmt: skip
+                _add_exercises, _add_models, _add_analyze, _add_bench, add_report_parser):  # fmt: skip
         add(sub)
     from .serve import add_parser as _add_serve  # its own module: the web app's imports load only when served
 

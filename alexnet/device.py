@@ -111,6 +111,19 @@ def describe(device: torch.device) -> str:
     return str(device)
 
 
+def machine(device: torch.device) -> dict:
+    """What a run trained on, for its checkpoint and report: the device as ``describe`` says it, the
+    CPU's model name and core count, the torch version."""
+    cpu = ""
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")  # fmt: skip
+    except OSError:
+        pass
+    return {"device": describe(device), "cpu": cpu or os.uname().machine, "cpu_count": os.cpu_count(),
+            "bf16_units": cpu_has_native_bf16(), "torch": str(torch.__version__)}  # fmt: skip
+
+
 class CompiledOrEager(nn.Module):
     """``torch.compile`` the model, and fall back to eager if compilation fails on first use.
 

@@ -34,7 +34,7 @@ from . import imagenet as I
 from .analysis import InputTooSmall, trace
 from .config import RESUMABLE, Config, ConfigError, Schedule
 from .device import (CompiledOrEager, autocast, bf16_autocast, channels_last_on, describe, free_memory,
-                     init_distributed, reduce_means, select_device, use_compile)  # fmt: skip
+                     init_distributed, machine, reduce_means, select_device, use_compile)  # fmt: skip
 from .models import Frozen, TwoTowers, WhiteningConv, build_model
 from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, load_weights, say, warn
 
@@ -607,7 +607,7 @@ class Session:
             "best_epoch": best_epoch_of(pos.metrics), "changes": pos.changes, "classes": data.classes,
             "dataset": data.name, "in_channels": data.channels, "num_classes": len(data.classes),
             "resolution": data.resolution, "normalization": getattr(data, "normalization", None),
-            "stats": getattr(data, "stats", None), "torch": str(torch.__version__),
+            "stats": getattr(data, "stats", None), "torch": str(torch.__version__), "machine": machine(self.device),
         }  # fmt: skip
 
     def _path(self) -> Path:

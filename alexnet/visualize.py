@@ -151,3 +151,113 @@ def plot_activations(model: nn.Module, x: torch.Tensor, out_dir: str | Path, ste
         written.append({"path": path, "stage": name, "channels": maps.shape[0], "shown": len(top),
                         "rows": rows, "cols": cols})  # fmt: skip
     return written
+
+
+# ---------------------------------------------------------------------------------------------
+# How smooth the kernels are, as a number (the chapter's Figure 8.1.2 left to speak for itself is
+# a Rorschach test: noise with faint structure and smooth blobs can look alike at 11x11 pixels).
+
+LOW_FREQUENCY = 0.25  # cycles per pixel: half the Nyquist frequency, i.e. periods of 4 pixels or longer
+
+
+def _low_mask(kh: int, kw: int, cutoff: float) -> torch.Tensor:
+    """The DFT bins of a kh x kw kernel whose radial frequency is at most ``cutoff`` cycles/pixel."""
+    fy, fx = torch.fft.fftfreq(kh, dtype=torch.float64), torch.fft.fftfreq(kw, dtype=torch.float64)
+    return (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt() <= cutoff + 1e-12
+
+
+def low_frequency_share(weight: torch.Tensor, cutoff: float = LOW_FREQUENCY) -> torch.Tensor:
+    """Per kernel of a conv weight (out, in, kh, kw): the share of its energy (the sum of squared
+    DFT magnitudes over its input channels, which by Parseval is its squared norm) at spatial
+    frequencies of at most ``cutoff`` cycles per pixel. A constant kernel has all of its energy at
+    frequency 0 (share 1); a checkerboard has it at the Nyquist frequency, 1/2 (share 0 on an even
+    side; an odd side leaks a little, under 1 %). White noise, such as a Xavier initialisation,
+    spreads its energy evenly over the bins: its expected share is ``chance_share``. A kernel of
+    zeros has no energy: share 0."""
+    w = weight.detach().double().cpu()
+    power = torch.fft.fft2(w).abs().pow(2).sum(1)  # (out, kh, kw)
+    total = power.flatten(1).sum(1)
+    low = (power * _low_mask(w.shape[-2], w.shape[-1], cutoff)).flatten(1).sum(1)
+    return torch.where(total > 0, low / total.clamp_min(1e-300), torch.zeros_like(total))
+
+
+def chance_share(kh: int, kw: int, cutoff: float = LOW_FREQUENCY) -> float:
+    """The share of white noise (every bin the same expected energy): the fraction of bins that are low."""
+    return float(_low_mask(kh, kw, cutoff).double().mean())
+
+
+def _panel(ax, weight: torch.Tensor, title: str) -> None:
+    image, _, _ = mosaic(filter_cells(weight.detach().cpu().float()))
+    c = image.shape[-1]
+    ax.imshow(image.squeeze(-1).numpy() if c == 1 else image.numpy(), cmap="gray" if c == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest")  # fmt: skip
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+
+
+def filter_panels_figure(panels: list[tuple[str, torch.Tensor]], cutoff: float = LOW_FREQUENCY):
+    """First-layer kernels side by side (say, each run at initialisation and trained), one grid per
+    (title, weight); each title gets the kernels' median low-frequency share. Returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
+    for ax, (title, w) in zip(axes[0], panels):
+        share = low_frequency_share(w, cutoff)
+        _panel(ax, w, f"{title}\nlow-frequency share: median {share.median():.2f} "
+                      f"(IQR {share.quantile(0.25):.2f}-{share.quantile(0.75):.2f})")  # fmt: skip
+    o, c, kh, kw = panels[0][1].shape
+    fig.suptitle(f"first layer: {o} kernels {kh}x{kw}x{c}, each scaled to its own range; low-frequency share = "
+                 f"energy at <= {cutoff:g} cycles/pixel (white noise: {chance_share(kh, kw, cutoff):.2f})", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return fig
+
+
+def class_activations_figure(model: nn.Module, images: torch.Tensor, labels: list[str], maps: int = 16,
+                             cell: int = 128):  # fmt: skip
+    """One row per image (say, one test image per class): the input as the network saw it, then
+    each convolutional stage's ``maps`` strongest feature maps (by mean activation) as a mosaic,
+    each map scaled to its own range. Returns the figure.
+
+    The rows are tiled into one picture (each panel resized to ``cell`` pixels) and drawn on one
+    axes: sixty matplotlib axes take seconds to lay out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    rows = [stage_maps(model, images[i : i + 1]) for i in range(len(images))]
+    gap = max(2, cell // 16)
+
+    def fit(img: torch.Tensor) -> torch.Tensor:  # (h, w, c) in [0, 1] -> (cell, cell, 3), grey made RGB
+        x = img.permute(2, 0, 1)[None]
+        # Enlarge with nearest (pixels stay visible), shrink by averaging (a 224-pixel map keeps its shapes).
+        x = F.interpolate(x, size=(cell, cell), mode="nearest" if x.shape[-1] <= cell else "area")
+        img = x[0].permute(1, 2, 0)
+        return img.expand(-1, -1, 3) if img.shape[-1] == 1 else img
+
+    panels = []
+    for r, stages in enumerate(rows):
+        shown = contrast(images[r : r + 1].detach().float().cpu())[0]
+        row = [fit(shown.permute(1, 2, 0) if shown.shape[0] == 3 else shown[:1].permute(1, 2, 0))]
+        for _, m in stages:
+            row.append(fit(mosaic(contrast(strongest(m, maps)[:, None]), gap=max(1, m.shape[-1] // 14))[0]))
+        panels.append(row)
+    canvas, _, cols = mosaic(torch.stack([p.permute(2, 0, 1) for row in panels for p in row]), cols=len(panels[0]), gap=gap)
+    fig, ax = plt.subplots(figsize=(1.25 * cols + 1.2, 1.25 * len(rows) + 0.7))
+    ax.imshow(canvas.numpy(), interpolation="nearest")
+    ax.set_xticks([(cell + gap) * k + cell / 2 for k in range(cols)],
+                  [f"input {images.shape[-2]}x{images.shape[-1]}"]
+                  + [f"{name.split(' ')[0]}\n{m.shape[0]}x{m.shape[1]}x{m.shape[2]}" for name, m in rows[0]], fontsize=7)  # fmt: skip
+    ax.xaxis.tick_top()
+    ax.set_yticks([(cell + gap) * k + cell / 2 for k in range(len(rows))], labels, fontsize=7)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_xlabel(f"each stage's {maps} strongest maps (mean activation), strongest first; each map scaled to its "
+                  "own range", fontsize=7)  # fmt: skip
+    fig.tight_layout()
+    return fig

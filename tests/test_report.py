@@ -22,3 +22,222 @@ def test_compare_tables_lenet_against_alexnet28(idx_dir, tmp_path, capsys):
 def test_compare_names_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     assert "not a run directory (no last.pt or config.json)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# `alexnet report`: one page per run, or several runs compared
+
+import base64
+import json
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+import torch
+
+from alexnet import report as P
+from alexnet import runs as R
+from alexnet.models import build_model
+from alexnet.visualize import chance_share, first_conv, low_frequency_share
+
+SECTIONS = ["What ran", "Curves", "Per-class accuracy", "Confusion matrix", "Most confused pairs",
+            "First-layer filters", "Activations, one test image per class", "Layers"]  # fmt: skip
+FIGURES = ["curves", "confusion", "misclassified", "filters", "activations"]
+
+
+class Page(HTMLParser):
+    """What a browser would find in the page: headings, images, links, text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.headings, self.images, self.links, self.text, self._in = [], [], [], [], None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("h1", "h2", "h3"):
+            self._in = [tag, ""]
+        if tag == "img":
+            self.images.append(a["src"])
+        if "href" in a or (tag in ("script", "link") and "src" in a):
+            self.links.append(a.get("href") or a.get("src"))
+
+    def handle_endtag(self, tag):
+        if self._in and tag == self._in[0]:
+            self.headings.append((tag, self._in[1]))
+            self._in = None
+
+    def handle_data(self, data):
+        if self._in:
+            self._in[1] += data
+        self.text.append(data)
+
+
+def _tiny_cfg(data_dir, **kw):
+    base = dict(model="alexnet28", dataset="mnist", data_dir=str(data_dir), epochs=2, batch_size=16, lr=0.05,
+                momentum=0.9, log_every=2)  # fmt: skip
+    return Config(preset="test").replace(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two finished alexnet28 runs of 2 epochs on the tiny MNIST-like files (seeds 0 and 1)."""
+    from conftest import make_idx_dataset
+
+    root = tmp_path_factory.mktemp("report")
+    data = make_idx_dataset(root / "data")
+    for seed in (0, 1):
+        T.fit(_tiny_cfg(data, seed=seed), root / f"s{seed}", progress=False, quiet=True)
+    return root
+
+
+def _page(path):
+    return Page(path.read_text())
+
+
+def test_report_of_a_run_is_one_self_contained_page_with_every_section(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "s0", run)
+    assert main(["report", str(run)]) == 0
+    page = _page(run / "report.html")
+    assert [h for t, h in page.headings if t == "h2"] == SECTIONS
+    # Every picture inside the file; nothing it links to could be missing offline.
+    assert len(page.images) == len(FIGURES) and not page.links
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    # The Markdown twin has the same sections, its figures beside it.
+    md = (run / "report.md").read_text()
+    assert [line[3:] for line in md.splitlines() if line.startswith("## ")] == SECTIONS
+    for name in FIGURES:
+        assert f"](report-figures/{name}.png)" in md and (run / "report-figures" / f"{name}.png").stat().st_size > 1000
+    assert "@media print" in (run / "report.html").read_text()
+    assert "self-contained" in capsys.readouterr().out
+
+
+def test_report_accuracy_is_the_last_line_of_metrics_jsonl(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "s0", run)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    text = P.to_markdown(P.run_blocks(run))
+    # Evaluated again from last.pt with the run's own batches and precision: the same number, and the
+    # per-epoch table's last row says it too.
+    assert f"accuracy {last['val_acc']:.4f}, loss {last['val_loss']:.4f} (the run logged {last['val_acc']:.4f}" in text
+    assert "the per-image predictions give the same matrix" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| {last['epoch']} | {last['train_loss']:.4f}"))
+    assert f"| {last['val_acc']:.4f} |" in row
+    assert "finished: 2 of 2 epochs" in text
+
+
+def test_report_compares_two_runs_seeds_folded(runs, tmp_path, capsys):
+    out = tmp_path / "both"
+    assert main(["report", str(runs / "s0"), str(runs / "s1"), "--out", str(out)]) == 0
+    page = _page(out / "report.html")
+    h2 = [h for t, h in page.headings if t == "h2"]
+    assert h2 == ["Comparison", "Run 1: s0", "Run 2: s1"]
+    assert [h for t, h in page.headings if t == "h3"] == SECTIONS * 2
+    assert len(page.images) == 1 + 2 * len(FIGURES)
+    # The two seeds are one configuration: one row, mean ± std of the two final accuracies.
+    accs = [json.loads((runs / s / "metrics.jsonl").read_text().splitlines()[-1])["val_acc"] for s in ("s0", "s1")]
+    md = (out / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| s0 (+1 seeds)"))
+    assert P.Spread(accs).format() in row
+    assert not (runs / "s0" / "report.html").exists()  # written where --out says, not into a run
+
+
+def test_report_of_several_runs_needs_out(runs, capsys):
+    assert main(["report", str(runs / "s0"), str(runs / "s1")]) == 2
+    assert capsys.readouterr().err.strip() == "alexnet: error: several runs: say where the report goes with --out DIR"
+
+
+def test_report_says_an_interrupted_run_stopped_and_where(tmp_path, idx_dir, monkeypatch):
+    from test_train import _interrupt_at_batch
+
+    _interrupt_at_batch(monkeypatch, 7)  # 4 training + 2 evaluation batches, then the 2nd step of epoch 2
+    assert T.fit(_tiny_cfg(idx_dir), tmp_path / "run", progress=False, quiet=True).interrupted
+    text = P.to_markdown(P.run_blocks(tmp_path / "run"))
+    assert "interrupted at step 1 of epoch 2: epoch 1 of 2 done, 1 steps into epoch 2" in text
+    assert "(epoch 1, step 1 of epoch 2: not the weights of any metrics row)" in text
+
+
+def test_report_of_a_run_without_checkpoint_still_has_its_metrics(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "s0", run)
+    (run / "last.pt").unlink()
+    (run / "best.pt").unlink()
+    assert main(["report", str(run)]) == 0
+    page = _page(run / "report.html")
+    assert [h for t, h in page.headings if t == "h2"] == SECTIONS
+    assert len(page.images) == 1  # the curves: nothing else can be drawn without weights
+    text = "".join(page.text)
+    assert "Not computed: the run directory holds no checkpoint (last.pt)" in text
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert f"{last['val_acc']:.4f}" in text
+
+
+def test_report_of_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    for path in (tmp_path, tmp_path / "notes.txt", tmp_path / "missing"):
+        assert main(["report", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a run directory" in err
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_report_body_for_embedding_writes_nothing(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "s0", run)
+    before = sorted(p.name for p in run.iterdir())
+    body = P.render_html_body(run, level=3)
+    assert "<html" not in body and body.count("<h3") == len(SECTIONS) and body.count("<img") == len(FIGURES)
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_book_points_are_shown_for_the_d2l_recipe_only():
+    from alexnet.config import PRESETS
+
+    assert P.is_d2l_recipe(PRESETS["d2l"].replace(epochs=4, seed=3, amp="off"))
+    assert not P.is_d2l_recipe(PRESETS["fast"]) and not P.is_d2l_recipe(PRESETS["d2l"].replace(lr=0.02))
+    rows = P.book_rows([{"epoch": 1, "train_loss": 2.0, "train_acc": 0.3, "val_acc": 0.5}])
+    assert rows[0]["this run"] == "not reached (epoch 1)" and rows[3]["this run"] == "2.0000"
+
+
+# ---------------------------------------------------------------------------------------------
+# The filters' smoothness, and the initial weights it is compared against
+
+
+def _checkerboard(n):
+    i = torch.arange(n)
+    return ((-1.0) ** (i[:, None] + i[None, :]))[None, None]
+
+
+def test_low_frequency_share_puts_a_constant_kernel_and_a_checkerboard_at_the_two_ends():
+    assert low_frequency_share(torch.ones(1, 1, 11, 11)).item() == pytest.approx(1.0, abs=1e-12)
+    assert low_frequency_share(_checkerboard(10)).item() == pytest.approx(0.0, abs=1e-12)
+    assert low_frequency_share(_checkerboard(11)).item() < 0.01  # an odd side has no Nyquist bin: it leaks
+    i = torch.arange(11.0)
+    blob = torch.exp(-((i[:, None] - 5) ** 2 + (i[None, :] - 5) ** 2) / 8)[None, None]  # Gaussian, sigma 2 px
+    assert low_frequency_share(blob).item() > 0.99
+    noise = low_frequency_share(torch.randn(4000, 1, 11, 11, generator=torch.Generator().manual_seed(0)))
+    assert noise.mean().item() == pytest.approx(chance_share(11, 11), abs=0.005)
+    # Energy adds over input channels: a constant channel beside a checkerboard one of equal norm is half low.
+    both = torch.cat([torch.ones(1, 1, 10, 10), _checkerboard(10)], 1)
+    assert low_frequency_share(both).item() == pytest.approx(0.5, abs=1e-12)
+    assert low_frequency_share(torch.zeros(1, 1, 11, 11)).item() == 0.0
+
+
+def test_initial_weights_are_rebuilt_exactly_from_the_seed(tmp_path, idx_dir, monkeypatch):
+    from test_train import _interrupt_at_batch
+
+    _interrupt_at_batch(monkeypatch, 1)  # stopped before the first step: last.pt holds the untrained network
+    cfg = _tiny_cfg(idx_dir, seed=7)
+    assert T.fit(cfg, tmp_path / "run", progress=False, quiet=True).interrupted
+    ckpt = R.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 0)
+    torch.testing.assert_close(P.initial_first_conv(ckpt["cfg"], 1, 10), ckpt["model"]["0.weight"], rtol=0, atol=0)
+    rebuilt = build_model("alexnet28", 1, 10, seed=7).state_dict()
+    for k, v in ckpt["model"].items():
+        torch.testing.assert_close(rebuilt[k], v, rtol=0, atol=0)
+    other = P.initial_first_conv(cfg.replace(seed=8), 1, 10)
+    assert not torch.equal(other, ckpt["model"]["0.weight"])
