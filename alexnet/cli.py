@@ -119,28 +119,22 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import torch
-
-    from .imagenet import UNREADABLE, checkpoint_input, checkpoint_transform
-    from .runs import load_checkpoint, model_from_checkpoint
+    from .export import open_model, read_image
+    from .imagenet import UNREADABLE
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, not {args.top_k}")
-    ckpt = load_checkpoint(args.checkpoint)
-    model, cfg = model_from_checkpoint(ckpt)
-    model.eval()
-    classes = ckpt["classes"]
-    transform = checkpoint_transform(ckpt)
+    model = open_model(args.checkpoint)  # a run, a checkpoint, or an exported .onnx/.safetensors/.pt2
+    classes = model.meta["classes"]
     failed = 0
     for path in args.images:
         try:
-            x = checkpoint_input(path, ckpt, args.invert)
+            x = read_image(path, model.meta, invert=args.invert)
         except UNREADABLE as e:
             print(f"{path}: cannot read image ({e.__class__.__name__}: {e})", file=sys.stderr)
             failed += 1
             continue
-        with torch.inference_mode():
-            probs = model(transform(x, train=False)).softmax(1)[0]
+        probs = model(x).float().softmax(1)[0]
         top = probs.topk(min(args.top_k, len(classes)))
         shown = "  ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
         print(f"{path}: {shown}")
@@ -343,8 +337,9 @@ def _add_evaluate(sub) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 def _add_predict(sub) -> None:
-    r = sub.add_parser("predict", help="classify image files with a checkpoint")
-    r.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    r = sub.add_parser("predict", help="classify image files with a checkpoint or an exported model")
+    r.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run, a checkpoint, or a file written by "
+                   "`alexnet export` (.onnx, .safetensors, .pt2)")
     r.add_argument("images", nargs="+", metavar="IMAGE")
     r.add_argument("--top-k", type=int, default=3)
     r.add_argument("--invert", action="store_true",
@@ -435,12 +430,14 @@ def _add_bench(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .export import add_export_parser
+
     p = _Parser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     from .report import add_report_parser
 
     for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_compare, _add_filters, _add_activations,
-                _add_exercises, _add_models, _add_analyze, _add_bench, add_report_parser):  # fmt: skip
+                _add_exercises, _add_models, _add_analyze, _add_bench, add_report_parser, add_export_parser):  # fmt: skip
         add(sub)
     from .serve import add_parser as _add_serve  # its own module: the web app's imports load only when served
 

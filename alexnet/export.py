@@ -1,0 +1,460 @@
+"""Take a trained network out of this package: ONNX, safetensors or torch.export's .pt2, each
+checked against its checkpoint on real test images before the file is kept, and read back by
+``alexnet predict`` from the file alone.
+
+Every exported file carries the same small description of itself (``describe``): the network's
+name and shape, the class names, and how an image becomes its input (the side it is resized to,
+the resolution, the normalisation). That description is what ``predict`` needs, so a file works
+without the run directory it came from:
+
+    ONNX          the description as metadata (key ``alexnet``, plus readable keys for other tools),
+                  a current opset, the batch dimension dynamic
+    safetensors   the weights, and the description in the header's metadata (key ``alexnet``): the
+                  network is rebuilt by name from the registry, then the weights are loaded strictly
+    pt2           torch.export's program, the description as an extra file ``alexnet.json``
+
+The parity check: the exported model and the checkpoint's network run the same batch of real test
+images; the largest logit difference must stay within ``tolerance`` (fp32 reorderings, below) and
+every image whose reference top-1 is not a near-tie must get the same top-1. Only then is the file
+written (runs.atomic_write), so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .runs import RunError, atomic_write
+
+FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors", "pt2": ".pt2"}
+META_KEY = "alexnet"  # where each format keeps the description
+
+# fp32 has a unit roundoff of 2^-24 ≈ 6e-8. Another runtime sums each dot product in another order
+# (other kernels, blocking, vector widths); the difference of two orders of a K-term sum grows like
+# sqrt(K)·u·(size of the terms) in practice (K·u at worst). AlexNet's longest sums are K = 9216
+# (owt's fc6) and 6400 (the chapter's), so one layer differs by ~1e-5 of its output scale and eight
+# layers by ~1e-4. We allow 1e-3 of the largest logit (at least 1e-3): ten times that, and still a
+# thousand times below what a real mistake gives (a dropped ReLU or a transposed kernel moves
+# logits by their own size).
+RELATIVE_TOLERANCE = 1e-3
+
+
+class ExportError(RunError):
+    """An export that cannot be made or does not match its checkpoint; one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What a file needs to say about itself
+
+
+def describe(ckpt: dict) -> dict:
+    """The description of a checkpoint's network that every exported file carries."""
+    from .imagenet import NATIVE_SIDE, checkpoint_transform
+
+    t = checkpoint_transform(ckpt)
+    mean, std = t.mean, t.std
+    res = int(ckpt["resolution"])
+    return {
+        "format_version": 1,
+        "model": ckpt["cfg"].train.model,
+        "in_channels": int(ckpt["in_channels"]),
+        "num_classes": int(ckpt["num_classes"]),
+        "classes": list(ckpt["classes"]),
+        "resolution": res,
+        # Preprocessing, as predict does it from a run: the photo is resized to the dataset's
+        # native side (28 for Fashion-MNIST), then to the resolution; `resize` (torchvision's
+        # weights) means: shorter side to this, centre crop to the resolution.
+        "native": NATIVE_SIDE.get(ckpt["dataset"], res),
+        "resize": None,
+        "mean": list(mean) if mean else None,
+        "std": list(std) if std else None,
+        "dataset": ckpt["dataset"],
+        "epoch": int(ckpt["epoch"]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# One image, as the network sees it (predict from a run, from an exported file, from torchvision's weights)
+
+
+def read_image(path, meta: dict, invert: bool = False) -> torch.Tensor:
+    """(1, C, R, R) float input of the image at ``path`` (a path or a binary file object) for the
+    network ``meta`` describes: converted as predict converts it for a run (imagenet.checkpoint_input),
+    or, for torchvision's weights, shorter side then centre crop. Pillow's errors (imagenet.UNREADABLE)
+    pass through."""
+    from .data import Transform
+    from .imagenet import checkpoint_input, open_rgb, resize_shorter
+
+    res = meta["resolution"]
+    if meta.get("resize"):  # torchvision's: shorter side, then the centre crop
+        img = resize_shorter(open_rgb(path, shorter=meta["resize"]), meta["resize"])
+        img = img.convert("L" if meta["in_channels"] == 1 else "RGB")
+        w, h = img.size
+        left, top = (w - res) // 2, (h - res) // 2
+        img = img.crop((left, top, left + res, top + res))
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(res, res, -1).permute(2, 0, 1)[None]
+        x = 255 - x if invert else x
+    else:  # the description holds the checkpoint fields checkpoint_input reads
+        x = checkpoint_input(path, meta, invert)
+    mean, std = meta.get("mean"), meta.get("std")
+    return Transform(res, tuple(mean) if mean else None, tuple(std) if std else None, channels_last=False)(x, train=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening a model: a run, a checkpoint, or an exported file
+
+
+@dataclass
+class Loaded:
+    """A network ready to run on float batches, and its description."""
+
+    run: Callable[[torch.Tensor], torch.Tensor]  # (B, C, R, R) -> (B, classes) logits
+    meta: dict
+    kind: str  # "checkpoint", "onnx", "safetensors", "pt2", "torchvision"
+    module: nn.Module | None = None  # the PyTorch network, where there is one
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+
+def _torch_runner(model: nn.Module) -> Callable:
+    model.eval()
+
+    def run(x):
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
+def onnx_session(data: bytes | str, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # warnings about unused initialisers are not the user's business
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _open_onnx(data: bytes, where: str) -> Loaded:
+    try:
+        sess = onnx_session(data)
+    except Exception as e:
+        raise ExportError(f"{where}: not a readable ONNX model ({_first_line(e)})") from None
+    meta = _parse_meta(sess.get_modelmeta().custom_metadata_map.get(META_KEY), where)
+    name = sess.get_inputs()[0].name
+
+    def run(x):
+        return torch.from_numpy(sess.run(None, {name: x.float().contiguous().numpy()})[0])
+
+    return Loaded(run, meta, "onnx")
+
+
+def _open_safetensors(data: bytes, where: str) -> Loaded:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from .models import UnknownModel, build_model
+
+    try:
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        weights = load(data)
+    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+        raise ExportError(f"{where}: not a readable safetensors file ({_first_line(e)})") from None
+    meta = _parse_meta((header.get("__metadata__") or {}).get(META_KEY), where)
+    try:
+        model = build_model(meta["model"], meta["in_channels"], meta["num_classes"])
+    except UnknownModel:
+        raise ExportError(f"{where}: network {meta['model']!r} is not registered in this version") from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ExportError(f"{where}: the weights do not fit {meta['model']}: {str(e).splitlines()[-1].strip()[:200]}") from None
+    return Loaded(_torch_runner(model), meta, "safetensors", model)
+
+
+def _open_pt2(data: bytes, where: str) -> Loaded:
+    extra = {f"{META_KEY}.json": ""}
+    try:
+        with _quiet():
+            program = torch.export.load(io.BytesIO(data), extra_files=extra)
+    except Exception as e:
+        raise ExportError(f"{where}: not a readable torch.export program ({_first_line(e)})") from None
+    meta = _parse_meta(extra[f"{META_KEY}.json"] or None, where)
+    module = program.module()
+
+    def run(x):
+        with torch.inference_mode():
+            return module(x)
+
+    return Loaded(run, meta, "pt2")
+
+
+_OPENERS = {"onnx": _open_onnx, "safetensors": _open_safetensors, "pt2": _open_pt2}
+
+
+def exported_format(path: str | os.PathLike) -> str | None:
+    suffix = Path(path).suffix.lower()
+    return next((f for f, s in FORMATS.items() if s == suffix), None)
+
+
+def open_model(path: str | os.PathLike) -> Loaded:
+    """A run directory, a checkpoint, or a file this module exported, as a runnable model."""
+    fmt = exported_format(path)
+    if fmt is None:
+        from .runs import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(path)
+        model, _ = model_from_checkpoint(ckpt)
+        return Loaded(_torch_runner(model), describe(ckpt), "checkpoint", model)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ExportError(f"{path}: cannot read ({e.strerror})") from None
+    return _OPENERS[fmt](data, str(path))
+
+
+def _parse_meta(text: str | None, where: str) -> dict:
+    if not text:
+        raise ExportError(f"{where}: carries no '{META_KEY}' description (not exported by `alexnet export`)")
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        raise ExportError(f"{where}: its '{META_KEY}' description is not JSON") from None
+    need = ("model", "in_channels", "num_classes", "classes", "resolution", "native", "dataset")
+    missing = [k for k in need if k not in meta] if isinstance(meta, dict) else list(need)
+    if missing:
+        raise ExportError(f"{where}: its description lacks {', '.join(missing)}")
+    return meta
+
+
+def _first_line(e: BaseException) -> str:
+    text = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (text[0][:200] if text else "") or e.__class__.__name__
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx and torch.export print progress and warnings of their own (torchvision not
+    installed, deprecations); the command says what matters in its own lines."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing each format (to bytes: nothing touches the disk before the check passes)
+
+
+def _example(meta: dict, batch: int = 2) -> torch.Tensor:
+    return torch.zeros(batch, meta["in_channels"], meta["resolution"], meta["resolution"])
+
+
+def to_onnx(model: nn.Module, meta: dict) -> bytes:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with _quiet():
+        program = torch.onnx.export(model, (_example(meta),), dynamo=True, input_names=["image"],
+                                    output_names=["logits"], dynamic_shapes=({0: batch},))  # fmt: skip
+    proto = program.model_proto
+    res, c = meta["resolution"], meta["in_channels"]
+    readable = {
+        META_KEY: json.dumps(meta),
+        "model_name": meta["model"],
+        "input_size": f"{c}x{res}x{res}",
+        "normalization_mean": json.dumps(meta.get("mean")),
+        "normalization_std": json.dumps(meta.get("std")),
+        "class_names": json.dumps(meta["classes"]),
+        "preprocessing": _preprocessing_text(meta),
+    }
+    for k, v in readable.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    proto.doc_string = f"{meta['model']} from the alexnet package: input 'image' (B, {c}, {res}, {res}), output 'logits'"
+    return proto.SerializeToString()
+
+
+def _preprocessing_text(meta: dict) -> str:
+    res, c = meta["resolution"], meta["in_channels"]
+    if meta.get("resize"):
+        first = f"shorter side to {meta['resize']} (bilinear), centre crop {res}x{res}"
+    else:
+        first = f"resize to {meta['native']}x{meta['native']} (bilinear)" + (
+            f", then to {res}x{res} (bilinear, align_corners=False)" if meta["native"] != res else "")
+    norm = (f", subtract mean {meta['mean']} and divide by std {meta['std']}" if meta.get("mean") else "")
+    return f"{'grey' if c == 1 else 'RGB'}; {first}; scale to [0, 1]{norm}; NCHW float32"
+
+
+def to_safetensors(model: nn.Module, meta: dict) -> bytes:
+    from safetensors.torch import save
+
+    # Clone: safetensors refuses tensors that share memory, and contiguous copies cost nothing here.
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return save(state, metadata={META_KEY: json.dumps(meta)})
+
+
+def to_pt2(model: nn.Module, meta: dict) -> bytes:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with _quiet():
+        program = torch.export.export(model, (_example(meta),), dynamic_shapes=({0: batch},))
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={f"{META_KEY}.json": json.dumps(meta)})
+    return buf.getvalue()
+
+
+_WRITERS = {"onnx": to_onnx, "safetensors": to_safetensors, "pt2": to_pt2}
+
+
+# ---------------------------------------------------------------------------------------------
+# The check
+
+
+@dataclass
+class Parity:
+    images: int
+    max_abs_diff: float
+    max_abs_logit: float
+    tolerance: float
+    top1_agree: float  # fraction of all images
+    disagree_clear: int  # disagreements on images whose reference top-2 margin exceeds 2 x tolerance
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.disagree_clear == 0
+
+    def line(self) -> str:
+        return (f"parity on {self.images} test images: max |logit diff| {self.max_abs_diff:.2e} "
+                f"(tolerance {self.tolerance:.1e}), top-1 agreement {self.top1_agree:.4f}")  # fmt: skip
+
+
+def parity(reference: torch.Tensor, exported: torch.Tensor) -> Parity:
+    reference, exported = reference.float(), exported.float()
+    if exported.shape != reference.shape:
+        raise ExportError(f"the exported model gives logits of shape {tuple(exported.shape)}, "
+                          f"the checkpoint {tuple(reference.shape)}")  # fmt: skip
+    scale = float(reference.abs().max())
+    tol = RELATIVE_TOLERANCE * max(1.0, scale)
+    diff = float((reference - exported).abs().max()) if reference.numel() else 0.0
+    if diff != diff:  # NaN
+        diff = float("inf")
+    agree = reference.argmax(1) == exported.argmax(1)
+    top2 = reference.topk(min(2, reference.shape[1]), dim=1).values
+    margin = top2[:, 0] - top2[:, -1] if reference.shape[1] > 1 else torch.full((len(reference),), float("inf"))
+    clear = margin > 2 * tol
+    return Parity(len(reference), diff, scale, tol, float(agree.float().mean()), int((~agree & clear).sum()))
+
+
+def check_batch(ckpt: dict, meta: dict, data_dir: str | None, n: int) -> torch.Tensor:
+    """The first ``n`` test images of the run's dataset, as evaluation feeds them to the network."""
+    from . import data as D
+    from .imagenet import IMAGE_DATASETS, UNREADABLE, find_images
+
+    cfg = ckpt["cfg"]
+    if cfg.data.dataset in IMAGE_DATASETS:
+        _, val = find_images(cfg.data.dataset, data_dir or cfg.data.data_dir)
+        xs = []
+        for p in val.paths:
+            if len(xs) == n:
+                break
+            try:
+                xs.append(read_image(p, meta))
+            except UNREADABLE:
+                continue
+        return torch.cat(xs)
+    ds = D.load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir, download=False)
+    mean, std = meta.get("mean"), meta.get("std")
+    transform = D.Transform(meta["resolution"], tuple(mean) if mean else None, tuple(std) if std else None,
+                            channels_last=False)  # fmt: skip
+    return transform(ds.test.images[:n], train=False)
+
+
+@dataclass
+class Exported:
+    path: Path
+    format: str
+    parity: Parity
+    bytes: int
+
+
+def default_output(ckpt: dict, fmt: str) -> Path:
+    """Beside the checkpoint: RUN/alexnet28.onnx (a checkpoint file outside a run: NAME.onnx beside it)."""
+    p = Path(ckpt["path"])
+    return p.parent / f"{ckpt['cfg'].train.model}{FORMATS[fmt]}"
+
+
+def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None, *, data_dir: str | None = None,
+           check_images: int = 256, say: Callable[[str], None] = print) -> Exported:
+    """Export the network of a run or checkpoint to ``fmt``, check it, and only then write it."""
+    from .runs import load_checkpoint, model_from_checkpoint
+
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
+    ckpt = load_checkpoint(source)
+    model, cfg = model_from_checkpoint(ckpt)
+    model.eval()
+    if cfg.system.model_parallel:
+        say(f"the run trained {cfg.train.model} on two devices ({cfg.system.model_parallel}); its checkpoint holds "
+            f"the grouped single-device network, which is what is exported")  # fmt: skip
+    meta = describe(ckpt)
+    out = Path(out) if out else default_output(ckpt, fmt)
+    if exported_format(out) != fmt:
+        raise ExportError(f"{out}: a {fmt} file should end in {FORMATS[fmt]}")
+    if check_images < 1:
+        raise ExportError(f"--check-images must be at least 1, not {check_images}")
+    x = check_batch(ckpt, meta, data_dir, check_images)
+    try:
+        data = _WRITERS[fmt](model, meta)
+    except Exception as e:  # the exporters raise many kinds; any of them means this network does not export
+        raise ExportError(f"{cfg.train.model} does not export to {fmt}: {e.__class__.__name__}: {_first_line(e)}") from None
+    loaded = _OPENERS[fmt](data, f"{out} (before writing)")
+    with torch.inference_mode():
+        reference = model(x)
+    par = parity(reference, loaded(x))
+    say(f"{fmt}: {par.line()}")
+    if not par.ok:
+        raise ExportError(f"{out}: not written: the {fmt} model does not match the checkpoint ({par.line()})")
+    atomic_write(out, data)
+    return Exported(out, fmt, par, len(data))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def cmd_export(args) -> int:
+    result = export(args.source, args.format, args.out, data_dir=args.data_dir, check_images=args.check_images)
+    print(f"written: {result.path} ({result.bytes / 1e6:.1f} MB)")
+    return 0
+
+
+def add_export_parser(sub) -> None:
+    e = sub.add_parser("export", help="write a run's network as ONNX, safetensors or torch.export .pt2, checked "
+                       "against the checkpoint on real test images")  # fmt: skip
+    e.add_argument("source", metavar="RUN_OR_CHECKPOINT")
+    e.add_argument("--format", required=True, choices=list(FORMATS))
+    e.add_argument("-o", "--out", help="file to write (default: RUN/MODEL.onnx, .safetensors or .pt2)")
+    e.add_argument("--data-dir", help="where the run's test images are (default: as the run recorded)")
+    e.add_argument("--check-images", type=int, default=256, help="test images the parity check runs")
+    e.set_defaults(func=cmd_export)
