@@ -241,3 +241,32 @@ def test_initial_weights_are_rebuilt_exactly_from_the_seed(tmp_path, idx_dir, mo
         torch.testing.assert_close(rebuilt[k], v, rtol=0, atol=0)
     other = P.initial_first_conv(cfg.replace(seed=8), 1, 10)
     assert not torch.equal(other, ckpt["model"]["0.weight"])
+
+
+def test_chapter_224_writeup_reads_copies_and_publishes_no_checkpoint(runs, tmp_path):
+    """benchmarks/chapter_224.py on two tiny runs standing in for the 224x224 ones."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("chapter_224", root / "benchmarks" / "chapter_224.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(root / "docs" / "report.md", docs / "report.md")
+    before = sorted(p.name for p in (runs / "s0").iterdir())
+    script.main(["--d2l", str(runs / "s0"), "--fast", str(runs / "s1"), "--docs", str(docs)])
+    assert sorted(p.name for p in (runs / "s0").iterdir()) == before  # nothing written into a run
+    page = (docs / "report.md").read_text()
+    section = page[page.index(script.START) : page.index(script.END)]
+    last = json.loads((runs / "s1" / "metrics.jsonl").read_text().splitlines()[-1])
+    row = next(line for line in section.splitlines() if line.startswith("| 2 |"))
+    assert f"| {last['train_loss']:.4f} | {last['val_acc']:.4f} |" in row
+    assert "| 10 |" in section and "0.327 / 0.882" in section  # the book's row, not reached by these runs
+    assert (docs / "figures" / "report" / "filters-224.png").stat().st_size > 1000
+    for name in ("d2l-224", "fast-224"):
+        published = {p.name for p in (docs / "runs" / name).iterdir()}
+        assert {"config.json", "metrics.jsonl", "report.html", "report.md", "report-figures"} <= published
+        assert not [p for p in (docs / "runs" / name).rglob("*.pt")]
+    assert page.startswith("# `alexnet report`") and page.rstrip().endswith(script.END)

@@ -1,0 +1,225 @@
+"""The chapter's experiment at 224x224 (D2L §8.1), written up from the runs as they stand: the `d2l`
+and `fast` runs' reports, the chapter's Figure 8.1.2 from both trained networks next to their
+initial state, and the experiment section of docs/report.md (between its two markers).
+
+    python benchmarks/chapter_224.py --d2l RUN_DIR --fast RUN_DIR [--d2l-log FILE --fast-log FILE]
+
+The runs may still be training. Each is read from a copy of its files (last.pt is replaced
+atomically, so the copy holds one whole epoch; its metrics are rewritten from that checkpoint, so
+every file agrees with it), and nothing is written into the run directories. Written: DOCS/runs/
+d2l-224/ and fast-224/ (config, metrics, curves, report .html/.md and its figures; never a
+checkpoint), DOCS/figures/report/filters-224.png, and DOCS/report.md's experiment section. Every
+number in that section is read from the runs or computed from their weights here; the book's are
+report.BOOK's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from alexnet import report as P
+from alexnet import runs as R
+from alexnet.device import machine
+from alexnet.visualize import LOW_FREQUENCY, chance_share, filter_panels_figure, first_conv, low_frequency_share
+
+NATIVE = 28  # Fashion-MNIST's side
+SMALL_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "curves.png")
+START, END = "<!-- chapter-224:start (benchmarks/chapter_224.py writes this part) -->", "<!-- chapter-224:end -->"
+
+
+def snapshot(src: Path, scratch: Path) -> Path:
+    """A copy of the run's small files, lock and newest checkpoint, its metrics made to agree with that checkpoint."""
+    dst = scratch / src.name
+    dst.mkdir(parents=True)
+    for name in (*SMALL_FILES, ".lock", "last.pt"):
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    if (dst / "last.pt").exists():
+        ckpt = R.load_checkpoint(dst / "last.pt")
+        cfg = ckpt["cfg"]
+        R.RunDir(dst, None).write_metrics(ckpt["metrics"], f"{cfg.train.model} · {ckpt['dataset']} · preset {cfg.preset}")
+    return dst
+
+
+def publish(run: Path, to: Path) -> None:
+    """The run's small files and its report into the docs (never a checkpoint)."""
+    if to.exists():
+        shutil.rmtree(to)
+    (to / "report-figures").mkdir(parents=True)
+    for name in (*SMALL_FILES, "report.html", "report.md"):
+        if (run / name).exists():
+            shutil.copy2(run / name, to / name)
+    for fig in (run / "report-figures").glob("*.png"):
+        shutil.copy2(fig, to / "report-figures" / fig.name)
+
+
+def first_line(log: str | None) -> str | None:
+    if not log or not Path(log).exists():
+        return None
+    return Path(log).read_text(errors="replace").splitlines()[0].strip()
+
+
+def fmt(v, spec="{:.4f}"):
+    return "—" if v is None else spec.format(v)
+
+
+def epoch_table(facts: dict[str, P.RunFacts]) -> str:
+    """Epoch by epoch, each run's train loss and test accuracy, its epoch's wall time and images/s,
+    and the book's published points at their epochs."""
+    names = list(facts)
+    book = {(p.source, p.epoch, p.key): p for p in P.BOOK}
+    head = ["epoch"] + [f"`{n}` {c}" for n in names for c in ("train loss", "test acc", "epoch s", "img/s")]
+    head += ["d2l 0.17 (V100): train loss / test acc", "d2l 1.0 notebooks (approx.)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in range(1, 11):
+        row = [str(e)]
+        for n in names:
+            m = next((r for r in facts[n].metrics if r["epoch"] == e), None)
+            row += [fmt(m and m["train_loss"]), fmt(m and m["val_acc"]), fmt(m and m["epoch_time_s"], "{:.0f}"),
+                    fmt(m and m["train_images_per_s"], "{:.1f}")]  # fmt: skip
+        old = [book.get(("d2l 0.17, V100", e, k)) for k in ("train_loss", "val_acc")]
+        new = [book.get(("d2l 1.0 notebooks", e, k)) for k in ("train_loss", "val_acc")]
+        row.append(" / ".join(f"{p.value:.3f}" for p in old) if all(old) else "")
+        row.append(", ".join(f"{'loss' if p.key == 'train_loss' else 'test acc'} ≈ {p.value:.2f}" for p in new if p))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d2l", required=True, help="the `alexnet train --preset d2l` run directory")
+    ap.add_argument("--fast", required=True, help="the `alexnet train --preset fast --epochs 10` run directory")
+    ap.add_argument("--d2l-log", help="its console log (its first line names the device and threads)")
+    ap.add_argument("--fast-log")
+    ap.add_argument("--docs", default="docs", help="the docs folder to write into")
+    args = ap.parse_args(argv)
+    docs = Path(args.docs)
+    logs = {"d2l": first_line(args.d2l_log), "fast": first_line(args.fast_log)}
+    with tempfile.TemporaryDirectory(prefix="chapter224-") as tmp:
+        facts, made, weights = {}, {}, {}
+        for name, src in (("d2l", Path(args.d2l)), ("fast", Path(args.fast))):
+            copy = snapshot(src, Path(tmp) / name)
+            done = P.write_report([copy], copy, device="cpu")
+            made[name] = done
+            facts[name] = P.read_facts(copy)
+            publish(copy, docs / "runs" / f"{name}-224")
+            ck = facts[name].ckpt
+            w = ck["model"][next(k for k in ck["model"] if k.endswith("weight"))].float()
+            w0 = P.initial_first_conv(ck["cfg"], int(ck["in_channels"]), int(ck["num_classes"]))
+            weights[name] = (w0, w, ck)
+        figure = docs / "figures" / "report" / "filters-224.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        seeds = {ck["cfg"].train.seed for _, _, ck in weights.values()}
+        same_start = len(seeds) == 1 and all(torch.equal(weights["d2l"][0], w0) for w0, _, _ in weights.values())
+        panels = ([(f"at initialisation (seed {seeds.pop()}: both runs start here)", weights["d2l"][0])] if same_start
+                  else [(f"{n} at initialisation", w0) for n, (w0, _, _) in weights.items()])
+        panels += [(f"{n} trained, epoch {ck['epoch']} of {ck['cfg'].train.epochs}", w) for n, (_, w, ck) in weights.items()]
+        R.atomic_write(figure, P.figure_png(filter_panels_figure(panels), 110))
+        section = write_section(docs, facts, made, weights, logs, figure, same_start)
+    page = docs / "report.md"
+    text = page.read_text()
+    a, b = text.index(START), text.index(END)
+    R.atomic_write(page, text[: a + len(START)] + "\n" + section + "\n" + text[b:])
+    print(f"written: {page}, {figure}, {docs / 'runs'}/d2l-224 and fast-224")
+
+
+def write_section(docs, facts, made, weights, logs, figure, same_start) -> str:
+    mach = machine(torch.device("cpu"))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    out = [f"*Written {when} by `python benchmarks/chapter_224.py` from the runs as they stood then.*", ""]
+    for n, f in facts.items():
+        ck = f.ckpt
+        out.append(f"- **`{n}`** (`alexnet train --preset {n}" + (" --epochs 10" if n == "fast" else "") + " --seed 0`): "
+                   f"epoch {ck['epoch']} of {f.cfg.train.epochs}" + (", run continuing" if f.live else "") + "; "
+                   f"{sum(r['epoch_time_s'] for r in f.metrics) / 60:.0f} min of wall time so far "
+                   f"({sum(r['epoch_time_s'] for r in f.metrics) / len(f.metrics) / 60:.1f} min per epoch, "
+                   f"{sum(r['train_images_per_s'] for r in f.metrics) / len(f.metrics):.1f} training images/s). "
+                   + (f"Its log's first line: `{logs[n]}`. " if logs.get(n) else "")
+                   + f"Report: [html](runs/{n}-224/report.html), [md](runs/{n}-224/report.md).")  # fmt: skip
+    out += ["", f"Machine: {mach['cpu']}, {mach['cpu_count']} CPU threads" + (" with bf16 units (AMX)" if mach["bf16_units"] else "")
+            + ", shared: both runs at nice 19 on one thread each, beside the other jobs of a working session "
+            "(helpers' tests and builds), so the times are upper bounds, not this CPU's speed.", ""]  # fmt: skip
+    out += ["### Epoch by epoch, against the book", "", epoch_table(facts), "",
+            f"Test accuracy is on {test_set(facts['d2l'].cfg)}; train loss is the epoch's running mean (with dropout, and "
+            "for `fast` with augmentation and label smoothing 0.1, so its loss does not go as low). `fast` decays its "
+            "learning rate on a cosine over the 10 epochs: before epoch 10 it has not finished annealing.", ""]  # fmt: skip
+    # Figure 8.1.2
+    w0 = weights["d2l"][0]
+    o, c, kh, kw = w0.shape
+    rows = ["| weights | median low-frequency share | IQR | kernels above their initial share | ‖W − W₀‖ / ‖W₀‖ | low-frequency share of the change W − W₀ (median) |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    starts = [("at initialisation (seed 0)" if same_start else f"`{n}` at initialisation", weights[n][0])
+              for n in (["d2l"] if same_start else list(weights))]  # fmt: skip
+    for label, w in starts:
+        s = low_frequency_share(w)
+        rows.append(f"| {label} | {s.median():.3f} | {s.quantile(0.25):.3f}–{s.quantile(0.75):.3f} | — | — | — |")
+    summary = {}
+    for n, (w0n, w, ck) in weights.items():
+        s, s0, ds = low_frequency_share(w), low_frequency_share(w0n), low_frequency_share(w - w0n)
+        moved = float((w - w0n).norm() / w0n.norm())
+        summary[n] = (s.median(), s0.median(), ds.median(), moved, int((s > s0).sum()))
+        rows.append(f"| `{n}`, epoch {ck['epoch']} | {s.median():.3f} | {s.quantile(0.25):.3f}–{s.quantile(0.75):.3f} | "
+                    f"{int((s > s0).sum())} of {o} | {moved:.0%} | {ds.median():.3f} |")  # fmt: skip
+    rel = figure.relative_to(docs)
+    out += ["### Figure 8.1.2: the first layer, trained and at initialisation", "",
+            f"![first-layer kernels at initialisation and trained]({rel})", "",
+            f"{o} kernels of {kh}×{kw} on {c} channel, each scaled to its own range. "
+            + ("Both runs start from the same network: the seed fixes the initialisation, and `train` builds it with "
+               "`build_model(..., seed)` before anything else draws a random number, so `report.initial_first_conv` "
+               "rebuilds it exactly (tests/test_report.py checks this against a checkpoint taken before the first "
+               "step; for these two presets at 224×224 the whole network agrees bit for bit). " if same_start else "")
+            + f"The low-frequency share of a kernel is the part of its energy at spatial frequencies of at most "
+            f"{LOW_FREQUENCY:g} cycles per pixel (periods of {1 / LOW_FREQUENCY:g} pixels or longer): 1 for a "
+            f"constant kernel, 0 for a checkerboard, {chance_share(kh, kw):.3f} expected for white noise on "
+            f"{kh}×{kw} (the share of its DFT bins that are low).", "", *rows, ""]  # fmt: skip
+    lines = []
+    for n, (s, s0, ds, moved, up) in summary.items():
+        lines.append(f"`{n}`: median share {s0:.3f} → {s:.3f} ({up} of {o} kernels smoother than they started); "
+                     f"the kernels moved {moved:.0%} of their initial norm, and that change is itself "
+                     f"{ds:.3f} low-frequency.")  # fmt: skip
+    out += [" ".join(lines), "", *verdict(summary, chance_share(kh, kw), facts["d2l"].record["resolution"]), ""]
+    out += ["### Activations, one test image per class", ""]
+    for n, f in facts.items():
+        out += [f"`{n}`, epoch {f.ckpt['epoch']}:", "", f"![activations of {n}](runs/{n}-224/report-figures/activations.png)", ""]
+    out += ["### The reports themselves", ""]
+    for n, d in made.items():
+        out.append(f"- `{n}`: report.html {d['bytes'] / 1e6:.2f} MB (every figure inlined), made in {d['seconds']:.0f} s "
+                   f"on the machine above, beside the two runs (most of it evaluating the checkpoint on "
+                   f"{test_set(facts[n].cfg)} at {facts[n].record['resolution']}×{facts[n].record['resolution']}).")  # fmt: skip
+    return "\n".join(out)
+
+
+def test_set(cfg) -> str:
+    return f"the first {cfg.data.limit_test:,} test images" if cfg.data.limit_test else "the whole test set"
+
+
+def verdict(summary: dict, chance: float, resolution: int) -> list[str]:
+    """Says, from the numbers, which way the kernels went; no sentence here is typed for a result."""
+    out = []
+    for n, (s, s0, ds, moved, up) in summary.items():
+        if ds > 2 * chance and s > s0:
+            out.append(f"`{n}` learned smooth kernels: what training added is mostly low-frequency ({ds:.2f} against "
+                       f"{chance:.2f} for noise), on top of an initialisation it has not erased.")
+        elif s > s0:
+            out.append(f"`{n}`'s kernels became a little smoother ({s0:.3f} → {s:.3f}), but the change is not "
+                       f"concentrated at low frequencies ({ds:.2f}, noise {chance:.2f}).")
+        else:
+            out.append(f"`{n}`'s kernels did not become smoother ({s0:.3f} → {s:.3f}).")
+    if out:
+        up = resolution / NATIVE
+        out = [" ".join(out) + f" Fashion-MNIST's {NATIVE}×{NATIVE} images upsampled {up:g}× have no detail finer than "
+               f"about {up:g} pixels, so "
+               "a gradient can only move a kernel along the smooth patterns the images hold; the random high-"
+               "frequency part of the initialisation gets almost no gradient and stays (decayed only by weight decay, which "
+               "`fast` has and `d2l` has not)."]
+    return out
+
+
+if __name__ == "__main__":
+    main()
