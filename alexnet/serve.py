@@ -461,7 +461,7 @@ def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
             wrong = (ev["pred"] != ds.test.labels[:n]).nonzero().flatten()[:48].tolist()
             return JSONResponse({"indices": wrong, "labels": [ds.classes[int(ds.test.labels[i])] for i in wrong],
                                  "predicted": [ds.classes[int(ev["pred"][i])] for i in wrong], "of": n})  # fmt: skip
-        cls = request.query_params.get("class", ds.classes[0])
+        cls = request.query_params.get("class") or ds.classes[0]
         if cls not in ds.classes:
             raise BadRequest(f"class {cls!r} is not one of: {', '.join(ds.classes)}")
         idx = (ds.test.labels[:n] == ds.classes.index(cls)).nonzero().flatten()[:48].tolist()
