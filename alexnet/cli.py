@@ -124,10 +124,20 @@ def cmd_predict(args) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, not {args.top_k}")
-    model = open_model(args.checkpoint)  # a run, a checkpoint, or an exported .onnx/.safetensors/.pt2
+    images = args.images
+    if args.weights:  # torchvision's ImageNet file: the first positional is an image too
+        from .pretrained import load_torchvision
+
+        model, images = load_torchvision(args.weights, args.model or "alexnet-owt"), [args.checkpoint, *images]
+    elif args.model:
+        raise ConfigError("--model goes with --weights (a torchvision file); a run or exported file knows its network")
+    else:
+        model = open_model(args.checkpoint)  # a run, a checkpoint, or an exported .onnx/.safetensors/.pt2
+    if not images:
+        raise ConfigError("give one or more IMAGE files after RUN_OR_CHECKPOINT")
     classes = model.meta["classes"]
     failed = 0
-    for path in args.images:
+    for path in images:
         try:
             x = read_image(path, model.meta, invert=args.invert)
         except UNREADABLE as e:
@@ -339,8 +349,11 @@ def _add_evaluate(sub) -> None:
 def _add_predict(sub) -> None:
     r = sub.add_parser("predict", help="classify image files with a checkpoint or an exported model")
     r.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run, a checkpoint, or a file written by "
-                   "`alexnet export` (.onnx, .safetensors, .pt2)")
-    r.add_argument("images", nargs="+", metavar="IMAGE")
+                   "`alexnet export` (.onnx, .safetensors, .pt2); with --weights, the first image")
+    r.add_argument("images", nargs="*", metavar="IMAGE")
+    r.add_argument("--weights", metavar="FILE", help="torchvision's ImageNet weights (alexnet-owt-7be5be79.pth): "
+                   "ImageNet class names, torchvision's preprocessing (shorter side 256, centre crop 224)")
+    r.add_argument("--model", help="the network of --weights (default alexnet-owt)")
     r.add_argument("--top-k", type=int, default=3)
     r.add_argument("--invert", action="store_true",
                    help="invert grey levels (Fashion-MNIST items are light on black; photos are usually dark on light)")  # fmt: skip
