@@ -1,8 +1,8 @@
 """`alexnet serve`: a local web app over a runs folder, for looking inside runs (live ones too).
 
     /                        Runs: every run, newest first, with its status (live by its lock)
-    /runs/NAME               a run: curves (redrawn as metrics.jsonl grows), per-class accuracy,
-                             confusion matrix, first-layer filters, layer table
+    /runs/NAME               a run: curves (redrawn as metrics.jsonl grows) above `alexnet report`'s
+                             body (per-class accuracy, confusion, filters, activations, layer table)
     /runs/NAME/explore       a test image (by class, or the misclassified) or your own file ->
                              top-5 and each stage's strongest activation maps
     /compare?run=A&run=B     overlaid curves and `alexnet compare`'s table
@@ -508,6 +508,39 @@ def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
                              "per_class": per, "accuracy": conf.diag().sum().item() / n,
                              "checkpoint": entry["file"], "epoch": entry["ckpt"]["epoch"]})  # fmt: skip
 
+    reports: dict[str, dict] = {}  # run path -> the newest rendering of `alexnet report`'s body
+
+    def checkpoint_key(path: Path):
+        try:
+            st = (path / "last.pt").stat()
+            return (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return None
+
+    def render_report(path: Path, key) -> None:
+        from .report import render_html_body
+
+        try:
+            body = render_html_body(path, device="cpu", level=2)
+            reports[str(path)] = {"key": key, "html": body, "error": None}
+        except Exception as e:  # noqa: BLE001 - a run the report cannot read: said on the page
+            reports[str(path)] = {"key": key, "html": None, "error": f"{e.__class__.__name__}: {str(e)[:300]}"}
+
+    async def api_report(request):
+        """`alexnet report`'s body for the run, rendered in the worker thread. A live run's newer
+        checkpoint is rendered again only when asked (?render=1): an AlexNet at 224 takes minutes of
+        evaluation, which would otherwise be spent beside the training run every epoch."""
+        name, path = run_path(request)
+        key, have = checkpoint_key(path), reports.get(str(path))
+        if have is None or (have["key"] != key and request.query_params.get("render")):
+            if have is None or have.get("pending") is None:
+                reports[str(path)] = {**(have or {}), "key": key, "pending": True}
+                worker.submit(render_report, path, key)
+            return JSONResponse({"pending": True})
+        if have.get("pending"):
+            return JSONResponse({"pending": True})
+        return JSONResponse({"html": have["html"], "error": have["error"], "stale": have["key"] != key})
+
     async def api_filters(request):
         from .visualize import filter_cells, first_conv, mosaic
 
@@ -584,6 +617,7 @@ def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
         Route("/api/runs/{name:path}/test", api_test_list),
         Route("/api/runs/{name:path}/evaluation", api_evaluation),
         Route("/api/runs/{name:path}/filters", api_filters),
+        Route("/api/runs/{name:path}/report", api_report),
         Route("/api/runs/{name:path}/layers", api_layers),
         Route("/api/runs/{name:path}", api_run),
         Mount("/static", StaticFiles(directory=STATIC)),

@@ -105,9 +105,10 @@ def test_runs_page_lists_the_runs_and_opens_one_with_its_curves_drawn(server, pa
     lines = page.locator("#curves svg polyline.series")
     assert lines.count() == 4
     assert all(len(lines.nth(i).get_attribute("points").split()) == 3 for i in range(4))
-    page.wait_for_selector("#filters-img")
-    page.wait_for_selector("#confusion table")
-    assert page.locator("#layers table tr").count() > 5
+    # Below them, `alexnet report`'s body: its figures (curves, confusion, filters, ...) and tables.
+    page.wait_for_selector("#report figure img", timeout=60_000)
+    assert page.locator("#report figure img").count() >= 3 and page.locator("#report table").count() >= 2
+    assert page.evaluate("[...document.querySelectorAll('#report img')].every(i => i.complete && i.naturalWidth > 0)")
     assert not_blank(page.screenshot(full_page=True))
 
 

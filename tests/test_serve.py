@@ -5,13 +5,16 @@ import io
 import json
 import os
 import time
+import warnings
 
 import pytest
 import torch
 from PIL import Image
 
 pytest.importorskip("starlette")
-from starlette.testclient import TestClient  # noqa: E402
+with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its test client; httpx works the same here
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from starlette.testclient import TestClient  # noqa: E402
 
 from alexnet import cli  # noqa: E402
 from alexnet.config import PRESETS  # noqa: E402
@@ -230,3 +233,25 @@ def test_pages_are_served_and_name_the_run_escaped(client):
 def test_serve_refuses_a_missing_runs_folder_in_one_line(capsys, tmp_path):
     assert cli.main(["serve", "--runs", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.strip().endswith("no such directory")
+
+
+def _settled(client, url):
+    for _ in range(300):
+        r = client.get(url).json()
+        if not r.get("pending"):
+            return r
+        time.sleep(0.1)
+    raise AssertionError(f"{url} still pending")
+
+
+def test_run_report_is_alexnet_reports_body_rendered_again_for_a_newer_checkpoint_only_when_asked(client, runs):
+    from alexnet.report import render_html_body
+
+    r = _settled(client, "/api/runs/two/report")
+    assert not r["stale"] and r["html"].count("<figure>") >= 3
+    assert r["html"].split("<h2", 2)[1] == render_html_body(runs / "two", device="cpu").split("<h2", 2)[1]
+    last = runs / "two" / "last.pt"
+    os.utime(last, ns=(last.stat().st_atime_ns, last.stat().st_mtime_ns + 10**9))  # a live run's next epoch
+    assert client.get("/api/runs/two/report").json()["stale"] is True  # kept until asked
+    assert client.get("/api/runs/two/report?render=1").json() == {"pending": True}
+    assert _settled(client, "/api/runs/two/report")["stale"] is False
