@@ -381,6 +381,7 @@ def _settings_rows(facts: RunFacts) -> list[dict]:
 def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
     cfg, m, ck = facts.cfg, facts.metrics, facts.ckpt or {}
     mach = ck.get("machine") or {}
+    bf16 = mach.get("bf16_units") or any("bf16" in f for f in mach.get("cpu_flags") or ())
     res = facts.record["resolution"]
     wall = sum(r["epoch_time_s"] for r in m)
     facts_rows = [
@@ -390,7 +391,7 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
                  + (f", first {cfg.data.limit_train} training images" if cfg.data.limit_train else "")
                  + (f", first {cfg.data.limit_test} test images" if cfg.data.limit_test else "")),
         ("device", mach.get("device", "not recorded (the checkpoint predates the machine record)")),
-        ("machine", f"{mach['cpu']}, {mach['cpu_count']} CPU threads" + (", bf16 units" if mach.get("bf16_units") else "")
+        ("machine", f"{mach.get('cpu')}, {mach.get('cpu_count')} CPU threads" + (", bf16 units" if bf16 else "")
                     if mach else "not recorded (the checkpoint predates the machine record)"),
         ("precision", "bf16 autocast (weights, gradients and optimiser state fp32)" if cfg.system.amp == "bf16"
                       else "fp32" if cfg.system.amp == "off" else f"amp {cfg.system.amp}"),
@@ -457,8 +458,13 @@ def curves_figure(facts_or_groups, book: bool = False, title: str = ""):
                             label=f"book: {src}" + (" (approx.)" if pts[0].approximate else ""))  # fmt: skip
     al.set_ylabel("cross-entropy loss (nats per image)")
     aa.set_ylabel("accuracy (fraction correct)")
+    from matplotlib.ticker import MaxNLocator
+
+    last = max(len(runs[0]["metrics"]) for _, runs in facts_or_groups)
     for ax in (al, aa):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, max(last, 10 if book else 1) + 0.5)  # the book's points are at epoch 10
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if title:
@@ -470,9 +476,6 @@ def curves_figure(facts_or_groups, book: bool = False, title: str = ""):
 def section_curves(facts: RunFacts, level: int, stem: str) -> list[Block]:
     book = is_d2l_recipe(facts.cfg)
     fig = curves_figure([(facts.dir.name, [facts.record])], book=book, title=f"{facts.dir.name}: {facts.status()}")
-    if book:  # the book's points are at epoch 10: show the axis that far even before the run gets there
-        for ax in fig.axes:
-            ax.set_xlim(0.5, max(10, len(facts.metrics)) + 0.5)
     caption = "Train and test loss and accuracy per epoch" + (
         "; the book's published points for this recipe overlaid (d2l 0.17 on a V100 after 10 epochs; d2l 1.0's "
         "notebooks, approximately: loss at 2.30 for two epochs, about 0.83 at the end)" if book else "")
