@@ -128,6 +128,12 @@ class TrainConfig(_Checked):
     seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout")
     evaluate: Literal["epoch", "end"] = _f("epoch", "evaluate and checkpoint after every epoch, or only after the "
                                            "last (a speedrun: evaluation time counts)")
+    init_from: str | None = _f(None, "fine-tune: start from the weights in FILE (torchvision's alexnet-owt .pth, a run, "
+                               "a checkpoint or a .safetensors export); the last layer is new, for the data's classes")
+    freeze: Literal["none", "features"] = _f("none", "with --init-from: features = train only the layers after the "
+                                             "convolutions (the classifier)")
+    pretrained_lr_scale: float = _f(1.0, "with --init-from: the pretrained layers' learning rate as a fraction of "
+                                    "--lr (e.g. 0.1); the new last layer trains at --lr")
 
     _AT_LEAST_1 = ("epochs", "batch_size", "eval_batch_size", "lr_step_epochs")
     _NOT_NEGATIVE = ("weight_decay", "warmup_epochs", "lr_patience", "seed")
@@ -149,6 +155,10 @@ class TrainConfig(_Checked):
             raise ConfigError(f"--warmup-epochs {self.warmup_epochs} is longer than the run ({self.epochs} epochs)")
         if self.schedule == "plateau" and self.evaluate == "end":
             raise ConfigError("--schedule plateau needs a validation error every epoch, not --evaluate end")
+        if self.init_from is None and (self.freeze != "none" or self.pretrained_lr_scale != 1.0):
+            raise ConfigError("--freeze and --pretrained-lr-scale fine-tune pretrained weights: give --init-from FILE")
+        if not self.pretrained_lr_scale > 0:
+            raise ConfigError(f"--pretrained-lr-scale must be positive, not {self.pretrained_lr_scale}")
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
