@@ -154,13 +154,23 @@ def plot_groups(groups: list[tuple[str, list[dict]]], path: Path, keys=("train_l
     plt.close(fig)
 
 
-def plot_runs(runs: list[dict], path: Path) -> None:
-    """`alexnet compare`'s curves: a curve per configuration, with its seeds' spread as a band."""
+def labelled_groups(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The runs grouped by configuration, each group named by its first run and model."""
     groups = []
     for g in group_runs(runs):
         label = f"{g[0]['dir'].name} ({g[0]['config']['train']['model']})"
         groups.append((label + (f" +{len(g) - 1} seeds" if len(g) > 1 else ""), g))
-    plot_groups(groups, path, dpi=120)
+    return groups
+
+
+def plot_runs(runs: list[dict], path: Path) -> None:
+    """`alexnet compare`'s curves: a curve per configuration, with its seeds' spread as a band, and
+    the book's points when one of them is the chapter's recipe."""
+    from .runs import atomic_write
+
+    groups = labelled_groups(runs)
+    fig = curves_figure(groups, book=any(is_d2l_recipe(g[0]["cfg"]) for _, g in groups))
+    atomic_write(path, figure_png(fig, 120))
 
 
 def plot_confusion(matrix, classes: list[str], path: Path, title: str) -> None:
@@ -698,11 +708,8 @@ def comparison_blocks(run_dirs: list, level: int = 2) -> list[Block]:
     """`alexnet compare`'s table and overlaid curves: one row and one curve per configuration, its
     seeds folded into mean ± std."""
     runs = [read_facts(r).record for r in run_dirs]
-    groups = []
-    for g in group_runs(runs):
-        label = f"{g[0]['dir'].name} ({g[0]['config']['train']['model']})"
-        groups.append((label + (f" +{len(g) - 1} seeds" if len(g) > 1 else ""), g))
-    rows = [aggregate([summarize(r) for r in g]) for g in group_runs(runs)]
+    groups = labelled_groups(runs)
+    rows = [aggregate([summarize(r) for r in g]) for _, g in groups]
     fig = curves_figure(groups, book=any(is_d2l_recipe(g[0]["cfg"]) for _, g in groups))
     return [Block("h", "Comparison", level),
             Block("p", "One row per configuration; runs that differ only in their seed are one row, mean ± std over "
