@@ -173,6 +173,8 @@ class SystemConfig(_Checked):
     compile: OnOffAuto = _f("auto", "torch.compile: auto (on for CUDA), on, or off")
     log_every: int = _f(25, "steps between progress-bar updates (the only host-device syncs)")
     model_parallel: str | None = _f(None, "run alexnet2012's two streams on two devices (as in 2012): cuda:0,cuda:1")
+    tensorboard: bool = _f(False, "write TensorBoard event files into the run directory: scalars every --log-every "
+                           "steps and epoch, first-layer filters and weight histograms each epoch")
 
     _AT_LEAST_1 = ("log_every",)
 
@@ -243,7 +245,7 @@ class Config:
 # Settings a resumed run may change: where and how fast it runs, and how long. Everything else
 # (the model, the data, the optimiser, the schedule's shape) is the run's own and stays.
 RESUMABLE = frozenset({"epochs", "device", "amp", "compile", "log_every", "workers", "data_dir",
-                       "eval_batch_size", "channels_last"})  # fmt: skip
+                       "eval_batch_size", "channels_last", "tensorboard"})  # fmt: skip
 
 
 # The presets. `d2l` is the chapter's recipe, unchanged. `fast` and `cpu` share one modern recipe:

@@ -38,7 +38,7 @@ def summarize(run: dict) -> dict:
 # Settings that change where or how fast a run goes, not what it computes; with the seed, the runs
 # that differ only in these are repeats of one configuration.
 NOT_RECIPE = frozenset({"seed", "device", "log_every", "workers", "data_dir", "compile", "eval_batch_size",
-                        "model_parallel"})  # fmt: skip
+                        "model_parallel", "tensorboard"})  # fmt: skip
 
 
 def recipe_key(cfg) -> tuple:

@@ -187,12 +187,13 @@ class Progress:
 
 
 def train_one_epoch(model, optimizer, batches, *, device, amp, label_smoothing=0.0, lr_fn=None, step0=0,
-                    log_every=25, bar=None, tally=None, dropout_seed=None, stop=None) -> dict:  # fmt: skip
+                    log_every=25, bar=None, tally=None, dropout_seed=None, stop=None, on_log=None) -> dict:  # fmt: skip
     """Train over ``batches``; returns {'loss', 'acc', 'images', 'steps'} of the epoch.
 
     ``tally`` holds the epoch's running totals (resumed ones included) and is updated in place.
     Losses stay on the device and reach the host only every ``log_every`` steps, where they are
     checked for non-finite values. ``dropout_seed(step)`` seeds each step's dropout masks.
+    ``on_log(step, loss, acc, lr, images_per_s)`` is told the running means there (TensorBoard).
     """
     model.train()
     tally = tally or Tally.start(device)
@@ -218,9 +219,11 @@ def train_one_epoch(model, optimizer, batches, *, device, amp, label_smoothing=0
             mean = tally.mean_loss()
             if not math.isfinite(mean):
                 raise NonFiniteLoss(step, mean)
+            rate = (tally.seen - n0) / (time.perf_counter() - t0)
             if bar is not None:
-                rate = (tally.seen - n0) / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{mean:.3f}", img_s=f"{rate:.0f}", refresh=False)
+            if on_log is not None:
+                on_log(step, mean, tally.correct.item() / max(tally.seen, 1), optimizer.param_groups[0]["lr"], rate)
         if bar is not None:
             bar.update(1)
     mean = tally.mean_loss()
@@ -391,6 +394,7 @@ class Session:
         self.cfg, self.device, self.rank, self.world = _resolved(cfg, device), device, rank, world
         self.main, self.quiet, self.bars = rank == 0, quiet, Progress(progress)
         self.run_dir: RunDir | None = None
+        self.board = None  # TensorBoard's event writer, with --tensorboard
         self.stop = StopFlag()
 
     def __enter__(self):
@@ -399,6 +403,8 @@ class Session:
 
     def __exit__(self, *exc):
         self.stop.__exit__(*exc)
+        if self.board is not None:
+            self.board.close()
         if self.run_dir is not None:
             self.run_dir.release()
 
@@ -429,7 +435,13 @@ class Session:
             raise TrainingError(f"batch size {cfg.train.batch_size} exceeds the {len(self.data)} training images")
         self.title = f"{cfg.train.model} · {self.data.name} · preset {cfg.preset}"
         if self.main:
+            if cfg.system.tensorboard:  # the package is checked before the run directory is touched
+                from .tensorboard import Board
+
+                self.board = Board()
             self.run_dir = self._open_run_dir(run_dir, ckpt)
+            if self.board is not None:
+                self.board.open(self.run_dir.path)
         self._announce(ckpt)
 
     def _place_model(self) -> nn.Module:
@@ -542,7 +554,7 @@ class Session:
                 amp=cfg.system.amp == "bf16", label_smoothing=cfg.train.label_smoothing,
                 lr_fn=lambda s: lr_at(s, steps * cfg.train.epochs, steps, cfg, drops), step0=epoch * steps + skip,
                 log_every=cfg.system.log_every, bar=bar, tally=self.tally, dropout_seed=lambda s: seed + 7 * s,
-                stop=self.stop,
+                stop=self.stop, on_log=self.board.interval if self.board else None,
             )  # fmt: skip
         except NonFiniteLoss as e:
             good = self.run_dir.last if self.run_dir and self.run_dir.last.exists() else "none yet"
@@ -584,6 +596,8 @@ class Session:
         if self.run_dir is not None:
             self.run_dir.save(self.checkpoint(), best=improved)
             self.run_dir.write_metrics(pos.metrics, self.title)
+        if self.board is not None:
+            self.board.epoch(row, self.model)
         say(f"epoch {epoch + 1:>3}/{self.cfg.train.epochs}  train loss {row['train_loss']:.4f}  "
             f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
             + (f"top-5 err {row['val_top5_err']:.4f}  " if images else "")

@@ -1,0 +1,62 @@
+"""`alexnet train --tensorboard`: the run's numbers as TensorBoard event files in its directory, so
+`tensorboard --logdir runs` shows every run side by side.
+
+    train/loss, train/acc        running means of the epoch so far, every --log-every steps
+    train/lr, train/images_per_s at the same steps (x: the global step)
+    epoch/*                      each metrics.jsonl row's numbers (x: the epoch)
+    filters/first_layer          the first convolution's kernels as one image, each epoch
+    weights/NAME                 a histogram of every parameter tensor, each epoch
+
+Only the process that writes the run directory writes events, and only where numbers already reach
+the host (the log interval's loss sync, the end of an epoch): the training step itself is untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+
+class Board:
+    """The event writer of one run: created with the run, called where the metrics are produced."""
+
+    def __init__(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from .config import ConfigError
+
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install 'alexnet[tensorboard]'") from None
+        self._writer_class, self.writer = SummaryWriter, None
+
+    def open(self, run_dir: Path) -> None:
+        # A resumed run appends a new event file beside the old ones; TensorBoard reads them as one.
+        self.writer = self._writer_class(log_dir=str(run_dir), flush_secs=10)
+
+    def interval(self, step: int, loss: float, acc: float, lr: float, images_per_s: float) -> None:
+        w = self.writer
+        w.add_scalar("train/loss", loss, step)
+        w.add_scalar("train/acc", acc, step)
+        w.add_scalar("train/lr", lr, step)
+        w.add_scalar("train/images_per_s", images_per_s, step)
+
+    def epoch(self, row: dict, model: nn.Module) -> None:
+        from .visualize import filter_cells, first_conv, mosaic
+
+        w, epoch = self.writer, row["epoch"]
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                w.add_scalar(f"epoch/{key}", value, epoch)
+        try:
+            image, _, _ = mosaic(filter_cells(first_conv(model).weight.detach().float().cpu()))
+            w.add_image("filters/first_layer", image, epoch, dataformats="HWC")
+        except ValueError:  # a network without a convolution has no filters to show
+            pass
+        for name, p in model.named_parameters():
+            w.add_histogram(f"weights/{name}", p.detach().float().cpu(), epoch)
+        w.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,70 @@
+"""`alexnet train --tensorboard`: event files in the run directory that TensorBoard's own reader
+reads back as the run's numbers, filters and weights."""
+
+import json
+
+import pytest
+
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    HISTOGRAMS,
+    IMAGES,
+    SCALARS,
+    EventAccumulator,
+)
+
+from alexnet.config import PRESETS  # noqa: E402
+from alexnet.models import build_model  # noqa: E402
+from alexnet.train import fit  # noqa: E402
+
+
+def events(run):
+    acc = EventAccumulator(str(run), size_guidance={SCALARS: 0, IMAGES: 0, HISTOGRAMS: 0})
+    acc.Reload()
+    return acc
+
+
+def tiny(idx_dir, **kw):
+    return PRESETS["cpu"].replace(model="lenet-relu", dataset="mnist", data_dir=str(idx_dir), epochs=2, batch_size=16,
+                                  log_every=2, **kw)  # fmt: skip
+
+
+def test_tensorboard_events_hold_the_runs_scalars_filters_and_weights(idx_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny(idx_dir, tensorboard=True), run, progress=False, quiet=True)
+    ev = events(run)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    tags = ev.Tags()
+    # Each epoch's row, as written to metrics.jsonl, at x = the epoch.
+    for key in ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "train_images_per_s"):
+        got = [(e.step, e.value) for e in ev.Scalars(f"epoch/{key}")]
+        assert got == [(m["epoch"], pytest.approx(m[key], rel=1e-6)) for m in metrics], key
+    # Every log interval: 64 images / 16 = 4 steps an epoch, logged every 2 steps.
+    for key in ("train/loss", "train/acc", "train/lr", "train/images_per_s"):
+        assert [e.step for e in ev.Scalars(key)] == [2, 4, 6, 8], key
+    # The interval's running mean at the epoch's last step is the epoch's training loss.
+    assert ev.Scalars("train/loss")[1].value == pytest.approx(metrics[0]["train_loss"], rel=1e-5)
+    assert ev.Scalars("train/acc")[3].value == pytest.approx(metrics[1]["train_acc"], rel=1e-5)
+    images = ev.Images("filters/first_layer")
+    assert [i.step for i in images] == [1, 2]
+    # LeNet's 6 first-layer kernels of 5x5 in a 3x2 grid with 1-pixel gaps.
+    assert (images[0].width, images[0].height) == (3 * 5 + 2, 2 * 5 + 1)
+    names = {n for n, _ in build_model("lenet-relu", 1, 10).named_parameters()}
+    assert {t.removeprefix("weights/") for t in tags["histograms"]} == names
+    w = ev.Histograms("weights/" + sorted(names)[0])
+    assert [h.step for h in w] == [1, 2] and w[0].histogram_value.num > 0
+
+
+def test_a_resumed_run_continues_its_event_steps(idx_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny(idx_dir, tensorboard=True), run, progress=False, quiet=True)
+    fit(None, run, resume=True, overrides={"epochs": 3}, progress=False, quiet=True)
+    ev = events(run)
+    assert [e.step for e in ev.Scalars("epoch/val_acc")] == [1, 2, 3]
+    assert [e.step for e in ev.Scalars("train/loss")] == [2, 4, 6, 8, 10, 12]
+
+
+def test_without_the_flag_no_event_file_is_written(idx_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny(idx_dir), run, progress=False, quiet=True)
+    assert not list(run.glob("events.out.tfevents.*"))
