@@ -57,8 +57,11 @@ def cmd_train(args) -> int:
         if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
             raise ConfigError(f"--resume {args.resume} writes to its own directory, not --run-dir {args.run_dir}")
         given = _flags(args) | ({"preset": args.preset} if args.preset else {})
-        result = fit(Config(), args.resume, resume=True, overrides=given, progress=not args.no_progress)
+        result = fit(Config(), args.resume, resume=True, overrides=given, progress=not args.no_progress,
+                     replan=args.replan)  # fmt: skip
     else:
+        if args.replan:
+            raise ConfigError("--replan re-plans a resumed --time-budget run: give it with --resume RUN_DIR")
         cfg, why = _config_from_args(args)
         if why and lead:
             print(f"no --preset given: using {cfg.preset}{why}")
@@ -331,6 +334,8 @@ def _add_train(sub) -> None:
                    "runs/PRESET-MODEL-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings; only "
                    "--epochs (to extend it) and where/how fast it runs (--device, --amp, ...) may change")
+    t.add_argument("--replan", action="store_true", help="with --resume of a --time-budget run: measure the step "
+                   "time here and re-plan the remaining steps (else the recorded plan is kept)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)

@@ -78,6 +78,25 @@ class _Checked:
                 raise ConfigError(f"{_flag(name)} must be at most {most}, not {v}")
 
 
+# A duration: whole or decimal numbers with units, largest first, each unit once ("90s", "5min", "1h30m").
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)(?:min|m))?(?:(\d+(?:\.\d+)?)s)?")
+_LONGEST = 30 * 24 * 3600  # a month: a typo (1000h) is refused rather than planned
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``90s``, ``5min``, ``1h``, ``1h30m`` or ``2.5min``; anything
+    else (no unit, a negative or zero length, ``5 minutes``, ``1m1h``) raises ConfigError."""
+    m = _DURATION.fullmatch(str(text).strip().lower())
+    if not text or m is None or not any(m.groups()):
+        raise ConfigError(f"--time-budget {text!r} is not a duration: give a number and a unit, like 90s, 5min, 1h "
+                          f"or 1h30m")  # fmt: skip
+    h, mins, s = (float(g or 0) for g in m.groups())
+    seconds = h * 3600 + mins * 60 + s
+    if not 0 < seconds <= _LONGEST:
+        raise ConfigError(f"--time-budget {text!r} must be longer than 0 s and at most 30 days")
+    return seconds
+
+
 Dataset = Literal["fashion-mnist", "mnist", "cifar10", "imagefolder", "imagelist"]
 Schedule = Literal["constant", "cosine", "step", "plateau", "linear"]
 OnOffAuto = Literal["auto", "on", "off"]
@@ -134,6 +153,10 @@ class TrainConfig(_Checked):
                                              "convolutions (the classifier)")
     pretrained_lr_scale: float = _f(1.0, "with --init-from: the pretrained layers' learning rate as a fraction of "
                                     "--lr (e.g. 0.1); the new last layer trains at --lr")
+    time_budget: str | None = _f(None, "train to a clock (90s, 5min, 1h30m): the run measures its step time and "
+                                 "plans its steps, schedule included, so that training and the final evaluation "
+                                 "end within it; --epochs then only sets the warm-up's share (--warmup-epochs / "
+                                 "--epochs); giving --epochs alone drops the budget")  # fmt: skip
 
     _AT_LEAST_1 = ("epochs", "batch_size", "eval_batch_size", "lr_step_epochs")
     _NOT_NEGATIVE = ("weight_decay", "warmup_epochs", "lr_patience", "seed")
@@ -153,6 +176,8 @@ class TrainConfig(_Checked):
             raise ConfigError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"--warmup-epochs {self.warmup_epochs} is longer than the run ({self.epochs} epochs)")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
         if self.schedule == "plateau" and self.evaluate == "end":
             raise ConfigError("--schedule plateau needs a validation error every epoch, not --evaluate end")
         if self.init_from is None and (self.freeze != "none" or self.pretrained_lr_scale != 1.0):
@@ -227,7 +252,11 @@ class Config:
         return {k: v for sec in SECTIONS for k, v in dataclasses.asdict(getattr(self, sec)).items()}
 
     def replace(self, **flat) -> "Config":
-        """A copy with fields changed by their flat name (``lr=0.1``), whichever section holds them."""
+        """A copy with fields changed by their flat name (``lr=0.1``), whichever section holds them.
+        A length in epochs without a budget is a run of that many epochs: ``epochs=N`` drops a
+        preset's ``time_budget`` unless one is given too."""
+        if "epochs" in flat and "time_budget" not in flat:
+            flat = {**flat, "time_budget": None}
         changes: dict[str, dict] = {sec: {} for sec in SECTIONS}
         for key, value in flat.items():
             changes[self.section_of(key)][key] = value
@@ -244,7 +273,7 @@ class Config:
 
 # Settings a resumed run may change: where and how fast it runs, and how long. Everything else
 # (the model, the data, the optimiser, the schedule's shape) is the run's own and stays.
-RESUMABLE = frozenset({"epochs", "device", "amp", "compile", "log_every", "workers", "data_dir",
+RESUMABLE = frozenset({"epochs", "time_budget", "device", "amp", "compile", "log_every", "workers", "data_dir",
                        "eval_batch_size", "channels_last", "tensorboard"})  # fmt: skip
 
 

@@ -264,8 +264,10 @@ class RunDir:
     def best(self) -> Path:
         return self.path / "best.pt"
 
-    def write_config(self, cfg: Config, changes: list[dict]) -> None:
+    def write_config(self, cfg: Config, changes: list[dict], plan: dict | None = None) -> None:
         record = {**cfg.to_dict(), "changes": changes} if changes else cfg.to_dict()
+        if plan:  # a --time-budget run's plan (budget.Plan)
+            record["plan"] = plan
         atomic_write(self.path / "config.json", json.dumps(record, indent=2) + "\n")
 
     def write_metrics(self, metrics: list[dict], title: str) -> None:
@@ -297,7 +299,7 @@ class RunDir:
         if on_disk != metrics:
             repaired.append(f"metrics ({len(on_disk or [])} rows on disk, {len(metrics)} in the checkpoint)")
         self.write_metrics(metrics, title)
-        self.write_config(ckpt["cfg"], ckpt.get("changes", []))
+        self.write_config(ckpt["cfg"], ckpt.get("changes", []), ckpt.get("plan"))
         best_epoch = best_epoch_of(metrics)
         have = _checkpoint_epoch(self.best)
         if best_epoch is not None and have != best_epoch:

@@ -16,6 +16,8 @@ and the checkpoint holds the epoch's running totals.
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import math
 import signal
 import time
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from . import budget as B
 from . import data as D
 from . import finetune
 from . import imagenet as I
@@ -357,9 +360,10 @@ class RunResult:
 
 
 def fit(cfg: Config, run_dir=None, *, resume: bool = False, overrides: dict | None = None, progress: bool = True,
-        quiet: bool = False) -> RunResult:  # fmt: skip
+        quiet: bool = False, replan: bool = False) -> RunResult:  # fmt: skip
     """Train ``cfg`` into ``run_dir`` (a fresh, uniquely named one under runs/ when None), or, with
-    ``resume``, continue the run there with its own settings changed only by ``overrides``.
+    ``resume``, continue the run there with its own settings changed only by ``overrides`` (and a
+    budgeted run's steps re-planned on this machine with ``replan``).
     Under torchrun, data-parallel over the ranks; rank 0 writes the run directory."""
     ckpt = None
     if resume:
@@ -372,7 +376,7 @@ def fit(cfg: Config, run_dir=None, *, resume: bool = False, overrides: dict | No
     device, rank, world = init_distributed(cfg.system.device)
     main = rank == 0
     try:
-        with Session(cfg, device, rank, world, quiet=quiet or not main, progress=progress and main) as s:
+        with Session(cfg, device, rank, world, quiet=quiet or not main, progress=progress and main, replan=replan) as s:
             s.prepare(run_dir, ckpt, changes if resume else [])
             result = s.run()
         if world > 1:  # leave the group together: a rank exiting while rank 0 still writes can abort Gloo
@@ -386,7 +390,7 @@ def fit(cfg: Config, run_dir=None, *, resume: bool = False, overrides: dict | No
 class Session:
     """One process's part of a run: its data, network, optimiser, position and run directory."""
 
-    def __init__(self, cfg: Config, device, rank: int, world: int, quiet: bool, progress: bool):
+    def __init__(self, cfg: Config, device, rank: int, world: int, quiet: bool, progress: bool, replan: bool = False):
         if cfg.system.model_parallel:  # batches and logits live on the first of the two devices
             names = cfg.system.model_parallel.split(",")
             device = select_device(names[0])
@@ -396,6 +400,12 @@ class Session:
         self.run_dir: RunDir | None = None
         self.board = None  # TensorBoard's event writer, with --tensorboard
         self.stop = StopFlag()
+        # --time-budget (budget.py): the plan, the clock that holds it, and when the clock started
+        self.plan: B.Plan | None = None
+        self.clock: B.Clock | None = None
+        self.started: float | None = None  # the budget's clock: spent_s before this process included
+        self.began: float | None = None  # when this process began paying for the budget (stem, measurement)
+        self.replan = replan
 
     def __enter__(self):
         self.stop.__enter__()
@@ -434,6 +444,8 @@ class Session:
         if self.steps == 0:
             raise TrainingError(f"batch size {cfg.train.batch_size} exceeds the {len(self.data)} training images")
         self.title = f"{cfg.train.model} · {self.data.name} · preset {cfg.preset}"
+        if cfg.train.time_budget:
+            self.plan_budget(ckpt)
         if self.main:
             if cfg.system.tensorboard:  # the package is checked before the run directory is touched
                 from .tensorboard import Board
@@ -469,7 +481,7 @@ class Session:
             run = RunDir.open(run_dir)
             for what in run.reconcile(ckpt, self.title):
                 warn(f"{run.path}: repaired {what}")
-        run.write_config(cfg, self.pos.changes)
+        run.write_config(cfg, self.pos.changes, self.plan and self.plan.to_dict())
         if isinstance(self.data, I.ImagePipeline):
             I.save_stats(self.data.stats, run.path / "lighting.json")
         return run
@@ -479,8 +491,9 @@ class Session:
         res = self.data.resolution
         say(f"preset {cfg.preset} · model {cfg.train.model} · {self.data.name} {res}x{res} · device {describe(d)} · "
             f"bf16 {cfg.system.amp == 'bf16' and 'on' or 'off'} · compile {cfg.system.compile} · channels_last "
-            f"{'on' if channels_last_on(cfg.system.channels_last, d) else 'off'} · {cfg.train.epochs} epochs x "
-            f"{self.steps} steps" + (f" · data-parallel over {self.world} ranks ({dist.get_backend()})"
+            f"{'on' if channels_last_on(cfg.system.channels_last, d) else 'off'} · "
+            + (B.describe(self.plan) if self.plan else f"{cfg.train.epochs} epochs x {self.steps} steps")
+            + (f" · data-parallel over {self.world} ranks ({dist.get_backend()})"
                                      if self.world > 1 else ""), self.quiet)  # fmt: skip
         if ckpt is not None:
             where = self.run_dir.path if self.run_dir else ""
@@ -496,15 +509,16 @@ class Session:
 
     def run(self) -> RunResult:
         pos, cfg = self.pos, self.cfg
-        if pos.epoch >= cfg.train.epochs:
+        if pos.epoch >= self.total_epochs:
             say(f"the run is complete ({pos.epoch} epochs); nothing to train", self.quiet)
         try:
-            since, trained, images = time.perf_counter(), 0.0, 0  # since the last evaluation
-            for epoch in range(pos.epoch, cfg.train.epochs):
+            now = time.perf_counter()  # a budget's stem and measurement ran in prepare: counted as training
+            since, trained, images = self.began or now, now - (self.began or now), 0  # since the last evaluation
+            for epoch in self.epochs_left():
                 t0 = time.perf_counter()
                 tr = self.train_epoch(epoch)
                 trained, images = trained + time.perf_counter() - t0, images + tr["images"]
-                if cfg.train.evaluate == "end" and epoch + 1 < cfg.train.epochs:
+                if cfg.train.evaluate == "end" and epoch + 1 < self.total_epochs:
                     self.skip_evaluation(epoch)
                     continue
                 t1 = time.perf_counter()
@@ -515,7 +529,100 @@ class Session:
         except KeyboardInterrupt as e:
             self.save_interrupted(abort=isinstance(e, Abort))
             return RunResult(self._path(), pos.metrics, interrupted=True)
+        if self.plan is not None and self.run_dir is not None:  # the plan as it ended: re-plans, budget spent
+            self.run_dir.write_config(cfg, pos.changes, self.plan.to_dict())
         return RunResult(self._path(), pos.metrics)
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs the run trains: --epochs, or as many as a budget's planned steps reach (the last partial)."""
+        return self.plan.whole_epochs if self.plan else self.cfg.train.epochs
+
+    def epochs_left(self):
+        """The epochs from the position on; a budgeted run's clock may change their number meanwhile."""
+        epoch = self.pos.epoch
+        while epoch < self.total_epochs:
+            yield epoch
+            epoch += 1
+
+    def lr_fn(self, drops: int):
+        """The learning rate at a global step: the schedule over --epochs, or over a budget's planned
+        steps, re-plans followed (budget.Plan.schedule_step)."""
+        cfg, steps, plan = self.cfg, self.steps, self.plan
+        if plan is None:
+            return lambda s: lr_at(s, steps * cfg.train.epochs, steps, cfg, drops)
+        shape = plan.shape(cfg)
+        return lambda s: lr_at(plan.schedule_step(s), plan.schedule_steps, steps, shape, drops)
+
+    def plan_budget(self, ckpt: dict | None) -> None:
+        """--time-budget: start the clock, compute the frozen stem (paid from the budget), time a
+        training step and an evaluation here, and plan the steps (budget.py). A resumed run keeps
+        its recorded plan unless asked to re-plan (--replan, or a new budget)."""
+        cfg, saved = self.cfg, (ckpt or {}).get("plan")
+        new_budget = saved is not None and B.parse_duration(cfg.train.time_budget) != saved["budget_s"]
+        if ckpt is not None and saved is None:
+            raise ConfigError("--time-budget: this run was trained in epochs; resume it with --epochs")
+        self.began = time.perf_counter()
+        if saved is not None:
+            self.plan = B.Plan.from_dict(saved)
+            self.started = self.began - self.plan.spent_s
+            if not (self.replan or new_budget):
+                self.began = None
+                self.clock = B.Clock(self.plan, self.started, cfg.train.evaluate == "epoch", replan=False)
+                return
+        if self.world > 1:
+            raise ConfigError("--time-budget plans one process's run; under torchrun give --epochs")
+        self.started = self.started or self.began
+        self.prepare_frozen()
+        step_s, eval_s = self._time_step(), self._time_evaluation()
+        each = cfg.train.evaluate == "epoch"
+        if self.plan is None:
+            self.plan = B.first_plan(cfg, step_s, eval_s, time.perf_counter() - self.started, self.steps)
+        else:  # re-plan what remains for this machine (and budget), from where the run stands
+            plan, done = self.plan, self.pos.epoch * self.steps + self.pos.step
+            plan.budget_s, plan.step_s, plan.eval_s = B.parse_duration(cfg.train.time_budget), step_s, eval_s
+            elapsed = time.perf_counter() - self.started
+            fit = B.steps_that_fit(plan.budget_s - elapsed, step_s, done, self.steps, eval_s, eval_s if each else 0.0)
+            plan.replan(done, fit, elapsed, step_s)
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
+        self.clock = B.Clock(self.plan, self.started, each, sync=sync)
+
+    def _time_step(self) -> float:
+        """Seconds per training step of this run's own step, network and data, with the weights,
+        optimiser and random state put back afterwards (the steps take lr 0 as well)."""
+        saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                 torch.get_rng_state())  # fmt: skip
+        batches = itertools.chain.from_iterable(self.data.train(e) for e in itertools.count())
+        cfg = self.cfg
+
+        def run(n: int) -> None:
+            train_one_epoch(self.train_net, self.optimizer, itertools.islice(batches, n), device=self.device,
+                            amp=cfg.system.amp == "bf16", label_smoothing=cfg.train.label_smoothing,
+                            lr_fn=lambda s: 0.0, log_every=n)  # fmt: skip
+
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
+        try:
+            return B.time_per_step(run, sync)
+        finally:
+            self.model.load_state_dict(saved[0])
+            self.optimizer.load_state_dict(saved[1])
+            torch.set_rng_state(saved[2])
+
+    def _time_evaluation(self) -> float:
+        """Seconds of one evaluation: a few batches after a warm-up one, scaled to the whole set
+        (in-memory data), else one whole evaluation."""
+        def timed(batches) -> float:
+            t0 = time.perf_counter()
+            evaluate(self.net, batches, device=self.device, amp=self.cfg.system.amp == "bf16",
+                     num_classes=len(self.data.classes), flip_tta=self.cfg.data.flip_tta)  # fmt: skip
+            return time.perf_counter() - t0
+
+        if not isinstance(self.data, D.InMemory):
+            return timed(self.data.val())
+        n = D.steps_per_epoch(len(self.data.test), self.data.eval_batch, train=False)
+        timed(itertools.islice(self.data.val(), 1))  # kernels for the evaluation's shapes
+        k = min(n, 2)
+        return timed(itertools.islice(self.data.val(), k)) * n / k
 
     def prepare_frozen(self) -> None:
         """Before the first step (its time counted as training): fit any whitening conv to the
@@ -544,15 +651,18 @@ class Session:
         drops = plateau_drops([1 - m["val_acc"] for m in pos.metrics], cfg.train.lr_patience)
         self.tally = Tally.start(self.device, pos.tally if skip and self.main else None)
         self.tally.steps = skip
-        bar = self.bars.bar(steps, f"epoch {epoch + 1}/{cfg.train.epochs}", skip)
+        bar = self.bars.bar(steps, f"epoch {epoch + 1}/{self.total_epochs}", skip)
         # Dropout: a function of (seed, step), and of the rank, else every rank's i-th image would
         # get the same mask.
         seed = cfg.train.seed * 1_000_003 + 1_000_033 * self.rank
+        lr_fn, batches = self.lr_fn(drops), self.data.train(epoch, skip)
+        if self.clock is not None:  # a budget: its plan may end this epoch early, or re-plan on the way
+            batches = self.clock.steps(batches, epoch * steps + skip)
         try:
             tr = train_one_epoch(
-                self.train_net, self.optimizer, self.data.train(epoch, skip), device=self.device,
+                self.train_net, self.optimizer, batches, device=self.device,
                 amp=cfg.system.amp == "bf16", label_smoothing=cfg.train.label_smoothing,
-                lr_fn=lambda s: lr_at(s, steps * cfg.train.epochs, steps, cfg, drops), step0=epoch * steps + skip,
+                lr_fn=lr_fn, step0=epoch * steps + skip,
                 log_every=cfg.system.log_every, bar=bar, tally=self.tally, dropout_seed=lambda s: seed + 7 * s,
                 stop=self.stop, on_log=self.board.interval if self.board else None,
             )  # fmt: skip
@@ -562,7 +672,7 @@ class Session:
         finally:
             if bar is not None:
                 bar.close()
-        tr["lr"] = lr_at(epoch * steps + steps - 1, steps * cfg.train.epochs, steps, cfg, drops)
+        tr["lr"] = lr_fn(tr["steps"] - 1)  # of the epoch's last step
         return reduce_means(tr, ("loss", "acc"), self.device, self.world)
 
     def evaluate(self) -> dict:
@@ -578,7 +688,7 @@ class Session:
         """--evaluate end: an epoch done, with no evaluation, metrics row or checkpoint (an
         interruption still saves one); the next row's times cover this epoch too."""
         self.pos.epoch, self.pos.step, self.pos.tally, self.tally = epoch + 1, 0, None, None
-        say(f"epoch {epoch + 1:>3}/{self.cfg.train.epochs}  trained (evaluation after the last epoch only)", self.quiet)
+        say(f"epoch {epoch + 1:>3}/{self.total_epochs}  trained (evaluation after the last epoch only)", self.quiet)
 
     def end_epoch(self, epoch: int, tr: dict, ev: dict, train_time: float, epoch_time: float) -> None:
         """One metrics row. Times and images/s cover the training since the previous row (one
@@ -598,7 +708,7 @@ class Session:
             self.run_dir.write_metrics(pos.metrics, self.title)
         if self.board is not None:
             self.board.epoch(row, self.model)
-        say(f"epoch {epoch + 1:>3}/{self.cfg.train.epochs}  train loss {row['train_loss']:.4f}  "
+        say(f"epoch {epoch + 1:>3}/{self.total_epochs}  train loss {row['train_loss']:.4f}  "
             f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
             + (f"top-5 err {row['val_top5_err']:.4f}  " if images else "")
             + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s", self.quiet)  # fmt: skip
@@ -633,7 +743,12 @@ class Session:
             "dataset": data.name, "in_channels": data.channels, "num_classes": len(data.classes),
             "resolution": data.resolution, "normalization": getattr(data, "normalization", None),
             "stats": getattr(data, "stats", None), "torch": str(torch.__version__), "machine": machine(self.device),
+            **({"plan": self._spent(self.plan).to_dict()} if self.plan else {}),
         }  # fmt: skip
+
+    def _spent(self, plan: B.Plan) -> B.Plan:
+        plan.spent_s = time.perf_counter() - self.started
+        return plan
 
     def _path(self) -> Path:
         return self.run_dir.path if self.run_dir else Path(".")

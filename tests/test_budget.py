@@ -1,0 +1,219 @@
+"""Training to a clock (`--time-budget`, alexnet/budget.py): the plan comes from the measured step
+time, the schedule is drawn for the planned steps and always finishes, the clock re-plans under a
+changing load, a resumed run keeps its plan, and a budget that holds nothing is one line."""
+
+import json
+
+import pytest
+import torch
+
+from alexnet import budget as B
+from alexnet import runs as R
+from alexnet import train as T
+from alexnet.cli import main
+from alexnet.config import PRESETS, Config, ConfigError, parse_duration
+
+
+def tiny(data_dir, **kw) -> Config:
+    base = dict(model="lenet-relu", dataset="mnist", data_dir=str(data_dir), epochs=4, warmup_epochs=1.0,
+                batch_size=16, lr=0.05, momentum=0.9, schedule="linear", evaluate="end", log_every=2)  # fmt: skip
+    return Config(preset="test").replace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5min", 300), ("5m", 300), ("1h", 3600), ("1h30m", 5400),
+                                           ("2.5min", 150), ("1h0m30s", 3630), (" 60S ", 60)])  # fmt: skip
+def test_durations_read_as_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["90", "5 minutes", "1m1h", "-5s", "0s", "soon", "", "1.5.2h", "5min5min", "1000h"])
+def test_duration_parser_refuses_nonsense(text):
+    with pytest.raises(ConfigError, match="--time-budget"):
+        parse_duration(text)
+
+
+def test_nonsense_budget_on_the_command_line_is_one_line(capsys, tmp_path):
+    assert main(["train", "--preset", "speedrun", "--time-budget", "soon", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--time-budget 'soon' is not a duration" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_epochs_alone_drops_a_budget_and_both_keep_it():
+    cfg = Config().replace(time_budget="60s")
+    assert cfg.replace(epochs=3).train.time_budget is None
+    assert cfg.replace(epochs=3, time_budget="2min").train.time_budget == "2min"
+    assert cfg.replace(lr=0.1).train.time_budget == "60s"
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+def test_steps_that_fit_pay_for_the_evaluations_and_nothing_more():
+    # 10 s at 0.1 s a step, a 1 s final evaluation: 90 steps.
+    assert B.steps_that_fit(10.0, 0.1, 0, 30, 1.0) == 90
+    # An evaluation after each epoch (1 s, 30 steps an epoch) as well: 70 steps = 2 whole epochs +
+    # 10 steps, 2 boundaries + the final evaluation -> 7 + 2 + 1 s.
+    assert B.steps_that_fit(10.0, 0.1, 0, 30, 1.0, boundary_s=1.0) == 70
+    # From step 50 with 3 s left: 20 more steps; none when the evaluation alone does not fit.
+    assert B.steps_that_fit(3.0, 0.1, 50, 30, 1.0) == 70
+    assert B.steps_that_fit(0.5, 0.1, 50, 30, 1.0) == 50
+
+
+def _planned(cfg, tmp_path, monkeypatch, slow_s: float) -> dict:
+    """Prepare (not train) a budgeted run whose every measured step takes ``slow_s`` longer."""
+    real = T.train_one_epoch
+
+    def slow(model, optimizer, batches, **kw):
+        out = real(model, optimizer, batches, **kw)
+        T.time.sleep(slow_s * (out["steps"] - kw.get("step0", 0)))
+        return out
+
+    monkeypatch.setattr(T, "train_one_epoch", slow)
+    with T.Session(cfg, torch.device("cpu"), 0, 1, quiet=True, progress=False) as s:
+        s.prepare(tmp_path, None, [])
+        s.run_dir.release()
+        s.run_dir = None
+    return json.loads((tmp_path / "config.json").read_text())["plan"]
+
+
+def test_the_plan_shrinks_when_the_measured_step_is_slower(idx_dir, tmp_path, monkeypatch):
+    cfg = tiny(idx_dir, time_budget="5s")
+    fast = _planned(cfg, tmp_path / "fast", monkeypatch, 0.0)
+    slow = _planned(cfg, tmp_path / "slow", monkeypatch, 0.05)
+    assert slow["step_s"] > fast["step_s"] + 0.045
+    assert slow["steps"] < fast["steps"] / 2
+    # The warm-up keeps its share of the run (1 of 4 epochs), whatever the length.
+    for plan in (fast, slow):
+        assert plan["warmup_epochs"] == pytest.approx(plan["steps"] / plan["steps_per_epoch"] / 4)
+
+
+def test_a_budget_that_holds_no_useful_run_is_one_line_before_anything_trains(idx_dir, tmp_path, capsys,
+                                                                             monkeypatch):  # fmt: skip
+    monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.5)  # a 0.5 s step: 1 s holds at most 2
+    trained = []
+    monkeypatch.setattr(T, "train_one_epoch", lambda *a, **k: trained.append(1))
+    args = ["train", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", str(idx_dir), "--time-budget", "1s", "--batch-size", "16",
+            "--run-dir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--time-budget 1s holds" in err and "10 steps needs at least" in err
+    assert trained == [] and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The schedule, drawn for the planned steps
+
+
+def _plan(steps=100, spe=30, warmup=0.5) -> B.Plan:
+    return B.Plan(budget_s=10.0, step_s=0.1, eval_s=0.0, startup_s=0.0, steps=steps, steps_per_epoch=spe,
+                  schedule_steps=steps, warmup_epochs=warmup)  # fmt: skip
+
+
+def test_a_re_plan_stretches_what_is_left_of_the_schedule_without_a_jump():
+    plan = _plan()
+    before = [plan.schedule_step(s) for s in range(100)]
+    assert before == list(range(100))  # no re-plan: the schedule's own steps
+    plan.replan(40, 160, elapsed_s=4.0, step_s=0.05)  # faster than planned: 160 steps in all
+    after = [plan.schedule_step(s) for s in range(160)]
+    assert after[:41] == before[:41]  # the steps taken keep their rates
+    assert after[-1] == 99  # the run's last step is the schedule's last
+    gaps = [b - a for a, b in zip(after, after[1:])]
+    assert all(g == pytest.approx(59 / 119) for g in gaps[40:])  # the rest, evenly stretched
+    plan.replan(100, 120, elapsed_s=9.0, step_s=0.2)  # slower again: squeezed
+    assert plan.schedule_step(119) == 99 and plan.schedule_step(100) == pytest.approx(after[100])
+    assert [r["steps"] for r in plan.replans] == [160, 120]
+
+
+def test_the_clock_re_plans_the_remaining_steps_when_the_step_slows_down():
+    """A run planned at 10 ms a step whose steps take 30 ms from step 200 on (another job starts):
+    the clock shrinks the plan, ends within the budget, and the schedule still finishes."""
+    plan = _plan(steps=900, spe=100, warmup=1.0)
+    plan.budget_s, plan.step_s, plan.eval_s = 10.0, 0.01, 0.5
+    t = {"now": 0.5}  # the start-up took 0.5 s
+    clock = B.Clock(plan, 0.0, evaluate_each_epoch=False, now=lambda: t["now"], every=20)
+    taken = 0
+    for epoch in range(100):
+        if epoch * plan.steps_per_epoch >= plan.steps:
+            break
+        for step in clock.steps(range(epoch * 100, epoch * 100 + 100), epoch * 100):
+            t["now"] += 0.01 if step < 200 else 0.03
+            taken = step + 1
+    end = t["now"] + plan.eval_s * 3  # the evaluation slows down as much
+    assert taken == plan.steps < 900 and plan.replans
+    assert 9.7 < end <= 10.0 + 0.03 * 20  # within a look's window of the budget
+    assert plan.schedule_step(taken - 1) == plan.schedule_steps - 1
+
+
+def test_a_budgeted_run_ends_with_a_finished_schedule(idx_dir, tmp_path, monkeypatch):
+    # The measurement says 0.1 s a step, the steps take a few ms: the clock sees it and re-plans
+    # upwards; whatever it did, the last step's rate is the schedule's last.
+    monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.1)
+    cfg = tiny(idx_dir, time_budget="1.5s")
+    result = T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
+    plan = B.Plan.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())["plan"])
+    assert plan.replans and plan.steps > plan.schedule_steps
+    assert result.final["epoch"] == plan.whole_epochs
+    shape = plan.shape(cfg)
+    end = T.lr_at(plan.schedule_steps - 1, plan.schedule_steps, plan.steps_per_epoch, shape)
+    assert result.final["lr"] == pytest.approx(end) and 0 < end < cfg.train.lr / 10
+    assert T.lr_at(plan.schedule_steps, plan.schedule_steps, plan.steps_per_epoch, shape) == 0.0
+
+
+def test_a_resumed_budget_run_keeps_its_plan_and_trains_as_if_uninterrupted(idx_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.05)
+    monkeypatch.setattr(B.Clock, "look", lambda self, step: None)  # hold the first plan
+    real_plan = B.first_plan  # and make it the same for both runs: start-up times differ
+    monkeypatch.setattr(B, "first_plan", lambda cfg, step_s, eval_s, startup_s, spe: real_plan(cfg, step_s, 0.01, 0.0, spe))
+    cfg = tiny(idx_dir, time_budget="1s", evaluate="epoch")
+    straight = T.fit(cfg, tmp_path / "a", progress=False, quiet=True)
+    real, calls = T.D.loader, {"n": 0}
+
+    def interrupting(*a, **k):  # the 7th batch drawn (6 trained, or 5 and an evaluation) interrupts
+        for batch in real(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 7:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(T.D, "loader", interrupting)
+    assert T.fit(cfg, tmp_path / "b", progress=False, quiet=True).interrupted
+    monkeypatch.setattr(T.D, "loader", real)
+    saved = R.load_checkpoint(tmp_path / "b" / "last.pt")["plan"]
+    # Another machine, ten times slower: the recorded plan stands.
+    monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.5)
+    resumed = T.fit(cfg, tmp_path / "b", resume=True, progress=False, quiet=True)
+    plan = json.loads((tmp_path / "b" / "config.json").read_text())["plan"]
+    assert plan["steps"] == saved["steps"] and plan["anchors"] == saved["anchors"] and plan["step_s"] == 0.05
+    for a, b in zip(straight.metrics, resumed.metrics, strict=True):
+        assert (a["epoch"], a["lr"]) == (b["epoch"], b["lr"])
+        assert a["val_acc"] == pytest.approx(b["val_acc"]) and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_replan_on_resume_measures_here_and_re_plans_what_remains(idx_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.05)
+    monkeypatch.setattr(B.Clock, "look", lambda self, step: None)
+    cfg = tiny(idx_dir, time_budget="3s")
+    real = T.D.loader
+
+    def interrupting(*a, **k):
+        for i, batch in enumerate(real(*a, **k)):
+            if k.get("epoch", a[4] if len(a) > 4 else 0) == 1 and i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(T.D, "loader", interrupting)
+    assert T.fit(cfg, tmp_path / "run", progress=False, quiet=True).interrupted
+    monkeypatch.setattr(T.D, "loader", real)
+    saved = R.load_checkpoint(tmp_path / "run" / "last.pt")["plan"]
+    monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.1)  # twice as slow here
+    T.fit(cfg, tmp_path / "run", resume=True, replan=True, progress=False, quiet=True)
+    plan = json.loads((tmp_path / "run" / "config.json").read_text())["plan"]
+    assert plan["step_s"] == 0.1 and plan["replans"][-1]["step"] == 4 + 2  # epoch 2, step 3
+    assert plan["steps"] < saved["steps"] and plan["schedule_steps"] == saved["schedule_steps"]
+
+
+def test_replan_without_resume_is_one_line(capsys):
+    assert main(["train", "--replan"]) == 2
+    assert "--replan re-plans a resumed" in capsys.readouterr().err
