@@ -76,9 +76,10 @@ def test_peak_is_at_least_what_the_networks_own_dominant_conv_reaches():
 def test_speedrun_presets_train_a_speednet_and_evaluate_once_with_flip_tta():
     from alexnet.config import PRESETS
 
-    for name, model in (("speedrun", "speednet-white"), ("speedrun-long", "speednet-white-2x")):
+    for name, model, budget in (("speedrun", "speednet-white", "60s"), ("speedrun-long", "speednet-white-2x", "5min")):
         cfg = PRESETS[name]
         assert cfg.train.model == model and cfg.train.evaluate == "end" and cfg.data.flip_tta
+        assert cfg.train.time_budget == budget and cfg.replace(epochs=7).train.time_budget is None
         assert cfg.train.schedule == "linear" and cfg.data.crop_padding == 0 and cfg.data.holdout == 0
 
 
