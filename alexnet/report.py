@@ -611,7 +611,8 @@ def initial_first_conv(cfg, in_channels: int, num_classes: int):
 
 
 def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block]:
-    from .visualize import LOW_FREQUENCY, chance_share, filter_panels_figure, first_conv, low_frequency_share
+    from .visualize import (LOW_FREQUENCY, chance_share, filter_panels_figure, first_conv, low_frequency_share,
+                            orientation_strength)  # fmt: skip
 
     head = [Block("h", "First-layer filters", level)]
     if model is None:
@@ -623,23 +624,29 @@ def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block
     panels = ([("at initialisation (rebuilt from the seed)", w0)] if w0 is not None else []) + [(f"trained ({at})", w)]
     o, c, kh, kw = w.shape
     share = low_frequency_share(w)
-    rows = [{"weights": f"trained ({at})", "median share": float(share.median()), "mean share": float(share.mean()),
-             "norm": float(w.norm())}]  # fmt: skip
+
+    def row(label, weight, s):
+        return {"weights": label, "median low-frequency share": float(s.median()), "mean share": float(s.mean()),
+                "median orientation": float(orientation_strength(weight).median()), "norm": float(weight.norm())}
+
+    rows = [row(f"trained ({at})", w, share)]
     text = (f"The low-frequency share of a kernel is the part of its energy (squared norm) at spatial frequencies "
             f"of at most {LOW_FREQUENCY:g} cycles per pixel (periods of {1 / LOW_FREQUENCY:g} pixels or longer): 1 for "
-            f"a constant kernel, 0 for a checkerboard; white noise gives {chance_share(kh, kw):.2f} for {kh}x{kw}.")  # fmt: skip
+            f"a constant kernel, 0 for a checkerboard; white noise gives {chance_share(kh, kw):.2f} for {kh}x{kw}. "
+            "Its orientation is how much of its energy away from frequency 0 lies along one direction: 1 for "
+            "stripes, about 0 for a round blob; white noise, by chance, a little above 0.")  # fmt: skip
     if w0 is not None:
         s0 = low_frequency_share(w0)
-        rows.insert(0, {"weights": "at initialisation", "median share": float(s0.median()), "mean share": float(s0.mean()),
-                        "norm": float(w0.norm())})  # fmt: skip
+        rows.insert(0, row("at initialisation", w0, s0))
         moved = float((w - w0).norm() / w0.norm()) if w0.norm() > 0 else float("nan")
         text += (f" Training moved the kernels by {moved:.0%} of their initial norm (||W - W0|| / ||W0||); "
                  f"{int((share > s0).sum())} of {o} kernels gained low-frequency share.")  # fmt: skip
     else:
         text += " The first layer is fitted to the data, not drawn from the seed: there is no initial state to show."
     fig = filter_panels_figure(panels)
-    return head + [Block("p", text), Block("table", rows=rows, formats={"median share": "{:.3f}", "mean share": "{:.3f}",
-                                                                         "norm": "{:.3f}"}),
+    return head + [Block("p", text), Block("table", rows=rows, formats={"median low-frequency share": "{:.3f}",
+                                                                         "mean share": "{:.3f}", "norm": "{:.3f}",
+                                                                         "median orientation": "{:.3f}"}),
                    Block("figure", f"{o} kernels {kh}x{kw} on {c} channel(s), each scaled to its own range.",
                          name=f"{stem}filters.png", png=figure_png(fig, 110))]  # fmt: skip
 

@@ -186,6 +186,27 @@ def chance_share(kh: int, kw: int, cutoff: float = LOW_FREQUENCY) -> float:
     return float(_low_mask(kh, kw, cutoff).double().mean())
 
 
+def orientation_strength(weight: torch.Tensor) -> torch.Tensor:
+    """Per kernel of a conv weight (out, in, kh, kw): how much of its non-constant energy lies along
+    one orientation, in [0, 1]. From the energy-weighted second moments of the frequency vector,
+    J = sum P(f) f f^T / sum P(f) over the non-zero frequencies: (l1 - l2) / (l1 + l2) of J's two
+    eigenvalues. A grating (stripes) gives 1; a round blob, a checkerboard's two diagonals or white
+    noise give about 0, as does a constant kernel (no energy away from frequency 0)."""
+    w = weight.detach().double().cpu()
+    power = torch.fft.fft2(w).abs().pow(2).sum(1)  # (out, kh, kw)
+    fy = torch.fft.fftfreq(w.shape[-2], dtype=torch.float64)[:, None].expand(w.shape[-2], w.shape[-1])
+    fx = torch.fft.fftfreq(w.shape[-1], dtype=torch.float64)[None, :].expand(w.shape[-2], w.shape[-1])
+    full = power.flatten(1).sum(1)
+    power = power.clone()
+    power[:, 0, 0] = 0  # the mean says nothing about orientation
+    total = power.flatten(1).sum(1)
+    jxx, jyy, jxy = ((power * a).flatten(1).sum(1) for a in (fx * fx, fy * fy, fx * fy))
+    # Eigenvalues of [[jxx, jxy], [jxy, jyy]]: their difference over their sum.
+    spread = ((jxx - jyy) ** 2 + 4 * jxy**2).sqrt()
+    # Rounding leaves ~1e-32 of a constant kernel's energy off frequency 0: that is no orientation.
+    return torch.where(total > 1e-12 * full, spread / (jxx + jyy).clamp_min(1e-300), torch.zeros_like(total))
+
+
 def _panel(ax, weight: torch.Tensor, title: str) -> None:
     image, _, _ = mosaic(filter_cells(weight.detach().cpu().float()))
     c = image.shape[-1]
@@ -197,7 +218,8 @@ def _panel(ax, weight: torch.Tensor, title: str) -> None:
 
 def filter_panels_figure(panels: list[tuple[str, torch.Tensor]], cutoff: float = LOW_FREQUENCY):
     """First-layer kernels side by side (say, each run at initialisation and trained), one grid per
-    (title, weight); each title gets the kernels' median low-frequency share. Returns the figure."""
+    (title, weight); each title gets the kernels' median low-frequency share and orientation
+    strength. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,7 +229,8 @@ def filter_panels_figure(panels: list[tuple[str, torch.Tensor]], cutoff: float =
     for ax, (title, w) in zip(axes[0], panels):
         share = low_frequency_share(w, cutoff)
         _panel(ax, w, f"{title}\nlow-frequency share: median {share.median():.2f} "
-                      f"(IQR {share.quantile(0.25):.2f}-{share.quantile(0.75):.2f})")  # fmt: skip
+                      f"(IQR {share.quantile(0.25):.2f}-{share.quantile(0.75):.2f}); "
+                      f"orientation: median {orientation_strength(w).median():.2f}")  # fmt: skip
     o, c, kh, kw = panels[0][1].shape
     fig.suptitle(f"first layer: {o} kernels {kh}x{kw}x{c}, each scaled to its own range; low-frequency share = "
                  f"energy at <= {cutoff:g} cycles/pixel (white noise: {chance_share(kh, kw, cutoff):.2f})", fontsize=8)

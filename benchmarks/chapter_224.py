@@ -26,7 +26,7 @@ import torch
 from alexnet import report as P
 from alexnet import runs as R
 from alexnet.device import machine
-from alexnet.visualize import LOW_FREQUENCY, chance_share, filter_panels_figure, first_conv, low_frequency_share
+from alexnet.visualize import LOW_FREQUENCY, chance_share, filter_panels_figure, low_frequency_share, orientation_strength
 
 NATIVE = 28  # Fashion-MNIST's side
 SMALL_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "curves.png")
@@ -152,20 +152,24 @@ def write_section(docs, facts, made, weights, logs, figure, same_start) -> str:
     # Figure 8.1.2
     w0 = weights["d2l"][0]
     o, c, kh, kw = w0.shape
-    rows = ["| weights | median low-frequency share | IQR | kernels above their initial share | ‖W − W₀‖ / ‖W₀‖ | low-frequency share of the change W − W₀ (median) |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| weights | median low-frequency share | IQR | kernels above their initial share | median orientation | "
+            "‖W − W₀‖ / ‖W₀‖ | the change W − W₀: median low-frequency share | the change: median orientation |",
+            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     starts = [("at initialisation (seed 0)" if same_start else f"`{n}` at initialisation", weights[n][0])
               for n in (["d2l"] if same_start else list(weights))]  # fmt: skip
     for label, w in starts:
         s = low_frequency_share(w)
-        rows.append(f"| {label} | {s.median():.3f} | {s.quantile(0.25):.3f}–{s.quantile(0.75):.3f} | — | — | — |")
+        rows.append(f"| {label} | {s.median():.3f} | {s.quantile(0.25):.3f}–{s.quantile(0.75):.3f} | — | "
+                    f"{orientation_strength(w).median():.3f} | — | — | — |")
     summary = {}
     for n, (w0n, w, ck) in weights.items():
         s, s0, ds = low_frequency_share(w), low_frequency_share(w0n), low_frequency_share(w - w0n)
+        ori, dori = orientation_strength(w).median(), orientation_strength(w - w0n).median()
         moved = float((w - w0n).norm() / w0n.norm())
-        summary[n] = (s.median(), s0.median(), ds.median(), moved, int((s > s0).sum()))
+        summary[n] = (s.median(), s0.median(), ds.median(), moved, int((s > s0).sum()), dori,
+                      orientation_strength(w0n).median())  # fmt: skip
         rows.append(f"| `{n}`, epoch {ck['epoch']} | {s.median():.3f} | {s.quantile(0.25):.3f}–{s.quantile(0.75):.3f} | "
-                    f"{int((s > s0).sum())} of {o} | {moved:.0%} | {ds.median():.3f} |")  # fmt: skip
+                    f"{int((s > s0).sum())} of {o} | {ori:.3f} | {moved:.0%} | {ds.median():.3f} | {dori:.3f} |")  # fmt: skip
     rel = figure.relative_to(docs)
     out += ["### Figure 8.1.2: the first layer, trained and at initialisation", "",
             f"![first-layer kernels at initialisation and trained]({rel})", "",
@@ -177,9 +181,12 @@ def write_section(docs, facts, made, weights, logs, figure, same_start) -> str:
             + f"The low-frequency share of a kernel is the part of its energy at spatial frequencies of at most "
             f"{LOW_FREQUENCY:g} cycles per pixel (periods of {1 / LOW_FREQUENCY:g} pixels or longer): 1 for a "
             f"constant kernel, 0 for a checkerboard, {chance_share(kh, kw):.3f} expected for white noise on "
-            f"{kh}×{kw} (the share of its DFT bins that are low).", "", *rows, ""]  # fmt: skip
+            f"{kh}×{kw} (the share of its DFT bins that are low). The orientation of a kernel is how much of its "
+            "energy away from frequency 0 lies along one direction (from the energy-weighted second moments of the "
+            "frequency vector): 1 for stripes, 0 for a round blob, a little above 0 for white noise by chance.",
+            "", *rows, ""]  # fmt: skip
     lines = []
-    for n, (s, s0, ds, moved, up) in summary.items():
+    for n, (s, s0, ds, moved, up, _, _) in summary.items():
         lines.append(f"`{n}`: median share {s0:.3f} → {s:.3f} ({up} of {o} kernels smoother than they started); "
                      f"the kernels moved {moved:.0%} of their initial norm, and that change is itself "
                      f"{ds:.3f} low-frequency.")  # fmt: skip
@@ -202,10 +209,12 @@ def test_set(cfg) -> str:
 def verdict(summary: dict, chance: float, resolution: int) -> list[str]:
     """Says, from the numbers, which way the kernels went; no sentence here is typed for a result."""
     out = []
-    for n, (s, s0, ds, moved, up) in summary.items():
+    for n, (s, s0, ds, moved, up, dori, ori0) in summary.items():
+        shape = (f"and oriented (the change's orientation {dori:.2f}, the initial kernels' {ori0:.2f})" if dori > 2 * ori0
+                 else f"rather than oriented (the change's orientation {dori:.2f}, about the initial kernels' {ori0:.2f})")
         if ds > 2 * chance and s > s0:
-            out.append(f"`{n}` learned smooth kernels: what training added is mostly low-frequency ({ds:.2f} against "
-                       f"{chance:.2f} for noise), on top of an initialisation it has not erased.")
+            out.append(f"`{n}` learned smooth kernels {shape}: what training added is mostly low-frequency ({ds:.2f} "
+                       f"against {chance:.2f} for noise), on top of an initialisation it has not erased.")
         elif s > s0:
             out.append(f"`{n}`'s kernels became a little smoother ({s0:.3f} → {s:.3f}), but the change is not "
                        f"concentrated at low frequencies ({ds:.2f}, noise {chance:.2f}).")

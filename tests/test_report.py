@@ -38,7 +38,7 @@ import torch
 from alexnet import report as P
 from alexnet import runs as R
 from alexnet.models import build_model
-from alexnet.visualize import chance_share, first_conv, low_frequency_share
+from alexnet.visualize import chance_share, low_frequency_share, orientation_strength
 
 SECTIONS = ["What ran", "Curves", "Per-class accuracy", "Confusion matrix", "Most confused pairs",
             "First-layer filters", "Activations, one test image per class", "Layers"]  # fmt: skip
@@ -270,3 +270,19 @@ def test_chapter_224_writeup_reads_copies_and_publishes_no_checkpoint(runs, tmp_
         assert {"config.json", "metrics.jsonl", "report.html", "report.md", "report-figures"} <= published
         assert not [p for p in (docs / "runs" / name).rglob("*.pt")]
     assert page.startswith("# `alexnet report`") and page.rstrip().endswith(script.END)
+
+
+def test_orientation_strength_tells_stripes_from_blobs():
+    import math
+
+    i = torch.arange(11.0)
+    stripes = torch.cos(2 * math.pi * 2 * i / 11)[None, :].expand(11, 11)[None, None]
+    diagonal = torch.cos(2 * math.pi * 2 * (i[:, None] + i[None, :]) / 11)[None, None]
+    blob = torch.exp(-((i[:, None] - 5) ** 2 + (i[None, :] - 5) ** 2) / 8)[None, None]
+    assert orientation_strength(stripes).item() == pytest.approx(1.0, abs=1e-9)
+    assert orientation_strength(diagonal).item() == pytest.approx(1.0, abs=1e-9)
+    assert orientation_strength(blob).item() == pytest.approx(0.0, abs=1e-9)
+    assert orientation_strength(_checkerboard(11)).item() == pytest.approx(0.0, abs=1e-9)
+    assert orientation_strength(torch.ones(1, 1, 11, 11)).item() == 0.0
+    noise = orientation_strength(torch.randn(2000, 1, 11, 11, generator=torch.Generator().manual_seed(0)))
+    assert 0.05 < noise.median().item() < 0.3  # finite noise is a little anisotropic by chance, never striped
