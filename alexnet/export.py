@@ -349,13 +349,13 @@ class Parity:
                 f"(tolerance {self.tolerance:.1e}), top-1 agreement {self.top1_agree:.4f}")  # fmt: skip
 
 
-def parity(reference: torch.Tensor, exported: torch.Tensor) -> Parity:
+def parity(reference: torch.Tensor, exported: torch.Tensor, relative: float = RELATIVE_TOLERANCE) -> Parity:
     reference, exported = reference.float(), exported.float()
     if exported.shape != reference.shape:
         raise ExportError(f"the exported model gives logits of shape {tuple(exported.shape)}, "
                           f"the checkpoint {tuple(reference.shape)}")  # fmt: skip
     scale = float(reference.abs().max())
-    tol = RELATIVE_TOLERANCE * max(1.0, scale)
+    tol = relative * max(1.0, scale)
     diff = float((reference - exported).abs().max()) if reference.numel() else 0.0
     if diff != diff:  # NaN
         diff = float("inf")
@@ -366,16 +366,19 @@ def parity(reference: torch.Tensor, exported: torch.Tensor) -> Parity:
     return Parity(len(reference), diff, scale, tol, float(agree.float().mean()), int((~agree & clear).sum()))
 
 
-def check_batch(ckpt: dict, meta: dict, data_dir: str | None, n: int) -> torch.Tensor:
-    """The first ``n`` test images of the run's dataset, as evaluation feeds them to the network."""
+def check_batch(ckpt: dict, meta: dict, data_dir: str | None, n: int, split: str = "test") -> torch.Tensor:
+    """``n`` images of the run's dataset as evaluation feeds them to the network: the first ``n`` test
+    images, or (``split="train"``, int8's calibration) ``n`` training images drawn with a fixed seed."""
     from . import data as D
     from .imagenet import IMAGE_DATASETS, UNREADABLE, find_images
 
     cfg = ckpt["cfg"]
+    g = torch.Generator().manual_seed(0)
     if cfg.data.dataset in IMAGE_DATASETS:
-        _, val = find_images(cfg.data.dataset, data_dir or cfg.data.data_dir)
+        train, val = find_images(cfg.data.dataset, data_dir or cfg.data.data_dir)
+        paths = val.paths if split == "test" else [train.paths[i] for i in torch.randperm(len(train), generator=g)]
         xs = []
-        for p in val.paths:
+        for p in paths:
             if len(xs) == n:
                 break
             try:
@@ -387,7 +390,58 @@ def check_batch(ckpt: dict, meta: dict, data_dir: str | None, n: int) -> torch.T
     mean, std = meta.get("mean"), meta.get("std")
     transform = D.Transform(meta["resolution"], tuple(mean) if mean else None, tuple(std) if std else None,
                             channels_last=False)  # fmt: skip
-    return transform(ds.test.images[:n], train=False)
+    images = ds.test.images[:n] if split == "test" else ds.train.images[torch.randperm(len(ds.train), generator=g)[:n]]
+    return transform(images, train=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# int8: onnxruntime's static quantization, calibrated on training images
+
+
+# 8-bit activations hold each layer's calibrated range in 256 steps; through eight layers the logits
+# move by a few percent of their largest value, so no fp32-style logit tolerance holds and near-ties
+# flip. The int8 check is on decisions: every check image whose fp32 top-1 leads its runner-up by
+# more than 2 x 5 % of the largest logit must keep it (docs/export.md measures the accuracy on all
+# 10,000 test images against fp32).
+INT8_RELATIVE_TOLERANCE = 0.05
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader: batches of training images."""
+
+    def __init__(self, images: torch.Tensor, batch: int = 64):
+        self.batches = iter([images[i : i + batch].contiguous().numpy() for i in range(0, len(images), batch)])
+
+    def get_next(self):
+        x = next(self.batches, None)
+        return None if x is None else {"image": x}
+
+
+def quantize_int8(fp32: bytes, calibration: torch.Tensor) -> bytes:
+    """The int8 model of an fp32 ONNX model: QDQ, int8 weights per output channel, uint8 activations
+    whose ranges are the min and max seen on ``calibration`` (normalised training images)."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        src, pre, out = (os.path.join(tmp, n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        Path(src).write_bytes(fp32)
+        quant_pre_process(src, pre, skip_symbolic_shape=True)  # shapes and fusions first, as onnxruntime advises
+        quantize_static(pre, out, _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+        proto = onnx.load(out)
+    meta_src = onnx.load_from_string(fp32).metadata_props
+    del proto.metadata_props[:]
+    for entry in meta_src:  # the description, marked int8
+        value = entry.value
+        if entry.key == META_KEY:
+            value = json.dumps({**json.loads(value), "precision": "int8"})
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=entry.key, value=value))
+    return proto.SerializeToString()
 
 
 @dataclass
@@ -398,19 +452,25 @@ class Exported:
     bytes: int
 
 
-def default_output(ckpt: dict, fmt: str) -> Path:
-    """Beside the checkpoint: RUN/alexnet28.onnx (a checkpoint file outside a run: NAME.onnx beside it)."""
+def default_output(ckpt: dict, fmt: str, int8: bool = False) -> Path:
+    """Beside the checkpoint: RUN/alexnet28.onnx, RUN/alexnet28.int8.onnx (a checkpoint outside a run:
+    beside it)."""
     p = Path(ckpt["path"])
-    return p.parent / f"{ckpt['cfg'].train.model}{FORMATS[fmt]}"
+    return p.parent / f"{ckpt['cfg'].train.model}{'.int8' if int8 else ''}{FORMATS[fmt]}"
 
 
 def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None, *, data_dir: str | None = None,
-           check_images: int = 256, say: Callable[[str], None] = print) -> Exported:
-    """Export the network of a run or checkpoint to ``fmt``, check it, and only then write it."""
+           check_images: int = 256, int8: bool = False, calibration_images: int = 512,
+           say: Callable[[str], None] = print) -> Exported:  # fmt: skip
+    """Export the network of a run or checkpoint to ``fmt``, check it, and only then write it.
+    ``int8`` (ONNX only): quantise the checked fp32 model, calibrated on training images, and check
+    its decisions against the checkpoint's."""
     from .runs import load_checkpoint, model_from_checkpoint
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise ExportError(f"--int8 quantises ONNX models (onnxruntime); not --format {fmt}")
     ckpt = load_checkpoint(source)
     model, cfg = model_from_checkpoint(ckpt)
     model.eval()
@@ -418,7 +478,7 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
         say(f"the run trained {cfg.train.model} on two devices ({cfg.system.model_parallel}); its checkpoint holds "
             f"the grouped single-device network, which is what is exported")  # fmt: skip
     meta = describe(ckpt)
-    out = Path(out) if out else default_output(ckpt, fmt)
+    out = Path(out) if out else default_output(ckpt, fmt, int8)
     if exported_format(out) != fmt:
         raise ExportError(f"{out}: a {fmt} file should end in {FORMATS[fmt]}")
     if check_images < 1:
@@ -435,6 +495,15 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     say(f"{fmt}: {par.line()}")
     if not par.ok:
         raise ExportError(f"{out}: not written: the {fmt} model does not match the checkpoint ({par.line()})")
+    if int8:
+        data = quantize_int8(data, check_batch(ckpt, meta, data_dir, calibration_images, split="train"))
+        par = parity(reference, _open_onnx(data, f"{out} (before writing)")(x), INT8_RELATIVE_TOLERANCE)
+        say(f"int8: parity on {par.images} test images: max |logit diff| {par.max_abs_diff:.2e}, top-1 agreement "
+            f"{par.top1_agree:.4f}; {par.disagree_clear} changed decisions with a top-2 margin above "
+            f"{2 * par.tolerance:.2e}")  # fmt: skip
+        if par.disagree_clear:
+            raise ExportError(f"{out}: not written: the int8 model changes {par.disagree_clear} clear decisions of "
+                              f"the checkpoint ({par.line()})")  # fmt: skip
     atomic_write(out, data)
     return Exported(out, fmt, par, len(data))
 
@@ -444,7 +513,8 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
 
 
 def cmd_export(args) -> int:
-    result = export(args.source, args.format, args.out, data_dir=args.data_dir, check_images=args.check_images)
+    result = export(args.source, args.format, args.out, data_dir=args.data_dir, check_images=args.check_images,
+                    int8=args.int8)  # fmt: skip
     print(f"written: {result.path} ({result.bytes / 1e6:.1f} MB)")
     return 0
 
@@ -457,4 +527,6 @@ def add_export_parser(sub) -> None:
     e.add_argument("-o", "--out", help="file to write (default: RUN/MODEL.onnx, .safetensors or .pt2)")
     e.add_argument("--data-dir", help="where the run's test images are (default: as the run recorded)")
     e.add_argument("--check-images", type=int, default=256, help="test images the parity check runs")
+    e.add_argument("--int8", action="store_true", help="ONNX: also quantise to int8 (onnxruntime, calibrated on 512 "
+                   "training images); the fastest way to serve on a CPU (docs/export.md)")
     e.set_defaults(func=cmd_export)

@@ -85,6 +85,14 @@ def test_a_mismatching_export_is_an_error_and_leaves_no_file(run28, tmp_path, mo
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary
 
 
+def test_int8_check_counts_only_clear_decisions():
+    ref = torch.tensor([[5.0, 4.9, 0.0], [5.0, 1.0, 0.0]])
+    near_tie_flipped = torch.tensor([[4.9, 5.0, 0.0], [5.0, 1.1, 0.0]])  # margin 0.1 < 2 x 5 % of 5
+    assert E.parity(ref, near_tie_flipped, E.INT8_RELATIVE_TOLERANCE).disagree_clear == 0
+    clear_flipped = torch.tensor([[5.0, 4.9, 0.0], [1.0, 5.0, 0.0]])
+    assert E.parity(ref, clear_flipped, E.INT8_RELATIVE_TOLERANCE).disagree_clear == 1
+
+
 def test_parity_allows_reordering_noise_and_near_ties_but_not_a_real_difference():
     ref = torch.tensor([[5.0, 1.0, 0.0], [2.0, 2.0 + 1e-6, 0.0]])
     noisy = ref + 1e-6 * torch.tensor([[1.0, -1.0, 1.0], [1.0, -1.0, 0.0]])  # flips the near-tie's top-1
@@ -138,3 +146,19 @@ def test_the_registered_networks_unusual_layers_export_with_parity(fmt):
     p = E.parity(ref, loaded(x))
     assert p.ok and p.max_abs_diff < 1e-5, p.line()
     assert loaded(x[:1]).shape == (1, 5)  # a batch other than the traced one
+
+
+def test_int8_onnx_is_checked_on_decisions_and_predicts_from_the_file(run28, tmp_path, capsys):
+    import onnx
+
+    run, data, img = run28
+    out = tmp_path / "net.int8.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--int8", "-o", str(out), "--data-dir", str(data)]) == 0
+    said = capsys.readouterr().out
+    assert "int8: parity on 32 test images" in said and "; 0 changed decisions with a top-2 margin above" in said
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantised, not the fp32 graph renamed
+    assert json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["alexnet"])["precision"] == "int8"
+    assert main(["predict", str(out), str(img)]) == 0
+    assert main(["export", str(run), "--format", "pt2", "--int8"]) == 2
+    assert "--int8 quantises ONNX models" in capsys.readouterr().err
