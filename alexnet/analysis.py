@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .device import sync  # bench.py and the pipeline benchmark import it from here
+from .measure import best_time
 from .models import build_model, get_spec
+from .tables import grid
 
 
 class InputTooSmall(ValueError):
@@ -230,20 +231,6 @@ DEVICES: dict[str, DeviceSpec] = {
 }  # fmt: skip
 
 
-def _best_time(fn, device: torch.device, repeats: int) -> float:
-    import time
-
-    fn()  # warm-up: first calls pay for allocation and kernel selection
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 # (M, K, N) of the GEMMs whose best rate is the peak: squares, and the tall-skinny products that
 # convolutions lower to (many pixels by few channels). One shape alone understates the peak: the
 # fp32 convolutions of AlexNet outran a 2048x2048 GEMM on the 2-core CPU (106 % "MFU").
@@ -260,7 +247,7 @@ def gemm_peak(device, dtype: str, shapes=None, repeats: int = 3) -> tuple[float,
     for m, k, n in shapes or GEMM_SHAPES["cuda" if device.type == "cuda" else "cpu"]:
         a = torch.randn(m, k, device=device, dtype=TORCH_DTYPES[dtype])
         b = torch.randn(k, n, device=device, dtype=TORCH_DTYPES[dtype])
-        rate = 2 * m * k * n / _best_time(lambda a=a, b=b: torch.mm(a, b), device, repeats)
+        rate = 2 * m * k * n / best_time(lambda a=a, b=b: torch.mm(a, b), device, repeats)
         best = max(best, (rate, (m, k, n)))
     return best
 
@@ -284,7 +271,7 @@ def conv_rate(conv: nn.Conv2d, input_shape: tuple[int, ...], dtype: str, device,
     def step():
         layer(x).sum().backward()
 
-    return max(flops / _best_time(forward, device, repeats), 3 * flops / _best_time(step, device, repeats))
+    return max(flops / best_time(forward, device, repeats), 3 * flops / best_time(step, device, repeats))
 
 
 @dataclass(frozen=True)
@@ -343,7 +330,7 @@ def measure_device(device="cpu", dtypes=("fp32", "bf16"), repeats: int = 3, gemm
     # 256 MiB on the CPU (far beyond any cache), 1 GiB on a GPU; a copy reads and writes each byte.
     numel = copy_numel or (2**28 if cuda else 2**26)
     src, dst = torch.ones(numel, device=device), torch.empty(numel, device=device)
-    bandwidth = 2 * src.nbytes / _best_time(lambda: dst.copy_(src), device, repeats)
+    bandwidth = 2 * src.nbytes / best_time(lambda: dst.copy_(src), device, repeats)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     about = (f"measured on this machine ({where}): "
              + ", ".join(f"{peaks[k] / 1e9:.0f} GFLOP/s {k} (GEMM {'x'.join(map(str, best_shapes[k]))})"
@@ -727,19 +714,6 @@ LAYER_COLUMNS = [  # (header, value of (Analysis, LayerCost, (t_fwd, t_bwd)), fo
 ]  # fmt: skip
 
 
-def _table(header: list[str], rows: list[list[str]], markdown: bool, left=(0,)) -> list[str]:
-    """A text or Markdown table; the ``left`` columns hold names, the others numbers."""
-    if markdown:
-        rule = "|" + "|".join("---" if i in left else "---:" for i in range(len(header))) + "|"
-        return ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(r) + " |" for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-    def line(r):
-        return "  ".join(v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
-
-    return [line(header)] + [line(r) for r in rows]
-
-
 def format_analysis(an: Analysis, fmt: str = "table") -> str:
     if fmt == "json":
         return json.dumps(analysis_dict(an), indent=2)
@@ -768,7 +742,7 @@ def format_analysis(an: Analysis, fmt: str = "table") -> str:
         "",
     ]
     rows = [[f.format(get(an, c, t)) for _, get, f in LAYER_COLUMNS] for c, t in zip(an.layers, an.times())]
-    out += _table([h for h, _, _ in LAYER_COLUMNS], rows, md, left=(1, 2))
+    out += grid([h for h, _, _ in LAYER_COLUMNS], rows, "markdown" if md else "text", left=(1, 2)).split("\n")
 
     out += ["", f"Totals by kind at batch {an.batch} (inference times at batch 1 in the last column):", ""]
     head = ["kind", "params", "share", "weight MB", "fwd GFLOP", "share", "bwd GFLOP", "act MB", "saved MB",
@@ -780,13 +754,13 @@ def format_analysis(an: Analysis, fmt: str = "table") -> str:
              f"{s['bwd_flops'] / 1e9:.2f}", f"{s['act_bytes'] / 1e6:.1f}", f"{s['saved_bytes'] / 1e6:.1f}",
              f"{s['fwd_time'] * 1e3:.4g}", f"{s['bwd_time'] * 1e3:.4g}", f"{s['fwd_time_batch1'] * 1e3:.4g}"]
             for k, s in t.items()]  # fmt: skip
-    out += _table(head, rows, md)
+    out += grid(head, rows, "markdown" if md else "text").split("\n")
 
     out += ["", ("Memory (MB; weights, gradients and optimizer state in fp32; activations: the live pair of one layer "
                  "for inference, what autograd saves plus the largest gradient pair for training):"), ""]  # fmt: skip
     head = ["what", "weights", "gradients", "optimizer", "activations", "total"]
     rows = [[k, *(f"{m[f] / 1e6:.1f}" for f in head[1:])] for k, m in an.memory().items()]
-    out += _table(head, rows, md)
+    out += grid(head, rows, "markdown" if md else "text").split("\n")
     out += [""] + [("- " if md else "") + s for s in an.answers()]
     return "\n".join(out)
 

@@ -1,9 +1,14 @@
 """`alexnet bench`: training throughput, memory and accuracy against batch size (exercise 6).
 
-Each batch size gets a fresh model and optimizer and is timed on a fixed random batch already on
-the device, so the figure is the training step itself (forward, backward, optimizer), not the
-data pipeline. Timing follows timm's benchmark.py: warm-up steps first (allocator growth, kernel
-selection), then ``steps`` steps between two device synchronisations.
+What is timed is what `alexnet train` runs: :func:`alexnet.train.train_step` with the optimizer
+of :func:`alexnet.train.make_optimizer` under the preset's recipe (momentum, weight decay, label
+smoothing, fused SGD), its precision, layout and compilation; for a network whose leading block is
+``Frozen`` (the speedrun's), only the trained rest, on the block's output, as the trainer does after
+computing that block once per image. Each batch size gets a fresh model and optimizer and a fixed
+random batch already on the device, so the figure is the training step, not the data pipeline.
+Timing is :mod:`alexnet.measure`'s: warm-up steps first (allocator growth, kernel selection,
+compilation), then single steps with the device synchronised around each; the median is the
+figure, the best is shown beside it.
 
 Memory: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) next to the estimate of
 :func:`alexnet.analysis.training_memory`; on the CPU there is no allocator peak to read, so the
@@ -19,18 +24,19 @@ Goyal et al. 2017, "Accurate, Large Minibatch SGD". Its warm-up matters at large
 
 from __future__ import annotations
 
-import platform
-import resource
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .analysis import layer_costs, meta_model, sync, training_memory
-from .models import build_model, get_spec
-
-OPTIMIZERS = ("sgd", "sgd-momentum", "adam")
+from .analysis import layer_costs, meta_model, training_memory
+from .config import Config
+from .device import CompiledOrEager, autocast, channels_last_on, use_compile
+from .measure import peak_rss_bytes, time_turns
+from .models import Frozen, build_model, get_spec
+from .tables import Column, present
+from .tables import csv as csv_table
+from .tables import markdown as markdown_table
+from . import train as T  # called through the module: one step, one optimizer, whoever times them
 
 
 class BenchError(ValueError):
@@ -47,26 +53,29 @@ def parse_batch_sizes(text: str) -> list[int]:
     return sorted(set(sizes))
 
 
-def make_optimizer(name: str, params, lr: float = 0.01) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "sgd-momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr / 10)
-    raise BenchError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+def trained_part(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The part of ``model`` a training step runs, and its input: after a ``Frozen`` leading block,
+    the rest on the block's output (bf16 under autocast, as InMemory.precompute keeps it)."""
+    if isinstance(model, torch.nn.Sequential) and isinstance(model[0], Frozen):
+        with torch.no_grad(), autocast(x.device, amp):
+            x = model[0](x)
+        return model[1:], x
+    return model, x
 
 
-def peak_rss_bytes() -> int:
-    # ru_maxrss is in KiB on Linux and in bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if platform.system() == "Darwin" else rss * 1024
+def step_recipe(preset: str, model_name: str, device: torch.device) -> Config:
+    """The preset's recipe for ``model_name`` on ``device``, as `alexnet train` would resolve it."""
+    from .config import PRESETS
+
+    cfg = PRESETS[preset].replace(model=model_name)
+    return cfg.replace(compile="on" if use_compile(cfg.system.compile, device) else "off")
 
 
-def time_training(model_name: str, batch: int, *, steps: int, warmup: int, device: torch.device,
-                  in_channels: int = 1, resolution: int | None = None, amp: bool = False,
-                  optimizer: str = "sgd", num_classes: int = 10, seed: int = 0, rss_start: int = 0) -> dict:  # fmt: skip
-    """Images/s of training steps at one batch size, and peak memory against the estimate."""
+def time_training(model_name: str, batch: int, *, steps: int, warmup: int, device: torch.device, cfg: Config,
+                  in_channels: int = 1, resolution: int | None = None, amp: bool = False, num_classes: int = 10,
+                  seed: int = 0, rss_start: int = 0) -> dict:  # fmt: skip
+    """Images/s of `alexnet train`'s step under ``cfg``'s recipe at one batch size, and peak memory
+    against the estimate."""
     res = resolution or get_spec(model_name).resolution
     dtype = "bf16" if amp else "fp32"
     cuda = device.type == "cuda"
@@ -75,37 +84,31 @@ def time_training(model_name: str, batch: int, *, steps: int, warmup: int, devic
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     model = build_model(model_name, in_channels, num_classes, seed=seed)
-    costs = layer_costs(meta_model(model_name, in_channels, num_classes), (batch, in_channels, res, res), dtype,
-                        device.type)  # fmt: skip
-    estimate = training_memory(costs, dtype, optimizer)["total"]
-    flops_per_image = sum(c.fwd_flops + c.bwd_flops for c in costs) / batch
-    # channels_last as in training: the faster convolution layout on both CPU and GPU
-    model = model.to(device, memory_format=torch.channels_last)
-    opt = make_optimizer(optimizer, model.parameters())
+    nhwc = channels_last_on(cfg.system.channels_last, device)
+    memory_format = torch.channels_last if nhwc else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
     gen = torch.Generator(device=device).manual_seed(seed)
-    x = torch.rand(batch, in_channels, res, res, device=device, generator=gen).contiguous(
-        memory_format=torch.channels_last
-    )
+    x = torch.rand(batch, in_channels, res, res, device=device, generator=gen).contiguous(memory_format=memory_format)
     y = torch.randint(0, num_classes, (batch,), device=device, generator=gen)
-    model.train()
+    part, x = trained_part(model, x, amp)
+    meta, shape = meta_model(model_name, in_channels, num_classes), (batch, in_channels, res, res)
+    if part is not model:  # the frozen block's layers are not in the step
+        meta, shape = meta[1:], tuple(x.shape)
+    costs = layer_costs(meta, shape, dtype, device.type)
+    optimizer_state = "sgd-momentum" if cfg.train.momentum > 0 else "sgd"
+    estimate = training_memory(costs, dtype, optimizer_state)["total"]
+    flops_per_image = sum(c.fwd_flops + c.bwd_flops for c in costs) / batch
+    opt = T.make_optimizer(part, cfg, device)
+    net = CompiledOrEager(part, cfg.system.compile == "on")
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def run(k: int) -> None:
+        for _ in range(k):
+            T.train_step(net, opt, x, y, device=device, amp=amp, label_smoothing=cfg.train.label_smoothing)
 
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    dt = time.perf_counter() - t0
-    row = {"batch": batch, "images_per_s": batch * steps / dt, "step_ms": dt / steps * 1e3,
-           "achieved_tflops": flops_per_image * batch * steps / dt / 1e12, "est_train_MB": estimate / 1e6}  # fmt: skip
+    t = time_turns({"step": run}, device, rounds=steps, warmup=warmup)["step"]
+    row = {"batch": batch, "images_per_s": t.per_second(batch), "step_ms": t.median * 1e3,
+           "best_step_ms": t.best * 1e3, "achieved_tflops": flops_per_image * batch / t.median / 1e12,
+           "est_train_MB": estimate / 1e6}  # fmt: skip
     if cuda:
         peak = torch.cuda.max_memory_allocated(device) - base
         row.update(peak_MB=peak / 1e6, peak_source="cuda allocator", est_over_peak=estimate / peak)
@@ -134,12 +137,15 @@ def train_accuracy(model_name: str, batch: int, epochs: int, run_dir: Path, *, p
 
 
 def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: int = 3, device: str = "auto",
-          in_channels: int = 1, resolution: int | None = None, amp: str = "auto", optimizer: str = "sgd",
+          in_channels: int = 1, resolution: int | None = None, amp: str = "auto",
           accuracy_epochs: int = 0, preset: str = "auto", dataset: str = "fashion-mnist",
           data_dir: str | None = None, limit_train: int | None = None, limit_test: int | None = None,
           out_dir: Path | None = None, threads: int | None = None, say=print) -> tuple[list[dict], str]:  # fmt: skip
-    """Run the whole exercise: one row per batch size, and the header line that stamps it."""
-    from .device import bf16_autocast, describe, select_device
+    """Run the whole exercise: one row per batch size, and the header line that stamps it. ``preset``
+    is the recipe whose step is timed (and trained, with ``accuracy_epochs``); auto: `d2l` on CUDA,
+    `cpu` elsewhere."""
+    from .device import bf16_autocast, select_device
+    from .measure import machine
 
     if threads is not None:
         if threads <= 0:
@@ -149,8 +155,6 @@ def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: i
         torch.set_num_threads(threads)
 
     get_spec(model_name)
-    if optimizer not in OPTIMIZERS:
-        raise BenchError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if steps <= 0 or warmup < 0:
         raise BenchError("--steps must be positive and --warmup not negative")
     dev = select_device(device)
@@ -158,9 +162,15 @@ def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: i
     res = resolution or get_spec(model_name).resolution
     if preset == "auto":
         preset = "d2l" if dev.type == "cuda" else "cpu"
+    cfg = step_recipe(preset, model_name, dev)
+    t = cfg.train
+    recipe = (f"SGD lr {t.lr:g}" + (f", {'Nesterov ' if t.nesterov else ''}momentum {t.momentum:g}" if t.momentum else "")
+              + (f", weight decay {t.weight_decay:g}" if t.weight_decay else "")
+              + (f", label smoothing {t.label_smoothing:g}" if t.label_smoothing else ""))  # fmt: skip
     header = (f"{model_name} {in_channels}x{res}x{res}, {'bf16 autocast' if use_amp else 'fp32'}, "
-              f"optimizer {optimizer}, {warmup} warm-up + {steps} timed steps, device {describe(dev)}, "
-              f"torch {torch.__version__}")  # fmt: skip
+              f"the `{preset}` preset's training step ({recipe}; "
+              f"{'compiled' if cfg.system.compile == 'on' else 'eager'}), {warmup} warm-up + median of {steps} "
+              f"timed steps; {machine(dev).line()}")  # fmt: skip
     if accuracy_epochs:
         header += f"; accuracy: preset {preset}, {accuracy_epochs} epochs, lr scaled linearly from batch 128"
     rows: list[dict] = []
@@ -169,7 +179,7 @@ def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: i
         for b in batch_sizes:
             try:
                 row = time_training(model_name, b, steps=steps, warmup=warmup, device=dev, in_channels=in_channels,
-                                    resolution=res, amp=use_amp, optimizer=optimizer, rss_start=rss_start)  # fmt: skip
+                                    resolution=res, amp=use_amp, cfg=cfg, rss_start=rss_start)  # fmt: skip
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 say(f"batch {b}: out of memory; larger batches skipped")
@@ -188,44 +198,29 @@ def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: i
     return rows, header
 
 
-COLUMNS = [  # (key, header, format)
-    ("batch", "batch", "{}"),
-    ("images_per_s", "images/s", "{:.1f}"),
-    ("step_ms", "step ms", "{:.1f}"),
-    ("achieved_tflops", "achieved TFLOP/s", "{:.3f}"),
-    ("est_train_MB", "estimated memory MB", "{:.1f}"),
-    ("peak_MB", "peak MB", "{:.1f}"),
-    ("rss_growth_MB", "peak RSS - RSS at start MB", "{:.1f}"),
-    ("est_over_peak", "estimate / peak", "{:.3f}"),
-    ("lr", "lr", "{:.4g}"),
-    ("val_acc", "val acc", "{:.4f}"),
-    ("note", "note", "{}"),
+COLUMNS = [
+    Column("batch"),
+    Column("images_per_s", "images/s", "{:.1f}"),
+    Column("step_ms", "step ms (median)", "{:.1f}"),
+    Column("best_step_ms", "best step ms", "{:.1f}"),
+    Column("achieved_tflops", "achieved TFLOP/s", "{:.3f}"),
+    Column("est_train_MB", "estimated memory MB", "{:.1f}"),
+    Column("peak_MB", "peak MB", "{:.1f}"),
+    Column("rss_growth_MB", "peak RSS - RSS at start MB", "{:.1f}"),
+    Column("est_over_peak", "estimate / peak", "{:.3f}"),
+    Column("lr", "lr", "{:.4g}"),
+    Column("val_acc", "val acc", "{:.4f}"),
+    Column("note", "note", left=True),
+    Column("peak_source", "peak source", left=True),
 ]
 
 
-def _present(rows):
-    return [c for c in COLUMNS if any(c[0] in r for r in rows)]
-
-
 def to_csv(rows: list[dict]) -> str:
-    cols = _present(rows)
-    lines = [",".join(k for k, _, _ in cols) + (",peak_source" if any("peak_source" in r for r in rows) else "")]
-    for r in rows:
-        vals = [f"{r[k]:.6g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k, _, _ in cols]
-        if "peak_source" in lines[0]:
-            vals.append(r.get("peak_source", ""))
-        lines.append(",".join(vals))
-    return "\n".join(lines) + "\n"
+    return csv_table(rows, present(COLUMNS, rows))
 
 
 def to_markdown(rows: list[dict], header: str) -> str:
-    cols = _present(rows)
-    source = next((r["peak_source"] for r in rows if "peak_source" in r), "")
-    names = [h if k != "peak_MB" else f"peak MB ({source})" for k, h, _ in cols]
-    lines = [header, "", "| " + " | ".join(names) + " |", "|" + "|".join("---:" for _ in cols) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(f.format(r[k]) if k in r and r[k] is not None else "" for k, _, f in cols) + " |")
-    return "\n".join(lines) + "\n"
+    return header + "\n\n" + markdown_table(rows, present(COLUMNS, rows)) + "\n"
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

@@ -308,7 +308,7 @@ def cmd_bench(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.model}-{stamp}"
     rows, header = sweep(args.model, parse_batch_sizes(args.batch_sizes), steps=args.steps, warmup=args.warmup,
                          device=args.device, in_channels=args.in_channels, resolution=args.resolution, amp=args.amp,
-                         optimizer=args.optimizer, accuracy_epochs=args.accuracy_epochs, preset=args.preset,
+                         accuracy_epochs=args.accuracy_epochs, preset=args.preset,
                          dataset=args.dataset, data_dir=args.data_dir, limit_train=args.limit_train,
                          limit_test=args.limit_test, out_dir=out, threads=args.threads)  # fmt: skip
     paths = write_results(rows, header, out)
@@ -395,7 +395,8 @@ def _add_exercises(sub) -> None:
     x = sub.add_parser("exercises", help="rerun the training exercises at a budget; write docs/exercises.md",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     x.add_argument("--budget", choices=["smoke", "small", "full"], default="small",
-                   help="smoke: the CI check (<1 min); small: ~15 min of 2 CPU cores; full: ~35 min, larger subsets")  # fmt: skip
+                   help="smoke: the CI check (<1 min); small: ~20 min of 2 CPU cores; full: ~80 min, larger subsets "
+                        "(exercises.BUDGETS; docs/exercises.md gives the measured times)")  # fmt: skip
     x.add_argument("--out", default="docs/exercises.md", help="the report; figures go to a folder beside it")
     x.add_argument("--runs", help="where the runs go (none: runs/exercises-BUDGET); finished runs are reused")
     x.add_argument("--only", help="comma-separated exercises to train, e.g. 7,8 (none: all)")
@@ -434,10 +435,11 @@ def _add_bench(sub) -> None:
     b.add_argument("--in-channels", type=int, default=1)
     b.add_argument("--resolution", type=int, help="input side (default: the model's own)")
     b.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: as alexnet train, on where the hardware has bf16 units)")
-    b.add_argument("--optimizer", default="sgd", choices=["sgd", "sgd-momentum", "adam"])
     b.add_argument("--accuracy-epochs", type=int, default=0,
                    help="also train each batch size this many epochs, lr = preset lr x B / 128, and report accuracy")  # fmt: skip
-    b.add_argument("--preset", choices=["auto", *PRESETS], default="auto", help="recipe for --accuracy-epochs")
+    b.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
+                   help="the recipe whose training step is timed (optimizer, label smoothing, compilation) and "
+                        "trained by --accuracy-epochs; auto: d2l on CUDA, cpu elsewhere")  # fmt: skip
     b.add_argument("--dataset", default="fashion-mnist")
     b.add_argument("--data-dir")
     b.add_argument("--limit-train", type=int, help="use only the first N training images")

@@ -145,6 +145,8 @@ class TrainConfig(_Checked):
     warmup_epochs: float = _f(0.0, "linear learning-rate warm-up from 0, in epochs")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
     seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout")
+    seed_streams: Literal["keyed", "offsets"] = _f("keyed", "how the random streams derive from --seed (seeds.py): "
+                                                   "keyed, or offsets (runs started before keyed streams)")
     evaluate: Literal["epoch", "end"] = _f("epoch", "evaluate and checkpoint after every epoch, or only after the "
                                            "last (a speedrun: evaluation time counts)")
     init_from: str | None = _f(None, "fine-tune: start from the weights in FILE (torchvision's alexnet-owt .pth, a run, "
@@ -238,6 +240,11 @@ class Config:
             names = {f.name for f in dataclasses.fields(klass)}
             return klass(**{k: v for k, v in values.items() if k in names})
 
+        train = d.get("train", {})
+        if isinstance(train, dict) and "seed_streams" not in train:
+            # Saved before keyed streams: its data order, augmentation and dropout came from offsets,
+            # and a resume must draw them the same way.
+            d = {**d, "train": {**train, "seed_streams": "offsets"}}
         return cls(preset=str(d.get("preset", "custom")),
                    **{sec: build(klass, d.get(sec, {})) for sec, klass in SECTIONS.items()})  # fmt: skip
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .config import Config
 from .runs import atomic_write
+from .seeds import Seeds, as_seeds
 
 
 class DataError(RuntimeError):
@@ -362,7 +363,7 @@ def load_dataset(name: str, data_dir=None, device="cpu", download: bool = True) 
 # Batches: indices -> uint8 gather -> augment -> resize -> float
 
 
-def epoch_indices(n: int, epoch: int, seed: int, shuffle: bool = True, rank: int = 0,
+def epoch_indices(n: int, epoch: int, seed: int | Seeds, shuffle: bool = True, rank: int = 0,
                   world_size: int = 1) -> torch.Tensor:
     """The order in which one rank sees the examples in one epoch.
 
@@ -371,7 +372,7 @@ def epoch_indices(n: int, epoch: int, seed: int, shuffle: bool = True, rank: int
     that does not divide evenly is dropped so all ranks step the same number of times.
     """
     if shuffle:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        g = as_seeds(seed).generator("order", epoch)
         order = torch.randperm(n, generator=g)
     else:
         order = torch.arange(n)
@@ -442,14 +443,14 @@ class Transform:
         return x
 
 
-def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+def batch_generator(seed: int | Seeds, epoch: int, index: int) -> torch.Generator:
     """The random numbers of one training batch's augmentation: a function of (seed, epoch, batch),
     drawn on the CPU, so a run resumed at any step draws exactly what the uninterrupted one did."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + index + 7_777)
+    return as_seeds(seed).generator("augment", epoch, index)
 
 
 def loader(split: Split, transform: Transform, batch_size: int, train: bool, epoch: int = 0,
-           seed: int = 0, rank: int = 0, world_size: int = 1, skip: int = 0):
+           seed: int | Seeds = 0, rank: int = 0, world_size: int = 1, skip: int = 0):
     """Yield (inputs, labels) for one epoch; the first ``skip`` batches are passed over (mid-epoch resume)."""
     idx = epoch_indices(len(split), epoch, seed, shuffle=train, rank=rank, world_size=world_size)
     idx = idx.to(split.images.device)
@@ -512,7 +513,8 @@ class InMemory:
         self.resolution = self.transform.resolution
         self.normalization = (self.transform.mean, self.transform.std)
         self.test = Split(ds.test.images[rank::world], ds.test.labels[rank::world])
-        self.batch, self.eval_batch, self.seed, self.rank, self.world = batch, eval_batch, cfg.train.seed, rank, world
+        self.seed = Seeds(cfg.train.seed, cfg.train.seed_streams)
+        self.batch, self.eval_batch, self.rank, self.world = batch, eval_batch, rank, world
 
     def __len__(self) -> int:
         return len(self.ds.train)

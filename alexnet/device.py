@@ -38,18 +38,27 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 @functools.cache
+def cpu_info() -> tuple[str | None, frozenset[str]]:
+    """The first core's model name and feature flags, from /proc/cpuinfo (Linux; elsewhere none)."""
+    name, flags = None, frozenset()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return name, flags
+    for line in text.splitlines():
+        if line.startswith("model name") and name is None:
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith(("flags", "Features")) and not flags:
+            flags = frozenset(line.split(":", 1)[1].split())
+    return name, flags
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (x86: AVX512-BF16 or AMX; Arm: BF16). Only
     then does bf16 autocast pay on a CPU: on the 2-core AVX512-BF16 machine this project is
     developed on, an `alexnet` training step runs 1.9x faster in bf16 than in fp32; without the
     instructions, bf16 is emulated and slower than fp32."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith(("flags", "Features"))), [])  # fmt: skip
-    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & cpu_info()[1])
 
 
 def bf16_autocast(setting: str, device: torch.device) -> bool:
@@ -109,19 +118,6 @@ def describe(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads{', no GPU found' if not torch.cuda.is_available() else ''})"
     return str(device)
-
-
-def machine(device: torch.device) -> dict:
-    """What a run trained on, for its checkpoint and report: the device as ``describe`` says it, the
-    CPU's model name and core count, the torch version."""
-    cpu = ""
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")  # fmt: skip
-    except OSError:
-        pass
-    return {"device": describe(device), "cpu": cpu or os.uname().machine, "cpu_count": os.cpu_count(),
-            "bf16_units": cpu_has_native_bf16(), "torch": str(torch.__version__)}  # fmt: skip
 
 
 class CompiledOrEager(nn.Module):

@@ -16,7 +16,6 @@ import contextlib
 import fcntl
 import json
 import os
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,8 +24,10 @@ from pathlib import Path
 import torch
 
 from .config import PRESETS, Config
+from .measure import machine
 from .report import Spread, plot_groups
 from .runs import RunError, atomic_write, read_metrics, read_run
+from .tables import grid
 
 
 class ExercisesError(RunError):
@@ -340,10 +341,8 @@ def _fig(groups: list[Group], path: Path, title: str, keys=("train_loss", "val_l
 
 
 def _table(groups: list[Group], cols: list[tuple[str, callable]]) -> str:
-    lines = ["| configuration | " + " | ".join(c for c, _ in cols) + " | seeds |", "|---|" + "---:|" * len(cols) + "---|"]
-    for g in groups:
-        lines.append(f"| {g.label} | " + " | ".join(f(g) for _, f in cols) + f" | {g.seeds_text()} |")
-    return "\n".join(lines)
+    cells = [[g.label, *(f(g) for _, f in cols), g.seeds_text()] for g in groups]
+    return grid(["configuration", *(c for c, _ in cols), "seeds"], cells, left=(0, len(cols) + 1))
 
 
 COLS = {
@@ -382,17 +381,6 @@ def _trend(g: Group) -> str:
     parts.append("accuracy flat over the last 3 epochs" if abs(last3) < 0.005
                  else f"accuracy still moving over the last 3 epochs ({last3:+.4f})")  # fmt: skip
     return "; ".join(parts)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU threads ({cpu}), {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def run_exercises(budget: str, out: Path, runs: Path | None = None, only: set[str] | None = None,
@@ -473,7 +461,7 @@ def render(b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict
     head = [
         "# The exercises of D2L §8.1, answered and measured",
         "",
-        f"Written by `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on {machine()}. "
+        f"Written by `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on {machine().line()}. "
         f"Budget `{b.name}`: {done} of {len(names)} training runs finished, seeds {', '.join(map(str, b.seeds))}, "
         f"{locked / 60:.1f} minutes of training wall time in all (each run timed alone"
         + (f"; this invocation {sweep_s / 60:.1f} min" if sweep_s >= 1 else "") + "). Fashion-MNIST"
@@ -489,7 +477,7 @@ def render(b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict
         "otherwise it is *within the spread*. Runs: `" + str(root) + "/NAME-sSEED` (`alexnet compare` "
         "on any of them gives the same rows).",
         "",
-        "## For the README",
+        "## In one table",
         "",
         "| exercise | command | answer (measured) | figure |",
         "|---|---|---|---|",
@@ -545,7 +533,7 @@ learning rate and fewer epochs as ways to overfit, both of which *underfit* (see
 overfitting needs more fitting — fewer images, no regularisers, enough epochs).
 """
     return text, [("1–3", "alexnet analyze --chapter", f"convs do {f['conv_fc_ratio_1ch']:.1f}× the FC FLOPs; FC layers "
-                   "hold 92% of the parameters; '164 MB' is MiB, '81 MFLOPs' is 86.0", "[compute.md](docs/compute.md)")]
+                   "hold 92% of the parameters; '164 MB' is MiB, '81 MFLOPs' is 86.0", "[compute.md](compute.md)")]
 
 
 def _ex4(b, g, figs, rel, cmd, root):
@@ -601,13 +589,13 @@ def _ex4(b, g, figs, rel, cmd, root):
     ans = (f"alexnet28 {fmt(a28.last('val_acc'))} vs LeNet {fmt(l28.last('val_acc'))} after {b.epochs28} epochs "
            f"({b.train28} images); AlexNet-224 {fmt(a224.last('val_acc'))} vs LeNet {fmt(l224.last('val_acc'))} "
            f"on {b.train224} images")
-    fig = f"[ex4-28.png](docs/{rel}/{f2})"
+    fig = f"[ex4-28.png]({rel}/{f2})"
     if whole:
         aw, lw = whole
         ans = (f"alexnet28 {fmt(aw.last('val_acc'))} vs LeNet {fmt(lw.last('val_acc'))} on {_images(b.whole_train)}, "
                f"{b.whole_epochs} epochs (best epoch {fmt(aw.best_epoch(), '{:.1f}')} and "
                f"{fmt(lw.best_epoch(), '{:.1f}')}); " + ans)
-        fig = f"[ex4-whole.png](docs/{rel}/ex4-whole.png), " + fig
+        fig = f"[ex4-whole.png]({rel}/ex4-whole.png), " + fig
     return "\n".join(lines), [("4", f"{cmd} --only 4", ans, fig)]
 
 
@@ -679,7 +667,7 @@ def _ex5(b, g, figs, rel, cmd, root):
     ])
     return text, [("5", f"{cmd} --only 5", f"alexnet-small {fmt(small.last('val_acc'))} vs alexnet "
                    f"{fmt(big.last('val_acc'))}, {speed} faster ({b.train224} images, {b.epochs224} epochs)",
-                   f"[ex5.png](docs/{rel}/{f})")]
+                   f"[ex5.png]({rel}/{f})")]
 
 
 def _ex6(b, g, figs, rel, cmd, root):
@@ -699,7 +687,7 @@ Python interpreter, PyTorch's libraries and the allocator's caches; it is not GP
 """
     return text, [("6", "alexnet bench --model alexnet --batch-sizes 8,16,32,64,128,256",
                    "throughput 26 → ~60 img/s from batch 32 on (CPU); memory linear in batch (CPU: RSS)",
-                   "[batch-size-alexnet.png](docs/figures/batch-size-alexnet.png)")]
+                   "[batch-size-alexnet.png](figures/batch-size-alexnet.png)")]
 
 
 def _ex7(b, g, figs, rel, cmd, root):
@@ -755,7 +743,7 @@ def _ex7(b, g, figs, rel, cmd, root):
     ])
     ans = (f"ReLU: {verdict(lenet, relu)} ({fmt(lenet.last('val_acc'))} → {fmt(relu.last('val_acc'))}); dropout: "
            f"{verdict(relu, drop)}; flips: {verdict(drop, flip)}; crops: {verdict(drop, crop)}; both: {verdict(drop, both)}")
-    return text, [("7", f"{cmd} --only 7", ans, f"[ex7.png](docs/{rel}/{f})")]
+    return text, [("7", f"{cmd} --only 7", ans, f"[ex7.png]({rel}/{f})")]
 
 
 def _break_outcome(grp: Group, bacc, seeds: int) -> str:
@@ -848,7 +836,7 @@ def _ex8(b, g, figs, rel, cmd, root):
     ])
     ans = (f"overfits with no regularisers on {n1} images: train {fmt(tr)}, test {fmt(none1.last('val_acc'))}; "
            + "; ".join(f"{grp.label}: {outcome(grp).split(':')[0].replace('*', '')}" for grp in brk[1:]))
-    return text, [("8", f"{cmd} --only 8", ans, f"[ex8-gap.png](docs/{rel}/{f2}), [ex8-break.png](docs/{rel}/{f3})")]
+    return text, [("8", f"{cmd} --only 8", ans, f"[ex8-gap.png]({rel}/{f2}), [ex8-break.png]({rel}/{f3})")]
 
 
 def _gap_figure(over: list[Group], b: Budget, path: Path) -> str:
@@ -945,4 +933,4 @@ def _pictures(b, g, figs, rel, cmd, root):
                   "stage (7×7) a few channels carry most of the activation.", ""]
     return "\n".join(lines), ([("Fig. 8.1.2", "alexnet filters RUN; alexnet activations RUN test:0",
                                  "first-layer kernels as an image grid; each stage's strongest feature maps",
-                                 f"[{Path(shown).name}](docs/{shown})")] if shown else [])
+                                 f"[{Path(shown).name}]({shown})")] if shown else [])

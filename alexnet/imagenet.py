@@ -6,7 +6,7 @@ device, so decoding is the one per-image step: Pillow in DataLoader workers deco
 shorter side, crops and flips, and ships uint8 (4x smaller than float32) through pinned memory.
 Everything per-pixel after that (scaling, lighting, normalisation) runs batched on the device.
 
-Every random choice for an image is drawn from a generator seeded by (seed, epoch, index): the
+Every random choice for an image is drawn from a generator seeded by (seed, epoch, index) (seeds.py): the
 augmentation does not depend on the number of workers or of data-parallel ranks, and a resumed
 run sees the same crops as an uninterrupted one.
 """
@@ -26,6 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .data import DataError, epoch_indices
+from .seeds import Seeds, as_seeds
 from .runs import atomic_write
 
 IMAGE_DATASETS = ("imagefolder", "imagelist")
@@ -248,9 +249,9 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: ImageList, resize: int, crop: int, mode: str, flip: bool = True,
-                 lighting: float = 0.0, seed: int = 0):  # fmt: skip
+                 lighting: float = 0.0, seed: int | Seeds = 0):  # fmt: skip
         self.images, self.resize, self.crop, self.mode = images, resize, crop, mode
-        self.flip, self.lighting, self.seed = flip, lighting, seed
+        self.flip, self.lighting, self.seed = flip, lighting, as_seeds(seed)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -264,7 +265,7 @@ class ImageDataset(torch.utils.data.Dataset):
             return None, label, None, f"{path} ({e.__class__.__name__}: {e})"
         if min(im.size) < self.crop:
             return None, label, None, f"{path} (shorter side {min(im.size)} < crop {self.crop}: raise --resize)"
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rng = np.random.default_rng(self.seed.image(epoch, index))
         w, h = im.size
         alpha = torch.zeros(3)
         if self.mode == "train":
@@ -294,7 +295,7 @@ def collate(samples):
 class EpochBatches(torch.utils.data.Sampler):
     """This rank's batches of (index, epoch) keys: the shard of data.epoch_indices, from ``skip`` on."""
 
-    def __init__(self, n: int, batch_size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, batch_size: int, train: bool, seed: int | Seeds, rank: int = 0, world_size: int = 1):
         self.n, self.batch_size, self.train, self.seed = n, batch_size, train, seed
         self.rank, self.world_size, self.epoch, self.skip = rank, world_size, 0, 0
 
@@ -321,11 +322,11 @@ class EpochBatches(torch.utils.data.Sampler):
 # Channel statistics and the lighting eigenvectors (§4.1)
 
 
-def channel_stats(images: ImageList, sample: int = 1000, side: int = 64, seed: int = 0) -> dict:
+def channel_stats(images: ImageList, sample: int = 1000, side: int = 64, seed: int | Seeds = 0) -> dict:
     """Mean, std and the eigen-decomposition of the RGB covariance over a sample of training images,
     on the [0, 1] scale. Colour statistics do not need resolution: the images are decoded at a
     shorter side of ``side`` pixels, which JPEG draft mode makes ~30x cheaper than full size."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(as_seeds(seed).stats())
     chosen = torch.randperm(len(images), generator=g)[: min(sample, len(images))].tolist()
     pixels, used, first_error = [], 0, None
     for i in chosen:
@@ -391,13 +392,13 @@ class ImagePipeline:
         self.name, self.classes, self.channels, self.resolution = d.dataset, self.train_images.classes, 3, resolution
         if d.resize < resolution:
             raise DataError(f"--resize {d.resize} is smaller than the crop {resolution}; use --resize >= {resolution}")
-        self.stats = stats or channel_stats(self.train_images, d.stats_images, seed=cfg.train.seed)
+        seed = Seeds(cfg.train.seed, cfg.train.seed_streams)
+        self.stats = stats or channel_stats(self.train_images, d.stats_images, seed=seed)
         s = self.stats
         self.transform = DeviceTransform(tuple(s["mean"]) if d.normalize else None,
                                          tuple(s["std"]) if d.normalize else None, tuple(s["eigval"]),
                                          tuple(map(tuple, s["eigvec"])), channels_last)  # fmt: skip
         self.device, self.seen_bad, self.skipped = device, set(), 0
-        seed = cfg.train.seed
         train_ds = ImageDataset(self.train_images, d.resize, resolution, "train", d.flip, d.lighting, seed)
         val_ds = ImageDataset(self.val_images, d.resize, resolution, "ten" if d.ten_crop else "center", seed=seed)
         self.train_sampler = EpochBatches(len(train_ds), train_batch, True, seed, rank, world_size)

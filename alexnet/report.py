@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .analysis import trace
 from .models import build_model
+from .tables import Column, markdown
 
 
 class ReportError(ValueError):
@@ -37,8 +38,8 @@ def summarize(run: dict) -> dict:
 
 # Settings that change where or how fast a run goes, not what it computes; with the seed, the runs
 # that differ only in these are repeats of one configuration.
-NOT_RECIPE = frozenset({"seed", "device", "log_every", "workers", "data_dir", "compile", "eval_batch_size",
-                        "model_parallel", "tensorboard"})  # fmt: skip
+NOT_RECIPE = frozenset({"seed", "seed_streams", "device", "log_every", "workers", "data_dir", "compile",
+                        "eval_batch_size", "model_parallel", "tensorboard"})  # fmt: skip
 
 
 def recipe_key(cfg) -> tuple:
@@ -98,17 +99,13 @@ FORMATS = {"params_M": "{:.2f}", "GFLOPs": "{:.4f}", "train_loss": "{:.4f}", "va
 
 
 def markdown_table(rows: list[dict], formats: dict | None = None) -> str:
-    keys = list(rows[0])
     fmt = {**FORMATS, **(formats or {})}
 
-    def cell(k, v):
+    def column(k):
         f = fmt.get(k, "{}")
-        return v.format(f) if isinstance(v, Spread) else f.format(v)
+        return Column(k, fmt=lambda v: v.format(f) if isinstance(v, Spread) else f.format(v), left=k not in fmt)
 
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        lines.append("| " + " | ".join(cell(k, r[k]) for k in keys) + " |")
-    return "\n".join(lines)
+    return markdown(rows, [column(k) for k in rows[0]])
 
 
 def compare_table(runs: list[dict]) -> str:

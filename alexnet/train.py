@@ -38,9 +38,11 @@ from . import imagenet as I
 from .analysis import InputTooSmall, trace
 from .config import RESUMABLE, Config, ConfigError, Schedule
 from .device import (CompiledOrEager, autocast, bf16_autocast, channels_last_on, describe, free_memory,
-                     init_distributed, machine, reduce_means, select_device, use_compile)  # fmt: skip
+                     init_distributed, reduce_means, select_device, use_compile)  # fmt: skip
+from .measure import machine
 from .models import Frozen, TwoTowers, WhiteningConv, build_model
 from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, load_weights, say, warn
+from .seeds import Seeds
 
 
 class TrainingError(RunError):
@@ -189,6 +191,18 @@ class Progress:
         return tqdm(total=total, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
 
+def train_step(model, optimizer, x, y, *, device, amp: bool, label_smoothing: float = 0.0):
+    """One optimisation step: what `alexnet train` runs per batch and `alexnet bench` times.
+    Returns the loss and the logits, still on the device (reading them would synchronise)."""
+    with autocast(device, amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 def train_one_epoch(model, optimizer, batches, *, device, amp, label_smoothing=0.0, lr_fn=None, step0=0,
                     log_every=25, bar=None, tally=None, dropout_seed=None, stop=None, on_log=None) -> dict:  # fmt: skip
     """Train over ``batches``; returns {'loss', 'acc', 'images', 'steps'} of the epoch.
@@ -209,12 +223,7 @@ def train_one_epoch(model, optimizer, batches, *, device, amp, label_smoothing=0
                 group["lr"] = lr_fn(step) * group.get("lr_scale", 1.0)
         if dropout_seed is not None:
             torch.manual_seed(dropout_seed(step))
-        with autocast(device, amp):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = train_step(model, optimizer, x, y, device=device, amp=amp, label_smoothing=label_smoothing)
         tally.loss_sum += loss.detach() * len(y)
         tally.correct += (logits.argmax(1) == y).sum()
         tally.seen, tally.steps, step = tally.seen + len(y), tally.steps + 1, step + 1
@@ -654,7 +663,7 @@ class Session:
         bar = self.bars.bar(steps, f"epoch {epoch + 1}/{self.total_epochs}", skip)
         # Dropout: a function of (seed, step), and of the rank, else every rank's i-th image would
         # get the same mask.
-        seed = cfg.train.seed * 1_000_003 + 1_000_033 * self.rank
+        seeds = Seeds(cfg.train.seed, cfg.train.seed_streams)
         lr_fn, batches = self.lr_fn(drops), self.data.train(epoch, skip)
         if self.clock is not None:  # a budget: its plan may end this epoch early, or re-plan on the way
             batches = self.clock.steps(batches, epoch * steps + skip)
@@ -662,9 +671,9 @@ class Session:
             tr = train_one_epoch(
                 self.train_net, self.optimizer, batches, device=self.device,
                 amp=cfg.system.amp == "bf16", label_smoothing=cfg.train.label_smoothing,
-                lr_fn=lr_fn, step0=epoch * steps + skip,
-                log_every=cfg.system.log_every, bar=bar, tally=self.tally, dropout_seed=lambda s: seed + 7 * s,
-                stop=self.stop, on_log=self.board.interval if self.board else None,
+                lr_fn=lr_fn, step0=epoch * steps + skip, log_every=cfg.system.log_every, bar=bar, tally=self.tally,
+                dropout_seed=lambda s: seeds.dropout(epoch, s, self.rank), stop=self.stop,
+                on_log=self.board.interval if self.board else None,
             )  # fmt: skip
         except NonFiniteLoss as e:
             good = self.run_dir.last if self.run_dir and self.run_dir.last.exists() else "none yet"
@@ -742,7 +751,8 @@ class Session:
             "best_epoch": best_epoch_of(pos.metrics), "changes": pos.changes, "classes": data.classes,
             "dataset": data.name, "in_channels": data.channels, "num_classes": len(data.classes),
             "resolution": data.resolution, "normalization": getattr(data, "normalization", None),
-            "stats": getattr(data, "stats", None), "torch": str(torch.__version__), "machine": machine(self.device),
+            "stats": getattr(data, "stats", None), "torch": str(torch.__version__),
+            "machine": machine(self.device).asdict(),
             **({"plan": self._spent(self.plan).to_dict()} if self.plan else {}),
         }  # fmt: skip
 

@@ -25,7 +25,8 @@ import torch
 
 from alexnet import report as P
 from alexnet import runs as R
-from alexnet.device import machine
+from alexnet.measure import machine
+from alexnet.tables import grid
 from alexnet.visualize import LOW_FREQUENCY, chance_share, filter_panels_figure, low_frequency_share, orientation_strength
 
 NATIVE = 28  # Fashion-MNIST's side
@@ -76,7 +77,7 @@ def epoch_table(facts: dict[str, P.RunFacts]) -> str:
     book = {(p.source, p.epoch, p.key): p for p in P.BOOK}
     head = ["epoch"] + [f"`{n}` {c}" for n in names for c in ("train loss", "test acc", "epoch s", "img/s")]
     head += ["d2l 0.17 (V100): train loss / test acc", "d2l 1.0 notebooks (approx.)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for e in range(1, 11):
         row = [str(e)]
         for n in names:
@@ -87,8 +88,8 @@ def epoch_table(facts: dict[str, P.RunFacts]) -> str:
         new = [book.get(("d2l 1.0 notebooks", e, k)) for k in ("train_loss", "val_acc")]
         row.append(" / ".join(f"{p.value:.3f}" for p in old) if all(old) else "")
         row.append(", ".join(f"{'loss' if p.key == 'train_loss' else 'test acc'} ≈ {p.value:.2f}" for p in new if p))
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return grid(head, rows, left=(0, len(head) - 2, len(head) - 1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,8 +143,8 @@ def write_section(docs, facts, made, weights, logs, figure, same_start) -> str:
                    f"{sum(r['train_images_per_s'] for r in f.metrics) / len(f.metrics):.1f} training images/s). "
                    + (f"Its log's first line: `{logs[n]}`. " if logs.get(n) else "")
                    + f"Report: [html](runs/{n}-224/report.html), [md](runs/{n}-224/report.md).")  # fmt: skip
-    out += ["", f"Machine: {mach['cpu']}, {mach['cpu_count']} CPU threads" + (" with bf16 units (AMX)" if mach["bf16_units"] else "")
-            + ", shared: both runs at nice 19 on one thread each, beside the other jobs of a working session "
+    out += ["", f"Machine: {mach.line()}"
+            + "; shared: both runs at nice 19 on one thread each, beside the other jobs of a working session "
             "(helpers' tests and builds), so the times are upper bounds, not this CPU's speed.", ""]  # fmt: skip
     out += ["### Epoch by epoch, against the book", "", epoch_table(facts), "",
             f"Test accuracy is on {test_set(facts['d2l'].cfg)}; train loss is the epoch's running mean (with dropout, and "

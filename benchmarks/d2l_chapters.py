@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,11 +40,10 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's alexnet
-
-from alexnet import d2l as ours  # noqa: E402
-from alexnet import data as D  # noqa: E402
-from alexnet.device import cpu_has_native_bf16  # noqa: E402
+from alexnet import d2l as ours
+from alexnet import data as D
+from alexnet.device import cpu_has_native_bf16
+from alexnet.measure import machine as this_machine
 
 # ---------------------------------------------------------------------------------------------
 # torchvision stand-in: what d2l.FashionMNIST calls, done as torchvision does it
@@ -335,7 +333,7 @@ def main(argv=None):
     # d2l's 4 workers on a 2-core machine warn at every loader; that pipeline is what is measured
     warnings.filterwarnings("ignore", message=".*worker processes in total.*")
     os.environ.setdefault("ALEXNET_D2L_BOARD_DIR", tempfile.mkdtemp(prefix="d2l-boards-"))  # not the checkout
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = this_machine("cpu").line()
     print(f"# {machine}; bf16 instructions: {cpu_has_native_bf16()}; train {args.train}, val {args.val}", flush=True)
     rows = []
     for name in filter(None, args.chapters.split(",")):

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
-from alexnet.imagenet import EpochBatches, ImageDataset, ImageList, collate  # noqa: E402
+from alexnet.imagenet import EpochBatches, ImageDataset, ImageList, collate
+from alexnet.measure import machine
 
 
 def make_jpegs(root: Path, n: int, seed: int = 0) -> list[str]:
@@ -65,8 +63,7 @@ def main() -> None:
         paths = make_jpegs(Path(tmp), args.images)
         kb = np.mean([os.path.getsize(p) for p in paths]) / 1e3
         images = ImageList(paths, [0] * len(paths), ["x"])
-        print(f"{len(paths)} JPEGs 500x375 q90, mean {kb:.0f} kB; {platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} cores, torch {torch.__version__}, Pillow {Image.__version__}")
+        print(f"{len(paths)} JPEGs 500x375 q90, mean {kb:.0f} kB; {machine('cpu').line()}, Pillow {Image.__version__}")
         for mode, crop in (("train", 227), ("center", 227), ("ten", 227), ("train", 224)):
             rate = per_image_rate(ImageDataset(images, 256, crop, mode, lighting=0.1), len(paths))
             print(f"one core, {mode:<6} {crop}: {rate:6.0f} images/s  ({1e3 / rate:.2f} ms/image)")

@@ -29,114 +29,35 @@ import gc
 import itertools
 import json
 import math
-import os
-import platform
 import resource
-import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout
-from alexnet import data as D  # noqa: E402
-from alexnet import device as V  # noqa: E402
-from alexnet import runs as R  # noqa: E402
-from alexnet import train as T  # noqa: E402
-from alexnet.analysis import Peak, measure_peak, sync, trace, training_flops  # noqa: E402
-from alexnet.config import PRESETS, ConfigError  # noqa: E402
-from alexnet.models import build_model, get_spec  # noqa: E402
+from alexnet import data as D
+from alexnet import device as V
+from alexnet import runs as R
+from alexnet import train as T
+from alexnet.analysis import Peak, measure_peak, trace, training_flops
+from alexnet.config import PRESETS, ConfigError
+from alexnet.measure import PeakMemory, machine, time_once, time_turns
+from alexnet.models import build_model, get_spec
+from alexnet.tables import Column, markdown as markdown_table
 
 NETWORK = "network.forward"  # the profiler label of the forward pass; backward has the engine's own
 
 
 # ---------------------------------------------------------------------------------------------
 # Measuring: timing, memory, peak FLOP/s, the profiler split
-
-
-def timed(fn, device: torch.device) -> float:
-    """Wall seconds of ``fn()``, with the device drained on both sides (CUDA runs asynchronously)."""
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
-
-
-@dataclass
-class Contestant:
-    """One pipeline in the interleaved timing: ``run(k)`` does k steps."""
-
-    name: str
-    run: object
-    block: int  # steps per turn
-    times: list = field(default_factory=list)  # seconds per step
-
-    @property
-    def step_s(self) -> float:
-        return statistics.median(self.times)
-
-
-def interleave(contestants: list[Contestant], rounds: int, device: torch.device) -> None:
-    """Time the pipelines in turns, a block of steps each, ``rounds`` times over.
-
-    This machine is shared: load that arrives halfway through a run would otherwise fall on
-    whichever pipeline ran last, and the ratios would measure it. In turns, every pipeline sees the
-    same conditions, and the median step ignores outliers. On a CPU each step is timed alone; on
-    CUDA a block is timed as one, so no synchronisation is added between its steps. A DataLoader
-    refills its prefetch queue while the next pipeline's first step runs: blocks of 3 or more steps
-    keep that step out of the median.
-    """
-    for _ in range(rounds):
-        for c in contestants:
-            if device.type == "cuda":
-                c.times.append(timed(lambda: c.run(c.block), device) / c.block)
-            else:
-                c.times += [timed(lambda: c.run(1), device) for _ in range(c.block)]
-
-
-class PeakMemory:
-    """Peak memory of one phase. CUDA: the allocator's peak. CPU: the resident set's high-water
-    mark, reset per phase through /proc/self/clear_refs (Linux); getrusage's ru_maxrss is the peak
-    of the whole process, so after the largest phase every later one would read the same."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.resettable = device.type == "cpu" and Path("/proc/self/clear_refs").exists()
-
-    def reset(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.resettable:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                self.resettable = False
-
-    def peak_bytes(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device)
-        if self.resettable:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-    @property
-    def what(self) -> str:
-        if self.device.type == "cuda":
-            return "torch.cuda.max_memory_allocated"
-        return "peak RSS of this process (VmHWM, reset per phase)" if self.resettable else "peak RSS (ru_maxrss)"
 
 
 DTYPES = {"fp32": "fp32", "bf16 autocast": "bf16"}  # a row's dtype -> the arithmetic its peak is measured in
@@ -187,7 +108,7 @@ def outside_fraction(run_steps, device: torch.device) -> tuple[float, dict[str, 
     """
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        wall = timed(run_steps, device)
+        wall = time_once(run_steps, device)
     network_us, outside = 0.0, {}
     for e in prof.events():
         if e.cpu_parent is not None:
@@ -310,7 +231,7 @@ class Row:
     batch_size: int
     dtype: str
     params: int
-    gflops_per_image: float  # forward FLOPs for eval, forward x 3 for a training step
+    gflops_per_image: float  # forward FLOPs for eval; a training step's exact FLOPs (analysis.training_flops)
     images_per_s: float
     step_ms: float
     mfu: float  # achieved FLOP/s / the peak (best GEMM or the dominant conv) measured in this run
@@ -325,7 +246,7 @@ def run_model(args, model_name: str, preset: str, batch: int, measure_compile: b
     """One model's rows: reference and project (training and evaluation), the layout flipped, the
     precision flipped and,
     if asked, compilation flipped. Memory and the profiler's split come from each pipeline run
-    alone; speeds from all of them run in turns (see ``interleave``)."""
+    alone; speeds from all of them run in turns (alexnet.measure.time_turns)."""
     res = get_spec(model_name).resolution
     cfg = PRESETS[preset].replace(model=model_name, batch_size=batch, device=args.device,
                                   eval_batch_size=args.eval_batch_size)  # fmt: skip
@@ -389,21 +310,21 @@ def run_model(args, model_name: str, preset: str, batch: int, measure_compile: b
         log(f"{model_name}: building and warming up {len(variants) + 1} pipelines ({w} steps each)")
         ref = reference()
         ref.steps(w)
-        contestants = [Contestant("reference", ref.steps, args.block)]
+        contestants, blocks = {"reference": ref.steps}, {"reference": args.block, "evaluation": 1}
         projects, first = {}, {}
         for name, c in variants:
             p = projects[name] = Project.build(c, ds_cpu)
             # The first step compiles forward and backward when compile is on; timed apart to show it.
-            first[name] = timed(functools.partial(p.train_steps, 1), device)
+            first[name] = time_once(functools.partial(p.train_steps, 1), device)
             p.train_steps(max(0, w - 1))
-            contestants.append(Contestant(name, p.train_steps, args.block))
+            contestants[name], blocks[name] = p.train_steps, args.block
         evaluation = projects[shipped]
         evaluation.evaluate(1)
-        contestants.append(Contestant("evaluation", evaluation.evaluate, 1))
-        log(f"{model_name}: timing {', '.join(c.name for c in contestants)}: {rounds} rounds of {args.block} steps "
+        contestants["evaluation"] = evaluation.evaluate
+        log(f"{model_name}: timing {', '.join(contestants)}: {rounds} rounds of {args.block} steps "
             f"(evaluation: 1 batch of {args.eval_batch_size} per round)")  # fmt: skip
-        interleave(contestants, rounds, device)
-        times = {c.name: c.step_s for c in contestants}
+        times = {name: t.median for name, t in time_turns(contestants, device, rounds=rounds, block=blocks,
+                                                            warmup=0).items()}  # fmt: skip
         compiled = {name: p.net.compiled is not None for name, p in projects.items()}
         nhwc = {name: p.transform.channels_last for name, p in projects.items()}
         del ref, projects, contestants, evaluation, p
@@ -462,20 +383,15 @@ def compile_verdict(compile_s: float, eager_step_s: float, compiled_step_s: floa
             "pays": break_even is not None and break_even <= run_steps}  # fmt: skip
 
 
-def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    with_name = Path("/proc/cpuinfo")
-    if with_name.exists():
-        for line in with_name.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "device": V.describe(device), "cpu": f"{cpu} ({platform.machine()})", "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-        "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "load_average_1m_start": os.getloadavg()[0],
-    }  # fmt: skip
+ROW_COLUMNS = [
+    Column("pipeline", left=True), Column("model", left=True),
+    Column("resolution", "input", lambda r: f"{r}x{r}"), Column("mode", left=True), Column("batch_size", "batch"),
+    Column("dtype", left=True), Column("params", "params", lambda n: f"{n / 1e6:.2f} M"),
+    Column("gflops_per_image", "GFLOPs/img", "{:.3f}"), Column("images_per_s", "img/s", "{:.1f}"),
+    Column("step_ms", "step ms", "{:.1f}"), Column("mfu", "MFU", "{:.1%}"),
+    Column("outside_network", "outside net", "{:.1%}"), Column("peak_memory_mib", "peak MiB", "{:.0f}"),
+    Column("compile_s", "compile s", "{:.1f}"), Column("note", "notes", left=True),
+]  # fmt: skip
 
 
 def markdown(result: dict) -> str:
@@ -483,8 +399,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Pipeline benchmark: {m['device']}",
         "",
-        f"{m['cpu']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, "
-        f"Python {m['python']}, {m['date_utc']} UTC, 1-min load average {m['load_average_1m_start']:.2f} at start, "
+        f"{m['line']}; 1-min load average {m['load_average_1m_start']:.2f} at start, "
         f"{m['load_average_1m_end']:.2f} at end.",
         "Peaks (GFLOP/s; each the better of a measurement before the pipelines and one after): " + "; ".join(
             f"{model} {k}: {g['flops'] / 1e9:.1f} = max(best GEMM {'x'.join(map(str, g['gemm_shape']))} "
@@ -492,22 +407,11 @@ def markdown(result: dict) -> str:
             for model, e in result["extras"].items() for k, g in e["peaks"].items()) + ". "
         "Training FLOPs: the step's exact count (forward, input and weight gradients; alexnet.analysis); "
         "MFU = achieved FLOP/s / the peak of the row's model and dtype. "
-        f"Step ms: {'the median of single steps' if m['cuda'] is None else 'the mean over all timed steps'}. "
+        f"Step ms: the median over the turns ({'single steps' if m['gpu'] is None else 'per-step mean of each block'}). "
         f"Memory: {result['memory']}.",
         "",
-        "| pipeline | model | input | mode | batch | dtype | params | GFLOPs/img | img/s | step ms | MFU "
-        "| outside net | peak MiB | compile s | notes |",
-        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        markdown_table(result["rows"], ROW_COLUMNS),
     ]
-    for r in result["rows"]:
-        out = "" if r["outside_network"] is None else f"{100 * r['outside_network']:.1f}%"
-        comp = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
-        mib = "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
-        lines.append(
-            f"| {r['pipeline']} | {r['model']} | {r['resolution']}x{r['resolution']} | {r['mode']} | {r['batch_size']} "
-            f"| {r['dtype']} | {r['params'] / 1e6:.2f} M | {r['gflops_per_image']:.3f} | {r['images_per_s']:.1f} "
-            f"| {r['step_ms']:.1f} | {100 * r['mfu']:.1f}% | {out} | {mib} | {comp} | {r['note']} |"
-        )
     lines += ["", *result["summary"]]
     return "\n".join(lines) + "\n"
 
@@ -575,7 +479,8 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = V.select_device(args.device)
-    stamp = machine(device)
+    about = machine(device)
+    stamp = {**about.asdict(), "line": about.line(), "load_average_1m_start": about.load_average_1m}
 
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
@@ -593,7 +498,7 @@ def main(argv=None) -> dict:
         r, extra = run_model(args, model_name, preset, batch, measure_compile, ds, mem, log)
         rows += r
         extras[model_name] = extra
-    stamp["load_average_1m_end"] = os.getloadavg()[0]
+    stamp["load_average_1m_end"] = machine(device).load_average_1m
     result = {
         "machine": stamp, "args": vars(args), "memory": mem.what,
         "rows": [asdict(r) for r in rows], "extras": extras, "summary": summarise(rows, extras),

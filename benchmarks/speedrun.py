@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # runnable from a checkout
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from alexnet.measure import machine as this_machine
+from alexnet.tables import Column, markdown
+
+ROOT = Path(__file__).resolve().parent.parent  # the runs start here, as a reader would start them
 
 
 def run_seed(preset: str, seed: int, run_dir: Path, extra: list[str]) -> dict:
@@ -52,10 +53,9 @@ def summarise(preset: str, runs: list[dict], extra: list[str]) -> dict:
 
 def report(s: dict, runs: list[dict], machine: str) -> str:
     command = " ".join(filter(None, ["alexnet train --preset", s["preset"], s["flags"]]))
-    lines = [f"`{command}`, seeds {','.join(map(str, s['seeds']))}; {machine}", "",
-             "| seed | test acc | epochs | train s | train + eval s | command wall s |", "|---:|---:|---:|---:|---:|---:|"]
-    lines += [(f"| {r['seed']} | {r['acc']:.4f} | {r['epochs']} | {r['train_s']:.1f} | {r['train_eval_s']:.1f} "
-               f"| {r['wall_s']:.1f} |") for r in runs]  # fmt: skip
+    cols = [Column("seed"), Column("acc", "test acc", "{:.4f}"), Column("epochs"), Column("train_s", "train s", "{:.1f}"),
+            Column("train_eval_s", "train + eval s", "{:.1f}"), Column("wall_s", "command wall s", "{:.1f}")]  # fmt: skip
+    lines = [f"`{command}`, seeds {','.join(map(str, s['seeds']))}; {machine}", "", markdown(runs, cols)]
     lines += ["", (f"test accuracy mean {s['mean']:.4f}, std {s['std']:.4f}, min {s['min']:.4f}, max {s['max']:.4f}; "
                    f"training + evaluation {s['train_eval_s']:.1f} s mean ({s['max_train_eval_s']:.1f} s max), "
                    f"whole command {s['wall_s']:.1f} s mean")]  # fmt: skip
@@ -72,11 +72,7 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out) / args.preset
     out.mkdir(parents=True, exist_ok=True)
-    import torch
-    from pipeline import machine as stamp  # the pipeline benchmark's description of this machine
-
-    m = stamp(torch.device("cpu"))
-    machine = f"{m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}, {m['date_utc']} UTC"
+    machine = this_machine("cpu").line()
     runs = []
     for seed in seeds:
         runs.append(run_seed(args.preset, seed, out / f"seed{seed}-{int(time.time())}", args.extra))

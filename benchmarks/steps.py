@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/steps.py                       # speednet-white, -2x, speednet-wide; ~2 min
     .venv/bin/python benchmarks/steps.py --models speednet-white --batch-size 128
 
-A step is what `alexnet train --preset speedrun` runs: bf16 autocast, channels_last, fused Nesterov
-SGD, label smoothing 0.1, on a batch already in memory. For a network that starts with a `Frozen`
-block the trainer computes that block once per image before training, so only the rest is timed,
-on the frozen block's output for a random batch. All (network, threads) pairs run in alternating
-turns (benchmarks/pipeline.py's `interleave`: a shared machine's load falls on all of them alike).
+A step is what `alexnet train --preset speedrun` runs: alexnet.train.train_step with the preset's
+optimizer (alexnet.train.make_optimizer: fused Nesterov SGD, weight decay), bf16 autocast,
+channels_last and label smoothing, on a batch already in memory. For a network that starts with a
+`Frozen` block the trainer computes that block once per image before training, so only the rest is
+timed, on the frozen block's output for a random batch (alexnet.bench.trained_part, as `alexnet
+bench` does). All (network, threads) pairs run in alternating turns (alexnet.measure.time_turns: a
+shared machine's load falls on all of them alike); the figure is the median step.
 MFU = the step's exact training FLOPs (alexnet.analysis.training_flops of the timed part) per
 second / the better of the best GEMM shape and the network's dominant convolution in bf16
 (alexnet.analysis.measure_peak), measured before and after the turns on all threads, the better
@@ -18,48 +20,47 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # runnable from a checkout
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from alexnet.analysis import measure_peak, training_flops
+from alexnet.bench import step_recipe, trained_part
+from alexnet.measure import machine, time_turns
+from alexnet.models import build_model
+from alexnet.tables import Column, markdown
+from alexnet.train import make_optimizer, train_step
 
-from alexnet.analysis import measure_peak, training_flops  # noqa: E402
-from alexnet.models import Frozen, build_model  # noqa: E402
-from pipeline import Contestant, interleave, machine  # noqa: E402
-
-
-def trained_part(name: str, batch: int):
-    """The network as a step trains it, and a batch of its input: after a Frozen stem, the stem's output."""
-    torch.manual_seed(0)
-    model = build_model(name).to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    if isinstance(model, torch.nn.Sequential) and isinstance(model[0], Frozen):
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-            x = model[0](x)  # bf16, as InMemory.precompute keeps it
-        model = model[1:]
-    return model, x
+CPU = torch.device("cpu")
 
 
-def stepper(model, x, threads: int):
-    y = torch.randint(0, 10, (len(x),))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, fused=True)
+def network(name: str, batch: int):
+    """The part of ``name`` a speedrun step trains, a batch of its input, and the preset's recipe."""
+    cfg = step_recipe("speedrun", name, CPU)
+    model = build_model(name, seed=0).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    part, x = trained_part(model, x.contiguous(memory_format=torch.channels_last), amp=True)
+    return part, x, cfg
+
+
+def stepper(model, x, cfg, threads: int):
+    y = torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(1))
+    opt = make_optimizer(model, cfg, CPU)
 
     def run(k: int) -> None:
         torch.set_num_threads(threads)
         for _ in range(k):
-            with torch.autocast("cpu", torch.bfloat16):
-                loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(model, opt, x, y, device=CPU, amp=True, label_smoothing=cfg.train.label_smoothing)
 
     return run
+
+
+COLUMNS = [
+    Column("model", "network (trained part)", left=True), Column("threads"), Column("step_ms", "step ms", "{:.1f}"),
+    Column("images_per_s", "img/s", "{:,.0f}"), Column("gflop_per_step", "GFLOP/step", "{:.3f}"),
+    Column("gflop_per_s", "GFLOP/s", "{:.1f}"), Column("peak", left=True), Column("mfu", "MFU", "{:.1%}"),
+]  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -72,40 +73,30 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="runs/steps-bench", help="directory for results.md and results.json")
     args = p.parse_args(argv)
     names, threads = args.models.split(","), sorted({int(t) for t in args.threads.split(",")})
-    cpu = torch.device("cpu")
-    nets = {n: trained_part(n, args.batch_size) for n in names}
-    flops = {n: training_flops(m, tuple(x.shape)) for n, (m, x) in nets.items()}
-    before = {n: measure_peak(m, tuple(x.shape), "bf16", cpu) for n, (m, x) in nets.items()}
-    contestants = []
-    for n, (m, x) in nets.items():
-        for t in threads:
-            run = stepper(m, x, t)
-            run(2)  # warm-up: oneDNN picks its kernels, the allocator grows
-            contestants.append(Contestant(f"{n}@{t}", run, args.block))
-    interleave(contestants, args.rounds, cpu)
+    nets = {n: network(n, args.batch_size) for n in names}
+    flops = {n: training_flops(m, tuple(x.shape)) for n, (m, x, _) in nets.items()}
+    before = {n: measure_peak(m, tuple(x.shape), "bf16", CPU) for n, (m, x, _) in nets.items()}
+    runs = {f"{n}@{t}": stepper(m, x, cfg, t) for n, (m, x, cfg) in nets.items() for t in threads}
+    # Warm-up: oneDNN picks its kernels, the allocator grows.
+    timings = time_turns(runs, CPU, rounds=args.rounds, block=args.block, warmup=2)
     torch.set_num_threads(max(threads))
-    after = {n: measure_peak(m, tuple(x.shape), "bf16", cpu) for n, (m, x) in nets.items()}
+    after = {n: measure_peak(m, tuple(x.shape), "bf16", CPU) for n, (m, x, _) in nets.items()}
     rows = []
-    for c in contestants:
-        n, t = c.name.rsplit("@", 1)
+    for name, t in timings.items():
+        n, th = name.rsplit("@", 1)
         peak = max(before[n], after[n], key=lambda q: q.flops)
-        rate = flops[n] / c.step_s
-        rows.append({"model": n, "threads": int(t), "batch_size": args.batch_size, "step_ms": c.step_s * 1e3,
-                     "images_per_s": args.batch_size / c.step_s, "gflop_per_step": flops[n] / 1e9,
-                     "gflop_per_s": rate / 1e9, "peak": peak.describe(), "peak_gflop_per_s": peak.flops / 1e9,
-                     "mfu": rate / peak.flops})  # fmt: skip
-    m = machine(cpu)
-    stamp = f"{m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}, {m['date_utc']} UTC"
-    lines = [f"Training steps, batch {args.batch_size}, bf16, channels_last; {stamp}", "",
-             "| network (trained part) | threads | step ms | img/s | GFLOP/step | GFLOP/s | peak | MFU |",
-             "|---|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
-    lines += [(f"| {r['model']} | {r['threads']} | {r['step_ms']:.1f} | {r['images_per_s']:,.0f} | "
-               f"{r['gflop_per_step']:.3f} | {r['gflop_per_s']:.1f} | {r['peak']} | {r['mfu']:.1%} |") for r in rows]
+        rate = flops[n] / t.median
+        rows.append({"model": n, "threads": int(th), "batch_size": args.batch_size, "step_ms": t.median * 1e3,
+                     "best_step_ms": t.best * 1e3, "images_per_s": args.batch_size / t.median,
+                     "gflop_per_step": flops[n] / 1e9, "gflop_per_s": rate / 1e9, "peak": peak.describe(),
+                     "peak_gflop_per_s": peak.flops / 1e9, "mfu": rate / peak.flops})  # fmt: skip
+    m = machine(CPU)
+    lines = [f"Training steps, batch {args.batch_size}, bf16, channels_last; {m.line()}", "", markdown(rows, COLUMNS)]
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text)
-    result = {"rows": rows, "machine": m}
+    result = {"rows": rows, "machine": m.asdict()}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(text, end="")
     return result

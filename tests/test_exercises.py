@@ -120,7 +120,7 @@ def test_smoke_budget_writes_every_table_and_figure(idx_dir, tmp_path, capsys):
     out = tmp_path / "docs" / "exercises.md"
     result = run_exercises("smoke", out, tmp_path / "runs", data_dir=str(idx_dir), dataset="mnist")
     text = out.read_text()
-    for heading in ("For the README", "Exercises 1–3", "Exercise 4", "Exercise 5", "Exercise 6", "Exercise 7",
+    for heading in ("In one table", "Exercises 1–3", "Exercise 4", "Exercise 5", "Exercise 6", "Exercise 7",
                     "Exercise 8", "Figure 8.1.2"):  # fmt: skip
         assert heading in text
     figs = tmp_path / "docs" / "figures" / "exercises"

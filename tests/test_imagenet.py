@@ -230,7 +230,9 @@ def test_ten_crops_are_corners_centre_and_their_mirrors(folder):
 
 
 def test_training_on_an_image_folder_learns_and_counts_the_corrupt_file(folder, tmp_path, capfd):
-    cfg = tiny_images(folder, epochs=4, workers=2)
+    # Cosine to zero: at a constant lr 0.02 with momentum the last of 4 epochs on 42 images swings
+    # (0.33-1.0 over seeds 0-3); decayed, every seed and both seed styles ended at 1.0.
+    cfg = tiny_images(folder, epochs=4, workers=2, schedule="cosine")
     result = T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
     assert result.final["val_acc"] > 0.8  # chance is 1/3
     assert result.metrics[-1]["train_loss"] < result.metrics[0]["train_loss"]

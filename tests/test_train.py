@@ -66,6 +66,24 @@ def test_resume_equals_uninterrupted_training(idx_dir, tmp_path):
     _same_run(straight, resumed)
 
 
+def test_a_run_saved_before_keyed_streams_resumes_exactly_with_its_own_streams(idx_dir, tmp_path):
+    # Runs started before seeds.py record no seed_streams: they drew their data order, crops, flips
+    # and dropout from offsets of the seed, and a resume must go on drawing them that way.
+    cfg = tiny(idx_dir, crop_padding=2, flip=True, seed_streams="offsets")
+    straight = T.fit(cfg, tmp_path / "a", progress=False, quiet=True)
+    T.fit(cfg.replace(epochs=1), tmp_path / "b", progress=False, quiet=True)
+    for name in ("last.pt", "best.pt"):  # as the earlier code wrote them
+        ckpt = torch.load(tmp_path / "b" / name, weights_only=True)
+        del ckpt["config"]["train"]["seed_streams"]
+        torch.save(ckpt, tmp_path / "b" / name)
+    record = json.loads((tmp_path / "b" / "config.json").read_text())
+    del record["train"]["seed_streams"]
+    (tmp_path / "b" / "config.json").write_text(json.dumps(record))
+    resumed = T.fit(cfg, tmp_path / "b", resume=True, overrides={"epochs": 2}, progress=False, quiet=True)
+    _same_run(straight, resumed)
+    assert R.load_checkpoint(tmp_path / "b" / "last.pt")["cfg"].train.seed_streams == "offsets"
+
+
 def _interrupt_at_batch(monkeypatch, n):
     """Make the n-th batch drawn (training and evaluation alike) raise KeyboardInterrupt."""
     real, calls = D.loader, {"n": 0}
