@@ -1,9 +1,10 @@
 """Training to a clock (``--time-budget``): the plan that fits a run into a budget, and the clock
 that holds it there.
 
-A budgeted run starts its clock before anything that the budget pays for (fitting and computing a
-frozen stem, measuring). It then times its own training step on the real network and data (after
-a few warm-up steps, with the weights and optimiser restored afterwards) and one evaluation, and
+A budgeted run starts its clock before anything that the budget pays for (choosing a network,
+fitting and computing a frozen stem, measuring). It then times its own training step on the real
+network and data with the package's harness (``measure.time_turns``: warm-up steps, then the median;
+the weights, optimiser and random state put back afterwards) and one evaluation, and
 fixes the number of steps that fit: ``steps_that_fit``. The learning-rate schedule (warm-up, decay
 to zero) is drawn for exactly those steps, fractional epochs allowed, so the run ends with a
 finished schedule, not a truncated one. The warm-up keeps its share of the run: ``--warmup-epochs``
@@ -28,7 +29,7 @@ from .config import Config, ConfigError, parse_duration
 
 MIN_STEPS = 10  # fewer steps than this train nothing worth the wait
 WHOLE_EPOCHS = ("step", "plateau")  # schedules counted in whole epochs: a budget must hold one
-WARMUP_STEPS, TIMED_STEPS = 5, 20  # measurement: steps to warm kernels and caches, then steps timed
+WARMUP_STEPS, TIMED_STEPS = 3, 10  # measurement: steps to warm kernels and caches, then steps timed (the clock corrects)
 
 
 @dataclass
@@ -135,16 +136,15 @@ def first_plan(cfg: Config, step_s: float, eval_s: float, startup_s: float, step
                 warmup_epochs=t.warmup_epochs / t.epochs * steps / steps_per_epoch)  # fmt: skip
 
 
-def time_per_step(run, sync, warmup: int = WARMUP_STEPS, timed: int = TIMED_STEPS, now=time.perf_counter) -> float:
-    """Seconds a step of ``run(n)`` (which takes ``n`` steps) takes, after ``warmup`` steps. The
-    mean of one block, not the median of turns: the plan needs the expected time of many steps,
-    stalls included, not the typical step."""
-    run(warmup)
-    sync()
-    t0 = now()
-    run(timed)
-    sync()
-    return (now() - t0) / timed
+def choose(options: list[tuple[str, float]], step_s: dict[str, float], seconds: float,
+           steps_per_epoch: int) -> tuple[str, str]:  # fmt: skip
+    """The first network whose epochs in ``seconds`` (at its measured step) reach the epochs it
+    needs, else the last; and a line saying how it was chosen."""
+    epochs = {name: seconds / (step_s[name] * steps_per_epoch) for name, _ in options}
+    chosen = next((name for name, need in options if epochs[name] >= need), options[-1][0])
+    told = "; ".join(f"{name} {step_s[name] * 1e3:.1f} ms a step, {epochs[name]:.1f} epochs"
+                     + (f" (needs {need:g})" if need else "") for name, need in options)  # fmt: skip
+    return chosen, f"network: {chosen}, chosen by the step time measured here for the {seconds:.0f} s left: {told}"
 
 
 def describe(plan: Plan) -> str:
@@ -172,7 +172,6 @@ class Clock:
         # About 40 looks per run: often enough to follow the load, rare enough that one look's window
         # (at least 10 steps) averages out the scheduler's jitter.
         self.every = every or max(10, plan.steps // 40)
-        self.load = 1.0  # the latest step time over the measured one
         self.boundary_s: float | None = None  # the time between two epochs' steps, once seen
         self._end: float | None = None  # when the last epoch's steps ended
         self._window: tuple[int, float, float] | None = None  # (step, time) of the last look, time between epochs since
@@ -206,8 +205,10 @@ class Clock:
         s0, t0, between = self._window
         step_s = (now - t0 - between) / (step - s0)
         self._window = (step, now, 0.0)
-        self.load = step_s / self.plan.step_s
-        end_s = self.plan.eval_s * self.load
+        # The evaluation is taken as measured, not scaled by the steps' slow-down: under a 2-core
+        # machine's changing load the step and the evaluation (large inference batches) did not slow
+        # alike (a 1.6x slower step beside an evaluation as fast as measured).
+        end_s = self.plan.eval_s
         boundary = (self.boundary_s if self.boundary_s is not None else end_s) if self.each_epoch else 0.0
         left = self.plan.budget_s - (now - self.started)
         fit = steps_that_fit(left, step_s, step, self.plan.steps_per_epoch, end_s, boundary)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import math
 import signal
@@ -36,10 +37,10 @@ from . import data as D
 from . import finetune
 from . import imagenet as I
 from .analysis import InputTooSmall, trace
-from .config import RESUMABLE, Config, ConfigError, Schedule
+from .config import RESUMABLE, Config, ConfigError, Schedule, parse_choices, parse_duration
 from .device import (CompiledOrEager, autocast, bf16_autocast, channels_last_on, describe, free_memory,
                      init_distributed, reduce_means, select_device, use_compile)  # fmt: skip
-from .measure import machine
+from .measure import machine, time_turns
 from .models import Frozen, TwoTowers, WhiteningConv, build_model
 from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, load_weights, say, warn
 from .seeds import Seeds
@@ -432,6 +433,8 @@ class Session:
         leaves no empty run behind."""
         cfg, device = self.cfg, self.device
         self.data = load_data(cfg, device, Path(run_dir) if ckpt else None, ckpt, self.rank, self.world)
+        if cfg.train.time_budget and cfg.train.choose_from and ckpt is None:
+            cfg = self.choose_network()
         self.model = build_model(cfg.train.model, self.data.channels, len(self.data.classes), seed=cfg.train.seed)
         _check_input_fits(self.model, self.data.channels, self.data.resolution)
         if any(isinstance(m, WhiteningConv) for m in self.model.modules()) and not isinstance(self.data, D.InMemory):
@@ -571,7 +574,7 @@ class Session:
         new_budget = saved is not None and B.parse_duration(cfg.train.time_budget) != saved["budget_s"]
         if ckpt is not None and saved is None:
             raise ConfigError("--time-budget: this run was trained in epochs; resume it with --epochs")
-        self.began = time.perf_counter()
+        self.began = self.began or time.perf_counter()  # a network chosen for the budget began it
         if saved is not None:
             self.plan = B.Plan.from_dict(saved)
             self.started = self.began - self.plan.spent_s
@@ -596,6 +599,38 @@ class Session:
         sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
         self.clock = B.Clock(self.plan, self.started, each, sync=sync)
 
+    def choose_network(self) -> Config:
+        """--choose-from under a budget: time each network's training step on a batch of this run's
+        data, in alternating turns (the trained part only where its stem runs once per image), and
+        train the first whose planned epochs reach its need (budget.choose). Paid from the budget."""
+        cfg = self.cfg
+        self.began = self.began or time.perf_counter()
+        options = parse_choices(cfg.train.choose_from)
+        x, y = next(iter(self.data.train(0)))
+        runs = {}
+        for name, _ in options:
+            model = build_model(name, self.data.channels, len(self.data.classes), seed=cfg.train.seed).to(self.device)
+            if channels_last_on(cfg.system.channels_last, self.device):
+                model = model.to(memory_format=torch.channels_last)
+            inputs = x
+            if self._stem_once(model):  # its values do not matter for the time: the filters stay unfitted
+                with torch.no_grad(), autocast(self.device, cfg.system.amp == "bf16"):
+                    inputs = model[0](x)
+                model = model[1:]
+            optimizer = make_optimizer(model, cfg, self.device)
+            runs[name] = functools.partial(self._steps, model, optimizer, inputs, y)
+        times = time_turns(runs, self.device, rounds=3, block=3, warmup=2)
+        left = parse_duration(cfg.train.time_budget) - (time.perf_counter() - self.began)
+        chosen, how = B.choose(options, {n: t.median for n, t in times.items()}, left, D.steps_per_epoch(len(self.data), cfg.train.batch_size // self.world, self.world))
+        say(how, self.quiet)
+        self.cfg = cfg.replace(model=chosen, choose_from=cfg.train.choose_from)
+        return self.cfg
+
+    def _steps(self, model, optimizer, x, y, k: int) -> None:
+        for _ in range(k):
+            train_step(model, optimizer, x, y, device=self.device, amp=self.cfg.system.amp == "bf16",
+                       label_smoothing=self.cfg.train.label_smoothing)  # fmt: skip
+
     def _time_step(self) -> float:
         """Seconds per training step of this run's own step, network and data, with the weights,
         optimiser and random state put back afterwards (the steps take lr 0 as well)."""
@@ -609,29 +644,25 @@ class Session:
                             amp=cfg.system.amp == "bf16", label_smoothing=cfg.train.label_smoothing,
                             lr_fn=lambda s: 0.0, log_every=n)  # fmt: skip
 
-        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
-        try:
-            return B.time_per_step(run, sync)
+        try:  # the median: one step that another job stalled does not stretch the plan (the clock follows the load)
+            return time_turns({"step": run}, self.device, rounds=B.TIMED_STEPS, warmup=B.WARMUP_STEPS)["step"].median
         finally:
             self.model.load_state_dict(saved[0])
             self.optimizer.load_state_dict(saved[1])
             torch.set_rng_state(saved[2])
 
     def _time_evaluation(self) -> float:
-        """Seconds of one evaluation: a few batches after a warm-up one, scaled to the whole set
-        (in-memory data), else one whole evaluation."""
-        def timed(batches) -> float:
-            t0 = time.perf_counter()
+        """Seconds of one evaluation: the median of a few batches after a warm-up one, times the
+        batches (in-memory data), else one whole evaluation."""
+        def run(k: int) -> None:  # the first k batches (a whole evaluation for image folders)
+            batches = itertools.islice(self.data.val(), k) if isinstance(self.data, D.InMemory) else self.data.val()
             evaluate(self.net, batches, device=self.device, amp=self.cfg.system.amp == "bf16",
                      num_classes=len(self.data.classes), flip_tta=self.cfg.data.flip_tta)  # fmt: skip
-            return time.perf_counter() - t0
 
         if not isinstance(self.data, D.InMemory):
-            return timed(self.data.val())
+            return time_turns({"evaluation": run}, self.device, rounds=1, warmup=0)["evaluation"].median
         n = D.steps_per_epoch(len(self.data.test), self.data.eval_batch, train=False)
-        timed(itertools.islice(self.data.val(), 1))  # kernels for the evaluation's shapes
-        k = min(n, 2)
-        return timed(itertools.islice(self.data.val(), k)) * n / k
+        return time_turns({"evaluation": run}, self.device, rounds=2, warmup=1)["evaluation"].median * n
 
     def prepare_frozen(self) -> None:
         """Before the first step (its time counted as training): fit any whitening conv to the
@@ -642,8 +673,7 @@ class Session:
                 m.fit(self.data.sample(5000))
         self.frozen_ready = True
         model = self.model
-        if (isinstance(model, nn.Sequential) and isinstance(model[0], Frozen) and isinstance(self.data, D.InMemory)
-                and self.world == 1 and not self.cfg.data.crop_padding):  # fmt: skip
+        if self._stem_once(model):
             try:
                 self.data.precompute(model[0], amp=self.cfg.system.amp == "bf16", free=free_memory(self.device))
             except D.CacheTooLarge as e:
@@ -651,6 +681,11 @@ class Session:
                     warn(f"{e}: computing them in every step instead (slower, the same result)")
                 return
             self.train_net = CompiledOrEager(model[1:], self.cfg.system.compile == "on")
+
+    def _stem_once(self, model: nn.Module) -> bool:
+        """Whether the network's frozen leading layers can run once per image rather than every step."""
+        return (isinstance(model, nn.Sequential) and isinstance(model[0], Frozen) and isinstance(self.data, D.InMemory)
+                and self.world == 1 and not self.cfg.data.crop_padding)  # fmt: skip
 
     def train_epoch(self, epoch: int) -> dict:
         if not self.frozen_ready:

@@ -140,7 +140,7 @@ def test_the_clock_re_plans_the_remaining_steps_when_the_step_slows_down():
         for step in clock.steps(range(epoch * 100, epoch * 100 + 100), epoch * 100):
             t["now"] += 0.01 if step < 200 else 0.03
             taken = step + 1
-    end = t["now"] + plan.eval_s * 3  # the evaluation slows down as much
+    end = t["now"] + plan.eval_s  # the evaluation as measured
     assert taken == plan.steps < 900 and plan.replans
     assert 9.7 < end <= 10.0 + 0.03 * 20  # within a look's window of the budget
     assert plan.schedule_step(taken - 1) == plan.schedule_steps - 1
@@ -217,3 +217,46 @@ def test_replan_on_resume_measures_here_and_re_plans_what_remains(idx_dir, tmp_p
 def test_replan_without_resume_is_one_line(capsys):
     assert main(["train", "--replan"]) == 2
     assert "--replan re-plans a resumed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# A preset's network, chosen by the step time measured here
+
+
+@pytest.mark.parametrize("wide_step_s, chosen", [(0.5, "speednet-white-2x"), (2.0, "speednet-white")])
+def test_a_speedrun_preset_takes_the_wide_network_only_where_enough_of_its_epochs_fit(idx_dir, tmp_path, monkeypatch,
+                                                                                    capsys, wide_step_s, chosen):  # fmt: skip
+    from alexnet.measure import Timing
+
+    timed, real = {}, T.time_turns
+
+    def fake_turns(runs, device, **kw):  # the candidates as the harness would time them, at injected speeds
+        if "speednet-white" not in runs:
+            return real(runs, device, **kw)
+        for run in runs.values():
+            run(1)  # each one's training step runs
+        timed.update(runs)
+        return {"speednet-white-2x": Timing("speednet-white-2x", [wide_step_s]),
+                "speednet-white": Timing("speednet-white", [0.1])}
+
+    monkeypatch.setattr(T, "time_turns", fake_turns)
+    monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.01)
+    # 64 images in batches of 16: 4 steps an epoch; 60 s holds 7.5 epochs at 2 s a step, 30 at 0.5 s.
+    cfg = PRESETS["speedrun"].replace(dataset="mnist", data_dir=str(idx_dir), batch_size=16, eval_batch_size=16)
+    with T.Session(cfg, torch.device("cpu"), 0, 1, quiet=False, progress=False) as s:
+        s.prepare(tmp_path / "run", None, [])
+        s.run_dir.release()
+        assert s.model is not None and sum(p.numel() for p in s.model.parameters()) == sum(
+            p.numel() for p in T.build_model(chosen).parameters())
+    assert set(timed) == {"speednet-white-2x", "speednet-white"}
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert saved["model"] == chosen and saved["choose_from"] == cfg.train.choose_from
+    out = capsys.readouterr().out
+    assert f"network: {chosen}, chosen by the step time measured here" in out and "needs 12" in out
+
+
+def test_a_network_named_on_the_command_line_is_the_one_trained():
+    cfg = PRESETS["speedrun-long"].replace(model="alexnet28")
+    assert cfg.train.choose_from is None and cfg.train.time_budget == "5min"
+    with pytest.raises(ConfigError, match="--choose-from"):
+        Config().replace(choose_from="speednet-white-2x:twelve")
