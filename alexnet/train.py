@@ -619,7 +619,8 @@ class Session:
                 model = model[1:]
             optimizer = make_optimizer(model, cfg, self.device)
             runs[name] = functools.partial(self._steps, model, optimizer, inputs, y)
-        times = time_turns(runs, self.device, rounds=3, block=3, warmup=2)
+        # A few steps each: the choice turns on a factor of two or more, and the budget pays for them.
+        times = time_turns(runs, self.device, rounds=2, block=2, warmup=1)
         left = parse_duration(cfg.train.time_budget) - (time.perf_counter() - self.began)
         chosen, how = B.choose(options, {n: t.median for n, t in times.items()}, left, D.steps_per_epoch(len(self.data), cfg.train.batch_size // self.world, self.world))
         say(how, self.quiet)
