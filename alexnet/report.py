@@ -619,6 +619,8 @@ def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block
     ck = facts.ckpt
     at = f"epoch {ck['epoch']}" + (f", step {ck['step']}" if ck["step"] else "")
     panels = ([("at initialisation (rebuilt from the seed)", w0)] if w0 is not None else []) + [(f"trained ({at})", w)]
+    if w0 is not None:  # what training added: hidden in the trained kernels under the initial noise
+        panels.append(("the change W - W0", w - w0))
     o, c, kh, kw = w.shape
     share = low_frequency_share(w)
 
@@ -635,6 +637,7 @@ def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block
     if w0 is not None:
         s0 = low_frequency_share(w0)
         rows.insert(0, row("at initialisation", w0, s0))
+        rows.append(row("the change W - W0", w - w0, low_frequency_share(w - w0)))
         moved = float((w - w0).norm() / w0.norm()) if w0.norm() > 0 else float("nan")
         text += (f" Training moved the kernels by {moved:.0%} of their initial norm (||W - W0|| / ||W0||); "
                  f"{int((share > s0).sum())} of {o} kernels gained low-frequency share.")  # fmt: skip

@@ -216,25 +216,32 @@ def _panel(ax, weight: torch.Tensor, title: str) -> None:
     ax.set_title(title, fontsize=8)
 
 
-def filter_panels_figure(panels: list[tuple[str, torch.Tensor]], cutoff: float = LOW_FREQUENCY):
-    """First-layer kernels side by side (say, each run at initialisation and trained), one grid per
-    (title, weight); each title gets the kernels' median low-frequency share and orientation
-    strength. Returns the figure."""
+def filter_panels_figure(panels: list, cols: int | None = None, cutoff: float = LOW_FREQUENCY):
+    """First-layer kernels side by side (say, at initialisation, trained, and the change W - W0),
+    one grid per (title, weight), ``cols`` grids to a row, None leaving a place empty; each title
+    gets the kernels' median low-frequency share and orientation strength. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
-    for ax, (title, w) in zip(axes[0], panels):
+    cols = cols or len(panels)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 4.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, panel in zip(axes.flat, panels):
+        if panel is None:
+            continue
+        title, w = panel
         share = low_frequency_share(w, cutoff)
         _panel(ax, w, f"{title}\nlow-frequency share: median {share.median():.2f} "
-                      f"(IQR {share.quantile(0.25):.2f}-{share.quantile(0.75):.2f}); "
+                      f"(IQR {share.quantile(0.25):.2f}-{share.quantile(0.75):.2f})\n"
                       f"orientation: median {orientation_strength(w).median():.2f}")  # fmt: skip
-    o, c, kh, kw = panels[0][1].shape
+    o, c, kh, kw = next(p for p in panels if p is not None)[1].shape
     fig.suptitle(f"first layer: {o} kernels {kh}x{kw}x{c}, each scaled to its own range; low-frequency share = "
                  f"energy at <= {cutoff:g} cycles/pixel (white noise: {chance_share(kh, kw, cutoff):.2f})", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return fig
 
 

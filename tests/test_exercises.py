@@ -142,7 +142,7 @@ def test_smoke_budget_writes_every_table_and_figure(idx_dir, tmp_path, capsys):
     result = run_exercises("smoke", out, tmp_path / "runs", data_dir=str(idx_dir), dataset="mnist")
     assert "  ex" not in capsys.readouterr().out
     assert "![filters](figures/report/filters-224.png)" in out.read_text()
-    assert result["readme"][-1][-1] == "[filters-224.png](docs/figures/report/filters-224.png)"
+    assert result["readme"][-1][-1] == "[filters-224.png](figures/report/filters-224.png)"
 
 
 def test_a_change_that_diverges_every_seed_breaks_training_and_some_seeds_is_unstable():
