@@ -136,6 +136,25 @@ def train_accuracy(model_name: str, batch: int, epochs: int, run_dir: Path, *, p
     return {"lr": lr, "val_acc": result.final.get("val_acc"), "train_loss": result.final.get("train_loss")}
 
 
+def refuse_what_cannot_fit(model_name: str, batch_sizes: list[int], device: torch.device, in_channels: int,
+                           resolution: int, amp: bool, optimizer: str) -> None:  # fmt: skip
+    """Before allocating anything: a batch whose estimated training memory exceeds what the device
+    can still allocate is one line (else the kernel's OOM killer ends the process without a word)."""
+    from .device import free_memory
+
+    free = free_memory(device)
+    if free is None:
+        return
+    for b in batch_sizes:
+        costs = layer_costs(meta_model(model_name, in_channels, 10), (b, in_channels, resolution, resolution),
+                            "bf16" if amp else "fp32", device.type)  # fmt: skip
+        need = training_memory(costs, "bf16" if amp else "fp32", optimizer)["total"]
+        if need > free:
+            raise BenchError(f"batch {b}: training {model_name} at {resolution}x{resolution} needs about "
+                             f"{need / 1e9:.1f} GB (the analysis's estimate), more than the {free / 1e9:.1f} GB "
+                             f"{device.type} can still allocate; choose smaller --batch-sizes")  # fmt: skip
+
+
 def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: int = 3, device: str = "auto",
           in_channels: int = 1, resolution: int | None = None, amp: str = "auto",
           accuracy_epochs: int = 0, preset: str = "auto", dataset: str = "fashion-mnist",
@@ -173,6 +192,8 @@ def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: i
               f"timed steps; {machine(dev).line()}")  # fmt: skip
     if accuracy_epochs:
         header += f"; accuracy: preset {preset}, {accuracy_epochs} epochs, lr scaled linearly from batch 128"
+    refuse_what_cannot_fit(model_name, batch_sizes, dev, in_channels, res, use_amp,
+                           "sgd-momentum" if t.momentum > 0 else "sgd")  # as time_training estimates it
     rows: list[dict] = []
     rss_start = peak_rss_bytes()
     try:

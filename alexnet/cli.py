@@ -113,8 +113,8 @@ def cmd_evaluate(args) -> int:
     print(f"accuracy {ev['acc']:.4f}   loss {ev['loss']:.4f}")
     print(f"{'class':<12} {'accuracy':>8} {'images':>7}")
     for i, name in enumerate(ds.classes):
-        n = int(m[i].sum())
-        print(f"{name:<12} {m[i, i].item() / max(n, 1):>8.4f} {n:>7}")
+        n = int(ev["class_images"][i])
+        print(f"{name:<12} {int(ev['class_correct'][i]) / max(n, 1):>8.4f} {n:>7}")
     out = Path(args.out) if args.out else Path(ckpt["path"]).parent / "confusion.png"
     plot_confusion(m, ds.classes, out, f"{cfg.train.model} · {ds.name} · accuracy {ev['acc']:.4f}")
     print(f"confusion matrix: {out}")
@@ -249,11 +249,15 @@ def cmd_models(args) -> int:
 
 
 def cmd_exercises(args) -> int:
-    from .exercises import run_exercises
+    from .exercises import EXERCISE_OF, run_exercises
 
     only = {s.strip() for s in args.only.split(",")} if args.only else None
+    unknown = sorted((only or set()) - set(EXERCISE_OF.values()))
+    if unknown:
+        raise ConfigError(f"--only {','.join(unknown)}: no such training exercise "
+                          f"(these train: {', '.join(sorted(set(EXERCISE_OF.values())))})")  # fmt: skip
     run_exercises(args.budget, Path(args.out), Path(args.runs) if args.runs else None, only=only,
-                  data_dir=args.data_dir, render_only=args.render_only)  # fmt: skip
+                  data_dir=args.data_dir, render_only=args.render_only, overwrite=args.overwrite)  # fmt: skip
     return 0
 
 
@@ -402,6 +406,8 @@ def _add_exercises(sub) -> None:
     x.add_argument("--only", help="comma-separated exercises to train, e.g. 7,8 (none: all)")
     x.add_argument("--data-dir", help="directory of Fashion-MNIST (none: found automatically)")
     x.add_argument("--render-only", action="store_true", help="train nothing; write the report from finished runs")
+    x.add_argument("--overwrite", action="store_true",
+                   help="replace the report even when it has fewer measured rows than the page already there")  # fmt: skip
     x.set_defaults(func=cmd_exercises)
 
 def _add_models(sub) -> None:
@@ -481,6 +487,23 @@ def main(argv: list[str] | None = None) -> int:
             VisualizeError) as e:
         print(f"alexnet: error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
+        if not _out_of_memory(e):
+            raise
+        print(f"alexnet: error: out of memory ({_first_line(e) or 'MemoryError'}); try a smaller batch or input",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or any(s in text for s in ("out of memory", "can't allocate memory",
+                                                                 "cannot allocate memory"))  # fmt: skip
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 if __name__ == "__main__":

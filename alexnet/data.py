@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
-from .runs import atomic_write
+from .runs import atomic_write, not_regular
 from .seeds import Seeds, as_seeds
 
 
@@ -116,10 +116,22 @@ class _Hashing:
         return b
 
 
-def _read_idx_stream(f, name: str, expect_dims: int) -> np.ndarray:
+# The IDX datasets known here: images of 28x28, at most this many per split (MNIST's and
+# Fashion-MNIST's own counts; Fashion-MNIST's files are checksummed, so its counts are exact).
+IDX_IMAGES = {"train": 60000, "test": 10000}
+IDX_SIDE = 28
+# Deflate never expands more than 1032:1, so a gzip of N bytes holds at most 1032 N.
+GZIP_RATIO = 1032
+
+
+def _read_idx_stream(f, name: str, expect_dims: int, known: tuple[int, ...] | None = None, exact: bool = False,
+                     max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:  # fmt: skip
     """Read one IDX array of unsigned bytes from a stream: the header first, then exactly the bytes
     it declares, then one more to detect excess. A gzip bomb is therefore never inflated beyond
-    the declared size (which is itself bounded), and a forged size never reaches numpy."""
+    the declared size (which is itself bounded), and a forged size never reaches numpy.
+
+    ``known``: the most each dimension may declare (all of them with ``exact``), checked before a
+    byte of the payload is read; ``max_bytes``: what the file can honestly hold."""
     head = f.read(4)
     if len(head) < 4:
         raise DataError(f"{name}: too short to be an IDX file ({len(head)} bytes)")
@@ -138,6 +150,11 @@ def _read_idx_stream(f, name: str, expect_dims: int) -> np.ndarray:
                         f"an IDX dataset may hold: the header is damaged")  # fmt: skip
     if size == 0:
         raise DataError(f"{name}: header declares an empty array ({shape})")
+    if expected := _unexpected(dims, known, exact):
+        raise DataError(f"{name}: header declares {shape}, but this dataset's file holds {expected}")
+    if size > max_bytes:
+        raise DataError(f"{name}: header declares {shape} ({size} bytes), more than the file can hold "
+                        f"({max_bytes} bytes at most): the header is damaged")  # fmt: skip
     buf = bytearray()
     while len(buf) < size:
         chunk = f.read(min(_CHUNK, size - len(buf)))
@@ -154,19 +171,36 @@ def _read_idx_stream(f, name: str, expect_dims: int) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.uint8).reshape(dims)
 
 
+def _unexpected(dims: tuple[int, ...], shape: tuple[int, ...] | None, exact: bool) -> str | None:
+    """What a known dataset's file holds, when ``dims`` is not that; else None."""
+    if shape is None:
+        return None
+    if exact and tuple(dims) != shape:
+        return "x".join(map(str, shape))
+    if len(dims) != len(shape) or dims[0] > shape[0] or tuple(dims[1:]) != shape[1:]:
+        return "at most " + "x".join(map(str, shape))
+    return None
+
+
 def parse_idx(data: bytes, name: str, expect_dims: int) -> np.ndarray:
     """Parse an IDX file of unsigned bytes held in memory, checking magic number and declared sizes."""
     return _read_idx_stream(io.BytesIO(data), name, expect_dims)
 
 
-def read_idx(path: Path, expect_dims: int, sha256: str | None = None) -> np.ndarray:
-    """Read an IDX file, gzipped or not, streaming; with ``sha256``, check the decompressed content."""
+def read_idx(path: Path, expect_dims: int, sha256: str | None = None, shape: tuple[int, ...] | None = None,
+             exact: bool = False) -> np.ndarray:  # fmt: skip
+    """Read an IDX file, gzipped or not, streaming; with ``sha256``, check the decompressed content;
+    with ``shape``, refuse a header that does not declare it (see _read_idx_stream)."""
+    if why := not_regular(path):  # a FIFO would block open() forever
+        raise DataError(f"{path}: {why}")
     try:
         with open(path, "rb") as raw:
             gzipped = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
+            size = os.fstat(raw.fileno()).st_size
             f = _Hashing(gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw)
-            array = _read_idx_stream(f, str(path), expect_dims)
+            bound = size * GZIP_RATIO if gzipped else MAX_IDX_BYTES  # an uncompressed read stops at its end
+            array = _read_idx_stream(f, str(path), expect_dims, shape, exact, bound)
     except (OSError, EOFError, zlib.error, ValueError) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot be read or decompressed ({e})") from None
     if sha256 is not None and f.sha.hexdigest() != sha256:
@@ -183,11 +217,13 @@ def _idx_path(directory: Path, stem: str) -> Path | None:
 
 def read_idx_split(directory: Path, split: str, checksums: dict[str, str] | None, num_classes: int = 10) -> Split:
     arrays = []
-    for stem, ndim in zip(IDX_FILES[split], (3, 1)):
+    n = IDX_IMAGES[split]
+    for stem, ndim, shape in zip(IDX_FILES[split], (3, 1), ((n, IDX_SIDE, IDX_SIDE), (n,))):
         path = _idx_path(directory, stem)
         if path is None:
             raise DataError(f"{directory}: missing {stem}.gz")
-        arrays.append((path, read_idx(path, ndim, checksums[stem] if checksums is not None else None)))
+        digest = checksums[stem] if checksums is not None else None
+        arrays.append((path, read_idx(path, ndim, digest, shape, exact=digest is not None)))
     (_, images), (label_path, labels) = arrays
     if len(images) != len(labels):
         raise DataError(f"{directory}: {len(images)} {split} images but {len(labels)} labels")
@@ -296,6 +332,8 @@ def _check_range(values: np.ndarray, path: Path, what: str, top: int) -> None:
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise DataError(f"{path.parent}: missing CIFAR-10 batch {path.name}")
+    if why := not_regular(path):
+        raise DataError(f"{path}: {why}")
     try:
         with open(path, "rb") as f:
             d = _NumpyOnlyUnpickler(f, encoding="bytes").load()

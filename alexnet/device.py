@@ -95,21 +95,43 @@ def sync(device: torch.device) -> None:
 
 def free_memory(device: torch.device) -> int | None:
     """Bytes that can still be allocated on ``device``: the GPU's free memory, or the host's
-    MemAvailable (what Linux can hand out without swapping); None where neither can be read."""
+    MemAvailable (what Linux can hand out without swapping), less where an address-space limit
+    (ulimit -v) leaves less; None where neither can be read."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type == "cpu":
-        try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
+        available = _host_available()
+        limit = _address_space_left()
+        return limit if available is None else available if limit is None else min(available, limit)
     return None
+
+
+def _address_space_left() -> int | None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return max(0, soft - int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return soft
+
+
+def _host_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def describe(device: torch.device) -> str:

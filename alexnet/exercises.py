@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from .config import PRESETS, Config
 from .measure import machine
 from .report import Spread, plot_groups
-from .runs import RunError, atomic_write, read_metrics, read_run
+from .runs import RunError, atomic_write, not_regular, read_metrics, read_run
 from .tables import grid
 
 
@@ -384,7 +385,8 @@ def _trend(g: Group) -> str:
 
 
 def run_exercises(budget: str, out: Path, runs: Path | None = None, only: set[str] | None = None,
-                  data_dir: str | None = None, dataset: str | None = None, render_only: bool = False) -> dict:  # fmt: skip
+                  data_dir: str | None = None, dataset: str | None = None, render_only: bool = False,
+                  overwrite: bool = False) -> dict:  # fmt: skip
     """Train what the budget's plan lacks, then write the report ``out`` and its figures."""
     b = BUDGETS[budget]
     root = Path(runs) if runs else Path("runs") / f"exercises-{budget}"
@@ -413,16 +415,37 @@ def run_exercises(budget: str, out: Path, runs: Path | None = None, only: set[st
         finally:
             lock.release()
     sweep_s = time.perf_counter() - t0
-    result = render(b, p, root, ledger, Path(out), data, sweep_s)
+    result = render(b, p, root, ledger, Path(out), data, sweep_s, overwrite)
     print(f"report: {out}   figures: {result['figures']}")
     return result
 
 
-def render(b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict, sweep_s: float) -> dict:
-    figs = out.parent / "figures" / "exercises"
-    figs.mkdir(parents=True, exist_ok=True)
+def measured_rows(text: str) -> int:
+    """Table rows holding a measurement: no header, no separator, no "—" cell, no "not measured"."""
+    lines = text.splitlines()
+    headers = {prev for prev, ln in zip(lines, lines[1:]) if ln.startswith("|---")}
+    rows = [ln for ln in lines if ln.startswith("|") and not ln.startswith("|---") and ln not in headers]
+    return sum(1 for r in rows if "—" not in r and "not measured" not in r)
+
+
+def render(b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict, sweep_s: float,
+           overwrite: bool = False) -> dict:  # fmt: skip
+    """Write the report and its figures; a page with fewer measured rows than the one it would
+    replace (runs missing from ``root``, a narrower --only) is refused unless ``overwrite``."""
+    final = out.parent / "figures" / "exercises"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # The figures are drawn aside and moved in only once the page is known to keep what it had.
+    figs = Path(tempfile.mkdtemp(prefix=".exercises.", dir=final.parent))
+    try:
+        result = _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final)
+    finally:
+        shutil.rmtree(figs, ignore_errors=True)
+    return result
+
+
+def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> dict:
     g = {key: collect(specs, b, root, ledger) for key, specs in p.items()}
-    rel = os.path.relpath(figs, out.parent)
+    rel = os.path.relpath(final, out.parent)
     cmd = f"alexnet exercises --budget {b.name}"
     sections, readme = [], []
     for write in (_ex123, _ex4, _ex5, _ex6, _ex7, _ex8, _pictures):
@@ -484,8 +507,16 @@ def render(b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict
         *[f"| {e} | `{c}` | {a} | {f} |" for e, c, a, f in readme],
         "",
     ]
-    atomic_write(out, "\n".join(head + sections) + "\n")
-    return {"figures": figs, "readme": readme, "groups": g}
+    text = "\n".join(head + sections) + "\n"
+    had = measured_rows(out.read_text(errors="replace")) if not_regular(out) is None else 0
+    if measured_rows(text) < had and not overwrite:
+        raise RunError(f"{out}: not rewritten: it has {had} measured rows, this report {measured_rows(text)} "
+                       f"(are runs missing from {root}?); --overwrite replaces it anyway")  # fmt: skip
+    final.mkdir(parents=True, exist_ok=True)
+    for f in figs.iterdir():
+        os.replace(f, final / f.name)
+    atomic_write(out, text)
+    return {"figures": final, "readme": readme, "groups": g}
 
 
 # ---------------------------------------------------------------------------------------------

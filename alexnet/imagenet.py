@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .data import DataError, epoch_indices
 from .seeds import Seeds, as_seeds
-from .runs import atomic_write
+from .runs import atomic_write, not_regular
 
 IMAGE_DATASETS = ("imagefolder", "imagelist")
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -156,14 +156,30 @@ def find_images(dataset: str, data_dir: str | None) -> tuple[ImageList, ImageLis
 # Decoding: any file Pillow reads, any mode, to 8-bit RGB
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit (and 32-bit integer) greyscale: Pillow's convert would clip at 255, not rescale.
-        a = np.asarray(im, dtype=np.float64)
-        return Image.fromarray((a.clip(0, 65535) / 257).round().astype(np.uint8)).convert("RGB")
-    if im.mode == "F":
-        return Image.fromarray(np.asarray(im).clip(0, 255).astype(np.uint8)).convert("RGB")
-    return im if im.mode == "RGB" else im.convert("RGB")  # P, L, LA, RGBA, CMYK, YCbCr, 1, ...
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_TILE_BYTES = 2**22  # the wide pixels converted at once: 4 MiB, whatever the image's size
+
+
+def to_rgb(im: Image.Image, shorter: int | None = None) -> Image.Image:
+    """8-bit RGB. 16-bit and 32-bit greyscale are rescaled (Pillow's convert would clip at 255), in
+    tiles of rows, each first averaged over k x k blocks when ``shorter`` leaves room: a 9400² 16-bit
+    PNG then never exists as float64 (707 MB and its copies), only as its 8-bit, k-times smaller self."""
+    if im.mode not in WIDE_MODES:
+        return im if im.mode == "RGB" else im.convert("RGB")  # P, L, LA, RGBA, CMYK, YCbCr, 1, ...
+    w, h = im.size
+    # Keep twice the side asked for, so the bilinear resize after this still antialiases.
+    k = max(1, min(w, h) // (2 * shorter)) if shorter else 1
+    out_w, out_h = w // k, h // k
+    out = np.empty((out_h, out_w), dtype=np.uint8)
+    rows = max(1, _TILE_BYTES // (4 * w * k))  # output rows per tile
+    top = 65535 if im.mode != "F" else 255
+    scale = 257 if im.mode != "F" else 1
+    for r0 in range(0, out_h, rows):
+        r1 = min(out_h, r0 + rows)
+        tile = np.asarray(im.crop((0, r0 * k, out_w * k, r1 * k)))
+        tile = tile.reshape(r1 - r0, k, out_w, k).mean(axis=(1, 3)) if k > 1 else tile.astype(np.float64)
+        out[r0:r1] = (tile.clip(0, top) / scale).round() if scale != 1 else tile.clip(0, top)
+    return Image.fromarray(out).convert("RGB")
 
 
 def open_rgb(path: str, shorter: int | None = None) -> Image.Image:
@@ -172,7 +188,10 @@ def open_rgb(path: str, shorter: int | None = None) -> Image.Image:
 
     An image of more than Image.MAX_IMAGE_PIXELS is refused (DecompressionBombError, one of
     UNREADABLE), like one past twice that. Pillow itself refuses only the latter; between, it
-    decodes hundreds of MB per worker after a warning, a stray stderr line beside ours."""
+    decodes hundreds of MB per worker after a warning, a stray stderr line beside ours.
+    Anything but a regular file (a FIFO would block forever) is refused before it is opened."""
+    if isinstance(path, (str, os.PathLike)) and (why := not_regular(path)):  # not a file object (serve)
+        raise OSError(f"{path}: {why}")
     with warnings.catch_warnings():  # workers are processes: no other thread shares these filters
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -182,7 +201,7 @@ def open_rgb(path: str, shorter: int | None = None) -> Image.Image:
                     s = shorter / min(w, h)
                     im.draft(None, (math.ceil(w * s), math.ceil(h * s)))
                 im.load()  # GIF frames and icons are checked here, not in open
-                return to_rgb(im)
+                return to_rgb(im, shorter)
         except Image.DecompressionBombWarning as e:
             raise Image.DecompressionBombError(str(e)) from None
 
@@ -199,7 +218,7 @@ def checkpoint_input(source, ckpt: dict, invert: bool = False) -> torch.Tensor:
     items are light on black, photos usually dark on light). Raises one of UNREADABLE."""
     channels = int(ckpt["in_channels"])
     side = NATIVE_SIDE.get(ckpt["dataset"], int(ckpt["resolution"]))
-    img = open_rgb(source).convert("L" if channels == 1 else "RGB").resize((side, side), Image.BILINEAR)
+    img = open_rgb(source, side).convert("L" if channels == 1 else "RGB").resize((side, side), Image.BILINEAR)
     x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(side, side, -1).permute(2, 0, 1)[None]
     return 255 - x if invert else x
 
@@ -443,4 +462,8 @@ def save_stats(stats: dict, path: Path) -> None:
 
 
 def load_stats(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    if why := not_regular(path):
+        raise DataError(f"{path}: {why}")
+    return json.loads(path.read_text())

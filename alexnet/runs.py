@@ -17,21 +17,34 @@ import errno
 import fcntl
 import json
 import os
+import re
+import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, DataConfig, TrainConfig
 from .models import build_model
 
+# Bounds on the counts a checkpoint declares, as the configuration bounds its flags: a crafted
+# resolution of 12000 made predict allocate 9.8 GB.
+CHECKPOINT_BOUNDS = {"in_channels": (1, 3), "num_classes": (1, 100_000),  # imagenet.MAX_CLASSES
+                     "resolution": (1, DataConfig._AT_MOST["resolution"]),
+                     "epoch": (0, TrainConfig._AT_MOST["epochs"]), "step": (0, 1 << 40)}  # fmt: skip
 CHECKPOINT_KEYS = ("model", "optimizer", "config", "epoch", "step", "metrics", "in_channels", "num_classes",
                    "classes", "resolution")  # fmt: skip
+
+
+# Every file a run writes (atomic_write's temporaries are .NAME.*.tmp beside them).
+RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "curves.png", "lighting.json")
 
 
 class RunError(RuntimeError):
@@ -95,6 +108,29 @@ def _fault_point(name: str) -> None:
         os.kill(os.getpid(), 9)
 
 
+def _pause_point(name: str) -> None:
+    """The race suite's pause: ALEXNET_PAUSE_AT=NAME stops this process (SIGSTOP) at NAME, so that a
+    test can run another process in that window and then continue this one (SIGCONT)."""
+    if os.environ.get("ALEXNET_PAUSE_AT") == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def not_regular(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a file, or None: a FIFO (or a device) blocks forever in open(),
+    so anything but a regular file is refused before it is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        return e.strerror or str(e)
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory, not a file"
+    return f"not a regular file ({'a FIFO' if stat.S_ISFIFO(mode) else 'a device or socket'})"
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write a checkpoint, refusing non-finite weights: a diverged model never replaces a good file."""
     bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -112,6 +148,23 @@ def _first_line(e: BaseException) -> str:
     return text[0][:200] if text else e.__class__.__name__
 
 
+def _why_unreadable(e: BaseException) -> str:
+    """What is wrong with a file torch.load refused, in a few words. torch's own message for a
+    pickle that holds code advises loading it again unsafely: that advice is never passed on."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            return f"it holds Python code or objects ({found.group(1)}), not only tensors; refused without running it"
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        detail = found.group(1).strip() if found else "unexpected content"
+        return f"its content is not a checkpoint's ({detail[:120]})"
+    first = _first_line(e)
+    if "zip archive" in first:
+        return f"not a checkpoint file, or a damaged one ({first.split('. ')[0]})"
+    return f"{e.__class__.__name__}: {first}"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """A checkpoint file, or the best (else last) one of a run directory, checked for what the
     commands read from it."""
@@ -122,24 +175,38 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             raise RunError(f"{path}: run directory holds no checkpoint (best.pt or last.pt)")
     if not p.exists():
         raise RunError(f"{path}: no such checkpoint or run directory")
+    if why := not_regular(p):
+        raise RunError(f"{p}: {why}")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols: a stray line beside ours
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors alike: the file is not a checkpoint
-        raise RunError(f"{p}: not a readable checkpoint ({e.__class__.__name__}: {_first_line(e)})") from None
+        raise RunError(f"{p}: not a readable checkpoint ({_why_unreadable(e)})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise RunError(f"{p}: not an alexnet checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise RunError(f"{p}: checkpoint lacks {', '.join(repr(k) for k in missing)} (written by another program?)")
-    ints = {k: ckpt[k] for k in ("in_channels", "num_classes", "resolution", "epoch", "step")}
+    ints = {k: ckpt[k] for k in CHECKPOINT_BOUNDS}
     bad = next((k for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0), None)
     if bad is not None:
         raise RunError(f"{p}: checkpoint field {bad!r} is {ckpt[bad]!r}, not a count")
+    bad = next((k for k, (lo, hi) in CHECKPOINT_BOUNDS.items() if not lo <= ckpt[k] <= hi), None)
+    if bad is not None:
+        lo, hi = CHECKPOINT_BOUNDS[bad]
+        raise RunError(f"{p}: checkpoint field {bad!r} is {ckpt[bad]}, outside {lo}..{hi}")
     classes = ckpt["classes"]
-    if not isinstance(classes, list) or len(classes) != ckpt["num_classes"] or not all(isinstance(c, str) for c in classes):
+    if (not isinstance(classes, list) or len(classes) != ckpt["num_classes"]
+            or not all(isinstance(c, str) and len(c) <= 1000 for c in classes)):  # fmt: skip
         raise RunError(f"{p}: checkpoint's class names do not match its {ckpt['num_classes']} classes")
-    if not isinstance(ckpt["metrics"], list) or not all(isinstance(m, dict) for m in ckpt["metrics"]):
-        raise RunError(f"{p}: checkpoint's metrics are not a list of epochs")
+    if (not isinstance(ckpt["metrics"], list) or not all(isinstance(m, dict) for m in ckpt["metrics"])
+            or len(ckpt["metrics"]) > ckpt["epoch"]):  # fmt: skip
+        raise RunError(f"{p}: checkpoint's metrics are not a list of its {ckpt['epoch']} epochs")
+    tally = ckpt.get("tally")
+    if tally is not None and not (isinstance(tally, (list, tuple)) and len(tally) == 4
+                                  and all(isinstance(v, (int, float)) for v in tally)):  # fmt: skip
+        raise RunError(f"{p}: checkpoint's running totals are not four numbers")
     try:
         ckpt["cfg"] = Config.from_dict(ckpt["config"])
     except (ConfigError, TypeError) as e:
@@ -171,15 +238,30 @@ def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, Config]:
 
 
 def _is_run(path: Path) -> bool:
-    """A directory this program wrote: a checkpoint, a lock, or a config.json of ours (a user's own
-    config.json is not enough)."""
-    if (path / "last.pt").exists() or (path / ".lock").exists():
-        return True
+    """A directory this program wrote, known by what only it writes: a checkpoint of ours, a
+    config.json of ours, or, for a run killed before its first file, a .lock naming its holder as
+    ``open`` writes it. A file name alone (a user's own .lock or config.json) is not enough."""
+    if not_regular(path / ".lock") is None:
+        with contextlib.suppress(OSError):
+            if _HOLDER.fullmatch((path / ".lock").read_text(errors="replace")[:500]):
+                return True
+    if not_regular(path / "last.pt") is None:
+        try:  # mmap: the keys are read without loading the weights
+            ckpt = torch.load(path / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+            if isinstance(ckpt, dict) and all(k in ckpt for k in CHECKPOINT_KEYS):
+                return True
+        except Exception:
+            pass
+    if not_regular(path / "config.json") is not None:
+        return False
     try:
         record = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and {"data", "train", "system"} <= set(record)
+
+
+_HOLDER = re.compile(r"pid \d+ on \S+, since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
 class RunDir:
@@ -226,10 +308,13 @@ class RunDir:
         path = Path(path)
         if not path.is_dir():
             raise RunError(f"{path}: no such run directory")
-        try:
-            fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:  # not through a symlink, and never blocking on a FIFO put there
+            fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666 & ~_umask())
         except OSError as e:
             raise RunError(f"{path}: cannot write there ({e.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunError(f"{path / '.lock'}: not a regular file; this is not a run directory")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -240,6 +325,21 @@ class RunDir:
         who = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
         os.pwrite(fd, who.encode(), 0)
         return cls(path, fd)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike) -> tuple["RunDir", dict]:
+        """Take the lock, then read last.pt. In the other order, the run holding the lock could finish
+        between the two, and every file derived from the stale copy would roll the run back."""
+        path = Path(path)
+        if why := not_regular(path / "last.pt"):
+            raise RunError(f"--resume {path}: no last.pt to resume from ({path / 'last.pt'}: {why})")
+        run = cls.open(path)
+        try:
+            _pause_point("resume")
+            return run, load_checkpoint(run.last)
+        except BaseException:
+            run.release()
+            raise
 
     def release(self) -> None:
         if self._lock_fd is not None:
@@ -285,9 +385,10 @@ class RunDir:
     def remove_temporaries(self) -> list[str]:
         """What killed writes left behind; safe only while holding the lock (no live writer)."""
         names = []
-        for tmp in self.path.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-            names.append(tmp.name)
+        for name in RUN_FILES:  # atomic_write's names: a user's own .notes.tmp is not ours to remove
+            for tmp in self.path.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+                names.append(tmp.name)
         return names
 
     def reconcile(self, ckpt: dict, title: str) -> list[str]:
@@ -350,6 +451,8 @@ def _mkdir(path: Path, exist_ok: bool) -> None:
 def _checkpoint_epoch(path: Path) -> int | None:
     if not path.exists():
         return None
+    if not_regular(path):
+        return -1  # not a file: not the best checkpoint, and never opened
     try:  # mmap: the epoch is read without loading 180 MB of weights
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     except Exception:
@@ -377,6 +480,8 @@ def metrics_csv(metrics: list[dict]) -> str:
 
 
 def read_metrics(path: Path) -> list[dict] | None:
+    if not_regular(path / "metrics.jsonl"):
+        return None
     try:
         return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
     except (OSError, ValueError):
@@ -412,6 +517,9 @@ def read_run(run_dir: str | os.PathLike) -> dict:
     """A run's settings, per-epoch metrics and model shape, from its newest checkpoint (the truth);
     a run whose checkpoint is gone falls back to config.json and metrics.jsonl."""
     run = Path(run_dir)
+    for name in ("last.pt", "config.json"):
+        if (run / name).exists() and (why := not_regular(run / name)):
+            raise RunError(f"{run / name}: {why}")
     if (run / "last.pt").exists():
         try:
             ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True, mmap=True)

@@ -20,6 +20,7 @@ import copy
 import functools
 import itertools
 import math
+import os
 import signal
 import time
 import typing
@@ -245,17 +246,26 @@ def train_one_epoch(model, optimizer, batches, *, device, amp, label_smoothing=0
     return {"loss": mean, "acc": (tally.correct / max(tally.seen, 1)).item(), "images": tally.seen, "steps": step}
 
 
+# The largest confusion matrix drawn: 1000 classes (ImageNet-1k) is 8 MB of counts; above it the
+# per-class counts (linear in the classes) are all that is kept.
+MAX_CONFUSION = 1000
+
+
 @torch.inference_mode()
 def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool = False, stop=None,
              flip_tta: bool = False) -> dict:  # fmt: skip
-    """Mean loss, accuracy and top-5 accuracy (and the confusion matrix, rows = true class).
+    """Mean loss, accuracy and top-5 accuracy, and each class's images and correct predictions
+    (with ``confusion``, the confusion matrix too, rows = true class, up to MAX_CONFUSION classes).
 
     A batch of shape (B, n, C, H, W) holds n crops per image whose softmaxes are averaged (§4.1).
     ``flip_tta``: each image's logits are averaged with its mirror image's.
     """
     model.eval()
     loss_sum, top5 = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    matrix = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
+    # Memory linear in the classes: a classes² matrix is 3.8 GB at ImageNet-21k's 21841.
+    per_class = torch.zeros(2, num_classes, device=device, dtype=torch.long)  # images, correct
+    dense = confusion and num_classes <= MAX_CONFUSION
+    matrix = torch.zeros(num_classes * num_classes if dense else 0, device=device, dtype=torch.long)
     seen = 0
     for x, y in batches:
         if stop is not None:
@@ -271,14 +281,19 @@ def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool =
         else:
             scores = logits
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        matrix += torch.bincount(y * num_classes + scores.argmax(1), minlength=num_classes**2)
+        pred = scores.argmax(1)
+        per_class[0] += torch.bincount(y, minlength=num_classes)
+        per_class[1] += torch.bincount(y[pred == y], minlength=num_classes)
+        if dense:
+            matrix += torch.bincount(y * num_classes + pred, minlength=num_classes**2)
         top5 += (scores.topk(min(5, num_classes), 1).indices == y[:, None]).any(1).sum()
         seen += len(y)
-    matrix = matrix.view(num_classes, num_classes).cpu()
-    out = {"loss": (loss_sum / max(seen, 1)).item(), "acc": (matrix.diag().sum() / max(seen, 1)).item(),
-           "top5": (top5 / max(seen, 1)).item(), "images": seen}  # fmt: skip
+    per_class = per_class.cpu()
+    out = {"loss": (loss_sum / max(seen, 1)).item(), "acc": (per_class[1].sum() / max(seen, 1)).item(),
+           "top5": (top5 / max(seen, 1)).item(), "images": seen, "class_images": per_class[0],
+           "class_correct": per_class[1]}  # fmt: skip
     if confusion:
-        out["confusion"] = matrix
+        out["confusion"] = matrix.view(num_classes, num_classes).cpu() if dense else None
     return out
 
 
@@ -375,26 +390,35 @@ def fit(cfg: Config, run_dir=None, *, resume: bool = False, overrides: dict | No
     ``resume``, continue the run there with its own settings changed only by ``overrides`` (and a
     budgeted run's steps re-planned on this machine with ``replan``).
     Under torchrun, data-parallel over the ranks; rank 0 writes the run directory."""
-    ckpt = None
+    ckpt, held = None, None
     if resume:
         if run_dir is None or not (Path(run_dir) / "last.pt").exists():
             raise TrainingError(f"--resume {run_dir}: no last.pt to resume from")
-        ckpt = load_checkpoint(Path(run_dir) / "last.pt")
-        cfg, changes = resume_config(ckpt, dict(overrides or {}))
-    elif overrides:
-        cfg = cfg.replace(**overrides)
-    device, rank, world = init_distributed(cfg.system.device)
-    main = rank == 0
+        if os.environ.get("RANK", "0") == "0":  # the writer: the lock first, then the checkpoint under it
+            held, ckpt = RunDir.resume(run_dir)
+        else:
+            ckpt = load_checkpoint(Path(run_dir) / "last.pt")
     try:
-        with Session(cfg, device, rank, world, quiet=quiet or not main, progress=progress and main, replan=replan) as s:
-            s.prepare(run_dir, ckpt, changes if resume else [])
-            result = s.run()
-        if world > 1:  # leave the group together: a rank exiting while rank 0 still writes can abort Gloo
-            dist.barrier()
-        return result
+        if resume:
+            cfg, changes = resume_config(ckpt, dict(overrides or {}))
+        elif overrides:
+            cfg = cfg.replace(**overrides)
+        device, rank, world = init_distributed(cfg.system.device)
+        main = rank == 0
+        try:
+            with Session(cfg, device, rank, world, quiet=quiet or not main, progress=progress and main,
+                         replan=replan) as s:
+                s.prepare(run_dir, ckpt, changes if resume else [], held)
+                result = s.run()
+            if world > 1:  # leave the group together: a rank exiting while rank 0 still writes can abort Gloo
+                dist.barrier()
+            return result
+        finally:
+            if world > 1 and dist.is_initialized():
+                dist.destroy_process_group()
     finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        if held is not None:
+            held.release()
 
 
 class Session:
@@ -428,7 +452,7 @@ class Session:
         if self.run_dir is not None:
             self.run_dir.release()
 
-    def prepare(self, run_dir, ckpt: dict | None, changes: list[dict]) -> None:
+    def prepare(self, run_dir, ckpt: dict | None, changes: list[dict], held: RunDir | None = None) -> None:
         """Data, network and optimiser, checked before the run directory is touched: a mistake
         leaves no empty run behind."""
         cfg, device = self.cfg, self.device
@@ -463,7 +487,7 @@ class Session:
                 from .tensorboard import Board
 
                 self.board = Board()
-            self.run_dir = self._open_run_dir(run_dir, ckpt)
+            self.run_dir = self._open_run_dir(run_dir, ckpt, held)
             if self.board is not None:
                 self.board.open(self.run_dir.path)
         self._announce(ckpt)
@@ -484,13 +508,13 @@ class Session:
             model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         return CompiledOrEager(model, cfg.system.compile == "on")
 
-    def _open_run_dir(self, run_dir, ckpt) -> RunDir:
+    def _open_run_dir(self, run_dir, ckpt, held: RunDir | None) -> RunDir:
         cfg = self.cfg
         if ckpt is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run = RunDir.new(run_dir, f"{cfg.preset}-{cfg.train.model}-{stamp}")
         else:
-            run = RunDir.open(run_dir)
+            run = held or RunDir.open(run_dir)  # held: locked before its checkpoint was read
             for what in run.reconcile(ckpt, self.title):
                 warn(f"{run.path}: repaired {what}")
         run.write_config(cfg, self.pos.changes, self.plan and self.plan.to_dict())

@@ -1,5 +1,7 @@
+import contextlib
 import gzip
 import os
+import signal
 import struct
 from pathlib import Path
 
@@ -73,3 +75,39 @@ def trained_run(idx_dir, tmp_path):
                 "--epochs", 2, "--batch-size", 16, "--run-dir", "run", "--no-progress", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     return tmp_path / "run", r
+
+
+class Hung(BaseException):
+    """Raised by ``no_hang``: a BaseException, so no ``except OSError`` in the code under test eats it."""
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float = 30):
+    """Fail instead of hanging: SIGALRM interrupts a blocking open() (of a FIFO, say) after ``seconds``."""
+
+    def fail(*_):
+        raise Hung(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def memory_cap(extra_bytes: int):
+    """Let this process map at most ``extra_bytes`` more than it has now (RLIMIT_AS, soft, raised back
+    after): torch's CPU buffers are invisible to tracemalloc, but not to the kernel."""
+    import resource
+
+    with open("/proc/self/status") as f:
+        size = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

@@ -156,3 +156,32 @@ def test_a_change_that_diverges_every_seed_breaks_training_and_some_seeds_is_uns
     at = lambda acc: {"metrics": [{"epoch": e + 1, "val_acc": acc} for e in range(epochs)]}  # noqa: E731
     assert _break_outcome(Group(spec, [at(0.7)], [nan], 0.0), None, 2).startswith("**unstable**")
     assert _break_outcome(Group(spec, [at(0.1)], [nan], 0.0), None, 2).startswith("**breaks**")  # the rest at chance
+
+
+def test_an_unknown_exercise_is_one_line_and_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "docs" / "exercises.md"
+    assert main(["exercises", "--only", "99", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--only 99: no such training exercise" in err[0]
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_measured_page_is_not_replaced_by_one_with_fewer_measured_rows_unless_asked(tmp_path, capsys):
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "exercises.md").read_text()
+    out = tmp_path / "docs" / "exercises.md"
+    (tmp_path / "docs" / "figures" / "exercises").mkdir(parents=True)
+    out.write_text(page)
+    figure = tmp_path / "docs" / "figures" / "exercises" / "ex7.png"
+    figure.write_bytes(b"measured")
+    args = ["exercises", "--render-only", "--out", str(out), "--runs", str(tmp_path / "no-runs")]
+    assert main(args) == 2  # no finished run under --runs: every table would say "—"
+    assert out.read_text() == page and figure.read_bytes() == b"measured"
+    from alexnet.exercises import measured_rows
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"not rewritten: it has {measured_rows(page)} measured rows" in err[0]
+    assert not [p for p in out.parent.rglob("*") if p.name.startswith(".")]  # no figure drawn aside is left
+    assert main([*args, "--overwrite"]) == 0
+    assert measured_rows(out.read_text()) < measured_rows(page)

@@ -2,6 +2,8 @@
 never unbounded memory, and never a silently wrong run."""
 
 import gzip
+import os
+import re
 import struct
 import tempfile
 import tracemalloc
@@ -19,7 +21,7 @@ from alexnet import data as D
 from alexnet import imagenet as I
 from alexnet import runs as R
 from alexnet.config import Config
-from conftest import make_idx_dataset, write_idx
+from conftest import make_idx_dataset, no_hang, write_idx
 from test_cli import alexnet, one_error_line
 
 MB = 10**6
@@ -398,6 +400,7 @@ def _load_any_checkpoint(content: bytes) -> None:
             ckpt = R.load_checkpoint(path)
         except R.RunError as e:
             assert "\n" not in str(e) and str(path) in str(e)
+            assert "weights_only" not in str(e)  # torch's advice to load it unsafely is never passed on
         else:
             assert isinstance(ckpt, dict) and isinstance(ckpt["cfg"], Config)
 
@@ -436,3 +439,80 @@ def test_parse_idx_reads_in_memory_bytes_with_the_same_checks():
     with pytest.raises(D.DataError, match="x: has trailing bytes"):
         D.parse_idx(idx_header(2, 3) + bytes(7), "x", 2)
     assert torch.from_numpy(arr.copy()).sum() == 15
+
+
+# ---------------------------------------------------------------------------------------------
+# Anything but a regular file is refused (or skipped) before it is opened: a FIFO blocks open() forever
+
+
+FIFO = "not a regular file (a FIFO)"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from alexnet import train as T
+
+    root = tmp_path_factory.mktemp("tiny")
+    cfg = Config(preset="test").replace(model="lenet-relu", dataset="mnist", data_dir=str(make_idx_dataset(root / "d")),
+                                        epochs=1, batch_size=16)  # fmt: skip
+    T.fit(cfg, root / "run", progress=False, quiet=True)
+    return root / "run"
+
+
+def test_a_fifo_named_like_an_idx_file_is_refused_in_one_line(idx_dir):
+    fifo = idx_dir / "t10k-labels-idx1-ubyte.gz"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    with no_hang(), pytest.raises(D.DataError, match=rf"{fifo}: {re.escape(FIFO)}"):
+        D.load_dataset("mnist", idx_dir)
+
+
+def test_a_fifo_given_to_predict_is_one_line_and_the_others_are_predicted(tiny_checkpoint, tmp_path, capsys):
+    from alexnet.cli import main
+
+    fifo, plain = tmp_path / "pipe.png", tmp_path / "plain.png"
+    os.mkfifo(fifo)
+    Image.new("L", (28, 28), 200).save(plain)
+    with no_hang():
+        assert main(["predict", str(tiny_checkpoint), str(fifo), str(plain)]) == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [f"{fifo}: cannot read image (OSError: {fifo}: {FIFO})"]
+    assert out.startswith(f"{plain}: ")
+    with no_hang():
+        assert main(["activations", str(tiny_checkpoint), str(fifo), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"alexnet: error: {fifo}: cannot read image "
+                                                           f"(OSError: {fifo}: {FIFO})"]  # fmt: skip
+
+
+def test_a_fifo_in_an_image_list_is_skipped_as_unreadable(tmp_path):
+    Image.new("RGB", (40, 40), (9, 99, 199)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b.png")
+    (tmp_path / "train.txt").write_text("a.png 0\nb.png 0\n")
+    images = I.read_list(tmp_path / "train.txt")
+    with no_hang():
+        errors = [I.ImageDataset(images, 32, 28, "center")[(i, 0)][3] for i in range(2)]
+    assert errors[0] is None and errors[1].startswith(f"{tmp_path / 'b.png'} (OSError: ") and FIFO in errors[1]
+
+
+def test_a_fifo_as_a_checkpoint_is_refused_before_it_is_opened(tmp_path):
+    os.mkfifo(tmp_path / "last.pt")
+    with no_hang(), pytest.raises(R.RunError, match=re.escape(f"{tmp_path / 'last.pt'}: {FIFO}")):
+        R.load_checkpoint(tmp_path / "last.pt")
+    with no_hang(), pytest.raises(R.RunError, match=re.escape(f"{tmp_path / 'last.pt'}: {FIFO}")):
+        R.read_run(tmp_path)
+
+
+def test_a_checkpoint_holding_code_says_so_and_never_suggests_the_unsafe_load(tmp_path, recwarn):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "ran"),))
+
+    torch.save({"model": Payload()}, tmp_path / "evil.pt")
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(R.RunError, match=r"evil.pt: not a readable checkpoint \(it holds Python code or objects "
+                                         r"\(posix.system\), not only tensors; refused without running it\)$"):
+        R.load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(R.RunError) as e:
+        R.load_checkpoint(tmp_path / "random.pt")
+    assert "weights_only" not in str(e.value) and str(e.value).endswith(")")  # not cut mid-sentence
+    assert not (tmp_path / "ran").exists() and not list(recwarn)

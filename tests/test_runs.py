@@ -293,6 +293,81 @@ def test_run_dir_into_a_users_folder_is_refused_and_nothing_is_touched(data, tmp
     assert (other / "thesis.tex").read_text() == "mine" and sorted(p.name for p in other.iterdir()) == ["thesis.tex"]
 
 
+def _wait_stopped(proc, timeout=120):
+    """Until ``proc`` stops itself at its pause point (state T in /proc), or fails."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"exited {proc.returncode} before its pause point: {proc.stderr.read()}")
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.1)
+    pytest.fail("never reached its pause point")
+
+
+def test_a_resume_paused_between_lock_and_read_loses_no_epoch_of_a_run_that_overtakes_it(data, tmp_path):
+    # The race: resume B reads last.pt, resume A finishes more epochs, B then derives every file (and
+    # its own training) from its stale copy. B pauses at the point between lock and read (SIGSTOP).
+    run = tmp_path / "run"
+    quiet_fit(recipe(data, epochs=1), run)
+    b = subprocess.Popen([sys.executable, "-m", "alexnet", "train", "--resume", run, "--epochs", "2",
+                          "--no-progress"], env={**os.environ, "PYTHONPATH": ROOT, "ALEXNET_PAUSE_AT": "resume"},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _wait_stopped(b)
+        try:
+            quiet_fit(recipe(data), run, resume=True, overrides={"epochs": 3})
+            finished = 3
+        except R.RunError as e:
+            assert "in use by a live run" in str(e)
+            finished = 1
+        os.kill(b.pid, signal.SIGCONT)
+        _, err = b.communicate(timeout=240)
+    finally:
+        b.kill()
+        b.wait()
+    last = R.load_checkpoint(run / "last.pt")
+    assert last["epoch"] >= finished, f"epochs {last['epoch'] + 1}..{finished} were lost"
+    assert [m["epoch"] for m in last["metrics"]] == list(range(1, last["epoch"] + 1))
+    assert b.returncode == 0, err
+    assert_consistent(run)
+
+
+def test_a_users_folder_holding_a_file_named_lock_is_not_a_run_and_is_not_touched(data, tmp_path):
+    folder = tmp_path / "u"
+    folder.mkdir()
+    mine = {"config.json": "{}", ".lock": "x", ".notes.tmp": "k"}
+    for name, text in mine.items():
+        (folder / name).write_text(text)
+    with pytest.raises(R.RunError, match="not empty and holds no run"):
+        quiet_fit(recipe(data), folder)
+    with pytest.raises(R.RunError, match="no last.pt"):
+        quiet_fit(recipe(data), folder, resume=True)
+    assert {p.name: p.read_text() for p in folder.iterdir()} == mine
+
+
+def test_a_fifo_standing_in_as_last_pt_is_refused_on_resume_before_it_is_opened(data, tmp_path):
+    from conftest import no_hang
+
+    run = tmp_path / "run"
+    quiet_fit(recipe(data, epochs=1), run)
+    (run / "last.pt").unlink()
+    os.mkfifo(run / "last.pt")
+    with no_hang(), pytest.raises(R.RunError, match=r"no last.pt to resume from .*not a regular file \(a FIFO\)"):
+        quiet_fit(recipe(data), run, resume=True)
+
+
+def test_a_run_killed_after_its_config_is_still_a_run_and_only_its_temporaries_go(data, tmp_path):
+    run = tmp_path / "run"
+    with R.RunDir.new(run, "x") as held:
+        held.write_config(recipe(data), [])
+    (run / ".last.pt.abc123.tmp").write_bytes(b"half")
+    (run / ".notes.tmp").write_text("mine")
+    quiet_fit(recipe(data, epochs=1), run)
+    assert not (run / ".last.pt.abc123.tmp").exists() and (run / ".notes.tmp").read_text() == "mine"
+
+
 @pytest.mark.parametrize("where", ["afile/run", "/proc/alexnet-run"])
 def test_unwritable_run_directory_is_one_line(data, tmp_path, where):
     (tmp_path / "afile").write_text("x")
@@ -348,7 +423,7 @@ def test_checkpoint_faults_name_the_file_and_the_reason(data, tmp_path):
     with pytest.raises(R.RunError, match="old.pt: checkpoint lacks 'in_channels'"):
         R.load_checkpoint(tmp_path / "old.pt")
     (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(R.RunError, match=r"junk.pt: not a readable checkpoint \(\w+: .+\)"):
+    with pytest.raises(R.RunError, match=r"junk.pt: not a readable checkpoint \(not a checkpoint file, or a damaged one \(.+\)\)"):
         R.load_checkpoint(tmp_path / "junk.pt")
 
 
@@ -378,3 +453,13 @@ def test_checkpoint_fields_of_the_wrong_type_are_one_line(data, tmp_path):
         R.save_checkpoint({**ckpt, field: value}, tmp_path / "bad.pt")
         with pytest.raises(R.RunError, match=message):
             R.load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("field, value", [("resolution", 12000), ("resolution", 0), ("in_channels", 0),
+                                          ("num_classes", 10**9), ("epoch", 10**9)])  # fmt: skip
+def test_checkpoint_counts_are_bounded_as_the_configuration_bounds_its_flags(data, tmp_path, field, value):
+    quiet_fit(recipe(data, epochs=1), tmp_path / "run")
+    ckpt = {k: v for k, v in R.load_checkpoint(tmp_path / "run" / "last.pt").items() if k not in ("cfg", "path")}
+    R.save_checkpoint({**ckpt, field: value}, tmp_path / "bad.pt")
+    with pytest.raises(R.RunError, match=rf"bad.pt: checkpoint field '{field}' is {value}, outside \d+\.\.\d+"):
+        R.load_checkpoint(tmp_path / "bad.pt")
