@@ -69,11 +69,14 @@ def _is_view(layer: nn.Module, in_shape, out_shape) -> bool:
 
 
 def _too_small(input_shape, i: int, layer: nn.Module, shape) -> InputTooSmall:
-    return InputTooSmall(
-        f"input {'x'.join(map(str, input_shape[1:]))} is too small for this network: "
-        f"layer {i} ({layer.__class__.__name__}) receives {'x'.join(map(str, shape[1:]))} "
-        f"and its output would be empty"
-    )
+    size, got = "x".join(map(str, input_shape[1:])), "x".join(map(str, shape[1:]))
+    if isinstance(layer, nn.Linear) and shape[-1] != layer.in_features:
+        # The classifier's width is fixed: an input of another size reaches it with the wrong width.
+        what = "too large" if shape[-1] > layer.in_features else "too small"
+        return InputTooSmall(f"input {size} is {what} for this network: layer {i} (Linear) takes "
+                             f"{layer.in_features} features but would receive {got}")  # fmt: skip
+    return InputTooSmall(f"input {size} is too small for this network: layer {i} ({layer.__class__.__name__}) "
+                         f"receives {got} and its output would be empty")  # fmt: skip
 
 
 class _CallRecorder:

@@ -32,6 +32,25 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                                metavar=None if allowed else f.name.upper())  # fmt: skip
 
 
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer in lo..hi, as the configuration bounds its own fields (a typo
+    must not reach the allocator); anything else is the parser's one line."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}")
+        return value
+
+    return integer
+
+
+MAX_CLASSES = 100_000  # as imagenet.MAX_CLASSES: ~5x ImageNet-21k
+
+
 def _flags(args) -> dict:
     fields = {f.name for s in SECTIONS.values() for f in dataclasses.fields(s)}
     return {k: v for k, v in vars(args).items() if k in fields}
@@ -349,7 +368,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     e.add_argument("--device", default="auto")
     e.add_argument("--data-dir")
-    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--batch-size", type=_int_in(1, 1 << 20), default=1000)
     e.add_argument("--out", help="confusion-matrix PNG (default: next to the checkpoint)")
     e.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=None,
                    help="image folders: the paper's 10-crop evaluation (default: as the run was trained)")  # fmt: skip
@@ -372,7 +391,7 @@ def _add_summary(sub) -> None:
     s = sub.add_parser("summary", help="layer-by-layer output shape, parameters and FLOPs")
     s.add_argument("--model", default="alexnet")
     s.add_argument("--input", help="N,C,H,W (or C,H,W); default: one 1-channel image at the model's resolution")
-    s.add_argument("--num-classes", type=int, default=10)
+    s.add_argument("--num-classes", type=_int_in(1, MAX_CLASSES), default=10)
     s.set_defaults(func=cmd_summary)
 
 def _add_compare(sub) -> None:
@@ -392,7 +411,7 @@ def _add_activations(sub) -> None:
     v.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     v.add_argument("image", metavar="IMAGE", help="an image file, or test:N for the run's N-th test image")
     v.add_argument("--out", help="directory for the PNGs (default: RUN/activations)")
-    v.add_argument("--max-channels", type=int, default=32, help="maps shown per stage, strongest first")
+    v.add_argument("--max-channels", type=_int_in(1, 4096), default=32, help="maps shown per stage, strongest first")
     v.set_defaults(func=cmd_activations)
 
 def _add_exercises(sub) -> None:
@@ -419,8 +438,8 @@ def _add_analyze(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     a.add_argument("--model", default="alexnet")
     a.add_argument("--input", help="C,H,W or N,C,H,W (default: 1 channel at the model's own resolution)")
-    a.add_argument("--batch", type=int, help="batch size B (default: N of --input if above 1, else 128)")
-    a.add_argument("--num-classes", type=int, default=10)
+    a.add_argument("--batch", type=_int_in(1, 1 << 20), help="batch size B (default: N of --input if above 1, else 128)")
+    a.add_argument("--num-classes", type=_int_in(1, MAX_CLASSES), default=10)
     a.add_argument("--device", default="h100", choices=["h100", "a100", "cpu", "measured"],
                    help="device spec for the roofline; measured = a large GEMM and a large copy on this machine")  # fmt: skip
     a.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])

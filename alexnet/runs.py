@@ -70,10 +70,12 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable) -> No
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise RunError(f"cannot write in {path.parent}: {e.strerror}") from None
+    writes = None
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(content):
-                content(f)
+                writes = _Recording(f)
+                content(writes)
             else:
                 f.write(content.encode() if isinstance(content, str) else content)
             f.flush()
@@ -85,12 +87,32 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable) -> No
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if writes is not None and writes.error is not None and not isinstance(e, KeyboardInterrupt):
+            e = writes.error  # the cause under a writer's own error (torch: "unexpected pos 704 vs 598")
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise RunError(f"no space left on the device holding {path.parent} while writing {path.name}; "
                            f"the previous {path.name} is kept") from None  # fmt: skip
         if isinstance(e, OSError):
             raise RunError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+class _Recording:
+    """The open file, remembering the OSError of a failed write: torch's zip writer swallows it and
+    raises a RuntimeError of its own, which would otherwise hide a full disk."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, b):
+        try:
+            return self._f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
 
 
 _writes: dict[str, int] = {}

@@ -258,6 +258,30 @@ def test_bench_accuracy_epochs_trains_each_batch_with_linearly_scaled_lr(capsys,
     assert all(0 <= float(r["val_acc"]) <= 1 for r in rows)
 
 
+def test_bench_refuses_a_batch_that_cannot_fit_before_allocating_it(capsys, tmp_path):
+    from conftest import memory_cap
+
+    with memory_cap(3 * 2**30):  # were the check gone, the allocation fails here, not the machine
+        assert main(["bench", "--model", "alexnet", "--batch-sizes", "8,30000", "--steps", "1", "--warmup", "0",
+                     "--device", "cpu", "--out", str(tmp_path)]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch 30000: training alexnet at 224x224 needs about" in err[0], err
+    assert "more than the" in err[0] and not (tmp_path / "bench.csv").exists()
+
+
+def test_an_allocation_failure_anywhere_is_one_line(capsys, tmp_path, monkeypatch):
+    from conftest import memory_cap
+
+    from alexnet import bench
+
+    monkeypatch.setattr(bench, "refuse_what_cannot_fit", lambda *a, **k: None)  # as if the estimate were low
+    with memory_cap(1 * 2**30):
+        assert main(["bench", "--model", "alexnet", "--batch-sizes", "30000", "--steps", "1", "--warmup", "0",
+                     "--device", "cpu", "--out", str(tmp_path)]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("alexnet: error: out of memory (") and "Traceback" not in err[0]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -268,6 +292,9 @@ def test_bench_accuracy_epochs_trains_each_batch_with_linearly_scaled_lr(capsys,
         (["bench", "--model", "vgg"], "unknown model 'vgg'"),
         (["bench", "--model", "lenet", "--batch-sizes", "8,x"], "malformed batch sizes"),
         (["bench", "--model", "alexnet", "--resolution", "28", "--batch-sizes", "2"], "layer 5 (MaxPool2d)"),
+        (["analyze", "--input", "1,100000,100000"], "input 1x100000x100000 is too large for this network: layer 14 "
+                                                    "(Linear) takes 6400 features"),
+        (["bench", "--model", "alexnet", "--resolution", "100000", "--batch-sizes", "1"], "is too large for this"),
     ],
 )
 def test_bad_input_gives_one_clear_line(args, message, capsys):

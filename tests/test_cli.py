@@ -110,3 +110,21 @@ def test_corrupt_checkpoint_is_named(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     line = one_error_line(alexnet("evaluate", tmp_path / "last.pt", cwd=tmp_path))
     assert "last.pt: not a readable checkpoint" in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "run", "--batch-size", "0"], "argument --batch-size: 0 is outside 1..1048576"),
+    (["evaluate", "run", "--batch-size", "-1"], "argument --batch-size: -1 is outside 1..1048576"),
+    (["summary", "--num-classes", "1000000000"], "argument --num-classes: 1000000000 is outside 1..100000"),
+    (["summary", "--num-classes", "0"], "argument --num-classes: 0 is outside 1..100000"),
+    (["analyze", "--num-classes", "0"], "argument --num-classes: 0 is outside 1..100000"),
+    (["activations", "run", "x.png", "--max-channels", "-5"], "argument --max-channels: -5 is outside 1..4096"),
+])  # fmt: skip
+def test_evaluation_and_visualisation_flags_are_bounded_as_the_configuration_is(args, message, capsys):
+    from alexnet.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

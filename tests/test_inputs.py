@@ -88,6 +88,29 @@ def test_header_whose_size_overflows_int64_names_the_file(dims, idx_dir):
         D.load_dataset("mnist", idx_dir)
 
 
+def test_a_header_a_known_dataset_cannot_have_is_refused_before_a_byte_of_the_payload(tmp_path):
+    # 65536x256x256 is under the 4 GiB cap: the old reader inflated all that the gzip held before
+    # the checksum (Fashion-MNIST) or the end of the stream refused it.
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    gzip_bomb(path, idx_header(65536, 256, 256), 100 * MB)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(10))
+    peak, err = peak_memory(lambda: D.read_idx_split(tmp_path, "train", None))
+    assert isinstance(err, D.DataError) and f"{path}: header declares 65536x256x256, but this dataset's file " \
+        "holds at most 60000x28x28" in str(err), err
+    assert peak < 4 * MB, peak
+    # Fashion-MNIST's files are checksummed: their counts are exact.
+    write_idx(path, np.zeros((59999, 28, 28)))
+    with pytest.raises(D.DataError, match="declares 59999x28x28, but this dataset's file holds 60000x28x28"):
+        D.read_idx_split(tmp_path, "train", D.FASHION_SHA256)
+
+
+def test_a_gzip_declaring_more_than_it_can_hold_is_refused_before_inflating(tmp_path):
+    path = tmp_path / "any-idx.gz"
+    path.write_bytes(gzip.compress(idx_header(100, 100, 100) + bytes(100)))  # ~150 bytes cannot hold 1 MB
+    with pytest.raises(D.DataError, match=r"declares 100x100x100 \(1000000 bytes\), more than the file can hold"):
+        D.read_idx(path, 3)
+
+
 def test_truncated_payload_and_empty_arrays_are_named(tmp_path):
     path = tmp_path / "labels"
     path.write_bytes(idx_header(100) + bytes(40))
@@ -172,6 +195,19 @@ def test_predict_rescales_16bit_names_each_oversized_image_once_and_goes_on(trai
     lines = r.stderr.strip().splitlines()
     assert [ln.split(": cannot read image (")[0] for ln in lines] == [str(b) for b in bombs.values()], r.stderr
     assert all("(DecompressionBombError: Image size" in ln for ln in lines), r.stderr
+
+
+def test_a_large_16bit_image_is_reduced_before_any_float_copy_in_predict_and_in_folders(tmp_path):
+    side = 3000  # 9 M pixels: float64 copies of it were 72 MB each
+    path = tmp_path / "big16.png"
+    Image.fromarray(np.full((side, side), 51400, dtype=np.uint16)).save(path)
+    peak, err = peak_memory(lambda: I.open_rgb(str(path), 28))
+    assert err is None and peak < 12 * MB, peak  # numpy's buffers are traced; the 18 MB image is Pillow's
+    small = I.open_rgb(str(path), 28)
+    assert min(small.size) >= 56 and np.asarray(small).min() == np.asarray(small).max() == 200  # 51400 / 257
+    images = I.ImageList([str(path)], [0], ["a"])
+    peak, err = peak_memory(lambda: I.ImageDataset(images, 32, 28, "center")[(0, 0)])
+    assert err is None and peak < 12 * MB, peak
 
 
 def test_an_image_over_the_pixel_limit_is_one_skip_without_a_warning(tmp_path, monkeypatch, recwarn):

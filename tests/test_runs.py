@@ -181,6 +181,55 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypat
     assert path.read_bytes() == b"good" and list(tmp_path.iterdir()) == [path]
 
 
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    """A 1.2 MB filesystem: a real tmpfs where this test may mount one (root), else one whose writes
+    fail with ENOSPC past 1.2 MB (injected under atomic_write's file)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(where)],
+                                 capture_output=True).returncode == 0  # fmt: skip
+    except OSError:  # no mount(8)
+        mounted = False
+    if not mounted:
+        real_fdopen = os.fdopen
+
+        class Full:
+            def __init__(self, f):
+                self._f, self._n = f, 0
+
+            def write(self, b):
+                self._n += len(b)
+                if self._n > 1_200_000:
+                    raise OSError(28, "No space left on device")
+                return self._f.write(b)
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return self._f.__exit__(*exc)
+
+        monkeypatch.setattr(R.os, "fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
+    yield where
+    if mounted:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_full_disk_under_torchs_zip_writer_is_one_line_and_keeps_the_old_checkpoint(small_disk):
+    last = small_disk / "last.pt"
+    R.save_checkpoint({"model": {"w": torch.ones(10)}}, last)
+    with pytest.raises(R.RunError, match=r"^no space left on the device holding .* while writing last.pt; the "
+                                         r"previous last.pt is kept$"):  # fmt: skip
+        R.save_checkpoint({"model": {"w": torch.zeros(10**6)}}, last)  # 4 MB of weights
+    assert torch.equal(torch.load(last, weights_only=True)["model"]["w"], torch.ones(10))
+    assert [p.name for p in small_disk.iterdir()] == ["last.pt"]
+
+
 # ---------------------------------------------------------------------------------------------
 # 5: divergence never overwrites a good checkpoint
 

@@ -173,3 +173,20 @@ def test_unavailable_device_is_named():
             V.select_device("cuda")
     with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
         V.select_device("gpu0")
+
+
+def test_evaluation_memory_is_linear_in_the_number_of_classes():
+    # ImageNet-21k's 21841 classes: a classes² confusion matrix alone would be 3.8 GB.
+    from conftest import memory_cap
+
+    k = 21841
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, k))
+    x, y = torch.rand(2, 1, 2, 2), torch.tensor([5, k - 1])
+    with memory_cap(600 * 2**20):
+        ev = T.evaluate(model, [(x, y)], device=torch.device("cpu"), amp=False, num_classes=k, confusion=True)
+    assert ev["images"] == 2 and ev["class_images"].sum() == 2 and ev["class_images"][k - 1] == 1
+    assert ev["confusion"] is None  # above T.MAX_CONFUSION classes only the per-class counts are kept
+    small = T.evaluate(model[:1], [(x.view(2, 4, 1, 1), torch.tensor([0, 3]))], device=torch.device("cpu"),
+                       amp=False, num_classes=4, confusion=True)  # fmt: skip
+    assert small["confusion"].shape == (4, 4) and small["confusion"].sum() == 2
+    assert torch.equal(small["confusion"].diag(), small["class_correct"])
