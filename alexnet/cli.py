@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 import time
 import typing
@@ -501,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+    except KeyboardInterrupt:  # a (second) Ctrl-C wherever it lands: every file written is whole
+        print("alexnet: interrupted", file=sys.stderr)
+        code = 130
     except (DataError, ConfigError, RunError, UnknownModel, InputTooSmall, ReportError, BenchError,
             VisualizeError) as e:
         print(f"alexnet: error: {e}", file=sys.stderr)
@@ -512,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alexnet: error: out of memory ({_first_line(e) or 'MemoryError'}); try a smaller batch or input",
               file=sys.stderr)  # fmt: skip
         return 2
+    if code == 130 and argv is None:  # the process is ending: another Ctrl-C must not interrupt its exit
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
 
 
 def _out_of_memory(e: BaseException) -> bool:

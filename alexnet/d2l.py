@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import inspect
 import io
+import math
 import os
 import sys
 import time
@@ -533,6 +534,12 @@ class DataModule(HyperParameters):
         return torch.utils.data.DataLoader(dataset, self.batch_size, shuffle=train)
 
 
+def _count(where: str, name: str, value, least: int) -> None:
+    """A whole number of at least ``least``, or a ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{where}({name}={value!r}): {name} must be a whole number of at least {least}")
+
+
 def _as_size(resize) -> tuple[int, int]:
     """d2l's resize argument as (height, width): an int (a 28x28 image's both sides) or (h, w)."""
     if isinstance(resize, int):
@@ -621,6 +628,7 @@ class FashionMNIST(DataModule):
     def __init__(self, batch_size=64, resize=(28, 28), root=None, num_workers=4):
         super().__init__(root=root, num_workers=num_workers)
         self.save_hyperparameters()
+        _count("FashionMNIST", "batch_size", batch_size, 1)  # else torch's split fails far from here
         size = _as_size(resize)
         ds = D.load_dataset("fashion-mnist", root)
         self.train = ImageDataset(ds.train.images, ds.train.labels, size)
@@ -651,6 +659,8 @@ class Trainer(HyperParameters):
     if there is one, else on the CPU; one line per epoch and the model's board."""
 
     def __init__(self, max_epochs, num_gpus=0, gradient_clip_val=0, verbose=True):
+        _count("Trainer", "max_epochs", max_epochs, 1)  # -1 trained nothing, silently
+        _count("Trainer", "num_gpus", num_gpus, 0)
         self.save_hyperparameters()
         self.gpus = [gpu(i) for i in range(min(num_gpus, torch.cuda.device_count()))]
         self.device = self.gpus[0] if self.gpus else cpu()
@@ -763,6 +773,10 @@ class Trainer(HyperParameters):
             cells = [f"epoch {self.epoch + 1}/{self.max_epochs}"]
             cells += [f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "images_per_s", "seconds")]
             cells += [f"{row['images_per_s']:.1f} img/s", f"{seconds:.1f} s"]
+            # d2l trains on through a NaN; the line at least says so.
+            bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                cells.append(f"({', '.join(bad)} not finite: training has diverged; lower the lr?)")
             if self.board_path is not None and self.epoch == 0:
                 cells.append(f"(board: {self.board_path})")
             print("  ".join(cells), flush=True)

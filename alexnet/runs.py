@@ -419,7 +419,7 @@ class RunDir:
         repaired = [f"removed {name}" for name in self.remove_temporaries()]
         metrics = ckpt["metrics"]
         on_disk = read_metrics(self.path)
-        if on_disk != metrics:
+        if (on_disk or []) != metrics:  # no metrics.jsonl before the first epoch ends: nothing to repair
             repaired.append(f"metrics ({len(on_disk or [])} rows on disk, {len(metrics)} in the checkpoint)")
         self.write_metrics(metrics, title)
         self.write_config(ckpt["cfg"], ckpt.get("changes", []), ckpt.get("plan"))

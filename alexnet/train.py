@@ -327,6 +327,7 @@ class Position:
     tally: tuple | None = None  # (loss_sum, correct, seen, steps) of those steps
     metrics: list[dict] = field(default_factory=list)
     changes: list[dict] = field(default_factory=list)  # settings a resume changed, and from which epoch
+    train_s: float = 0.0  # seconds those steps trained: a resumed epoch's images/s covers them too
 
     @property
     def best_acc(self) -> float:
@@ -335,8 +336,10 @@ class Position:
     @classmethod
     def of(cls, ckpt: dict) -> "Position":
         tally = ckpt.get("tally")
+        train_s = ckpt.get("epoch_train_s")
+        train_s = float(train_s) if isinstance(train_s, (int, float)) and 0 <= train_s < 1e9 else 0.0
         return cls(int(ckpt["epoch"]), int(ckpt["step"]), tuple(tally) if tally else None, list(ckpt["metrics"]),
-                   list(ckpt.get("changes", [])))  # fmt: skip
+                   list(ckpt.get("changes", [])), train_s)  # fmt: skip
 
 
 def resume_config(ckpt: dict, overrides: dict) -> tuple[Config, list[dict]]:
@@ -551,9 +554,8 @@ class Session:
             now = time.perf_counter()  # a budget's stem and measurement ran in prepare: counted as training
             since, trained, images = self.began or now, now - (self.began or now), 0  # since the last evaluation
             for epoch in self.epochs_left():
-                t0 = time.perf_counter()
                 tr = self.train_epoch(epoch)
-                trained, images = trained + time.perf_counter() - t0, images + tr["images"]
+                trained, images = trained + self.epoch_train_s, images + tr["images"]
                 if cfg.train.evaluate == "end" and epoch + 1 < self.total_epochs:
                     self.skip_evaluation(epoch)
                     continue
@@ -713,10 +715,13 @@ class Session:
                 and self.world == 1 and not self.cfg.data.crop_padding)  # fmt: skip
 
     def train_epoch(self, epoch: int) -> dict:
-        if not self.frozen_ready:
-            self.prepare_frozen()
+        t0 = time.perf_counter()
         cfg, pos, steps = self.cfg, self.pos, self.steps
         skip = pos.step if epoch == pos.epoch else 0
+        # The epoch's training seconds, with those before an interruption: its images include theirs.
+        self.epoch_train_s = before = pos.train_s if skip else 0.0
+        if not self.frozen_ready:
+            self.prepare_frozen()
         drops = plateau_drops([1 - m["val_acc"] for m in pos.metrics], cfg.train.lr_patience)
         self.tally = Tally.start(self.device, pos.tally if skip and self.main else None)
         self.tally.steps = skip
@@ -739,6 +744,7 @@ class Session:
             good = self.run_dir.last if self.run_dir and self.run_dir.last.exists() else "none yet"
             raise TrainingError(f"epoch {epoch + 1}: {e}; stopping (lower --lr?). Last good checkpoint: {good}") from None
         finally:
+            self.epoch_train_s = before + time.perf_counter() - t0
             if bar is not None:
                 bar.close()
         tr["lr"] = lr_fn(tr["steps"] - 1)  # of the epoch's last step
@@ -788,6 +794,7 @@ class Session:
             # Mid-epoch. Under DDP the other ranks' totals are out of reach: the position is kept and
             # the resumed epoch's training loss covers only the steps after it.
             pos.step, pos.tally = tally.steps, tally.saved() if self.world == 1 else None
+            pos.train_s = self.epoch_train_s
         last = self.run_dir.last if self.run_dir else None
         if not self.main or last is None:
             return
@@ -799,6 +806,9 @@ class Session:
         except RunError as e:
             warn(f"interrupted, and {e}; {last} is unchanged")
             return
+        except KeyboardInterrupt:  # a second Ctrl-C during the save: atomic_write kept the old file
+            say(f"\nstopped while saving; {last} holds the last checkpoint", self.quiet)
+            return
         say(f"\ninterrupted: saved {last} (epoch {pos.epoch + 1}, step {pos.step}); "
             f"continue with: alexnet train --resume {self.run_dir.path}", self.quiet)  # fmt: skip
 
@@ -808,6 +818,7 @@ class Session:
         return {
             "model": weights, "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
             "epoch": pos.epoch, "step": pos.step, "tally": pos.tally, "metrics": pos.metrics,
+            "epoch_train_s": pos.train_s if pos.step else 0.0,
             "best_epoch": best_epoch_of(pos.metrics), "changes": pos.changes, "classes": data.classes,
             "dataset": data.name, "in_channels": data.channels, "num_classes": len(data.classes),
             "resolution": data.resolution, "normalization": getattr(data, "normalization", None),

@@ -345,3 +345,24 @@ def test_plot_and_the_board_draw_without_a_kernel(tmp_path):
     board.render().savefig(buf, format="png")
     assert buf.getvalue()[:4] == b"\x89PNG"
     d2l.plt.close("all")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: d2l.FashionMNIST(batch_size=0), r"FashionMNIST\(batch_size=0\): batch_size must be a whole number of at least 1"),
+    (lambda: d2l.Trainer(max_epochs=-1), r"Trainer\(max_epochs=-1\): max_epochs must be a whole number of at least 1"),
+    (lambda: d2l.Trainer(max_epochs=2.5), r"max_epochs must be a whole number"),
+])  # fmt: skip
+def test_a_batch_size_or_epoch_count_that_cannot_train_is_refused_where_it_is_given(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_loss_that_turns_nan_is_said_on_the_epoch_line(capsys):
+    class Diverging(LinearRegression):
+        def forward(self, X):
+            return super().forward(X) * float("nan")
+
+    history = d2l.Trainer(max_epochs=1).fit(Diverging(lr=0.05), Synthetic())
+    assert math.isnan(history[0]["train_loss"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "(train_loss, val_loss not finite: training has diverged; lower the lr?)" in line
