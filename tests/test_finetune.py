@@ -35,8 +35,18 @@ def test_freeze_features_trains_only_the_classifier_and_replaces_the_head(source
     convs = [k for k in before if int(k.split(".")[0]) < 13]  # alexnet28: layers 0-12 are the features
     assert convs and all(torch.equal(before[k], after[k]) for k in convs)
     assert not torch.equal(before["14.weight"], after["14.weight"])  # the hidden FC layers trained
-    head = last_layer(build_model("alexnet28"))  # "20": new, not the source's (fresh init, then trained)
-    assert not torch.allclose(before[f"{head}.weight"], after[f"{head}.weight"], atol=1e-2)
+
+
+def test_init_from_loads_every_tensor_but_the_last_layers(source):
+    root, _ = source
+    model = build_model("alexnet28", 1, 10, seed=5)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    init_from(model, str(root / "source"), "alexnet28", quiet=True)
+    src, now = _weights(root / "source")["model"], model.state_dict()
+    head = last_layer(model) + "."  # "20.": the classifier's output layer
+    for k in now:
+        assert torch.equal(now[k], fresh[k] if k.startswith(head) else src[k]), k
+    assert not torch.equal(fresh[head + "weight"], src[head + "weight"])  # so the check above can tell them apart
 
 
 def test_pretrained_layers_step_at_the_scaled_rate_and_the_run_resumes(source, tmp_path):
