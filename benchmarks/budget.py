@@ -51,6 +51,7 @@ def run_one(preset: str, budget: str, seed: int, run_dir: Path, extra: list[str]
             "steps": plan["steps"], "epochs": plan["epochs"], "replans": len(plan["replans"]),
             "load_start": load0, "load_end": os.getloadavg()[0], "run_dir": str(run_dir),
             "chose": next((line for line in proc.stdout.splitlines() if line.startswith("network:")), None),
+            "start_line": next((line for line in proc.stdout.splitlines() if "time budget" in line), None),
             "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}  # fmt: skip
 
 
