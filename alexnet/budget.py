@@ -29,7 +29,7 @@ from .config import Config, ConfigError, parse_duration
 
 MIN_STEPS = 10  # fewer steps than this train nothing worth the wait
 WHOLE_EPOCHS = ("step", "plateau")  # schedules counted in whole epochs: a budget must hold one
-WARMUP_STEPS, TIMED_STEPS = 3, 10  # measurement: steps to warm kernels and caches, then steps timed (the clock corrects)
+WARMUP_STEPS, TIMED_STEPS = 3, 10  # measurement: steps to warm kernels, then steps timed (the clock corrects)
 
 
 @dataclass

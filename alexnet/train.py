@@ -648,7 +648,8 @@ class Session:
         # A few steps each: the choice turns on a factor of two or more, and the budget pays for them.
         times = time_turns(runs, self.device, rounds=2, block=2, warmup=1)
         left = parse_duration(cfg.train.time_budget) - (time.perf_counter() - self.began)
-        chosen, how = B.choose(options, {n: t.median for n, t in times.items()}, left, D.steps_per_epoch(len(self.data), cfg.train.batch_size // self.world, self.world))
+        per_epoch = D.steps_per_epoch(len(self.data), cfg.train.batch_size // self.world, self.world)
+        chosen, how = B.choose(options, {n: t.median for n, t in times.items()}, left, per_epoch)
         say(how, self.quiet)
         self.cfg = cfg.replace(model=chosen, choose_from=cfg.train.choose_from)
         return self.cfg

@@ -151,8 +151,8 @@ def main(argv=None) -> list[dict]:
     ledger = out / "runs.jsonl"
     runs = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.exists() else []
     header = f"`benchmarks/budget.py`; {machine().line()}; every run beside other jobs unless the load says otherwise"
-    todo = [] if args.report_only else [(pr, b, int(s)) for b in args.budgets.split(",") for pr in args.presets.split(",")
-                                         for s in args.seeds.split(",")]  # fmt: skip
+    todo = [(pr, b, int(s)) for b in args.budgets.split(",") for pr in args.presets.split(",")
+            for s in args.seeds.split(",")] if not args.report_only else []  # fmt: skip
     for preset, budget, seed in todo:
         if any(r["preset"] == preset and r["budget_s"] == parse_duration(budget) and r["seed"] == seed for r in runs):
             continue

@@ -94,8 +94,8 @@ def test_a_budget_that_holds_no_useful_run_is_one_line_before_anything_trains(id
     monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.5)  # a 0.5 s step: 1 s holds at most 2
     trained = []
     monkeypatch.setattr(T, "train_one_epoch", lambda *a, **k: trained.append(1))
-    args = ["train", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", str(idx_dir), "--time-budget", "1s", "--batch-size", "16",
-            "--run-dir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    args = ["train", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", str(idx_dir), "--time-budget", "1s",
+            "--batch-size", "16", "--run-dir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--time-budget 1s holds" in err and "10 steps needs at least" in err
@@ -165,7 +165,7 @@ def test_a_resumed_budget_run_keeps_its_plan_and_trains_as_if_uninterrupted(idx_
     monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.05)
     monkeypatch.setattr(B.Clock, "look", lambda self, step: None)  # hold the first plan
     real_plan = B.first_plan  # and make it the same for both runs: start-up times differ
-    monkeypatch.setattr(B, "first_plan", lambda cfg, step_s, eval_s, startup_s, spe: real_plan(cfg, step_s, 0.01, 0.0, spe))
+    monkeypatch.setattr(B, "first_plan", lambda cfg, step_s, eval_s, startup, spe: real_plan(cfg, step_s, 0.01, 0, spe))
     cfg = tiny(idx_dir, time_budget="1s", evaluate="epoch")
     straight = T.fit(cfg, tmp_path / "a", progress=False, quiet=True)
     real, calls = T.D.loader, {"n": 0}
@@ -188,7 +188,8 @@ def test_a_resumed_budget_run_keeps_its_plan_and_trains_as_if_uninterrupted(idx_
     assert plan["steps"] == saved["steps"] and plan["anchors"] == saved["anchors"] and plan["step_s"] == 0.05
     for a, b in zip(straight.metrics, resumed.metrics, strict=True):
         assert (a["epoch"], a["lr"]) == (b["epoch"], b["lr"])
-        assert a["val_acc"] == pytest.approx(b["val_acc"]) and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_acc"] == pytest.approx(b["val_acc"])
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
 
 
 def test_replan_on_resume_measures_here_and_re_plans_what_remains(idx_dir, tmp_path, monkeypatch):
@@ -224,8 +225,8 @@ def test_replan_without_resume_is_one_line(capsys):
 
 
 @pytest.mark.parametrize("wide_step_s, chosen", [(0.5, "speednet-white-2x"), (2.0, "speednet-white")])
-def test_a_speedrun_preset_takes_the_wide_network_only_where_enough_of_its_epochs_fit(idx_dir, tmp_path, monkeypatch,
-                                                                                    capsys, wide_step_s, chosen):  # fmt: skip
+def test_a_speedrun_preset_takes_the_wide_network_only_where_enough_of_its_epochs_fit(
+        idx_dir, tmp_path, monkeypatch, capsys, wide_step_s, chosen):  # fmt: skip
     from alexnet.measure import Timing
 
     timed, real = {}, T.time_turns
