@@ -388,7 +388,12 @@ def _settings_rows(facts: RunFacts) -> list[dict]:
 def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
     cfg, m, ck = facts.cfg, facts.metrics, facts.ckpt or {}
     mach = ck.get("machine") or {}
-    bf16 = mach.get("bf16_units") or any("bf16" in f for f in mach.get("cpu_flags") or ())
+    load = mach.get("load_average_1m")
+    described = ", ".join(x for x in (
+        mach.get("cpu"), mach.get("cpu_count") and f"{mach['cpu_count']} CPUs",
+        "cpu_flags" in mach and f"flags: {' '.join(mach['cpu_flags']) or 'none of note'}",
+        mach.get("torch_threads") and f"{mach['torch_threads']} torch threads",
+        load is not None and f"1-minute load {load:.2f} when the checkpoint was written") if x)  # fmt: skip
     res = facts.record["resolution"]
     wall = sum(r["epoch_time_s"] for r in m)
     facts_rows = [
@@ -398,8 +403,7 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
                  + (f", first {cfg.data.limit_train} training images" if cfg.data.limit_train else "")
                  + (f", first {cfg.data.limit_test} test images" if cfg.data.limit_test else "")),
         ("device", mach.get("device", "not recorded (the checkpoint predates the machine record)")),
-        ("machine", f"{mach.get('cpu')}, {mach.get('cpu_count')} CPU threads" + (", bf16 units" if bf16 else "")
-                    if mach else "not recorded (the checkpoint predates the machine record)"),
+        ("machine", described or "not recorded (the checkpoint predates the machine record)"),
         ("precision", "bf16 autocast (weights, gradients and optimiser state fp32)" if cfg.system.amp == "bf16"
                       else "fp32" if cfg.system.amp == "off" else f"amp {cfg.system.amp}"),
         ("torch", ck.get("torch", "not recorded")),
@@ -735,6 +739,8 @@ def _slug(text: str) -> str:
 
 def to_markdown(blocks: list[Block], figures: str = "report-figures") -> str:
     """Markdown; figures are links to ``figures/NAME`` (the caller writes the PNGs there)."""
+    from .tables import grid
+
     out = []
     for b in blocks:
         if b.kind == "h":
@@ -747,10 +753,9 @@ def to_markdown(blocks: list[Block], figures: str = "report-figures") -> str:
             out += [f"- {item}" for item in b.items] + [""]
         elif b.kind == "table" and b.rows:
             keys = list(b.rows[0])
-            out += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-            out += ["| " + " | ".join(_cell(k, r[k], b.formats).replace("|", "\\|").replace("\n", " ") for k in keys)
-                    + " |" for r in b.rows]  # fmt: skip
-            out.append("")
+            cells = [[_cell(k, r[k], b.formats).replace("|", "\\|").replace("\n", " ") for k in keys] for r in b.rows]
+            numeric = [isinstance(b.rows[0][k], (int, float, Spread)) and not isinstance(b.rows[0][k], bool) for k in keys]
+            out += [grid(keys, cells, left=[i for i, n in enumerate(numeric) if not n]), ""]
         elif b.kind == "figure":
             out += [f"![{b.text}]({figures}/{b.name})", "", f"*{b.text}*", ""]
     return "\n".join(out)
