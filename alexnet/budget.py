@@ -22,6 +22,7 @@ same steps with the same rates; it re-plans only when asked (``--replan``, or a 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -174,6 +175,7 @@ class Clock:
         self.every = every or max(10, plan.steps // 40)
         self.boundary_s: float | None = None  # the time between two epochs' steps, once seen
         self._end: float | None = None  # when the last epoch's steps ended
+        self.history: list[float] = []  # the step time at each look
         self._window: tuple[int, float, float] | None = None  # (step, time) of the last look, time between epochs since
 
     def elapsed(self) -> float:
@@ -205,10 +207,12 @@ class Clock:
         s0, t0, between = self._window
         step_s = (now - t0 - between) / (step - s0)
         self._window = (step, now, 0.0)
-        # The evaluation is taken as measured, not scaled by the steps' slow-down: under a 2-core
-        # machine's changing load the step and the evaluation (large inference batches) did not slow
-        # alike (a 1.6x slower step beside an evaluation as fast as measured).
-        end_s = self.plan.eval_s
+        # The evaluation, measured at the start, is scaled by how much slower the latest steps are than
+        # the recent typical ones (the median of the last 10 looks, a quarter of the run): a load that
+        # arrives near the end slows the evaluation too (3.7x slower steps, a 4.6x slower evaluation in
+        # one 5-minute run), while the start's own measurement can sit 1.6x off the run's steps for good.
+        self.history.append(step_s)
+        end_s = self.plan.eval_s * step_s / statistics.median(self.history[-10:])
         boundary = (self.boundary_s if self.boundary_s is not None else end_s) if self.each_epoch else 0.0
         left = self.plan.budget_s - (now - self.started)
         fit = steps_that_fit(left, step_s, step, self.plan.steps_per_epoch, end_s, boundary)

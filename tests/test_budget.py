@@ -146,6 +146,25 @@ def test_the_clock_re_plans_the_remaining_steps_when_the_step_slows_down():
     assert plan.schedule_step(taken - 1) == plan.schedule_steps - 1
 
 
+def test_a_load_that_arrives_near_the_end_slows_the_evaluation_and_the_clock_reserves_for_it():
+    """Steps at 10 ms, then 4x slower from step 600 (another job starts): the evaluation, measured at
+    0.5 s, will take about 2 s, and the clock leaves room for that, not for the 0.5 s measured."""
+    plan = _plan(steps=900, spe=100, warmup=1.0)
+    plan.budget_s, plan.step_s, plan.eval_s = 10.0, 0.01, 0.5
+    t = {"now": 0.5}
+    clock = B.Clock(plan, 0.0, evaluate_each_epoch=False, now=lambda: t["now"], every=20)
+    taken = 0
+    for epoch in range(100):
+        if epoch * plan.steps_per_epoch >= plan.steps:
+            break
+        for step in clock.steps(range(epoch * 100, epoch * 100 + 100), epoch * 100):
+            t["now"] += 0.01 if step < 600 else 0.04
+            taken = step + 1
+    end = t["now"] + plan.eval_s * 4  # the evaluation slows down as much as the steps
+    assert taken == plan.steps < 700
+    assert 9.5 < end <= 10.0 + 0.04 * 20
+
+
 def test_a_budgeted_run_ends_with_a_finished_schedule(idx_dir, tmp_path, monkeypatch):
     # The measurement says 0.1 s a step, the steps take a few ms: the clock sees it and re-plans
     # upwards; whatever it did, the last step's rate is the schedule's last.
