@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,7 +145,50 @@ def test_sigterm_during_evaluation_resumes_with_no_repair_line_and_the_epochs_ow
     assert first["train_images_per_s"] == pytest.approx(64 / first["train_time_s"])
 
 
-@pytest.mark.parametrize("gap_ms", [0, 3, 10, 20])
+def test_a_second_ctrl_c_inside_the_interrupted_save_ends_cleanly_and_keeps_the_last_checkpoint(data, tmp_path,
+                                                                                                monkeypatch):  # fmt: skip
+    run = tmp_path / "run"
+    quiet_fit(recipe(data, epochs=1), run)
+    before = (run / "last.pt").read_bytes()
+    real = R.atomic_write
+
+    def second_ctrl_c_mid_write(path, content):
+        def write(f):
+            os.kill(os.getpid(), signal.SIGINT)  # lands while the checkpoint is being written
+            content(f)
+
+        return real(path, write if Path(path).name == "last.pt" and callable(content) else content)
+
+    restore = _signal_at_batch(monkeypatch, 2)  # the first Ctrl-C, mid-epoch 2
+    monkeypatch.setattr(R, "atomic_write", second_ctrl_c_mid_write)
+    try:
+        assert quiet_fit(recipe(data), run, resume=True, overrides={"epochs": 2}).interrupted
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C escaped the run as a traceback")
+    restore()
+    assert (run / "last.pt").read_bytes() == before and not list(run.glob(".*.tmp"))
+
+
+def test_a_ctrl_c_after_the_run_has_ended_is_one_line_and_exit_130(data, tmp_path, monkeypatch, capsys):
+    from alexnet.cli import main
+
+    real = T.fit
+
+    def fit_then_ctrl_c(*a, **k):
+        result = real(*a, **k)
+        os.kill(os.getpid(), signal.SIGINT)  # the run's own handler is gone: Python's raises KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(T, "fit", fit_then_ctrl_c)
+    args = [str(a) for a in cli_recipe(data)] + ["--epochs", "1", "--run-dir", str(tmp_path / "run")]
+    try:
+        code = main(args)
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped main as a traceback")
+    assert code == 130 and capsys.readouterr().err.strip().splitlines() == ["alexnet: interrupted"]
+
+
+@pytest.mark.parametrize("gap_ms", [3, 20])
 def test_a_second_ctrl_c_ends_the_process_cleanly_wherever_it_lands(data, tmp_path, gap_ms):
     run = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "alexnet", *map(str, cli_recipe(data)), "--epochs", "40",
