@@ -68,7 +68,8 @@ function lineChart(series, { title = "", width = 420, height = 260, yMin = null,
 
 function legend(series) {
   return el("div", { class: "legend" }, ...series.map((s) =>
-    el("span", {}, el("i", { style: `background:${s.colour}` }), s.label)));
+    el("span", {}, el("i", { style: s.dash ? `background: repeating-linear-gradient(90deg, ${s.colour} 0 4px, transparent 4px 7px)`
+      : `background:${s.colour}` }), s.label)));
 }
 
 const col = (metrics, key) => metrics.map((m) => [m.epoch, m[key] ?? NaN]);

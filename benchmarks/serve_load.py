@@ -1,0 +1,247 @@
+"""`alexnet serve` under load, on the loopback, and a training run beside it.
+
+    load      N predict requests (multipart upload of one PNG) from C concurrent clients against
+              `alexnet serve` started as a user starts it: p50/p90/p99/max latency, errors,
+              requests/s and the server's peak resident memory (VmHWM).
+    training  a small training run's images/s with the server idle and with clients keeping it
+              busy, in alternating turns (idle, busy, idle, busy, ...), each turn a fresh 1-epoch run;
+              the ratio of the turns' medians.
+
+    python benchmarks/serve_load.py --part all --out runs/serve-load
+
+Every figure is taken on whatever machine runs it, beside whatever else runs there: the script
+prints the CPU, its core count and the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "?")  # fmt: skip
+    flags = Path("/proc/cpuinfo").read_text()
+    amx = " with AMX (amx_bf16)" if "amx_bf16" in flags else ""
+    return f"{os.cpu_count()}-core {cpu}{amx}, load average {os.getloadavg()[0]:.2f}"
+
+
+def env(threads: int | None = None) -> dict:
+    e = {**os.environ, "PYTHONPATH": str(ROOT)}
+    e.pop("OMP_NUM_THREADS", None)
+    if threads:
+        e["OMP_NUM_THREADS"] = str(threads)
+    return e
+
+
+def alexnet(*args, threads=None, **kw):
+    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], env=env(threads), check=True,
+                          capture_output=True, text=True, **kw)  # fmt: skip
+
+
+def make_run(runs: Path, name: str, epochs: int = 1, limit_train: int = 2000) -> Path:
+    run = runs / name
+    if not (run / "last.pt").exists():
+        alexnet("train", "--preset", "cpu", "--epochs", epochs, "--limit-train", limit_train, "--limit-test", 500,
+                "--run-dir", run, "--no-progress")  # fmt: skip
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`alexnet serve` in its own process; its peak RSS from /proc when it stops."""
+
+    def __init__(self, runs: Path, threads: int = 1):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", "--runs", str(runs), "--port",
+                                      str(self.port), "--threads", str(threads)], env=env(),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(self.url + "/api/runs", timeout=2)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"alexnet serve exited: {self.proc.stderr.read()}")
+                time.sleep(0.1)
+        raise SystemExit("alexnet serve did not answer in 60 s")
+
+    def peak_rss_mib(self) -> float:
+        for ln in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if ln.startswith("VmHWM:"):
+                return int(ln.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (user + system, every thread)."""
+        f = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def png_bytes() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.radial_gradient("L").resize((300, 240)).convert("RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def multipart(data: bytes) -> tuple[bytes, str]:
+    b = uuid.uuid4().hex
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\nContent-Type: image/png"
+            f"\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()  # fmt: skip
+    return body, f"multipart/form-data; boundary={b}"
+
+
+def predict_once(url: str, body: bytes, ctype: str) -> tuple[float, str | None]:
+    t0 = time.perf_counter()
+    try:
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype}, method="POST")
+        with urllib.request.urlopen(req, timeout=120) as r:
+            out = json.loads(r.read())
+            err = None if len(out.get("top", [])) == 5 else f"answer without a top-5: {out}"
+    except Exception as e:  # noqa: BLE001 - counted, not fatal
+        err = f"{e.__class__.__name__}: {e}"
+    return time.perf_counter() - t0, err
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def load(runs: Path, run: str, requests: int, clients: int, maps: int) -> dict:
+    server = Server(runs)
+    try:
+        url = f"{server.url}/api/runs/{run}/predict" + (f"?maps={maps}" if maps else "")
+        body, ctype = multipart(png_bytes())
+        for _ in range(3):  # warm-up: the checkpoint is loaded on the first request
+            predict_once(url, body, ctype)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(lambda _: predict_once(url, body, ctype), range(requests)))
+        wall = time.perf_counter() - t0
+        lat = [r[0] * 1000 for r in results]
+        errors = [r[1] for r in results if r[1]]
+        return {"requests": requests, "clients": clients, "maps": maps, "errors": len(errors),
+                "first_error": errors[0] if errors else None, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
+                "p99_ms": pct(lat, 99), "max_ms": max(lat), "requests_per_s": requests / wall, "wall_s": wall,
+                "server_peak_rss_mib": server.peak_rss_mib()}  # fmt: skip
+    finally:
+        server.stop()
+
+
+def training(runs: Path, run: str, turns: int, clients: int, interval: float, limit_train: int, work: Path,
+             threads: int) -> dict:  # fmt: skip
+    """Alternating turns of a 1-epoch training run on ``threads`` torch threads, the server idle or busy
+    (``clients`` each sending a request, waiting ``interval`` s after each answer)."""
+    server = Server(runs)
+    stop = threading.Event()
+    served = [0]
+
+    def hammer():
+        url = f"{server.url}/api/runs/{run}/predict"
+        body, ctype = multipart(png_bytes())
+        while not stop.is_set():
+            predict_once(url, body, ctype)
+            served[0] += 1
+            stop.wait(interval)
+
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    rows = []
+    try:
+        for turn in range(2 * turns):
+            busy = turn % 2 == 1
+            senders = [threading.Thread(target=hammer, daemon=True) for _ in range(clients if busy else 0)]
+            for t in senders:
+                t.start()
+            before, cpu0, own0, t0 = served[0], server.cpu_s(), time.process_time(), time.perf_counter()
+            out = work / f"turn{turn}"
+            r = alexnet("train", "--preset", "cpu", "--epochs", 1, "--limit-train", limit_train, "--limit-test", 500,
+                        "--run-dir", out, "--no-progress", threads=threads)  # fmt: skip
+            wall = time.perf_counter() - t0
+            server_cores, client_cores = (server.cpu_s() - cpu0) / wall, (time.process_time() - own0) / wall
+            stop.set()
+            for t in senders:
+                t.join()
+            stop.clear()
+            m = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+            rows.append({"turn": turn, "server": "busy" if busy else "idle", "images_per_s": m["train_images_per_s"],
+                         "train_s": m["train_time_s"], "requests_served": served[0] - before,
+                         "server_cores": server_cores, "client_cores": client_cores,
+                         "threads": r.stdout.split("(", 1)[1].split(" threads", 1)[0]})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        server.stop()
+    idle = [r["images_per_s"] for r in rows if r["server"] == "idle"]
+    busy = [r["images_per_s"] for r in rows if r["server"] == "busy"]
+    return {"turns": rows, "idle_median": statistics.median(idle), "busy_median": statistics.median(busy),
+            "busy_over_idle": statistics.median(busy) / statistics.median(idle),
+            "pairwise_ratios": [b / i for i, b in zip(idle, busy)], "clients": clients, "interval_s": interval,
+            "limit_train": limit_train, "train_threads": threads}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["load", "training", "all"], default="all")
+    p.add_argument("--out", default="runs/serve-load", help="folder for the served run, the turns and results.json")
+    p.add_argument("--requests", type=int, default=500)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--turns", type=int, default=3, help="training turns of each kind (idle, busy)")
+    p.add_argument("--busy-clients", type=int, default=4, help="clients keeping the server busy in a busy turn")
+    p.add_argument("--busy-interval", type=float, default=0.0,
+                   help="seconds each busy client waits after an answer (0: flat out; 1: a person clicking)")
+    p.add_argument("--train-threads", type=int, default=1,
+                   help="torch threads of the training run (1: on a CPU shared with other jobs, 2 threads on 2 "
+                        "busy cores lose most of their time in OpenMP barriers)")
+    p.add_argument("--limit-train", type=int, default=6000, help="training images of each turn's epoch")
+    args = p.parse_args()
+    out = Path(args.out).resolve()
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    make_run(runs, "served")
+    results = {"machine_before": machine(), "torch_threads_server": 1}
+    print(results["machine_before"], flush=True)
+    if args.part in ("load", "all"):
+        for maps in (0, 8):
+            r = load(runs, "served", args.requests, args.clients, maps)
+            results.setdefault("load", []).append(r)
+            print(json.dumps(r), flush=True)
+    if args.part in ("training", "all"):
+        results["training"] = training(runs, "served", args.turns, args.busy_clients, args.busy_interval,
+                                       args.limit_train, out / "turns", args.train_threads)
+        print(json.dumps({k: v for k, v in results["training"].items() if k != "turns"}), flush=True)
+    results["machine_after"] = machine()
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
