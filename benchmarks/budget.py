@@ -22,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -129,9 +130,11 @@ def plot(rows: list[dict], runs: list[dict], path: Path, title: str) -> None:
     clock.axhline(1.0, color="grey", lw=0.8)
     clock.set(xscale="log", xlabel="time budget (minutes)", ylabel="budgeted part / budget (each run)")
     for ax in (acc, clock):
-        ax.grid(alpha=0.3, which="both")
+        ax.set_xticks([1, 2, 5, 10, 20], ["1", "2", "5", "10", "20"])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(textwrap.fill(title, 180), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
