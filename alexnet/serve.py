@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import html
 import io
 import json
@@ -89,22 +90,14 @@ class RunsFolder:
             if _looks_like_run(d):
                 found.append(d.name)
                 continue
-            with _suppress_os():
+            with contextlib.suppress(OSError, NotFound):
                 found += [f"{d.name}/{e.name}" for e in d.iterdir()
                           if not e.name.startswith(".") and e.is_dir() and _looks_like_run(e)]  # fmt: skip
         named = []
         for n in found:
-            with _suppress_os():
+            with contextlib.suppress(OSError, NotFound):
                 named.append((self.path(n), n))
         return [n for p, n in sorted(named, key=lambda pn: _mtime(pn[0]), reverse=True)]
-
-
-class _suppress_os:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, e, tb):
-        return kind is not None and issubclass(kind, (OSError, NotFound))
 
 
 def _looks_like_run(p: Path) -> bool:
@@ -262,12 +255,14 @@ def explain(entry: dict, x: torch.Tensor, maps: int) -> dict:
     xin = entry["transform"](x, train=False)
     probs = model(xin).float().softmax(1)[0]
     top = probs.topk(min(5, len(ckpt["classes"])))
-    out = {"top": [{"class": ckpt["classes"][i], "p": round(p, 6)} for p, i in zip(top.values.tolist(), top.indices.tolist())],
+    ranked = zip(top.values.tolist(), top.indices.tolist())
+    out = {"top": [{"class": ckpt["classes"][i], "p": round(p, 6)} for p, i in ranked],
            "checkpoint": entry["file"], "epoch": ckpt["epoch"]}  # fmt: skip
     if maps:
         shown = contrast(xin[:1])[0]
-        out["input"] = {"shape": list(xin.shape[1:]), "png": png_uri(shown[:3].permute(1, 2, 0) if shown.shape[0] == 3
-                                                                     else shown[:1].permute(1, 2, 0), _scale_for(xin.shape[-1], 160))}  # fmt: skip
+        shown = shown if shown.shape[0] == 3 else shown[:1]  # colour, else the first channel in grey
+        out["input"] = {"shape": list(xin.shape[1:]),
+                        "png": png_uri(shown.permute(1, 2, 0), _scale_for(xin.shape[-1], 160))}  # fmt: skip
         out["stages"] = []
         for name, m in stage_maps(model, xin):
             sel = contrast(strongest(m, maps)[:, None])
@@ -434,8 +429,8 @@ def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
         out = await compute(explain, entry, ds.test.images[i : i + 1], maps)
         shown = ds.test.images[i].float().div(255).permute(1, 2, 0)
         label = ds.classes[int(ds.test.labels[i])]
-        return JSONResponse({"run": name, "index": i, "label": label, "image": png_uri(shown, _scale_for(shown.shape[0], 112)),
-                             **out})  # fmt: skip
+        image = png_uri(shown, _scale_for(shown.shape[0], 112))
+        return JSONResponse({"run": name, "index": i, "label": label, "image": image, **out})
 
     async def api_test_png(request):
         _, path = run_path(request)
@@ -621,7 +616,8 @@ def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
         Route("/api/runs/{name:path}/layers", api_layers),
         Route("/api/runs/{name:path}", api_run),
         Mount("/static", StaticFiles(directory=STATIC)),
-    ], exception_handlers={NotFound: not_found, 404: not_found, BadRequest: bad_request, Exception: unexpected})  # fmt: skip
+    ], exception_handlers={NotFound: not_found, 404: not_found, BadRequest: bad_request,
+                           Exception: unexpected})  # fmt: skip
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD)
     app.state.worker, app.state.folder = worker, folder
     return app
@@ -670,8 +666,8 @@ class _TooLarge(Exception):
 
 async def _send_json(send, status: int, message: bytes) -> None:
     body = b'{"error": "' + message + b'"}'
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -686,7 +682,7 @@ def add_parser(sub) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface; there is no login)")
     s.add_argument("--threads", type=int, default=1,
-                   help="torch threads for inference (1 leaves the other cores to a training run beside it)")  # fmt: skip
+                   help="torch threads for inference (1 leaves the other cores to a training run)")  # fmt: skip
     s.set_defaults(func=cmd_serve)
 
 

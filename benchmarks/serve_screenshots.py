@@ -35,7 +35,8 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", "--runs", args.runs, "--port", str(port)], env=env)
+    server = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", "--runs", args.runs, "--port", str(port)],
+                              env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -58,7 +59,8 @@ def main() -> None:
             page.goto(f"{url}/runs/{args.run}/explore")
             page.wait_for_selector(".thumbs img")
             page.click("#wrong")
-            page.wait_for_function("document.querySelectorAll('.thumbs img[title*=\"→\"]').length > 0", timeout=600_000)
+            wrong = "document.querySelectorAll('.thumbs img[title*=\"→\"]').length > 0"  # true → predicted
+            page.wait_for_function(wrong, timeout=600_000)
             page.locator(".thumbs img").first.click()
             page.wait_for_selector("text=true class:")
             page.wait_for_function("[...document.querySelectorAll('img.act')].every(i => i.complete)")

@@ -44,8 +44,10 @@ def main() -> None:
                        env=env, check=True, capture_output=True)  # fmt: skip
         ms = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         events = sum(f.stat().st_size for f in run.glob("events.out.tfevents.*"))
-        rows.append({"turn": turn, "tensorboard": on, "images_per_s": statistics.mean(m["train_images_per_s"] for m in ms),
-                     "epoch_s": statistics.mean(m["epoch_time_s"] for m in ms), "event_bytes_per_epoch": events / len(ms)})  # fmt: skip
+        rows.append({"turn": turn, "tensorboard": on,
+                     "images_per_s": statistics.mean(m["train_images_per_s"] for m in ms),
+                     "epoch_s": statistics.mean(m["epoch_time_s"] for m in ms),
+                     "event_bytes_per_epoch": events / len(ms)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     off = [r for r in rows if not r["tensorboard"]]
     on = [r for r in rows if r["tensorboard"]]
@@ -54,7 +56,8 @@ def main() -> None:
         "images_per_s_off": statistics.median(r["images_per_s"] for r in off),
         "images_per_s_on": statistics.median(r["images_per_s"] for r in on),
         "on_over_off": statistics.median(b["images_per_s"] / a["images_per_s"] for a, b in zip(off, on)),
-        "epoch_s_off": statistics.median(r["epoch_s"] for r in off), "epoch_s_on": statistics.median(r["epoch_s"] for r in on),
+        "epoch_s_off": statistics.median(r["epoch_s"] for r in off),
+        "epoch_s_on": statistics.median(r["epoch_s"] for r in on),
         "event_bytes_per_epoch": statistics.median(r["event_bytes_per_epoch"] for r in on),
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

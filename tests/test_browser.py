@@ -50,8 +50,8 @@ def server(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", "--runs", str(root / "runs"), "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    cmd = [sys.executable, "-m", "alexnet", "serve", "--runs", str(root / "runs"), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -139,8 +139,8 @@ def test_explore_uploads_an_image_and_shows_top5_and_activation_maps(server, pag
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#top5")
     assert page.locator("#top5 tr").count() == 6  # a header and five classes
-    page.wait_for_function("[...document.querySelectorAll('img.act')].length > 0 && "
-                           "[...document.querySelectorAll('img.act')].every(i => i.complete && i.naturalWidth > 0)")  # fmt: skip
+    maps = "[...document.querySelectorAll('img.act')]"
+    page.wait_for_function(f"{maps}.length > 0 && {maps}.every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator(".stage").count() == 2  # LeNet's two convolutional stages
     shot = page.screenshot(full_page=True)
     assert not_blank(shot)

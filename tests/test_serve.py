@@ -94,7 +94,8 @@ def test_predict_answers_what_alexnet_predict_prints(client, runs, tmp_path, cap
         assert r.status_code == 200, r.text
         top = r.json()["top"]
         assert len(top) == 5 and sum(t["p"] for t in top) <= 1 + 1e-6
-        assert cli.main(["predict", str(runs / "two"), str(image), "--top-k", "5", *(["--invert"] if invert else [])]) == 0
+        flags = ["--top-k", "5", *(["--invert"] if invert else [])]
+        assert cli.main(["predict", str(runs / "two"), str(image), *flags]) == 0
         printed = capsys.readouterr().out.split(": ", 1)[1].split()
         assert [(t["class"], f"{t['p']:.3f}") for t in top] == list(zip(printed[::2], printed[1::2]))
     assert predict(client, png(), invert="1").json()["top"] != predict(client, png(), invert="0").json()["top"]
@@ -144,17 +145,20 @@ def test_an_oversized_upload_without_a_length_is_cut_off_at_the_cap(client):
         for _ in range(22):
             yield b"\0" * 2**20
 
-    r = client.post("/api/runs/two/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    multipart = {"content-type": "multipart/form-data; boundary=b"}
+    r = client.post("/api/runs/two/predict", content=chunks(), headers=multipart)
     assert r.status_code == 413 and "over 20 MB" in r.json()["error"]
 
 
 def test_a_request_that_is_not_multipart_is_a_400(client):
-    assert client.post("/api/runs/two/predict", content=b"x", headers={"content-type": "multipart/form-data; boundary=q"}).status_code == 400
+    multipart = {"content-type": "multipart/form-data; boundary=q"}
+    assert client.post("/api/runs/two/predict", content=b"x", headers=multipart).status_code == 400
     assert client.post("/api/runs/two/predict", data={"other": "1"}).status_code == 400
 
 
-@pytest.mark.parametrize("name", ["%2E%2E", "two/%2E%2E/%2E%2E", "%2Fetc", "%2Fetc%2Fpasswd", "outside", "inner/../../x",
-                                  "nope", ".hidden", "two/%2E%2E", "two%2F%2E%2E%2F%2E%2E%2Fx"])  # fmt: skip
+@pytest.mark.parametrize("name", ["%2E%2E", "two/%2E%2E/%2E%2E", "%2Fetc", "%2Fetc%2Fpasswd", "outside",
+                                  "inner/../../x", "nope", ".hidden", "two/%2E%2E",
+                                  "two%2F%2E%2E%2F%2E%2E%2Fx"])  # fmt: skip
 def test_names_that_leave_the_runs_folder_or_do_not_exist_are_404(client, runs, tmp_path, name):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
