@@ -157,7 +157,7 @@ def load(runs: Path, run: str, requests: int, clients: int, maps: int) -> dict:
 
 
 def training(runs: Path, run: str, turns: int, clients: int, interval: float, limit_train: int, work: Path,
-             threads: int) -> dict:  # fmt: skip
+             threads: int, busy_with: str = "predict") -> dict:  # fmt: skip
     """Alternating turns of a 1-epoch training run on ``threads`` torch threads, the server idle or busy
     (``clients`` each sending a request, waiting ``interval`` s after each answer)."""
     server = Server(runs)
@@ -168,7 +168,10 @@ def training(runs: Path, run: str, turns: int, clients: int, interval: float, li
         url = f"{server.url}/api/runs/{run}/predict"
         body, ctype = multipart(png_bytes())
         while not stop.is_set():
-            predict_once(url, body, ctype)
+            if busy_with == "predict":
+                predict_once(url, body, ctype)
+            else:  # the run's JSON: HTTP and file reads, no network
+                urllib.request.urlopen(f"{server.url}/api/runs/{run}", timeout=120).read()
             served[0] += 1
             stop.wait(interval)
 
@@ -205,7 +208,7 @@ def training(runs: Path, run: str, turns: int, clients: int, interval: float, li
     return {"turns": rows, "idle_median": statistics.median(idle), "busy_median": statistics.median(busy),
             "busy_over_idle": statistics.median(busy) / statistics.median(idle),
             "pairwise_ratios": [b / i for i, b in zip(idle, busy)], "clients": clients, "interval_s": interval,
-            "limit_train": limit_train, "train_threads": threads}  # fmt: skip
+            "limit_train": limit_train, "train_threads": threads, "busy_with": busy_with}  # fmt: skip
 
 
 def main() -> None:
@@ -221,6 +224,8 @@ def main() -> None:
     p.add_argument("--train-threads", type=int, default=1,
                    help="torch threads of the training run (1: on a CPU shared with other jobs, 2 threads on 2 "
                         "busy cores lose most of their time in OpenMP barriers)")
+    p.add_argument("--busy-with", choices=["predict", "json"], default="predict",
+                   help="what busy clients ask: predict (an upload through the network) or json (GET /api/runs/NAME)")
     p.add_argument("--limit-train", type=int, default=6000, help="training images of each turn's epoch")
     args = p.parse_args()
     out = Path(args.out).resolve()
@@ -236,7 +241,7 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     if args.part in ("training", "all"):
         results["training"] = training(runs, "served", args.turns, args.busy_clients, args.busy_interval,
-                                       args.limit_train, out / "turns", args.train_threads)
+                                       args.limit_train, out / "turns", args.train_threads, args.busy_with)
         print(json.dumps({k: v for k, v in results["training"].items() if k != "turns"}), flush=True)
     results["machine_after"] = machine()
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
