@@ -1,14 +1,22 @@
+"""Fixtures and the helpers that several test files share (imported as ``from conftest import ...``)."""
+
 import contextlib
 import gzip
 import os
+import pickle
 import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from alexnet import data as D
+
+ROOT = Path(__file__).resolve().parent.parent
 
 REAL_FASHION = D.DEBIAN_FASHION_DIR
 
@@ -33,6 +41,94 @@ def make_idx_dataset(directory: Path, n_train=64, n_test=32, seed=0) -> Path:
         write_idx(directory / f"{img_name}.gz", images)
         write_idx(directory / f"{lbl_name}.gz", labels)
     return directory
+
+
+def write_cifar(root, n=20, corrupt=None, replace=None):
+    """Six python batches of ``n`` random images; ``replace`` maps a batch name to fields that
+    overwrite its generated ones (as the pickle would hold them)."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"batch_label": name.encode()}  # fmt: skip
+        batch.update((replace or {}).get(name, {}))
+        with open(d / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    if corrupt:
+        (d / corrupt).write_bytes(b"not a pickle")
+    return d
+
+
+FORMATS = [("RGB", "jpg"), ("RGBA", "png"), ("L", "png"), ("CMYK", "jpg"), ("I;16", "png"), ("P", "gif"),
+           ("RGB", "png")]  # fmt: skip
+
+
+def picture(k: int, rng, w: int, h: int) -> np.ndarray:
+    """Class k: a bright band across the k-th third of the picture, tinted with the k-th primary."""
+    a = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+    a[:, :, k] += 60
+    a[k * h // 3 : (k + 1) * h // 3] = np.minimum(255, a[k * h // 3 : (k + 1) * h // 3].astype(int) + 150)
+    return a
+
+
+def save_image(a: np.ndarray, mode: str, path):
+    if mode == "I;16":  # genuine 16-bit data, not 8-bit values in a 16-bit container
+        grey = np.asarray(Image.fromarray(a).convert("L"), dtype=np.uint16) * 257
+        Image.fromarray(grey).save(path)
+    else:
+        Image.fromarray(a).convert(mode).save(path)
+
+
+def make_image_folder(root, per_class=(14, 5), seed=0, corrupt=True):
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "val"), per_class):
+        for k, name in enumerate(("red", "green", "blue")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                mode, ext = FORMATS[(i + k) % len(FORMATS)]
+                w, h = int(rng.integers(36, 65)), int(rng.integers(36, 65))
+                save_image(picture(k, rng, w, h), mode, root / split / name / f"{i:03d}.{ext}")
+    if corrupt:
+        good = (root / "train" / "red" / "000.jpg").read_bytes()
+        (root / "train" / "red" / "999-truncated.jpg").write_bytes(good[: len(good) // 2])
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the command line, and interrupting a run
+
+
+def alexnet(*args, cwd, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def one_error_line(result):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def interrupt_at_batch(monkeypatch, n):
+    """Make the n-th batch drawn (training and evaluation alike) raise KeyboardInterrupt."""
+    real, calls = D.loader, {"n": 0}
+
+    def interrupting(*a, **k):
+        for batch in real(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(D, "loader", interrupting)
+    return lambda: monkeypatch.setattr(D, "loader", real)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
 
 
 @pytest.fixture
@@ -69,8 +165,6 @@ def _isolated_env(tmp_path, monkeypatch):
 @pytest.fixture
 def trained_run(idx_dir, tmp_path):
     """A LeNet-ReLU run of 2 epochs on the tiny MNIST files, made by the command line: (run dir, result)."""
-    from test_cli import alexnet
-
     r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", idx_dir,
                 "--epochs", 2, "--batch-size", 16, "--run-dir", "run", "--no-progress", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -255,7 +255,13 @@ def test_bench_accuracy_epochs_trains_each_batch_with_linearly_scaled_lr(capsys,
                  "--data-dir", str(idx_dir), "--out", str(tmp_path)]) == 0  # fmt: skip
     rows = list(csv.DictReader((tmp_path / "bench.csv").read_text().splitlines()))
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.05 * 16 / 128, 0.05 * 32 / 128])
-    assert all(0 <= float(r["val_acc"]) <= 1 for r in rows)
+    # Each row's accuracy is its own training run's: that batch size, that rate, its last epoch.
+    for r in rows:
+        run = tmp_path / f"batch{r['batch']}"
+        config = json.loads((run / "config.json").read_text())["train"]
+        assert (config["batch_size"], config["lr"]) == (int(r["batch"]), pytest.approx(float(r["lr"])))
+        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        assert float(r["val_acc"]) == pytest.approx(last["val_acc"], abs=1e-6)
 
 
 def test_bench_refuses_a_batch_that_cannot_fit_before_allocating_it(capsys, tmp_path):

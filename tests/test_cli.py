@@ -1,27 +1,10 @@
 """The command line end to end, as a user runs it, in a temporary directory."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def alexnet(*args, cwd, env_extra=None):
-    env = {**os.environ, "PYTHONPATH": ROOT, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-
-
-def one_error_line(result):
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
+from conftest import alexnet, one_error_line
 
 
 def test_train_reports_preset_device_accuracy_and_run_directory(trained_run):

@@ -5,6 +5,7 @@ test_d2l_chapters.py, the notebook in test_d2l_notebook.py."""
 import copy
 import io
 import math
+import types
 
 import numpy as np
 import pytest
@@ -330,9 +331,17 @@ def test_helpers_the_chapters_call():
     acc.add(1, torch.tensor(2.0))
     acc.add(3, 4)
     assert acc[0] == 4 and acc[1] == 6
+
+
+def test_timer_measures_from_its_last_start(monkeypatch):
+    clock = iter([10.0, 10.5, 11.25, 12.0, 12.5])  # Timer() starts, stop, stop, start, stop
+    monkeypatch.setattr(d2l, "time", types.SimpleNamespace(time=lambda: next(clock)))
     timer = d2l.Timer()
-    timer.stop(), timer.stop()
-    assert len(timer.cumsum()) == 2 and timer.sum() >= 0 and timer.avg() >= 0
+    assert timer.stop() == 0.5 and timer.stop() == 1.25  # stop() does not restart, as in d2l
+    timer.start()
+    timer.stop()
+    assert timer.times == [0.5, 1.25, 0.5] and timer.sum() == 2.25 and timer.avg() == 0.75
+    assert timer.cumsum() == [0.5, 1.75, 2.25]
 
 
 def test_plot_and_the_board_draw_without_a_kernel(tmp_path):

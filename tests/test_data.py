@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from alexnet import data as D
-from conftest import make_idx_dataset, write_idx
+from conftest import make_idx_dataset, write_cifar, write_idx
 
 
 def test_real_fashion_mnist_is_read_and_verified(fashion):
@@ -101,25 +101,9 @@ def test_no_data_and_no_network_names_the_three_ways(tmp_path, monkeypatch):
     assert "apt-get install dataset-fashion-mnist" in msg and "\n" not in msg
 
 
-def _write_cifar(root, n=20, corrupt=None, replace=None):
-    """Six python batches of ``n`` random images; ``replace`` maps a batch name to fields that
-    overwrite its generated ones (as the pickle would hold them)."""
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [int(v) for v in rng.integers(0, 10, n)],
-                 b"batch_label": name.encode()}  # fmt: skip
-        batch.update((replace or {}).get(name, {}))
-        with open(d / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    if corrupt:
-        (d / corrupt).write_bytes(b"not a pickle")
-    return d
-
 
 def test_cifar10_python_batches_load(tmp_path):
-    d = _write_cifar(tmp_path)
+    d = write_cifar(tmp_path)
     ds = D.load_dataset("cifar10", tmp_path)
     assert ds.train.images.shape == (100, 3, 32, 32) and ds.test.images.shape == (20, 3, 32, 32)
     with open(d / "data_batch_1", "rb") as f:
@@ -129,13 +113,13 @@ def test_cifar10_python_batches_load(tmp_path):
 
 
 def test_corrupt_cifar_batch_is_named(tmp_path):
-    _write_cifar(tmp_path, corrupt="data_batch_3")
+    write_cifar(tmp_path, corrupt="data_batch_3")
     with pytest.raises(D.DataError, match="data_batch_3: not a CIFAR-10 python batch"):
         D.load_dataset("cifar10", tmp_path)
 
 
 def test_cifar_pickle_with_code_is_refused(tmp_path):
-    d = _write_cifar(tmp_path)
+    d = write_cifar(tmp_path)
     with open(d / "test_batch", "wb") as f:
         pickle.dump({b"data": print, b"labels": []}, f)
     with pytest.raises(D.DataError, match="refusing to load builtins.print"):
@@ -159,7 +143,7 @@ def _pixels(value, dtype, n=20):
     ({b"data": np.zeros((20, 3071), np.uint8)}, r"data_batch_2: expected N x 3072 .* got \(20, 3071\)"),
 ])  # fmt: skip
 def test_cifar_batch_that_does_not_fit_bytes_and_ten_labels_is_refused_not_cast(fields, message, tmp_path):
-    _write_cifar(tmp_path, replace={"data_batch_2": fields})
+    write_cifar(tmp_path, replace={"data_batch_2": fields})
     with pytest.raises(D.DataError, match=message) as e:
         D.load_dataset("cifar10", tmp_path)
     assert "\n" not in str(e.value)
@@ -167,7 +151,7 @@ def test_cifar_batch_that_does_not_fit_bytes_and_ten_labels_is_refused_not_cast(
 
 def test_cifar_batch_of_wider_integers_within_a_byte_loads_unchanged(tmp_path):
     wide = np.random.default_rng(2).integers(0, 256, (20, 3072))  # int64, as a re-pickled batch may hold
-    _write_cifar(tmp_path, replace={"test_batch": {b"data": wide, b"labels": np.arange(20) % 10}})
+    write_cifar(tmp_path, replace={"test_batch": {b"data": wide, b"labels": np.arange(20) % 10}})
     ds = D.load_dataset("cifar10", tmp_path)
     assert ds.test.images.dtype == torch.uint8 and torch.equal(ds.test.images.reshape(20, -1).long(),
                                                                torch.from_numpy(wide))  # fmt: skip

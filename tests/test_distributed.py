@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alexnet import runs as R
-from conftest import make_idx_dataset
+from conftest import make_image_folder, make_idx_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # lenet has no dropout, and no augmentation is asked for: with the same global batch, the only
@@ -80,7 +80,6 @@ def test_resume_with_a_different_world_size(runs):
 
 def test_image_folder_augmentation_does_not_depend_on_the_number_of_processes(tmp_path):
     # Crops, flips and lighting noise are drawn per (seed, epoch, image): 2 ranks draw what 1 draws.
-    from test_imagenet import make_image_folder
 
     folder = make_image_folder(tmp_path / "images", corrupt=False)
     args = ["--dataset", "imagefolder", "--data-dir", folder, "--resize", 32, "--resolution", 28, "--lighting", 0.1,

@@ -54,8 +54,6 @@ def test_a_constant_kernel_is_grey_not_a_division_by_zero():
 
 
 def test_activations_writes_a_grid_per_conv_stage(tiny_run, tmp_path, capsys):
-    from alexnet.data import DEBIAN_FASHION_DIR  # noqa: F401  (the run's own data is the synthetic set)
-
     assert main(["activations", str(tiny_run), "test:3", "--out", str(tmp_path), "--max-channels", "8"]) == 0
     out = capsys.readouterr().out
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))

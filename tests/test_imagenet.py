@@ -18,6 +18,7 @@ from alexnet.analysis import summary
 from alexnet.cli import main
 from alexnet.config import PRESETS, Config
 from alexnet.models import GroupedLRN, TwoTowers, build_model
+from conftest import FORMATS, make_image_folder, picture, save_image
 
 # ---------------------------------------------------------------------------------------------
 # The networks
@@ -116,41 +117,6 @@ def test_two_towers_on_two_devices_compute_the_grouped_network():
 # ---------------------------------------------------------------------------------------------
 # Generated image folders: 3 classes, every image mode, sizes from 36 to 64 pixels, one corrupt file
 
-FORMATS = [("RGB", "jpg"), ("RGBA", "png"), ("L", "png"), ("CMYK", "jpg"), ("I;16", "png"), ("P", "gif"),
-           ("RGB", "png")]  # fmt: skip
-
-
-def _picture(k: int, rng, w: int, h: int) -> np.ndarray:
-    """Class k: a bright band across the k-th third of the picture, tinted with the k-th primary."""
-    a = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
-    a[:, :, k] += 60
-    a[k * h // 3 : (k + 1) * h // 3] = np.minimum(255, a[k * h // 3 : (k + 1) * h // 3].astype(int) + 150)
-    return a
-
-
-def _save(a: np.ndarray, mode: str, path):
-    if mode == "I;16":  # genuine 16-bit data, not 8-bit values in a 16-bit container
-        grey = np.asarray(Image.fromarray(a).convert("L"), dtype=np.uint16) * 257
-        Image.fromarray(grey).save(path)
-    else:
-        Image.fromarray(a).convert(mode).save(path)
-
-
-def make_image_folder(root, per_class=(14, 5), seed=0, corrupt=True):
-    rng = np.random.default_rng(seed)
-    for split, n in zip(("train", "val"), per_class):
-        for k, name in enumerate(("red", "green", "blue")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                mode, ext = FORMATS[(i + k) % len(FORMATS)]
-                w, h = int(rng.integers(36, 65)), int(rng.integers(36, 65))
-                _save(_picture(k, rng, w, h), mode, root / split / name / f"{i:03d}.{ext}")
-    if corrupt:
-        good = (root / "train" / "red" / "000.jpg").read_bytes()
-        (root / "train" / "red" / "999-truncated.jpg").write_bytes(good[: len(good) // 2])
-    return root
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("images"))
@@ -164,9 +130,9 @@ def tiny_images(folder, **kw) -> Config:
 
 
 def test_every_image_mode_becomes_8bit_rgb(tmp_path):
-    a = _picture(1, np.random.default_rng(0), 40, 30)
+    a = picture(1, np.random.default_rng(0), 40, 30)
     for mode, ext in FORMATS:
-        _save(a, mode, tmp_path / f"x.{ext}")
+        save_image(a, mode, tmp_path / f"x.{ext}")
         im = I.open_rgb(str(tmp_path / f"x.{ext}"))
         assert im.mode == "RGB" and im.size == (40, 30), mode
     grey = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))

@@ -21,8 +21,7 @@ from alexnet import data as D
 from alexnet import imagenet as I
 from alexnet import runs as R
 from alexnet.config import Config
-from conftest import make_idx_dataset, no_hang, write_idx
-from test_cli import alexnet, one_error_line
+from conftest import alexnet, make_idx_dataset, no_hang, one_error_line, write_cifar, write_idx
 
 MB = 10**6
 
@@ -277,11 +276,10 @@ def test_validation_set_with_no_readable_image_fails_the_run(tmp_path):
 
 
 def test_cifar_pixels_outside_a_byte_stop_train_with_one_line(tmp_path):
-    from test_data import _write_cifar
 
     data = np.random.default_rng(0).integers(0, 256, (20, 3072))
     data[0, 0] = 300
-    _write_cifar(tmp_path / "data", replace={"data_batch_2": {b"data": data}})
+    write_cifar(tmp_path / "data", replace={"data_batch_2": {b"data": data}})
     r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "cifar10", "--data-dir",
                 tmp_path / "data", "--epochs", 1, "--batch-size", 16, "--run-dir", "run", "--no-progress",
                 cwd=tmp_path)  # fmt: skip

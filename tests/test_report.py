@@ -152,9 +152,9 @@ def test_report_of_several_runs_needs_out(runs, capsys):
 
 
 def test_report_says_an_interrupted_run_stopped_and_where(tmp_path, idx_dir, monkeypatch):
-    from test_train import _interrupt_at_batch
+    from conftest import interrupt_at_batch
 
-    _interrupt_at_batch(monkeypatch, 7)  # 4 training + 2 evaluation batches, then the 2nd step of epoch 2
+    interrupt_at_batch(monkeypatch, 7)  # 4 training + 2 evaluation batches, then the 2nd step of epoch 2
     assert T.fit(_tiny_cfg(idx_dir), tmp_path / "run", progress=False, quiet=True).interrupted
     text = P.to_markdown(P.run_blocks(tmp_path / "run"))
     assert "interrupted at step 1 of epoch 2: epoch 1 of 2 done, 1 steps into epoch 2" in text
@@ -228,9 +228,9 @@ def test_low_frequency_share_puts_a_constant_kernel_and_a_checkerboard_at_the_tw
 
 
 def test_initial_weights_are_rebuilt_exactly_from_the_seed(tmp_path, idx_dir, monkeypatch):
-    from test_train import _interrupt_at_batch
+    from conftest import interrupt_at_batch
 
-    _interrupt_at_batch(monkeypatch, 1)  # stopped before the first step: last.pt holds the untrained network
+    interrupt_at_batch(monkeypatch, 1)  # stopped before the first step: last.pt holds the untrained network
     cfg = _tiny_cfg(idx_dir, seed=7)
     assert T.fit(cfg, tmp_path / "run", progress=False, quiet=True).interrupted
     ckpt = R.load_checkpoint(tmp_path / "run" / "last.pt")

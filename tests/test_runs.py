@@ -561,7 +561,7 @@ def test_checkpoint_faults_name_the_file_and_the_reason(data, tmp_path):
 
 
 def test_compare_counts_parameters_in_the_shape_the_checkpoint_records(tmp_path, capsys):
-    from test_imagenet import make_image_folder
+    from conftest import make_image_folder
 
     from alexnet.cli import main
 

@@ -1,7 +1,6 @@
 """The speedrun (docs/speedrun.md): its network, the analysis of networks that are not a plain
 ``nn.Sequential``, and MFU figures whose peak no layer of the network can beat."""
 
-import os
 
 import pytest
 import torch
@@ -227,11 +226,17 @@ def test_a_stem_cache_that_would_not_fit_in_memory_is_not_made_and_the_run_train
     assert tight.final["val_acc"] == pytest.approx(cached.final["val_acc"], abs=0.04)
 
 
-def test_free_memory_reads_the_hosts_available_memory():
-    from alexnet.device import free_memory
+def test_free_memory_reads_the_hosts_available_memory(tmp_path, monkeypatch):
+    from alexnet import device as V
 
-    free = free_memory(torch.device("cpu"))
-    assert free is None or 0 < free <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   12345678 kB\n")
+    real_path = V.Path
+    monkeypatch.setattr(V, "Path", lambda p: meminfo if p == "/proc/meminfo" else real_path(p))
+    assert V.free_memory(torch.device("cpu")) == 12345678 * 1024  # MemAvailable, not MemFree
+    meminfo.unlink()  # unreadable: what sysconf says is free
+    monkeypatch.setattr(V.os, "sysconf", lambda name: {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}[name])
+    assert V.free_memory(torch.device("cpu")) == 4096 * 1000
 
 
 def test_precomputed_batches_are_the_frozen_layers_output_for_the_drawn_images_and_flips(idx_dir):
@@ -252,7 +257,7 @@ def test_precomputed_batches_are_the_frozen_layers_output_for_the_drawn_images_a
 def test_speednet_white_needs_an_in_memory_dataset(tmp_path):
     from alexnet.config import PRESETS
     from alexnet.train import TrainingError, fit
-    from tests.test_imagenet import make_image_folder
+    from conftest import make_image_folder
 
     root = make_image_folder(tmp_path / "folder", per_class=(2, 1), corrupt=False)
     cfg = PRESETS["speedrun"].replace(model="speednet-white", dataset="imagefolder", data_dir=str(root), workers=0)

@@ -1,13 +1,14 @@
 """Training: it learns, it resumes exactly, it survives interruption and bad losses."""
 
 import json
+import math
 
 import pytest
 import torch
 
-from alexnet import data as D
 from alexnet import runs as R
 from alexnet import train as T
+from conftest import interrupt_at_batch
 from alexnet import device as V
 from alexnet.config import PRESETS, Config, ConfigError
 
@@ -84,25 +85,10 @@ def test_a_run_saved_before_keyed_streams_resumes_exactly_with_its_own_streams(i
     assert R.load_checkpoint(tmp_path / "b" / "last.pt")["cfg"].train.seed_streams == "offsets"
 
 
-def _interrupt_at_batch(monkeypatch, n):
-    """Make the n-th batch drawn (training and evaluation alike) raise KeyboardInterrupt."""
-    real, calls = D.loader, {"n": 0}
-
-    def interrupting(*a, **k):
-        for batch in real(*a, **k):
-            calls["n"] += 1
-            if calls["n"] == n:
-                raise KeyboardInterrupt
-            yield batch
-
-    monkeypatch.setattr(T.D, "loader", interrupting)
-    return lambda: monkeypatch.setattr(T.D, "loader", real)
-
-
 def test_interrupted_cosine_run_resumes_to_the_same_result(idx_dir, tmp_path, monkeypatch):
     cfg = tiny(idx_dir, schedule="cosine", crop_padding=2)
     straight = T.fit(cfg, tmp_path / "a", progress=False, quiet=True)
-    restore = _interrupt_at_batch(monkeypatch, 6)  # 4 training + 1 evaluation batches, then epoch 2 begins
+    restore = interrupt_at_batch(monkeypatch, 6)  # 4 training + 1 evaluation batches, then epoch 2 begins
     assert T.fit(cfg, tmp_path / "b", progress=False, quiet=True).interrupted
     restore()
     _same_run(straight, T.fit(cfg, tmp_path / "b", resume=True, progress=False, quiet=True))
@@ -110,7 +96,7 @@ def test_interrupted_cosine_run_resumes_to_the_same_result(idx_dir, tmp_path, mo
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(idx_dir, tmp_path, monkeypatch):
     cfg = tiny(idx_dir, epochs=2)
-    restore = _interrupt_at_batch(monkeypatch, 7)  # the second training batch of epoch 2
+    restore = interrupt_at_batch(monkeypatch, 7)  # the second training batch of epoch 2
     result = T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
     assert result.interrupted and len(result.metrics) == 1
     ckpt = R.load_checkpoint(tmp_path / "run" / "last.pt")
@@ -147,10 +133,35 @@ def test_checkpoint_write_is_atomic(tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # no temporary left behind
 
 
-def test_bf16_autocast_and_compile_paths_run_on_cpu(idx_dir, tmp_path):
+def test_bf16_autocast_and_compile_are_used_when_asked_on_cpu(idx_dir, tmp_path, monkeypatch):
+    """--amp bf16 --compile on: every step computes its logits in bf16, through a compiled graph
+    (no silent fall-back to eager), and the run records both."""
+    import torch._dynamo
+
+    dtypes, wrappers, real_step = [], [], T.train_step
+
+    def recording_step(model, optimizer, x, y, **kw):
+        loss, logits = real_step(model, optimizer, x, y, **kw)
+        dtypes.append(logits.dtype)
+        return loss, logits
+
+    class Recorded(V.CompiledOrEager):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            wrappers.append(self)
+
+    monkeypatch.setattr(T, "train_step", recording_step)
+    monkeypatch.setattr(T, "CompiledOrEager", Recorded)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     cfg = tiny(idx_dir, epochs=1, amp="bf16", compile="on", limit_train=32, limit_test=16)
     result = T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
-    assert 0 <= result.final["val_acc"] <= 1 and result.final["train_loss"] > 0
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert wrappers and all(w.compiled is not None and w._proven for w in wrappers)  # compiled, and it ran
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["system"]
+    assert (recorded["amp"], recorded["compile"]) == ("bf16", "on")
+    assert math.isfinite(result.final["train_loss"])
 
 
 def test_bf16_is_used_where_the_hardware_has_it(monkeypatch):
