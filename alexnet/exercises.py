@@ -296,6 +296,16 @@ class Group:
         return out + (f", {len(self.failed)} diverged" if self.failed else "")
 
 
+def named(groups: list[Group], *names: str) -> Group | list[Group]:
+    """The groups of these plan entries, by their names (not by position: reordering the plan
+    must not silently change which runs a sentence is about)."""
+    by = {grp.spec.name: grp for grp in groups}
+    missing = [n for n in names if n not in by]
+    if missing:
+        raise KeyError(f"no plan entry {', '.join(missing)}; the plan has {', '.join(by)}")
+    return by[names[0]] if len(names) == 1 else [by[n] for n in names]
+
+
 def collect(specs: list[Spec], b: Budget, root: Path, ledger: Ledger) -> list[Group]:
     groups = []
     for spec in specs:
@@ -528,9 +538,13 @@ def _link(rel: str, name: str) -> str:
 
 
 def _ex123(b, g, figs, rel, cmd, root):
-    from .analysis import chapter_figures
+    from .analysis import analyze, chapter_figures, get_device_spec
 
     f = chapter_figures()
+    h100 = get_device_spec("h100")
+    t = analyze("alexnet", (1, 224, 224), 128, h100, "fp32").totals()
+    fc_share = t["fc"]["params"] / t["all"]["params"]
+    step_ms = sum(tf + tb for tf, tb in analyze("alexnet", (1, 224, 224), 128, h100, "bf16").times()) * 1e3
     text = f"""## Exercises 1–3: where the compute and memory go (computed, not trained)
 
 `alexnet analyze --chapter` and `alexnet analyze --model alexnet --input 1,224,224 --batch 128` compute
@@ -538,10 +552,11 @@ these; `tests/test_analysis.py` checks them against `torch.utils.flop_counter` a
 The full tables, the roofline and every derivation are in [compute.md](compute.md). Units: a
 multiply-add is 2 FLOPs; MB = 10^6 bytes, MiB = 2^20.
 
-- **1.1 Memory.** The FC layers hold 92.0% of the 46,764,746 parameters (172.2 of 187.1 MB in fp32);
+- **1.1 Memory.** The FC layers hold {fc_share:.1%} of the {t['all']['params']:,} parameters
+  ({t['fc']['weight_bytes'] / 1e6:.1f} of {t['all']['weight_bytes'] / 1e6:.1f} MB in fp32);
   the chapter's "164 MB" is the two hidden FC layers' {f['fc_weights']:,} weights in MiB
   ({f['fc_weight_MiB']:.2f} MiB = {f['fc_weight_MB']:.1f} MB). In training, activations dominate:
-  autograd keeps 508.7 MB at batch 128.
+  autograd keeps {t['all']['saved_bytes'] / 1e6:.1f} MB at batch 128.
 - **1.2 Compute.** The convolutions do {f['conv_flops_1ch']:,} FLOPs per 1×224×224 image against the FC
   layers' {f['fc_flops_1ch']:,} ({f['conv_fc_ratio_1ch']:.1f}×; {f['conv_fc_ratio_3ch']:.1f}× with 3 channels).
   The FC layers cost {f['fc_flops_1ch'] // 2:,} multiply-adds = {f['fc_flops_1ch']:,} FLOPs; the chapter's
@@ -550,26 +565,27 @@ multiply-add is 2 FLOPs; MB = 10^6 bytes, MiB = 2^20.
   accelerator's ridge point: inference is bandwidth- and latency-bound, training (batch 128,
   50–850 FLOPs/byte in the convolutions) compute-bound; training memory grows with the batch.
 - **2. Chip design:** put the ridge point where the work is: area on matrix units for training,
-  on bandwidth or on-chip memory (187 MB of weights) for batch-1 inference.
-- **3. Why no one benchmarks AlexNet any more:** a training step is ~1.2 ms of H100 roofline time in
-  bf16; its FC-heavy shape (92% of parameters memory-bound at small batch), LRN and 11×11 stems are
+  on bandwidth or on-chip memory ({t['all']['weight_bytes'] / 1e6:.0f} MB of weights) for batch-1 inference.
+- **3. Why no one benchmarks AlexNet any more:** a training step (batch 128) is ~{step_ms:.1f} ms of H100
+  roofline time in bf16; its FC-heavy shape ({fc_share:.0%} of parameters memory-bound at small batch), LRN and 11×11 stems are
   unrepresentative of modern networks; MLPerf moved to ResNet-50, BERT and LLMs.
 
 **Where the published solutions are wrong.** A widely copied solution set
 (1) computes the convolution costs for a 3-channel input when the chapter's network takes 1 channel
 (it overstates conv1 by 2×96×54²×11²×2 = {f['conv_flops_3ch'] - f['conv_flops_1ch']:,} FLOPs per image);
-(2) reports the FC layers' "cost" as their parameter count (43,040,778) instead of their multiply-adds
+(2) reports the FC layers' "cost" as their parameter count ({t['fc']['params']:,}) instead of their multiply-adds
 ({f['fc_flops_1ch'] // 2:,}) or FLOPs ({f['fc_flops_1ch']:,}); and (3) for exercise 8 proposes a lower
 learning rate and fewer epochs as ways to overfit, both of which *underfit* (see exercise 8 below:
 overfitting needs more fitting — fewer images, no regularisers, enough epochs).
 """
     return text, [("1–3", "alexnet analyze --chapter", f"convs do {f['conv_fc_ratio_1ch']:.1f}× the FC FLOPs; FC layers "
-                   "hold 92% of the parameters; '164 MB' is MiB, '81 MFLOPs' is 86.0", "[compute.md](compute.md)")]
+                   f"hold {fc_share:.0%} of the parameters; '164 MB' is MiB, '81 MFLOPs' is {f['fc_MFLOPs']:.1f}",
+                   "[compute.md](compute.md)")]
 
 
 def _ex4(b, g, figs, rel, cmd, root):
-    a224, l224 = g["4-224"]
-    a28, l28 = g["4-28"]
+    a224, l224 = named(g["4-224"], "ex4-alexnet224", "ex4-lenet224set")
+    a28, l28 = named(g["4-28"], "ex4-alexnet28", "ex4-lenet")
     whole = g["4-whole"]
     f1 = _fig([a224, l224], figs / "ex4-224.png", f"exercise 4 at 224: {b.train224} training images, "
               f"{b.epochs224} epochs, fast recipe, mean ± std over seeds")
@@ -577,11 +593,13 @@ def _ex4(b, g, figs, rel, cmd, root):
               f"{b.epochs28} epochs, cpu recipe, mean ± std over seeds")
     c = cols("test acc (last)", "best test acc", "epoch of best", "train acc (last)", "train loss (last)",
              "test loss (last)", "epoch of min test loss", "s per run")
+    rate = a224.last("train_images_per_s")
+    speed = ("" if rate is None else f" at about {rate.mean:.0f} images/s here (a full epoch of 60,000 images "
+             f"is ~{60_000 / rate.mean / 60:.0f} min)")  # fmt: skip
     lines = [
         "## Exercise 4: more epochs, AlexNet against LeNet",
         "",
-        f"`{cmd} --only 4`. Two settings, because AlexNet at 224×224 trains at about 66 images/s here "
-        f"(a full epoch is ~15 min):",
+        f"`{cmd} --only 4`. Two settings, because AlexNet trains slowly at 224×224{speed}:",
         "",
         f"- **At 224×224 on a fixed subset**: the first {b.train224} training images, {b.epochs224} epochs, "
         f"the `fast` recipe (momentum, warm-up, cosine, crops and flips), batch {b.batch224}, tested on the first "
@@ -636,7 +654,7 @@ def _images(n: int | None) -> str:
 
 def _ex4_whole(b, g, figs, rel) -> list[str]:
     """Exercise 4's third setting: alexnet28 and LeNet on every training image, for longer."""
-    (a28, l28), whole = g["4-28"], g["4-whole"]
+    (a28, l28), whole = named(g["4-28"], "ex4-alexnet28", "ex4-lenet"), g["4-whole"]
     aw, lw = whole
     f = _fig(whole, figs / "ex4-whole.png", f"exercise 4 at 28x28: {_images(b.whole_train)}, "
              f"{b.whole_epochs} epochs, cpu recipe, mean ± std over seeds")
@@ -665,7 +683,9 @@ def _ex5(b, g, figs, rel, cmd, root):
     from .analysis import trace
     from .models import build_model
 
-    big, small = g["5"]
+    rows28, rows224 = trace(build_model("alexnet28"), (1, 1, 28, 28)), trace(build_model("alexnet"), (1, 1, 224, 224))
+    p28, f28, f224 = sum(r.params for r in rows28), sum(r.flops for r in rows28), sum(r.flops for r in rows224)
+    big, small = named(g["5"], "ex4-alexnet224", "ex5-alexnet-small")
     f = _fig([big, small], figs / "ex5.png", f"exercise 5: alexnet vs alexnet-small, {b.train224} images, "
              f"{b.epochs224} epochs, mean ± std over seeds")
 
@@ -690,10 +710,11 @@ def _ex5(b, g, figs, rel, cmd, root):
         f"- `alexnet-small` trains {speed} as fast per run; {versus(big, small)}.",
         "",
         "**5.2 A network for 28×28.** `alexnet28` keeps AlexNet's design (5 conv + 3 FC, ReLU, overlapping "
-        "max-pool, dropout) at native resolution with 3×3 convolutions: 1.06 M parameters, 0.042 GFLOPs "
-        "per image (45× fewer than `alexnet`), and needs no 224×224 upsampling, which adds no information. "
-        "Exercise 4's 28×28 table measures it over seeds; the README's full-data run "
-        "(`alexnet train --preset cpu`, 10 epochs on 60,000 images) reached 0.9213 in 4 min 50 s.",
+        f"max-pool, dropout) at native resolution with 3×3 convolutions: {p28 / 1e6:.2f} M parameters, "
+        f"{f28 / 1e9:.3f} GFLOPs per image ({f224 / f28:.0f}× fewer than `alexnet`), and needs no 224×224 "
+        "upsampling, which adds no information. Exercise 4's 28×28 table measures it over seeds; its "
+        "full-data run (`alexnet train --preset cpu`, 10 epochs on 60,000 images) is in "
+        "[results.md](results.md#accuracy-and-time).",
         "",
     ])
     return text, [("5", f"{cmd} --only 5", f"alexnet-small {fmt(small.last('val_acc'))} vs alexnet "
@@ -704,12 +725,11 @@ def _ex5(b, g, figs, rel, cmd, root):
 def _ex6(b, g, figs, rel, cmd, root):
     text = """## Exercise 6: batch size, throughput, accuracy and memory
 
-Measured earlier and not rerun here: `alexnet bench --model alexnet --batch-sizes 8,16,32,64,128,256`
-([compute.md](compute.md#exercise-6-batch-size-throughput-memory-and-accuracy-measured-here),
-[figure](figures/batch-size-alexnet.png)). On this CPU AlexNet's training throughput rises from 26
-images/s at batch 8 to about 60 from batch 32 on; memory grows linearly with the batch (estimated
-496 MB at batch 8, 1,377 MB at 256); accuracy after a fixed 2 epochs falls with batch size, and at
-batch 512 the linearly scaled rate (0.2) stops `alexnet28` from learning at all (0.19).
+Not rerun here: `alexnet bench --model alexnet --batch-sizes 8,16,32,64,128,256` measures it, and its
+table, figure and reading are in
+[compute.md](compute.md#exercise-6-batch-size-throughput-memory-and-accuracy-measured-here)
+([figure](figures/batch-size-alexnet.png)): throughput rises with the batch until the CPU is busy,
+memory grows linearly with it, and accuracy after a fixed number of epochs falls at large batches.
 
 Memory: on a GPU `alexnet bench` reports `torch.cuda.max_memory_allocated` (the GPU memory the
 exercise asks about) beside the estimate. **No GPU was available here, so every memory figure
@@ -717,7 +737,8 @@ measured on this machine is the process's peak resident set size (RSS)**, which 
 Python interpreter, PyTorch's libraries and the allocator's caches; it is not GPU memory.
 """
     return text, [("6", "alexnet bench --model alexnet --batch-sizes 8,16,32,64,128,256",
-                   "throughput 26 → ~60 img/s from batch 32 on (CPU); memory linear in batch (CPU: RSS)",
+                   "throughput rises with the batch, then levels off (CPU); memory linear in batch (CPU: RSS); "
+                   "the figures: compute.md",
                    "[batch-size-alexnet.png](figures/batch-size-alexnet.png)")]
 
 
@@ -727,7 +748,8 @@ def _ex7(b, g, figs, rel, cmd, root):
              "mean ± std over seeds")
     c = cols("test acc (last)", "best test acc", "train acc (last)", "gap (train − test)", "train loss (last)",
              "s per run")
-    lenet, relu, drop, flip, crop, both = rows
+    lenet, relu, drop, flip, crop, both = named(rows, "ex7-lenet", "ex7-relu", "ex7-relu-dropout", "ex7-flip",
+                                                "ex7-crop", "ex7-both")
     steps = [(lenet, relu, "ReLU instead of sigmoid"), (relu, drop, "dropout"), (drop, flip, "horizontal flips"),
              (drop, crop, "random crops"), (drop, both, "flips and crops")]
 
@@ -799,10 +821,13 @@ def _break_outcome(grp: Group, bacc, seeds: int) -> str:
 def _ex8(b, g, figs, rel, cmd, root):
     over = g["8-overfit"]
     brk = g["8-break"]
+    long_all, nodrop, noaug, nowd, none1, none2 = named(over, "ex8-long-all", "ex8-long-nodrop", "ex8-long-noaug",
+                                                        "ex8-long-nowd", "ex8-long-none", "ex8-none-n2")
+    recipe = named(brk, "ex8-all")
     n1, n2 = b.sizes8
     e1, e2 = b.epochs8
     eo = b.overfit_epochs
-    f1 = _fig(over[:5], figs / "ex8-overfit.png", f"exercise 8: alexnet28 on {n1} images, {eo} epochs, "
+    f1 = _fig([long_all, nodrop, noaug, nowd, none1], figs / "ex8-overfit.png", f"exercise 8: alexnet28 on {n1} images, {eo} epochs, "
               "regularisers removed",
               keys=("train_acc", "val_acc", "val_loss"))
     f3 = _fig(brk, figs / "ex8-break.png", f"exercise 8: breaking alexnet28 ({n1} images, {e1} epochs)",
@@ -810,12 +835,11 @@ def _ex8(b, g, figs, rel, cmd, root):
     f2 = _gap_figure(over, b, figs / "ex8-gap.png")
     c = cols("train acc (last)", "test acc (last)", "best test acc", "gap (train − test)", "test loss (last)",
              "epoch of min test loss")
-    bacc = brk[0].last("val_acc")
+    bacc = recipe.last("val_acc")
 
     def outcome(grp):
         return _break_outcome(grp, bacc, len(b.seeds))
 
-    none1 = over[4]
     tr = none1.last("train_acc")
     text = "\n".join([
         "## Exercise 8: making AlexNet overfit, and breaking its training",
@@ -834,11 +858,11 @@ def _ex8(b, g, figs, rel, cmd, root):
         f"![generalisation gap against training-set size]({rel}/{f2})", "",
         f"- With every regulariser removed on {n1} images, training accuracy reaches {fmt(tr)} while test "
         f"accuracy is {fmt(none1.last('val_acc'))}: a gap of {fmt(none1.gap(), '{:+.4f}')}; {_trend(none1)}.",
-        f"- {versus(over[0], none1, 'val_acc')}.",
-        *[f"- {over[i].label}: {versus(over[0], over[i])}." for i in (1, 2, 3)],
-        f"- {n2} images, none: gap {fmt(over[6].gap(), '{:+.4f}')} against {fmt(none1.gap(), '{:+.4f}')} at {n1}"
-        + (": more data closes the gap beyond the seeds' spread" if over[6].gap() and none1.gap()
-           and over[6].gap().exceeds(none1.gap()) and over[6].gap().mean < none1.gap().mean
+        f"- {versus(long_all, none1, 'val_acc')}.",
+        *[f"- {grp.label}: {versus(long_all, grp)}." for grp in (nodrop, noaug, nowd)],
+        f"- {n2} images, none: gap {fmt(none2.gap(), '{:+.4f}')} against {fmt(none1.gap(), '{:+.4f}')} at {n1}"
+        + (": more data closes the gap beyond the seeds' spread" if none2.gap() and none1.gap()
+           and none2.gap().exceeds(none1.gap()) and none2.gap().mean < none1.gap().mean
            else ": not a difference these seeds resolve") + ".",
         "",
         "So to overfit: *more* fitting, not less — fewer images, no regularisers, and enough epochs for "
@@ -852,7 +876,7 @@ def _ex8(b, g, figs, rel, cmd, root):
         "",
         _table(brk, cols("test acc (last)", "best test acc", "train loss (last)", "epoch of best")), "",
         f"![breaking training]({rel}/{f3})", "",
-        *[f"- {grp.label}: {outcome(grp)}." for grp in brk[1:]],
+        *[f"- {grp.label}: {outcome(grp)}." for grp in brk if grp is not recipe],
         "",
         "Why. Sigmoids saturate: each of the eight passes back at most a quarter of the gradient, so "
         "the first convolutions barely learn in this budget. PyTorch's default initialisation "
@@ -866,7 +890,7 @@ def _ex8(b, g, figs, rel, cmd, root):
         "",
     ])
     ans = (f"overfits with no regularisers on {n1} images: train {fmt(tr)}, test {fmt(none1.last('val_acc'))}; "
-           + "; ".join(f"{grp.label}: {outcome(grp).split(':')[0].replace('*', '')}" for grp in brk[1:]))
+           + "; ".join(f"{grp.label}: {outcome(grp).split(':')[0].replace('*', '')}" for grp in brk if grp is not recipe))
     return text, [("8", f"{cmd} --only 8", ans, f"[ex8-gap.png]({rel}/{f2}), [ex8-break.png]({rel}/{f3})")]
 
 
@@ -878,7 +902,9 @@ def _gap_figure(over: list[Group], b: Budget, path: Path) -> str:
 
     n1, n2 = b.sizes8
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for label, pair in (("all regularisers", (over[0], over[5])), ("none", (over[4], over[6]))):
+    pairs = (("all regularisers", named(over, "ex8-long-all", "ex8-all-n2")),
+             ("none", named(over, "ex8-long-none", "ex8-none-n2")))
+    for label, pair in pairs:
         pts = [(n, grp.gap()) for n, grp in zip((n1, n2), pair) if grp.gap() is not None]
         label = f"{label} ({b.overfit_epochs} and {b.epochs8[1]} epochs)"
         if pts:
@@ -915,7 +941,7 @@ def _pictures(b, g, figs, rel, cmd, root):
                   "trained-and-at-initialisation) says with a number how smooth they became:", "",
                   f"![filters]({Path(rel).parent.as_posix()}/report/{chapter.name})", ""]
         shown = f"{Path(rel).parent.as_posix()}/report/{chapter.name}"
-    for grp, name in ((g["4-28"][0], "filters-alexnet28.png"),):
+    for grp, name in ((named(g["4-28"], "ex4-alexnet28"), "filters-alexnet28.png"),):
         if not grp.finished:
             continue
         run = grp.finished[0]["dir"]
@@ -947,7 +973,7 @@ def _pictures(b, g, figs, rel, cmd, root):
         "to; filters like the chapter's need the chapter's data and epochs."
     )
     lines.append("")
-    grp = g["4-28"][0]
+    grp = named(g["4-28"], "ex4-alexnet28")
     if grp.finished:
         run = grp.finished[0]["dir"]
         ckpt = load_checkpoint(run / "last.pt")  # the end of the run, as the text says
