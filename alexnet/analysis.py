@@ -1,4 +1,14 @@
-"""Numbers about a network: the layer summary (output shape, parameters, FLOPs per layer).
+"""Numbers about a network, computed from its layers and checked against PyTorch's own counters.
+
+Four parts, in this order in the file:
+- tracing: ``walk`` and ``trace`` run a zero input through any network and record each leaf layer's
+  shapes, parameters and FLOPs (``alexnet summary``);
+- costs: ``layer_costs`` adds both passes' FLOPs, bytes, what autograd saves, arithmetic intensity;
+  ``training_memory``/``inference_memory``; roofline times against a ``DeviceSpec`` (datasheet
+  peaks in DEVICES, or this machine's, measured: ``measure_device``, ``measure_peak``, the ceiling
+  an MFU divides by, timed with alexnet.measure);
+- ``analyze`` and its printing (table, Markdown, CSV, JSON) and roofline plot (``alexnet analyze``);
+- ``chapter_figures``: the chapter's "164 MB" and "81 MFLOPs" explained (``alexnet analyze --chapter``).
 
 Units, stated once: a multiply-add is 2 FLOPs, and only convolutions and matrix products are
 counted, the convention of ``torch.utils.flop_counter.FlopCounterMode`` (activations, pooling
