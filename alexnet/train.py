@@ -612,6 +612,10 @@ class Session:
             raise ConfigError("--time-budget plans one process's run; under torchrun give --epochs")
         self.started = self.started or self.began
         self.prepare_frozen()
+        spent = time.perf_counter() - self.started
+        if spent >= B.parse_duration(cfg.train.time_budget):  # no use measuring: nothing can fit any more
+            raise ConfigError(f"--time-budget {cfg.train.time_budget} holds no training: the start-up (the frozen "
+                              f"stem, choosing the network) took {spent:.1f} s of it on this machine as loaded now")
         step_s, eval_s = self._time_step(), self._time_evaluation()
         each = cfg.train.evaluate == "epoch"
         if self.plan is None:

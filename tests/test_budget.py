@@ -102,6 +102,17 @@ def test_a_budget_that_holds_no_useful_run_is_one_line_before_anything_trains(id
     assert trained == [] and not (tmp_path / "run").exists()
 
 
+def test_a_start_up_that_eats_the_budget_is_one_line_without_measuring(idx_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(T.Session, "prepare_frozen", lambda self: T.time.sleep(1.1))  # a loaded machine's stem
+    monkeypatch.setattr(T.Session, "_time_step", lambda self: pytest.fail("measured after the budget was spent"))
+    args = ["train", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", str(idx_dir), "--time-budget", "1s",
+            "--batch-size", "16", "--run-dir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--time-budget 1s holds no training: the start-up" in err
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # The schedule, drawn for the planned steps
 
