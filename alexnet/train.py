@@ -437,6 +437,7 @@ class Session:
         self.run_dir: RunDir | None = None
         self.board = None  # TensorBoard's event writer, with --tensorboard
         self.stop = StopFlag()
+        self.tally: Tally | None = None  # the running totals of the epoch in progress; None between epochs
         # --time-budget (budget.py): the plan, the clock that holds it, and when the clock started
         self.plan: B.Plan | None = None
         self.clock: B.Clock | None = None
@@ -794,7 +795,7 @@ class Session:
             + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s", self.quiet)  # fmt: skip
 
     def save_interrupted(self, abort: bool) -> None:
-        pos, tally = self.pos, getattr(self, "tally", None)
+        pos, tally = self.pos, self.tally
         if tally is not None and tally.steps:
             # Mid-epoch. Under DDP the other ranks' totals are out of reach: the position is kept and
             # the resumed epoch's training loss covers only the steps after it.
