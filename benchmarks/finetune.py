@@ -32,6 +32,7 @@ import numpy as np
 from alexnet import data as D
 from alexnet.config import PRESETS
 from alexnet.data import IDX_FILES
+from alexnet.tables import grid
 from alexnet.train import fit
 
 ARMS = {
@@ -95,15 +96,15 @@ def main() -> None:
             rows.append({"arm": arm, "seed": seed, **r})
             print(json.dumps(rows[-1]), flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
-    lines = [f"| arm | test accuracy on classes 5-9 (mean ± sd, {args.seeds} seeds) | per seed | training s (mean) | "
-             f"wall s (mean) |", "|---|---|---|---|---|"]  # fmt: skip
+    cells = []
     for arm in ARMS:
         rs = [r for r in rows if r["arm"] == arm]
         accs = [r["acc"] for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        lines.append(f"| {arm} | {statistics.mean(accs):.4f} ± {sd:.4f} | {', '.join(f'{a:.4f}' for a in accs)} | "
-                     f"{statistics.mean(r['train_s'] for r in rs):.1f} | {statistics.mean(r['wall_s'] for r in rs):.1f} |")  # fmt: skip
-    table = "\n".join(lines)
+        cells.append([arm, f"{statistics.mean(accs):.4f} ± {sd:.4f}", ", ".join(f"{a:.4f}" for a in accs),
+                      f"{statistics.mean(r['train_s'] for r in rs):.1f}", f"{statistics.mean(r['wall_s'] for r in rs):.1f}"])
+    table = grid(["arm", f"test accuracy on classes 5-9 (mean ± sd, {args.seeds} seeds)", "per seed",
+                  "training s (mean)", "wall s (mean)"], cells, left=(0, 1, 2))  # fmt: skip
     (out / "table.md").write_text(table + "\n")
     print(table)
 

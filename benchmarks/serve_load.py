@@ -34,11 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")  # fmt: skip
-    flags = Path("/proc/cpuinfo").read_text()
-    amx = " with AMX (amx_bf16)" if "amx_bf16" in flags else ""
-    return f"{os.cpu_count()}-core {cpu}{amx}, load average {os.getloadavg()[0]:.2f}"
+    """This machine (alexnet.measure: CPU model and bf16 flags, threads, torch), and its load now."""
+    from alexnet.measure import machine as this_machine
+
+    return this_machine("cpu").line()
 
 
 def env(threads: int | None = None) -> dict:
