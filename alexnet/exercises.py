@@ -473,11 +473,11 @@ def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> d
         got = [e for n, e in entries.items() if n in want and e.get("status") in ("done", "failed")]
         whole = ("—" if not other.whole_epochs else
                  f"{other.whole_train or 'all'}×{other.whole_epochs}")  # fmt: skip
-        costs.append(f"| `{name}` | {len(other.seeds)} | {other.train224}×{other.epochs224} | "
-                     f"{other.train28}×{other.epochs28} | {whole} | {other.train28}×{other.epochs7} | "
-                     f"{' and '.join(f'{n}×{e}' for n, e in zip(other.sizes8, other.epochs8))} | "
-                     + (f"{len(got)} of {len(want)} runs, {sum(e.get('wall_s', 0.0) for e in got) / 60:.1f} min |"
-                        if got else "not run on this machine |"))  # fmt: skip
+        costs.append([f"`{name}`", str(len(other.seeds)), f"{other.train224}×{other.epochs224}",
+                      f"{other.train28}×{other.epochs28}", whole, f"{other.train28}×{other.epochs7}",
+                      " and ".join(f"{n}×{e}" for n, e in zip(other.sizes8, other.epochs8)),
+                      f"{len(got)} of {len(want)} runs, {sum(e.get('wall_s', 0.0) for e in got) / 60:.1f} min"
+                      if got else "not run on this machine"])  # fmt: skip
     sections.append("\n".join([
         "## What the budgets cost",
         "",
@@ -486,9 +486,8 @@ def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> d
         "exercise 8), and the training wall time measured here, each run timed alone (under the team's CPU "
         "lock) and summed:",
         "",
-        "| budget | seeds | 224 | 28 | 28 whole | 7 | 8 | measured here |",
-        "|---|---:|---|---|---|---|---|---|",
-        *costs,
+        grid(["budget", "seeds", "224", "28", "28 whole", "7", "8", "measured here"], costs,
+             left=(0, 2, 3, 4, 5, 6, 7)),
         "",
     ]))
     head = [
@@ -512,9 +511,8 @@ def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> d
         "",
         "## In one table",
         "",
-        "| exercise | command | answer (measured) | figure |",
-        "|---|---|---|---|",
-        *[f"| {e} | `{c}` | {a} | {f} |" for e, c, a, f in readme],
+        grid(["exercise", "command", "answer (measured)", "figure"], [[e, f"`{c}`", a, f] for e, c, a, f in readme],
+             left=range(4)),
         "",
     ]
     text = "\n".join(head + sections) + "\n"
