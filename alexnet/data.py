@@ -255,7 +255,9 @@ def find_idx_dir(name: str, data_dir: str | os.PathLike | None, download: bool =
         for c in (d, d / sub):
             if has_idx(c):
                 return c
-        raise DataError(f"--data-dir {d}: no {name} IDX files (train-images-idx3-ubyte.gz, ...) there")
+        folders = (d / "train").is_dir() and (d / "val").is_dir()  # the layout fine-tuning on your own images uses
+        raise DataError(f"--data-dir {d}: no {name} IDX files (train-images-idx3-ubyte.gz, ...) there"
+                        + ("; it holds train/ and val/: for image folders give --dataset imagefolder" if folders else ""))
     if os.environ.get("ALEXNET_DATA"):
         d = Path(os.environ["ALEXNET_DATA"])
         candidates += [("$ALEXNET_DATA", d), ("$ALEXNET_DATA", d / sub)]

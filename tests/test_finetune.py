@@ -82,3 +82,12 @@ def test_fine_tuning_mistakes_are_one_line(source, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds alexnet28, not --model lenet" in err[0]
     assert not (tmp_path / "b").exists()  # checked before the run directory is made
+
+
+def test_an_image_folder_without_dataset_imagefolder_is_one_line_that_says_so(tmp_path, capsys):
+    for split in ("train", "val"):
+        (tmp_path / "photos" / split / "cat").mkdir(parents=True)
+    assert main(["train", "--model", "alexnet-owt", "--init-from", str(tmp_path / "w.pth"), "--data-dir",
+                 str(tmp_path / "photos"), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --dataset imagefolder" in err[0]
