@@ -227,7 +227,7 @@ def filter_panels_figure(panels: list, cols: int | None = None, cutoff: float = 
 
     cols = cols or len(panels)
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 4.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 5.0 * rows), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, panel in zip(axes.flat, panels):
@@ -241,7 +241,7 @@ def filter_panels_figure(panels: list, cols: int | None = None, cutoff: float = 
     o, c, kh, kw = next(p for p in panels if p is not None)[1].shape
     fig.suptitle(f"first layer: {o} kernels {kh}x{kw}x{c}, each scaled to its own range; low-frequency share = "
                  f"energy at <= {cutoff:g} cycles/pixel (white noise: {chance_share(kh, kw, cutoff):.2f})", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()), h_pad=2.5)
     return fig
 
 

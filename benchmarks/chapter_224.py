@@ -182,13 +182,15 @@ def write_section(docs, facts, made, weights, logs, figure, same_start, rebuilt)
         s = low_frequency_share(w)
         rows.append(f"| {label} | {s.median():.3f} | {s.quantile(0.25):.3f}–{s.quantile(0.75):.3f} | — | "
                     f"{orientation_strength(w).median():.3f} | — | — | — |")
-    summary = {}
+    summary, decayed = {}, {}
     for n, (w0n, w, ck) in weights.items():
         s, s0, ds = low_frequency_share(w), low_frequency_share(w0n), low_frequency_share(w - w0n)
         ori, dori = orientation_strength(w).median(), orientation_strength(w - w0n).median()
         moved = float((w - w0n).norm() / w0n.norm())
+        still = int(((w - w0n).flatten(1).abs().amax(1) == 0).sum())  # never moved: no gradient reached them
+        decayed[n] = ck["cfg"].train.weight_decay > 0
         summary[n] = (s.median(), s0.median(), ds.median(), moved, int((s > s0).sum()), dori,
-                      orientation_strength(w0n).median())  # fmt: skip
+                      orientation_strength(w0n).median(), still)  # fmt: skip
         rows.append(f"| `{n}`, epoch {ck['epoch']} | {s.median():.3f} | {s.quantile(0.25):.3f}–{s.quantile(0.75):.3f} | "
                     f"{int((s > s0).sum())} of {o} | {ori:.3f} | {moved:.0%} | {ds.median():.3f} | {dori:.3f} |")  # fmt: skip
     rel = figure.relative_to(docs)
@@ -210,10 +212,13 @@ def write_section(docs, facts, made, weights, logs, figure, same_start, rebuilt)
             "frequency vector): 1 for stripes, 0 for a round blob, a little above 0 for white noise by chance.",
             "", *rows, ""]  # fmt: skip
     lines = []
-    for n, (s, s0, ds, moved, up, _, _) in summary.items():
+    for n, (s, s0, ds, moved, up, _, _, still) in summary.items():
         lines.append(f"`{n}`: median share {s0:.3f} → {s:.3f} ({up} of {o} kernels smoother than they started); "
                      f"the kernels moved {moved:.0%} of their initial norm, and that change is itself "
-                     f"{ds:.3f} low-frequency.")  # fmt: skip
+                     f"{ds:.3f} low-frequency. {still} of its {o} kernels have not moved at all (W = W₀ exactly, "
+                     "flat grey in the change): no gradient has reached them, their ReLU has never passed one"
+                     + (" (with weight decay even such a kernel shrinks, so this count cannot show them)."
+                        if decayed[n] else "."))  # fmt: skip
     out += [" ".join(lines), "", *verdict(summary, chance_share(kh, kw), facts["d2l"].record["resolution"]), ""]
     out += ["### Activations, one test image per class", ""]
     for n, f in facts.items():
@@ -233,7 +238,7 @@ def test_set(cfg) -> str:
 def verdict(summary: dict, chance: float, resolution: int) -> list[str]:
     """Says, from the numbers, which way the kernels went; no sentence here is typed for a result."""
     out = []
-    for n, (s, s0, ds, moved, up, dori, ori0) in summary.items():
+    for n, (s, s0, ds, moved, up, dori, ori0, _) in summary.items():
         if ds > 2 * chance and s > s0:
             out.append(f"`{n}`: what training added to the kernels is smooth ({ds:.2f} of the change's energy is "
                        f"low-frequency, against {chance:.2f} for noise) and "
