@@ -190,7 +190,9 @@ def open_rgb(path: str, shorter: int | None = None) -> Image.Image:
     UNREADABLE), like one past twice that. Pillow itself refuses only the latter; between, it
     decodes hundreds of MB per worker after a warning, a stray stderr line beside ours.
     Anything but a regular file (a FIFO would block forever) is refused before it is opened."""
-    if isinstance(path, (str, os.PathLike)) and (why := not_regular(path)):  # not a file object (serve)
+    # A path (not a file object, as serve passes) that exists but is no regular file: a missing one
+    # is left to Image.open's FileNotFoundError.
+    if isinstance(path, (str, os.PathLike)) and os.path.exists(path) and (why := not_regular(path)):
         raise OSError(f"{path}: {why}")
     with warnings.catch_warnings():  # workers are processes: no other thread shares these filters
         warnings.simplefilter("error", Image.DecompressionBombWarning)
