@@ -241,7 +241,9 @@ def filter_panels_figure(panels: list, cols: int | None = None, cutoff: float = 
     o, c, kh, kw = next(p for p in panels if p is not None)[1].shape
     fig.suptitle(f"first layer: {o} kernels {kh}x{kw}x{c}, each scaled to its own range; low-frequency share = "
                  f"energy at <= {cutoff:g} cycles/pixel (white noise: {chance_share(kh, kw, cutoff):.2f})", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()), h_pad=2.5)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    if rows > 1:  # tight_layout leaves a lower row's three-line title over the grid above it
+        fig.subplots_adjust(hspace=0.32)
     return fig
 
 
