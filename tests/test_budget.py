@@ -61,6 +61,14 @@ def test_steps_that_fit_pay_for_the_evaluations_and_nothing_more():
     assert B.steps_that_fit(0.5, 0.1, 50, 30, 1.0) == 50
 
 
+def _no_start_up(monkeypatch, eval_s: float = 0.01) -> None:
+    """Plan as if start-up took no time and an evaluation ``eval_s``: on a loaded machine a tiny run's
+    start-up alone can take seconds, and these tests are about the steps, not the load."""
+    real_plan = B.first_plan
+    monkeypatch.setattr(B, "first_plan", lambda cfg, step_s, _eval_s, startup, spe: real_plan(cfg, step_s, eval_s, 0.0, spe))
+    monkeypatch.setattr(T.Session, "_time_evaluation", lambda self: eval_s)
+
+
 def _planned(cfg, tmp_path, monkeypatch, slow_s: float) -> dict:
     """Prepare (not train) a budgeted run whose every measured step takes ``slow_s`` longer."""
     real = T.train_one_epoch
@@ -71,6 +79,7 @@ def _planned(cfg, tmp_path, monkeypatch, slow_s: float) -> dict:
         return out
 
     monkeypatch.setattr(T, "train_one_epoch", slow)
+    _no_start_up(monkeypatch)
     with T.Session(cfg, torch.device("cpu"), 0, 1, quiet=True, progress=False) as s:
         s.prepare(tmp_path, None, [])
         s.run_dir.release()
@@ -79,11 +88,13 @@ def _planned(cfg, tmp_path, monkeypatch, slow_s: float) -> dict:
 
 
 def test_the_plan_shrinks_when_the_measured_step_is_slower(idx_dir, tmp_path, monkeypatch):
-    cfg = tiny(idx_dir, time_budget="5s")
+    cfg = tiny(idx_dir, time_budget="60s")  # planned, not trained
     fast = _planned(cfg, tmp_path / "fast", monkeypatch, 0.0)
-    slow = _planned(cfg, tmp_path / "slow", monkeypatch, 0.05)
-    assert slow["step_s"] > fast["step_s"] + 0.045
-    assert slow["steps"] < fast["steps"]  # (by how much depends on the real step, which a loaded machine moves)
+    slow = _planned(cfg, tmp_path / "slow", monkeypatch, 0.2)
+    assert slow["step_s"] >= 0.2  # a sleep is never shorter than asked: the measurement saw the slow step
+    assert slow["steps"] < fast["steps"]
+    for plan in (fast, slow):  # and the plan is the steps that fit at the step it measured
+        assert plan["steps"] == B.steps_that_fit(60.0, plan["step_s"], 0, plan["steps_per_epoch"], 0.01)
     # The warm-up keeps its share of the run (1 of 4 epochs), whatever the length.
     for plan in (fast, slow):
         assert plan["warmup_epochs"] == pytest.approx(plan["steps"] / plan["steps_per_epoch"] / 4)
@@ -180,7 +191,8 @@ def test_a_budgeted_run_ends_with_a_finished_schedule(idx_dir, tmp_path, monkeyp
     # The measurement says 0.1 s a step, the steps take a few ms alone: the clock sees it and re-plans
     # (upwards, unless the machine is as loaded); whatever it did, the last step's rate is the schedule's last.
     monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.1)
-    cfg = tiny(idx_dir, time_budget="1.5s")
+    _no_start_up(monkeypatch, eval_s=0.05)
+    cfg = tiny(idx_dir, time_budget="3s")
     result = T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
     plan = B.Plan.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())["plan"])
     assert result.final["epoch"] == plan.whole_epochs
@@ -224,7 +236,8 @@ def test_a_resumed_budget_run_keeps_its_plan_and_trains_as_if_uninterrupted(idx_
 def test_replan_on_resume_measures_here_and_re_plans_what_remains(idx_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.05)
     monkeypatch.setattr(B.Clock, "look", lambda self, step: None)
-    cfg = tiny(idx_dir, time_budget="3s")
+    monkeypatch.setattr(T.Session, "_time_evaluation", lambda self: 0.01)
+    cfg = tiny(idx_dir, time_budget="10s")  # room for a loaded machine's start-up, twice
     real = T.D.loader
 
     def interrupting(*a, **k):
