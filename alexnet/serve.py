@@ -418,13 +418,18 @@ def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
         out = await compute(explain, entry, x, maps)
         return JSONResponse({"run": name, "image": upload.filename, "invert": invert, **out})
 
-    async def api_test_image(request):
+    async def test_item(request):
+        """The run's name, its loaded model, its test set and the index asked for (404 outside it)."""
         name, path = run_path(request)
         entry = await compute(models.get, path)
         ds = await compute(tests.get, entry["ckpt"]["cfg"])
         i = request.path_params["index"]
         if not 0 <= i < len(ds.test):
             raise NotFound(f"test image {i}")
+        return name, entry, ds, i
+
+    async def api_test_image(request):
+        name, entry, ds, i = await test_item(request)
         maps = _maps(request, MAPS_SHOWN)
         out = await compute(explain, entry, ds.test.images[i : i + 1], maps)
         shown = ds.test.images[i].float().div(255).permute(1, 2, 0)
@@ -433,12 +438,7 @@ def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
         return JSONResponse({"run": name, "index": i, "label": label, "image": image, **out})
 
     async def api_test_png(request):
-        _, path = run_path(request)
-        entry = await compute(models.get, path)
-        ds = await compute(tests.get, entry["ckpt"]["cfg"])
-        i = request.path_params["index"]
-        if not 0 <= i < len(ds.test):
-            raise NotFound(f"test image {i}")
+        _, _, ds, i = await test_item(request)
         uri = png_uri(ds.test.images[i].float().div(255).permute(1, 2, 0), 2)
         return Response(base64.b64decode(uri.split(",", 1)[1]), media_type="image/png",
                         headers={"cache-control": "max-age=3600"})  # fmt: skip
