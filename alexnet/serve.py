@@ -338,133 +338,162 @@ def evaluate_chunk(entry: dict, ds, start: int, stop: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# The app
+# The app: what every route shares (Server), the routes in small groups over it, and create_app
+# wiring them to paths. Starlette is the serve extra: imported inside functions, so the CLI's other
+# commands never load it.
 
 
-def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
-    from starlette.routing import Mount, Route
-    from starlette.staticfiles import StaticFiles
+def json_response(data: dict, status: int = 200):
+    from starlette.responses import JSONResponse
 
-    folder, models, tests = RunsFolder(runs_dir), Models(), TestSets()
-    torch.set_num_threads(threads)
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexnet-infer")
+    return JSONResponse(data, status_code=status)
 
-    async def compute(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+def error(status: int, message: str):
+    return json_response({"error": message}, status)
 
-    def run_path(request) -> tuple[str, Path]:
+
+class Server:
+    """What every route shares: the runs folder, the networks and test sets loaded from it, and the
+    one worker thread every network runs in."""
+
+    def __init__(self, runs_dir: str | os.PathLike, threads: int = 1):
+        self.folder, self.models, self.tests = RunsFolder(runs_dir), Models(), TestSets()
+        torch.set_num_threads(threads)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexnet-infer")
+
+    async def compute(self, fn, *args):
+        """``fn(*args)`` in the worker thread, awaited: requests queue rather than share the cores."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    def run_path(self, request) -> tuple[str, Path]:
+        """The run the URL names and its directory (NotFound outside the folder)."""
         name = request.path_params["name"]
-        return name, folder.path(name)
+        return name, self.folder.path(name)
 
-    # -- pages -------------------------------------------------------------------------------
+    async def loaded(self, request) -> tuple[str, Path, dict]:
+        """The run the URL names, its directory and its network (Models' entry)."""
+        name, path = self.run_path(request)
+        return name, path, await self.compute(self.models.get, path)
 
-    def page(file: str, **values) -> HTMLResponse:
+    async def test_set(self, entry: dict):
+        return await self.compute(self.tests.get, entry["ckpt"]["cfg"])
+
+
+class Routes:
+    """A group of routes; its methods are the endpoints."""
+
+    def __init__(self, server: Server):
+        self.server = server
+
+
+class Pages(Routes):
+    """The HTML pages: static files with the run's name filled in; their script asks the API for the rest."""
+
+    @staticmethod
+    def page(file: str, **values):
+        from starlette.responses import HTMLResponse
+
         text = (STATIC / file).read_text()
         for k, v in values.items():
             text = text.replace("{{" + k + "}}", html.escape(v, quote=True))
         return HTMLResponse(text)
 
-    async def runs_page(request):
-        return page("runs.html", root=str(folder.root))
+    async def runs(self, request):
+        return self.page("runs.html", root=str(self.server.folder.root))
 
-    async def run_page(request):
-        name, _ = run_path(request)
-        return page("run.html", name=name)
+    async def run(self, request):
+        name, _ = self.server.run_path(request)
+        return self.page("run.html", name=name)
 
-    async def explore_page(request):
-        name, _ = run_path(request)
-        return page("explore.html", name=name)
+    async def explore(self, request):
+        name, _ = self.server.run_path(request)
+        return self.page("explore.html", name=name)
 
-    async def compare_page(request):
-        return page("compare.html")
+    async def compare(self, request):
+        return self.page("compare.html")
 
-    # -- the API -----------------------------------------------------------------------------
+    async def favicon(self, request):
+        from starlette.responses import Response
 
-    async def api_runs(request):
-        out = []
+        return Response(status_code=204)
+
+
+class RunsApi(Routes):
+    """/api/runs: every run's record, one run's record with its settings and metrics, runs compared."""
+
+    async def listing(self, request):
+        folder, out = self.server.folder, []
         for n in folder.names():
             try:
                 out.append(run_record(folder, n))
             except NotFound:  # removed while listing
                 continue
-        return JSONResponse({"root": str(folder.root), "runs": out})
+        return json_response({"root": str(folder.root), "runs": out})
 
-    async def api_run(request):
-        name, _ = run_path(request)
-        return JSONResponse(run_record(folder, name, full=True))
+    async def one(self, request):
+        name, _ = self.server.run_path(request)
+        return json_response(run_record(self.server.folder, name, full=True))
 
-    async def api_predict(request: Request):
-        name, path = run_path(request)
+    async def compare(self, request):
+        from .report import FORMATS, Spread, aggregate, group_runs, summarize
+        from .runs import read_run
+
+        names = request.query_params.getlist("run")
+        if not names:
+            raise BadRequest("name the runs: /api/compare?run=A&run=B")
+        runs, curves = [], []
+        for n in names:
+            p = self.server.folder.path(n)
+            try:
+                r = await self.server.compute(read_run, p)
+            except RunError as e:
+                raise BadRequest(f"{n}: {e}", 409) from None
+            runs.append(r)
+            curves.append({"name": n, "metrics": _finite(r["metrics"])})
+        rows = [aggregate([summarize(r) for r in g]) for g in group_runs(runs)]
+
+        def cell(k, v):
+            return v.format(FORMATS.get(k, "{}")) if isinstance(v, Spread) else FORMATS.get(k, "{}").format(v)
+
+        table = [{k: cell(k, v) for k, v in r.items()} for r in rows]
+        return json_response({"runs": curves, "table": table})
+
+
+class Uploads(Routes):
+    """The explore page's own image: an upload run through `alexnet predict`'s conversion and the network."""
+
+    async def predict(self, request):
+        """POST /api/runs/NAME/predict: an uploaded image (multipart field 'file') -> top-5, and with
+        ?maps=N each stage's N strongest maps."""
+        server = self.server
+        name, path = server.run_path(request)
         try:
             form = await request.form(max_files=1, max_fields=8)
         except _TooLarge:
             raise
         except Exception as e:  # a body that is not multipart: Starlette's own parser errors
-            raise BadRequest(f"send the image as multipart/form-data field 'file' ({e.__class__.__name__})") from None
+            why = e.__class__.__name__
+            raise BadRequest(f"send the image as multipart/form-data field 'file' ({why})") from None
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise BadRequest("no file: send the image as multipart/form-data field 'file'")
         data = await upload.read()
         invert = str(form.get("invert", "")).lower() in ("1", "true", "on", "yes")
         maps = _maps(request, 0)
-        entry = await compute(models.get, path)
-        x = await compute(decode_upload, data, entry["ckpt"], invert)
-        out = await compute(explain, entry, x, maps)
-        return JSONResponse({"run": name, "image": upload.filename, "invert": invert, **out})
+        entry = await server.compute(server.models.get, path)
+        x = await server.compute(decode_upload, data, entry["ckpt"], invert)
+        out = await server.compute(explain, entry, x, maps)
+        return json_response({"run": name, "image": upload.filename, "invert": invert, **out})
 
-    async def test_item(request):
-        """The run's name, its loaded model, its test set and the index asked for (404 outside it)."""
-        name, path = run_path(request)
-        entry = await compute(models.get, path)
-        ds = await compute(tests.get, entry["ckpt"]["cfg"])
-        i = request.path_params["index"]
-        if not 0 <= i < len(ds.test):
-            raise NotFound(f"test image {i}")
-        return name, entry, ds, i
 
-    async def api_test_image(request):
-        name, entry, ds, i = await test_item(request)
-        maps = _maps(request, MAPS_SHOWN)
-        out = await compute(explain, entry, ds.test.images[i : i + 1], maps)
-        shown = ds.test.images[i].float().div(255).permute(1, 2, 0)
-        label = ds.classes[int(ds.test.labels[i])]
-        image = png_uri(shown, _scale_for(shown.shape[0], 112))
-        return JSONResponse({"run": name, "index": i, "label": label, "image": image, **out})
+class Evaluation(Routes):
+    """The checkpoint's predictions on the first EVAL_IMAGES test images, computed in chunks in the
+    worker thread (uploads interleave with them), started on first request; and from them the run
+    page's per-class accuracy and confusion matrix."""
 
-    async def api_test_png(request):
-        _, _, ds, i = await test_item(request)
-        uri = png_uri(ds.test.images[i].float().div(255).permute(1, 2, 0), 2)
-        return Response(base64.b64decode(uri.split(",", 1)[1]), media_type="image/png",
-                        headers={"cache-control": "max-age=3600"})  # fmt: skip
-
-    async def api_test_list(request):
-        """Indices of test images: of one class (?class=NAME), or (?misclassified=1) the ones the run gets wrong."""
-        name, path = run_path(request)
-        entry = await compute(models.get, path)
-        ds = await compute(tests.get, entry["ckpt"]["cfg"])
-        n = min(len(ds.test), EVAL_IMAGES)
-        if request.query_params.get("misclassified"):
-            ev = evaluation_state(entry, ds)
-            if ev["done"] < ev["images"]:
-                return JSONResponse({"pending": True, **progress_of(ev)})
-            wrong = (ev["pred"] != ds.test.labels[:n]).nonzero().flatten()[:48].tolist()
-            return JSONResponse({"indices": wrong, "labels": [ds.classes[int(ds.test.labels[i])] for i in wrong],
-                                 "predicted": [ds.classes[int(ev["pred"][i])] for i in wrong], "of": n})  # fmt: skip
-        cls = request.query_params.get("class") or ds.classes[0]
-        if cls not in ds.classes:
-            raise BadRequest(f"class {cls!r} is not one of: {', '.join(ds.classes)}")
-        idx = (ds.test.labels[:n] == ds.classes.index(cls)).nonzero().flatten()[:48].tolist()
-        return JSONResponse({"indices": idx, "labels": [cls] * len(idx), "classes": ds.classes, "of": n})
-
-    def evaluation_state(entry: dict, ds) -> dict:
-        """The checkpoint's predictions on the first EVAL_IMAGES test images, computed in chunks in
-        the worker thread (uploads interleave with them), started on first request."""
+    def state(self, entry: dict, ds) -> dict:
+        models, worker = self.server.models, self.server.worker
         with models.lock:
             if entry["eval"] is None:
                 n = min(len(ds.test), EVAL_IMAGES)
@@ -484,27 +513,90 @@ def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
                 worker.submit(chunk, 0)
             return entry["eval"]
 
-    def progress_of(ev: dict) -> dict:
+    @staticmethod
+    def progress(ev: dict) -> dict:
         return {"done": ev["done"], "images": ev["images"], "error": ev["error"]}
 
-    async def api_evaluation(request):
+    async def confusion(self, request):
         """Per-class accuracy and the confusion matrix on the first EVAL_IMAGES test images."""
-        name, path = run_path(request)
-        entry = await compute(models.get, path)
-        ds = await compute(tests.get, entry["ckpt"]["cfg"])
-        ev = evaluation_state(entry, ds)
+        _, _, entry = await self.server.loaded(request)
+        ds = await self.server.test_set(entry)
+        ev = self.state(entry, ds)
         if ev["error"] or ev["done"] < ev["images"]:
-            return JSONResponse({"pending": not ev["error"], **progress_of(ev)})
+            return json_response({"pending": not ev["error"], **self.progress(ev)})
         n, k = ev["images"], len(ds.classes)
         truth = ds.test.labels[:n].long()
         conf = torch.bincount(truth * k + ev["pred"], minlength=k * k).view(k, k)
         per = (conf.diag().double() / conf.sum(1).clamp_min(1)).tolist()
-        return JSONResponse({"images": n, "of": len(ds.test), "classes": ds.classes, "confusion": conf.tolist(),
-                             "per_class": per, "accuracy": conf.diag().sum().item() / n,
-                             "checkpoint": entry["file"], "epoch": entry["ckpt"]["epoch"]})  # fmt: skip
+        return json_response({"images": n, "of": len(ds.test), "classes": ds.classes, "confusion": conf.tolist(),
+                              "per_class": per, "accuracy": conf.diag().sum().item() / n,
+                              "checkpoint": entry["file"], "epoch": entry["ckpt"]["epoch"]})  # fmt: skip
 
-    reports: dict[str, dict] = {}  # run path -> the newest rendering of `alexnet report`'s body
 
+class TestImages(Routes):
+    """/api/runs/NAME/test...: the run's test images, listed by class or misclassified, each explained
+    (top-5 and maps) or as a PNG."""
+
+    def __init__(self, server: Server, evaluation: Evaluation):
+        super().__init__(server)
+        self.evaluation = evaluation
+
+    async def item(self, request):
+        """The run's name, its loaded model, its test set and the index asked for (404 outside it)."""
+        name, _, entry = await self.server.loaded(request)
+        ds = await self.server.test_set(entry)
+        i = request.path_params["index"]
+        if not 0 <= i < len(ds.test):
+            raise NotFound(f"test image {i}")
+        return name, entry, ds, i
+
+    async def image(self, request):
+        name, entry, ds, i = await self.item(request)
+        maps = _maps(request, MAPS_SHOWN)
+        out = await self.server.compute(explain, entry, ds.test.images[i : i + 1], maps)
+        shown = ds.test.images[i].float().div(255).permute(1, 2, 0)
+        label = ds.classes[int(ds.test.labels[i])]
+        image = png_uri(shown, _scale_for(shown.shape[0], 112))
+        return json_response({"run": name, "index": i, "label": label, "image": image, **out})
+
+    async def png(self, request):
+        from starlette.responses import Response
+
+        _, _, ds, i = await self.item(request)
+        uri = png_uri(ds.test.images[i].float().div(255).permute(1, 2, 0), 2)
+        return Response(base64.b64decode(uri.split(",", 1)[1]), media_type="image/png",
+                        headers={"cache-control": "max-age=3600"})  # fmt: skip
+
+    async def listing(self, request):
+        """Indices of test images: of one class (?class=NAME), or (?misclassified=1) the ones the run gets wrong."""
+        _, _, entry = await self.server.loaded(request)
+        ds = await self.server.test_set(entry)
+        n = min(len(ds.test), EVAL_IMAGES)
+        if request.query_params.get("misclassified"):
+            ev = self.evaluation.state(entry, ds)
+            if ev["done"] < ev["images"]:
+                return json_response({"pending": True, **Evaluation.progress(ev)})
+            wrong = (ev["pred"] != ds.test.labels[:n]).nonzero().flatten()[:48].tolist()
+            return json_response({"indices": wrong, "labels": [ds.classes[int(ds.test.labels[i])] for i in wrong],
+                                  "predicted": [ds.classes[int(ev["pred"][i])] for i in wrong], "of": n})  # fmt: skip
+        cls = request.query_params.get("class") or ds.classes[0]
+        if cls not in ds.classes:
+            raise BadRequest(f"class {cls!r} is not one of: {', '.join(ds.classes)}")
+        idx = (ds.test.labels[:n] == ds.classes.index(cls)).nonzero().flatten()[:48].tolist()
+        return json_response({"indices": idx, "labels": [cls] * len(idx), "classes": ds.classes, "of": n})
+
+
+class Reports(Routes):
+    """`alexnet report`'s body for a run, rendered in the worker thread, the newest rendering kept
+    per run. A live run's newer checkpoint is rendered again only when asked (?render=1): an AlexNet
+    at 224 takes minutes of evaluation, which would otherwise be spent beside the training run every
+    epoch."""
+
+    def __init__(self, server: Server):
+        super().__init__(server)
+        self.rendered: dict[str, dict] = {}  # run path -> {"key", "html", "error"} or {"pending": True}
+
+    @staticmethod
     def checkpoint_key(path: Path):
         try:
             st = (path / "last.pt").stat()
@@ -512,114 +604,101 @@ def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
         except FileNotFoundError:
             return None
 
-    def render_report(path: Path, key) -> None:
+    def render(self, path: Path, key) -> None:
         from .report import render_html_body
 
         try:
             body = render_html_body(path, device="cpu", level=2)
-            reports[str(path)] = {"key": key, "html": body, "error": None}
+            self.rendered[str(path)] = {"key": key, "html": body, "error": None}
         except Exception as e:  # noqa: BLE001 - a run the report cannot read: said on the page
-            reports[str(path)] = {"key": key, "html": None, "error": f"{e.__class__.__name__}: {str(e)[:300]}"}
+            self.rendered[str(path)] = {"key": key, "html": None, "error": f"{e.__class__.__name__}: {str(e)[:300]}"}
 
-    async def api_report(request):
-        """`alexnet report`'s body for the run, rendered in the worker thread. A live run's newer
-        checkpoint is rendered again only when asked (?render=1): an AlexNet at 224 takes minutes of
-        evaluation, which would otherwise be spent beside the training run every epoch."""
-        name, path = run_path(request)
-        key, have = checkpoint_key(path), reports.get(str(path))
+    async def body(self, request):
+        _, path = self.server.run_path(request)
+        key, have = self.checkpoint_key(path), self.rendered.get(str(path))
         if have is None or (have["key"] != key and request.query_params.get("render")):
             if have is None or have.get("pending") is None:
-                reports[str(path)] = {**(have or {}), "key": key, "pending": True}
-                worker.submit(render_report, path, key)
-            return JSONResponse({"pending": True})
+                self.rendered[str(path)] = {**(have or {}), "key": key, "pending": True}
+                self.server.worker.submit(self.render, path, key)
+            return json_response({"pending": True})
         if have.get("pending"):
-            return JSONResponse({"pending": True})
-        return JSONResponse({"html": have["html"], "error": have["error"], "stale": have["key"] != key})
+            return json_response({"pending": True})
+        return json_response({"html": have["html"], "error": have["error"], "stale": have["key"] != key})
 
-    async def api_filters(request):
+
+class Figures(Routes):
+    """The run's network drawn: its first layer's kernels, and its layer table."""
+
+    async def filters(self, request):
         from .visualize import filter_cells, first_conv, mosaic
 
-        name, path = run_path(request)
-        entry = await compute(models.get, path)
+        _, _, entry = await self.server.loaded(request)
         w = first_conv(entry["model"]).weight.detach().float()
         image, rows, cols = mosaic(filter_cells(w), gap=1)
-        return JSONResponse({"shape": list(w.shape), "rows": rows, "cols": cols,
-                             "png": png_uri(image, _scale_for(image.shape[0], 360))})  # fmt: skip
+        return json_response({"shape": list(w.shape), "rows": rows, "cols": cols,
+                              "png": png_uri(image, _scale_for(image.shape[0], 360))})  # fmt: skip
 
-    async def api_layers(request):
+    async def layers(self, request):
         from .analysis import trace
 
-        name, path = run_path(request)
-        entry = await compute(models.get, path)
+        _, _, entry = await self.server.loaded(request)
         ck = entry["ckpt"]
         shape = (1, int(ck["in_channels"]), int(ck["resolution"]), int(ck["resolution"]))
-        rows = await compute(trace, entry["model"], shape)
-        return JSONResponse({"input": list(shape), "layers": [
+        rows = await self.server.compute(trace, entry["model"], shape)
+        return json_response({"input": list(shape), "layers": [
             {"index": r.index, "name": r.name, "path": r.path, "shape": list(r.output_shape), "params": r.params,
              "flops": r.flops} for r in rows]})  # fmt: skip
 
-    async def api_compare(request):
-        from .report import FORMATS, Spread, aggregate, group_runs, summarize
-        from .runs import read_run
 
-        names = request.query_params.getlist("run")
-        if not names:
-            raise BadRequest("name the runs: /api/compare?run=A&run=B")
-        runs, curves = [], []
-        for n in names:
-            p = folder.path(n)
-            try:
-                r = await compute(read_run, p)
-            except RunError as e:
-                raise BadRequest(f"{n}: {e}", 409) from None
-            runs.append(r)
-            curves.append({"name": n, "metrics": _finite(r["metrics"])})
-        rows = [aggregate([summarize(r) for r in g]) for g in group_runs(runs)]
+async def not_found(request, exc):
+    from starlette.responses import HTMLResponse
 
-        def cell(k, v):
-            return v.format(FORMATS.get(k, "{}")) if isinstance(v, Spread) else FORMATS.get(k, "{}").format(v)
+    if request.url.path.startswith("/api/"):
+        return error(404, "no such run" if isinstance(exc, NotFound) else "not found")
+    return HTMLResponse("<!doctype html><title>not found</title><p>No such run or page. <a href='/'>Runs</a>",
+                        status_code=404)  # fmt: skip
 
-        table = [{k: cell(k, v) for k, v in r.items()} for r in rows]
-        return JSONResponse({"runs": curves, "table": table})
 
-    async def not_found(request, exc):
-        if request.url.path.startswith("/api/"):
-            return error(404, "no such run" if isinstance(exc, NotFound) else "not found")
-        return HTMLResponse("<!doctype html><title>not found</title><p>No such run or page. <a href='/'>Runs</a>",
-                            status_code=404)  # fmt: skip
+async def bad_request(request, exc: BadRequest):
+    return error(exc.status, str(exc))
 
-    async def bad_request(request, exc: BadRequest):
-        return error(exc.status, str(exc))
 
-    async def unexpected(request, exc: Exception):
-        # One request's failure, not the server's: the message goes back and the server serves on.
-        return error(500, f"{exc.__class__.__name__}: {str(exc)[:300]}")
+async def unexpected(request, exc: Exception):
+    # One request's failure, not the server's: the message goes back and the server serves on.
+    return error(500, f"{exc.__class__.__name__}: {str(exc)[:300]}")
 
-    async def favicon(request):
-        return Response(status_code=204)
 
+def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
+    """The web app over ``runs_dir``: each path wired to its group's endpoint."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    server = Server(runs_dir, threads)
+    pages, runs, evaluation, figures = Pages(server), RunsApi(server), Evaluation(server), Figures(server)
+    tests, reports, uploads = TestImages(server, evaluation), Reports(server), Uploads(server)
     app = Starlette(routes=[
-        Route("/", runs_page),
-        Route("/compare", compare_page),
-        Route("/favicon.ico", favicon),
-        Route("/runs/{name:path}/explore", explore_page),
-        Route("/runs/{name:path}", run_page),
-        Route("/api/runs", api_runs),
-        Route("/api/compare", api_compare),
-        Route("/api/runs/{name:path}/predict", api_predict, methods=["POST"]),
-        Route("/api/runs/{name:path}/test/{index:int}/png", api_test_png),
-        Route("/api/runs/{name:path}/test/{index:int}", api_test_image),
-        Route("/api/runs/{name:path}/test", api_test_list),
-        Route("/api/runs/{name:path}/evaluation", api_evaluation),
-        Route("/api/runs/{name:path}/filters", api_filters),
-        Route("/api/runs/{name:path}/report", api_report),
-        Route("/api/runs/{name:path}/layers", api_layers),
-        Route("/api/runs/{name:path}", api_run),
+        Route("/", pages.runs),
+        Route("/compare", pages.compare),
+        Route("/favicon.ico", pages.favicon),
+        Route("/runs/{name:path}/explore", pages.explore),
+        Route("/runs/{name:path}", pages.run),
+        Route("/api/runs", runs.listing),
+        Route("/api/compare", runs.compare),
+        Route("/api/runs/{name:path}/predict", uploads.predict, methods=["POST"]),
+        Route("/api/runs/{name:path}/test/{index:int}/png", tests.png),
+        Route("/api/runs/{name:path}/test/{index:int}", tests.image),
+        Route("/api/runs/{name:path}/test", tests.listing),
+        Route("/api/runs/{name:path}/evaluation", evaluation.confusion),
+        Route("/api/runs/{name:path}/filters", figures.filters),
+        Route("/api/runs/{name:path}/report", reports.body),
+        Route("/api/runs/{name:path}/layers", figures.layers),
+        Route("/api/runs/{name:path}", runs.one),
         Mount("/static", StaticFiles(directory=STATIC)),
     ], exception_handlers={NotFound: not_found, 404: not_found, BadRequest: bad_request,
                            Exception: unexpected})  # fmt: skip
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD)
-    app.state.worker, app.state.folder = worker, folder
+    app.state.worker, app.state.folder = server.worker, server.folder
     return app
 
 
