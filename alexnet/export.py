@@ -36,10 +36,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .runs import RunError, atomic_write
+from .runs import atomic_write
+from .weights import META_KEY, ExportError, Loaded, first_line, parse_meta, safetensors_from_bytes, torch_runner
 
 FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors", "pt2": ".pt2"}
-META_KEY = "alexnet"  # where each format keeps the description
 
 # fp32 has a unit roundoff of 2^-24 ≈ 6e-8. Another runtime sums each dot product in another order
 # (other kernels, blocking, vector widths); the difference of two orders of a K-term sum grows like
@@ -49,10 +49,6 @@ META_KEY = "alexnet"  # where each format keeps the description
 # thousand times below what a real mistake gives (a dropped ReLU or a transposed kernel moves
 # logits by their own size).
 RELATIVE_TOLERANCE = 1e-3
-
-
-class ExportError(RunError):
-    """An export that cannot be made or does not match its checkpoint; one line."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,29 +112,6 @@ def read_image(path, meta: dict, invert: bool = False) -> torch.Tensor:
 # Opening a model: a run, a checkpoint, or an exported file
 
 
-@dataclass
-class Loaded:
-    """A network ready to run on float batches, and its description."""
-
-    run: Callable[[torch.Tensor], torch.Tensor]  # (B, C, R, R) -> (B, classes) logits
-    meta: dict
-    kind: str  # "checkpoint", "onnx", "safetensors", "pt2", "torchvision"
-    module: nn.Module | None = None  # the PyTorch network, where there is one
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)
-
-
-def _torch_runner(model: nn.Module) -> Callable:
-    model.eval()
-
-    def run(x):
-        with torch.inference_mode():
-            return model(x)
-
-    return run
-
-
 def onnx_session(data: bytes | str, threads: int | None = None):
     import onnxruntime as ort
 
@@ -153,8 +126,8 @@ def _open_onnx(data: bytes, where: str) -> Loaded:
     try:
         sess = onnx_session(data)
     except Exception as e:
-        raise ExportError(f"{where}: not a readable ONNX model ({_first_line(e)})") from None
-    meta = _parse_meta(sess.get_modelmeta().custom_metadata_map.get(META_KEY), where)
+        raise ExportError(f"{where}: not a readable ONNX model ({first_line(e)})") from None
+    meta = parse_meta(sess.get_modelmeta().custom_metadata_map.get(META_KEY), where)
     name = sess.get_inputs()[0].name
 
     def run(x):
@@ -163,38 +136,14 @@ def _open_onnx(data: bytes, where: str) -> Loaded:
     return Loaded(run, meta, "onnx")
 
 
-def _open_safetensors(data: bytes, where: str) -> Loaded:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    from .models import UnknownModel, build_model
-
-    try:
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-        weights = load(data)
-    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
-        raise ExportError(f"{where}: not a readable safetensors file ({_first_line(e)})") from None
-    meta = _parse_meta((header.get("__metadata__") or {}).get(META_KEY), where)
-    try:
-        model = build_model(meta["model"], meta["in_channels"], meta["num_classes"])
-    except UnknownModel:
-        raise ExportError(f"{where}: network {meta['model']!r} is not registered in this version") from None
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ExportError(f"{where}: the weights do not fit {meta['model']}: {str(e).splitlines()[-1].strip()[:200]}") from None
-    return Loaded(_torch_runner(model), meta, "safetensors", model)
-
-
 def _open_pt2(data: bytes, where: str) -> Loaded:
     extra = {f"{META_KEY}.json": ""}
     try:
         with _quiet():
             program = torch.export.load(io.BytesIO(data), extra_files=extra)
     except Exception as e:
-        raise ExportError(f"{where}: not a readable torch.export program ({_first_line(e)})") from None
-    meta = _parse_meta(extra[f"{META_KEY}.json"] or None, where)
+        raise ExportError(f"{where}: not a readable torch.export program ({first_line(e)})") from None
+    meta = parse_meta(extra[f"{META_KEY}.json"] or None, where)
     module = program.module()
 
     def run(x):
@@ -204,7 +153,7 @@ def _open_pt2(data: bytes, where: str) -> Loaded:
     return Loaded(run, meta, "pt2")
 
 
-_OPENERS = {"onnx": _open_onnx, "safetensors": _open_safetensors, "pt2": _open_pt2}
+_OPENERS = {"onnx": _open_onnx, "safetensors": safetensors_from_bytes, "pt2": _open_pt2}
 
 
 def exported_format(path: str | os.PathLike) -> str | None:
@@ -220,31 +169,12 @@ def open_model(path: str | os.PathLike) -> Loaded:
 
         ckpt = load_checkpoint(path)
         model, _ = model_from_checkpoint(ckpt)
-        return Loaded(_torch_runner(model), describe(ckpt), "checkpoint", model)
+        return Loaded(torch_runner(model), describe(ckpt), "checkpoint", model)
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ExportError(f"{path}: cannot read ({e.strerror})") from None
     return _OPENERS[fmt](data, str(path))
-
-
-def _parse_meta(text: str | None, where: str) -> dict:
-    if not text:
-        raise ExportError(f"{where}: carries no '{META_KEY}' description (not exported by `alexnet export`)")
-    try:
-        meta = json.loads(text)
-    except ValueError:
-        raise ExportError(f"{where}: its '{META_KEY}' description is not JSON") from None
-    need = ("model", "in_channels", "num_classes", "classes", "resolution", "native", "dataset")
-    missing = [k for k in need if k not in meta] if isinstance(meta, dict) else list(need)
-    if missing:
-        raise ExportError(f"{where}: its description lacks {', '.join(missing)}")
-    return meta
-
-
-def _first_line(e: BaseException) -> str:
-    text = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return (text[0][:200] if text else "") or e.__class__.__name__
 
 
 @contextlib.contextmanager
@@ -487,7 +417,7 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     try:
         data = _WRITERS[fmt](model, meta)
     except Exception as e:  # the exporters raise many kinds; any of them means this network does not export
-        raise ExportError(f"{cfg.train.model} does not export to {fmt}: {e.__class__.__name__}: {_first_line(e)}") from None
+        raise ExportError(f"{cfg.train.model} does not export to {fmt}: {e.__class__.__name__}: {first_line(e)}") from None
     loaded = _OPENERS[fmt](data, f"{out} (before writing)")
     with torch.inference_mode():
         reference = model(x)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .runs import RunError, say
+from .weights import open_safetensors
 
 
 class InitError(RunError):
@@ -48,9 +49,7 @@ def _source_state(path: str, model_name: str) -> tuple[dict, str]:
     """(state dict, what it is) of --init-from FILE."""
     p = Path(path)
     if p.suffix == ".safetensors":
-        from .export import open_model
-
-        loaded = open_model(p)
+        loaded = open_safetensors(p)
         if loaded.meta["model"] != model_name:
             raise InitError(f"{p}: holds {loaded.meta['model']}, not --model {model_name}")
         return loaded.module.state_dict(), f"exported {loaded.meta['model']} ({loaded.meta['dataset']})"

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .runs import RunError
+from .weights import Loaded, torch_runner
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,10 +106,9 @@ def describe_torchvision(model: str) -> dict:
 
 
 def load_torchvision(path: str | os.PathLike, model: str = "alexnet-owt"):
-    """torchvision's weights as a runnable network with ImageNet class names (export.Loaded)."""
-    from .export import Loaded, _torch_runner
+    """torchvision's weights as a runnable network with ImageNet class names (a weights.Loaded)."""
     from .models import build_model
 
     net = build_model(model, 3, 1000)
     net.load_state_dict(read_torchvision(path, model))
-    return Loaded(_torch_runner(net), describe_torchvision(model), "torchvision", net)
+    return Loaded(torch_runner(net), describe_torchvision(model), "torchvision", net)

@@ -630,7 +630,7 @@ class Figures(Routes):
     """The run's network drawn: its first layer's kernels, and its layer table."""
 
     async def filters(self, request):
-        from .visualize import filter_cells, first_conv, mosaic
+        from .filters import filter_cells, first_conv, mosaic
 
         _, _, entry = await self.server.loaded(request)
         w = first_conv(entry["model"]).weight.detach().float()

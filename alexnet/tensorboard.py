@@ -17,6 +17,8 @@ from pathlib import Path
 
 from torch import nn
 
+from .filters import filter_cells, first_conv, mosaic
+
 
 class Board:
     """The event writer of one run: created with the run, called where the metrics are produced."""
@@ -43,8 +45,6 @@ class Board:
         w.add_scalar("train/images_per_s", images_per_s, step)
 
     def epoch(self, row: dict, model: nn.Module) -> None:
-        from .visualize import filter_cells, first_conv, mosaic
-
         w, epoch = self.writer, row["epoch"]
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
