@@ -268,19 +268,6 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_exercises(args) -> int:
-    from .exercises import EXERCISE_OF, run_exercises
-
-    only = {s.strip() for s in args.only.split(",")} if args.only else None
-    unknown = sorted((only or set()) - set(EXERCISE_OF.values()))
-    if unknown:
-        raise ConfigError(f"--only {','.join(unknown)}: no such training exercise "
-                          f"(these train: {', '.join(sorted(set(EXERCISE_OF.values())))})")  # fmt: skip
-    run_exercises(args.budget, Path(args.out), Path(args.runs) if args.runs else None, only=only,
-                  data_dir=args.data_dir, render_only=args.render_only, overwrite=args.overwrite)  # fmt: skip
-    return 0
-
-
 def cmd_analyze(args) -> int:
     from .analysis import InputTooSmall
 
@@ -415,21 +402,6 @@ def _add_activations(sub) -> None:
     v.add_argument("--max-channels", type=_int_in(1, 4096), default=32, help="maps shown per stage, strongest first")
     v.set_defaults(func=cmd_activations)
 
-def _add_exercises(sub) -> None:
-    x = sub.add_parser("exercises", help="rerun the training exercises at a budget; write docs/exercises.md",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    x.add_argument("--budget", choices=["smoke", "small", "full"], default="small",
-                   help="smoke: the CI check (<1 min); small: ~20 min of 2 CPU cores; full: ~80 min, larger subsets "
-                        "(exercises.BUDGETS; docs/exercises.md gives the measured times)")  # fmt: skip
-    x.add_argument("--out", default="docs/exercises.md", help="the report; figures go to a folder beside it")
-    x.add_argument("--runs", help="where the runs go (none: runs/exercises-BUDGET); finished runs are reused")
-    x.add_argument("--only", help="comma-separated exercises to train, e.g. 7,8 (none: all)")
-    x.add_argument("--data-dir", help="directory of Fashion-MNIST (none: found automatically)")
-    x.add_argument("--render-only", action="store_true", help="train nothing; write the report from finished runs")
-    x.add_argument("--overwrite", action="store_true",
-                   help="replace the report even when it has fewer measured rows than the page already there")  # fmt: skip
-    x.set_defaults(func=cmd_exercises)
-
 def _add_models(sub) -> None:
     m = sub.add_parser("models", help="list the registered networks")
     m.set_defaults(func=cmd_models)
@@ -481,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     from .report import add_report_parser
+    from .exercises import add_parser as _add_exercises  # its parser and command live with it
 
     for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_compare, _add_filters, _add_activations,
                 _add_exercises, _add_models, _add_analyze, _add_bench, add_report_parser, add_export_parser):  # fmt: skip

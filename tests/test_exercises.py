@@ -144,9 +144,10 @@ def test_smoke_budget_writes_every_table_and_figure(idx_dir, tmp_path, capsys):
 
 
 def test_a_change_that_diverges_every_seed_breaks_training_and_some_seeds_is_unstable():
-    from alexnet.exercises import Group, _break_outcome
+    from alexnet.exercises.results import Group
+    from alexnet.exercises.sections import _break_outcome
 
-    spec = plan(BUDGETS["smoke"])["8-break"][3]  # lr 10x
+    (spec,) = (s for s in plan(BUDGETS["smoke"])["8-break"] if s.name == "ex8-lr10")
     nan = "epoch 2: loss became nan by step 3; the last good checkpoint is kept"
     assert _break_outcome(Group(spec, [], [nan, nan], 0.0), None, 2).startswith("**breaks**: 2 of 2 seeds diverged")
     assert _break_outcome(Group(spec, [], [nan], 0.0), None, 2).startswith("**unstable**: 1 of 2 seeds diverged")
@@ -183,3 +184,11 @@ def test_a_measured_page_is_not_replaced_by_one_with_fewer_measured_rows_unless_
     assert not [p for p in out.parent.rglob("*") if p.name.startswith(".")]  # no figure drawn aside is left
     assert main([*args, "--overwrite"]) == 0
     assert measured_rows(out.read_text()) < measured_rows(page)
+
+
+def test_the_budgets_durations_are_stated_once_and_the_help_reads_them(capsys):
+    with pytest.raises(SystemExit):
+        main(["exercises", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name, b in BUDGETS.items():
+        assert f"{name}: ~{b.minutes} min" in help_text

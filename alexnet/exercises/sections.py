@@ -1,347 +1,22 @@
-"""`alexnet exercises`: the training exercises of D2L §8.1 (4, 5, 7, 8) rerun over seeds at a chosen
-budget, and docs/exercises.md written from the finished runs, with exercises 1–3 and 6 beside them.
+"""The sections of docs/exercises.md, one writer per exercise: its tables and figures from the runs,
+and the reasoning the numbers support. Every number in the prose is read from the runs, the plan,
+the presets or the analysis; the templates hold only the words.
 
-Every configuration runs once per seed; a table row is mean ± std over the seeds (sample std), and
-a difference is called real only when it is larger than the two spreads together. Runs go to
-``runs/exercises-BUDGET/NAME-sSEED``; a finished run is reused, so an interrupted sweep continues
-where it stopped and ``--render-only`` rewrites the report without training.
-
-With ``ALEXNET_CPU_LOCK`` set (a path, or 1 for /tmp/alexnet-cpu.lock) training holds an exclusive
-``flock`` on that file in turns of a few minutes, so a long sweep shares a machine with other jobs.
-"""
+Each writer takes (budget, groups by plan key, figure folder, figures' path relative to the page, the
+command, the runs folder) and returns its text and its rows of the page's summary table."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
-import shutil
-import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .config import PRESETS, Config
-from .measure import machine
-from .report import Spread, plot_groups
-from .runs import RunError, atomic_write, not_regular, read_metrics, read_run
-from .tables import grid
-
-
-class ExercisesError(RunError):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# The budgets
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much of each experiment a budget affords; the plan below is the same at every budget."""
-
-    name: str
-    seeds: tuple[int, ...]
-    # Exercises 4 and 5 at 224x224: a fixed training subset (AlexNet runs ~66 images/s here).
-    train224: int
-    epochs224: int
-    test224: int
-    batch224: int
-    # Exercise 4 at 28x28 (alexnet28 vs LeNet) and exercise 7 (the LeNet family).
-    train28: int
-    epochs28: int
-    epochs7: int
-    test28: int
-    # Exercise 8: training-set sizes for overfitting (the first also hosts "breaking training").
-    sizes8: tuple[int, ...]
-    epochs8: tuple[int, ...]
-    overfit_epochs: int  # on the smaller set: enough for the unregularised network to reach train acc 1.0
-    batch: int = 128
-    # Exercise 4 at 28x28 on the whole training set (None: every image), tested on the whole test set;
-    # 0 epochs leaves it out of the budget.
-    whole_epochs: int = 0
-    whole_train: int | None = None
-    whole_test: int | None = None
-
-
-BUDGETS = {
-    # CI: every table and figure is produced; the numbers mean nothing.
-    "smoke": Budget("smoke", (0, 1), train224=64, epochs224=1, test224=32, batch224=32, train28=128, epochs28=2,
-                    epochs7=1, test28=64, sizes8=(64, 128), epochs8=(2, 1), overfit_epochs=2, batch=32,
-                    whole_epochs=2, whole_train=256, whole_test=64),
-    # ~20 minutes of 2 CPU cores.
-    "small": Budget("small", (0, 1, 2), train224=500, epochs224=8, test224=200, batch224=64, train28=5000,
-                    epochs28=10, epochs7=8, test28=2000, sizes8=(1000, 3000), epochs8=(20, 12), overfit_epochs=60),
-    # ~80 minutes of 2 CPU cores (35 of them exercise 4 on all 60,000 images): what docs/exercises.md reports.
-    "full": Budget("full", (0, 1, 2), train224=1000, epochs224=8, test224=400, batch224=64, train28=10000,
-                   epochs28=15, epochs7=10, test28=5000, sizes8=(1000, 5000), epochs8=(30, 20), overfit_epochs=80,
-                   whole_epochs=20),
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One configuration of one exercise, run once per seed into ``NAME-sSEED``."""
-
-    name: str
-    label: str
-    preset: str
-    changes: dict = field(default_factory=dict)
-
-    def config(self, seed: int, data: dict) -> Config:
-        return PRESETS[self.preset].replace(**{**self.changes, **data, "seed": seed, "log_every": 50})
-
-
-NO_AUG = dict(crop_padding=0, flip=False)
-NO_REG = dict(model="alexnet28-nodrop", crop_padding=0, flip=False, weight_decay=0.0, label_smoothing=0.0)
-
-
-def plan(b: Budget) -> dict[str, list[Spec]]:
-    """The configurations each exercise compares, at budget ``b``."""
-    s224 = dict(limit_train=b.train224, limit_test=b.test224, epochs=b.epochs224, batch_size=b.batch224)
-    s28 = dict(limit_train=b.train28, limit_test=b.test28, epochs=b.epochs28, batch_size=b.batch)
-    s7 = dict(limit_train=b.train28, limit_test=b.test28, epochs=b.epochs7, batch_size=b.batch, **NO_AUG)
-    n1, n2 = b.sizes8
-    e1, e2 = b.epochs8
-    # Exercise 8 evaluates every epoch of many short runs: a smaller test set keeps evaluation from
-    # costing more than the training.
-    s8 = dict(limit_train=n1, limit_test=max(32, b.test28 // 5), epochs=e1, batch_size=b.batch)
-    s8b = dict(limit_train=n2, limit_test=max(32, b.test28 // 5), epochs=e2, batch_size=b.batch)
-    s8o = {**s8, "epochs": b.overfit_epochs}
-    sw = dict(limit_train=b.whole_train, limit_test=b.whole_test, epochs=b.whole_epochs, batch_size=b.batch)
-    eo = b.overfit_epochs
-    return {
-        "4-224": [Spec("ex4-alexnet224", "alexnet, 224x224", "fast", dict(model="alexnet", **s224)),
-                  Spec("ex4-lenet224set", "lenet (same images, 28x28)", "fast", dict(model="lenet", **s224))],
-        "5": [Spec("ex4-alexnet224", "alexnet", "fast", dict(model="alexnet", **s224)),
-              Spec("ex5-alexnet-small", "alexnet-small", "fast", dict(model="alexnet-small", **s224))],
-        "4-28": [Spec("ex4-alexnet28", "alexnet28", "cpu", dict(model="alexnet28", **s28)),
-                 Spec("ex4-lenet", "lenet", "cpu", dict(model="lenet", **s28))],
-        "4-whole": [Spec("ex4-whole-alexnet28", "alexnet28, whole set", "cpu", dict(model="alexnet28", **sw)),
-                    Spec("ex4-whole-lenet", "lenet, whole set", "cpu", dict(model="lenet", **sw))]
-                   if b.whole_epochs else [],
-        "7": [Spec("ex7-lenet", "LeNet (sigmoid)", "cpu", dict(model="lenet", **s7)),
-              Spec("ex7-relu", "+ ReLU", "cpu", dict(model="lenet-relu-nodrop", **s7)),
-              Spec("ex7-relu-dropout", "+ ReLU + dropout", "cpu", dict(model="lenet-relu", **s7)),
-              Spec("ex7-flip", "+ ReLU + dropout + flips", "cpu", dict(model="lenet-relu", **{**s7, "flip": True})),
-              Spec("ex7-crop", "+ ReLU + dropout + crops", "cpu",
-                   dict(model="lenet-relu", **{**s7, "crop_padding": 2})),
-              Spec("ex7-both", "+ ReLU + dropout + flips + crops", "cpu",
-                   dict(model="lenet-relu", **{**s7, "flip": True, "crop_padding": 2}))],
-        "8-overfit": [
-            Spec("ex8-long-all", f"{n1} images × {eo}, all regularisers", "cpu", dict(model="alexnet28", **s8o)),
-            Spec("ex8-long-nodrop", f"{n1} images × {eo}, no dropout", "cpu", dict(model="alexnet28-nodrop", **s8o)),
-            Spec("ex8-long-noaug", f"{n1} images × {eo}, no augmentation", "cpu",
-                 dict(model="alexnet28", **s8o, **NO_AUG)),
-            Spec("ex8-long-nowd", f"{n1} images × {eo}, no weight decay", "cpu",
-                 dict(model="alexnet28", **s8o, weight_decay=0.0)),
-            Spec("ex8-long-none", f"{n1} images × {eo}, none", "cpu", dict(**s8o, **NO_REG)),
-            Spec("ex8-all-n2", f"{n2} images × {e2}, all regularisers", "cpu", dict(model="alexnet28", **s8b)),
-            Spec("ex8-none-n2", f"{n2} images × {e2}, none", "cpu", dict(**s8b, **NO_REG))],
-        "8-break": [
-            Spec("ex8-all", "the recipe (cpu preset)", "cpu", dict(model="alexnet28", **s8)),
-            Spec("ex8-sigmoid", "sigmoid instead of ReLU", "cpu", dict(model="alexnet28-sigmoid", **s8)),
-            Spec("ex8-torchinit", "PyTorch default init (d2l 1.0's bug)", "cpu",
-                 dict(model="alexnet28-torchinit", **s8)),
-            Spec("ex8-lr10", "lr 10x (0.5), with warm-up", "cpu", dict(model="alexnet28", **s8, lr=0.5)),
-            Spec("ex8-lr10-nowarm", "lr 10x (0.5), no warm-up", "cpu",
-                 dict(model="alexnet28", **s8, lr=0.5, warmup_epochs=0.0)),
-            Spec("ex8-lr3", "lr 3x (0.15), with warm-up", "cpu", dict(model="alexnet28", **s8, lr=0.15)),
-            Spec("ex8-lr3-nowarm", "lr 3x (0.15), no warm-up", "cpu",
-                 dict(model="alexnet28", **s8, lr=0.15, warmup_epochs=0.0))],
-    }  # fmt: skip
-
-
-EXERCISE_OF = {"4-224": "4", "4-28": "4", "4-whole": "4", "5": "5", "7": "7", "8-overfit": "8", "8-break": "8"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Running
-
-
-class CpuLock:
-    """The team's CPU lock (``ALEXNET_CPU_LOCK``: a path, or 1 for /tmp/alexnet-cpu.lock), taken before
-    a run and kept across the next runs until ``hold_s`` have passed, then handed on: one turn of a
-    few minutes rather than a queue position lost after every 20-second run. Nothing when unset."""
-
-    def __init__(self, hold_s: float = 420.0):
-        where = os.environ.get("ALEXNET_CPU_LOCK")
-        self.path = None if not where else "/tmp/alexnet-cpu.lock" if where == "1" else where
-        self.hold_s, self._file, self._since = hold_s, None, 0.0
-
-    def acquire(self) -> None:
-        if self.path and self._file is None:
-            self._file = open(self.path, "a")  # noqa: SIM115 (held across calls, closed in release)
-            fcntl.flock(self._file, fcntl.LOCK_EX)
-            self._since = time.perf_counter()
-
-    def turn_over(self) -> None:
-        """Release the lock if this turn has lasted ``hold_s``."""
-        if self._file is not None and time.perf_counter() - self._since >= self.hold_s:
-            self.release()
-            time.sleep(0.5)  # flock is not a queue: without a pause the next run takes the lock straight back
-
-    def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
-
-
-class Ledger:
-    """``ledger.json`` in the runs folder: per run, done or failed (and why), and its wall time."""
-
-    def __init__(self, root: Path):
-        self.path = root / "ledger.json"
-        try:
-            self.entries = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.entries = {}
-
-    def record(self, name: str, **entry) -> None:
-        self.entries[name] = entry
-        atomic_write(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
-
-
-def _complete(run_dir: Path, epochs: int) -> bool:
-    m = read_metrics(run_dir)
-    return bool(m) and len(m) >= epochs and (run_dir / "last.pt").exists()
-
-
-def train_one(spec: Spec, seed: int, root: Path, data: dict, ledger: Ledger, lock: CpuLock) -> None:
-    from .train import TrainingError, fit
-
-    name = f"{spec.name}-s{seed}"
-    run_dir, cfg = root / name, spec.config(seed, data)
-    entry = ledger.entries.get(name, {})
-    if entry.get("status") == "failed" or (entry.get("status") == "done" and _complete(run_dir, cfg.train.epochs)):
-        return
-    lock.acquire()
-    t0 = time.perf_counter()
-    resume = (run_dir / "last.pt").exists()
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # a run killed before its first epoch: start it again
-    try:
-        r = fit(cfg, run_dir, resume=resume, progress=False, quiet=True)
-        status, error = ("interrupted", "") if r.interrupted else ("done", "")
-    except TrainingError as e:
-        status, error = "failed", str(e)
-    wall = time.perf_counter() - t0 + (entry.get("wall_s", 0.0) if resume else 0.0)
-    lock.turn_over()
-    ledger.record(name, status=status, error=error, wall_s=round(wall, 2), finished=time.strftime("%H:%M:%S"))
-    m = read_metrics(run_dir) or []
-    acc = f"val acc {m[-1]['val_acc']:.4f}" if m else "no epoch finished"
-    print(f"  {name:<28} {status:<8} {acc}  {wall:6.1f} s" + (f"  ({error})" if error else ""), flush=True)
-    if status == "interrupted":
-        raise KeyboardInterrupt
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the results
-
-
-@dataclass
-class Group:
-    """The seeds of one configuration: finished runs, and those that failed (diverged)."""
-
-    spec: Spec
-    runs: list[dict]
-    failed: list[str]
-    wall_s: float
-
-    @property
-    def label(self) -> str:
-        return self.spec.label
-
-    def last(self, key: str) -> Spread | None:
-        vals = [r["metrics"][-1][key] for r in self.runs if len(r["metrics"]) == self.epochs]
-        return Spread(vals) if vals else None
-
-    @property
-    def epochs(self) -> int:
-        return PRESETS[self.spec.preset].replace(**self.spec.changes).train.epochs
-
-    @property
-    def finished(self) -> list[dict]:
-        return [r for r in self.runs if len(r["metrics"]) == self.epochs]
-
-    def per_run(self, fn) -> Spread | None:
-        vals = [fn(r["metrics"]) for r in self.finished]
-        return Spread(vals) if vals else None
-
-    def best_acc(self):
-        return self.per_run(lambda m: max(x["val_acc"] for x in m))
-
-    def best_epoch(self):
-        return self.per_run(lambda m: max(m, key=lambda x: (x["val_acc"], -x["epoch"]))["epoch"])
-
-    def min_loss_epoch(self):
-        return self.per_run(lambda m: min(m, key=lambda x: x["val_loss"])["epoch"])
-
-    def gap(self):
-        return self.per_run(lambda m: m[-1]["train_acc"] - m[-1]["val_acc"])
-
-    def time(self):
-        return self.per_run(lambda m: sum(x["epoch_time_s"] for x in m))
-
-    def rate(self):
-        return self.per_run(lambda m: sum(x["train_images_per_s"] for x in m) / len(m))
-
-    def seeds_text(self) -> str:
-        n = len(self.finished)
-        out = f"{n} seed{'s' if n != 1 else ''}"
-        return out + (f", {len(self.failed)} diverged" if self.failed else "")
-
-
-def named(groups: list[Group], *names: str) -> Group | list[Group]:
-    """The groups of these plan entries, by their names (not by position: reordering the plan
-    must not silently change which runs a sentence is about)."""
-    by = {grp.spec.name: grp for grp in groups}
-    missing = [n for n in names if n not in by]
-    if missing:
-        raise KeyError(f"no plan entry {', '.join(missing)}; the plan has {', '.join(by)}")
-    return by[names[0]] if len(names) == 1 else [by[n] for n in names]
-
-
-def collect(specs: list[Spec], b: Budget, root: Path, ledger: Ledger) -> list[Group]:
-    groups = []
-    for spec in specs:
-        runs, failed, wall = [], [], 0.0
-        for seed in b.seeds:
-            name = f"{spec.name}-s{seed}"
-            e = ledger.entries.get(name, {})
-            wall += e.get("wall_s", 0.0)
-            if e.get("status") == "failed":
-                failed.append(e.get("error", "failed"))
-                with contextlib.suppress(RunError):
-                    runs.append(read_run(root / name))  # the epochs before it diverged
-                continue
-            with contextlib.suppress(RunError):
-                runs.append(read_run(root / name))
-        groups.append(Group(spec, runs, failed, wall))
-    return groups
-
-
-def fmt(s: Spread | None, spec: str = "{:.4f}") -> str:
-    return "—" if s is None else s.format(spec)
-
-
-def versus(a: Group, b: Group, key: str = "val_acc", what: str = "test accuracy") -> str:
-    """'B − A = +0.0123 (spread ±0.0040/±0.0031): larger than the seeds' spread' and the like."""
-    sa, sb = a.last(key), b.last(key)
-    if sa is None or sb is None:
-        return f"{b.label} vs {a.label}: not measured (a configuration has no finished run)"
-    d = sb.mean - sa.mean
-    verdict = ("larger than the seeds' spread" if sb.exceeds(sa)
-               else "within the seeds' spread: not a difference these seeds can resolve")  # fmt: skip
-    return f"{what} {d:+.4f} ({b.label} vs {a.label}; std {sa.std:.4f} and {sb.std:.4f}): {verdict}"
-
-
-# ---------------------------------------------------------------------------------------------
-# The report
+from ..config import PRESETS
+from ..report import plot_groups
+from ..runs import atomic_write
+from ..tables import grid
+from .plan import Budget
+from .results import Group, fmt, named, trend, versus
 
 
 def _fig(groups: list[Group], path: Path, title: str, keys=("train_loss", "val_loss", "val_acc")) -> str:
@@ -374,169 +49,8 @@ def cols(*names) -> list:
     return [(n, COLS[n]) for n in names]
 
 
-def _trend(g: Group) -> str:
-    """How the mean validation curve ends: still rising, flat, or with its loss turned up."""
-    runs = g.finished
-    if not runs:
-        return "not measured"
-    n = len(runs[0]["metrics"])
-    mean = lambda k, i: sum(r["metrics"][i][k] for r in runs) / len(runs)
-    losses = [mean("val_loss", i) for i in range(n)]
-    k = min(range(n), key=losses.__getitem__)
-    last3 = mean("val_acc", n - 1) - mean("val_acc", max(0, n - 4))
-    parts = []
-    if k < n - 1 and losses[-1] > losses[k] + 0.01:
-        parts.append(f"test loss bottoms out at epoch {k + 1} ({losses[k]:.3f}) and turns up to {losses[-1]:.3f}")
-    else:
-        parts.append(f"test loss lowest at epoch {k + 1} ({losses[k]:.3f})")
-    parts.append("accuracy flat over the last 3 epochs" if abs(last3) < 0.005
-                 else f"accuracy still moving over the last 3 epochs ({last3:+.4f})")  # fmt: skip
-    return "; ".join(parts)
-
-
-def run_exercises(budget: str, out: Path, runs: Path | None = None, only: set[str] | None = None,
-                  data_dir: str | None = None, dataset: str | None = None, render_only: bool = False,
-                  overwrite: bool = False) -> dict:  # fmt: skip
-    """Train what the budget's plan lacks, then write the report ``out`` and its figures."""
-    b = BUDGETS[budget]
-    root = Path(runs) if runs else Path("runs") / f"exercises-{budget}"
-    root.mkdir(parents=True, exist_ok=True)
-    data = {k: v for k, v in (("data_dir", data_dir), ("dataset", dataset)) if v}
-    ledger = Ledger(root)
-    p = plan(b)
-    t0 = time.perf_counter()
-    if not render_only:
-        todo, seen = [], set()
-        # The cheap exercises first, then the 224x224 ones, then exercise 8, then the whole training set.
-        for key in sorted(p, key=lambda k: ("4-28", "7", "4-224", "5", "8-overfit", "8-break", "4-whole").index(k)):
-            specs = p[key]
-            if only and EXERCISE_OF[key] not in only:
-                continue
-            for spec in specs:
-                for seed in b.seeds:
-                    if (spec.name, seed) not in seen:
-                        seen.add((spec.name, seed))
-                        todo.append((spec, seed))
-        print(f"exercises, budget {budget}: {len(todo)} runs ({len(b.seeds)} seeds) into {root}", flush=True)
-        lock = CpuLock()
-        try:
-            for spec, seed in todo:
-                train_one(spec, seed, root, data, ledger, lock)
-        finally:
-            lock.release()
-    sweep_s = time.perf_counter() - t0
-    result = render(b, p, root, ledger, Path(out), data, sweep_s, overwrite)
-    print(f"report: {out}   figures: {result['figures']}")
-    return result
-
-
-def measured_rows(text: str) -> int:
-    """Table rows holding a measurement: no header, no separator, no "—" cell, no "not measured"."""
-    lines = text.splitlines()
-    headers = {prev for prev, ln in zip(lines, lines[1:]) if ln.startswith("|---")}
-    rows = [ln for ln in lines if ln.startswith("|") and not ln.startswith("|---") and ln not in headers]
-    return sum(1 for r in rows if "—" not in r and "not measured" not in r)
-
-
-def render(b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict, sweep_s: float,
-           overwrite: bool = False) -> dict:  # fmt: skip
-    """Write the report and its figures; a page with fewer measured rows than the one it would
-    replace (runs missing from ``root``, a narrower --only) is refused unless ``overwrite``."""
-    final = out.parent / "figures" / "exercises"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # The figures are drawn aside and moved in only once the page is known to keep what it had.
-    figs = Path(tempfile.mkdtemp(prefix=".exercises.", dir=final.parent))
-    try:
-        result = _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final)
-    finally:
-        shutil.rmtree(figs, ignore_errors=True)
-    return result
-
-
-def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> dict:
-    g = {key: collect(specs, b, root, ledger) for key, specs in p.items()}
-    rel = os.path.relpath(final, out.parent)
-    cmd = f"alexnet exercises --budget {b.name}"
-    sections, readme = [], []
-    for write in (_ex123, _ex4, _ex5, _ex6, _ex7, _ex8, _pictures):
-        text, row = write(b, g, figs, rel, cmd, root)
-        sections.append(text)
-        readme.extend(row)
-    names = {f"{s.name}-s{seed}" for specs in p.values() for s in specs for seed in b.seeds}
-    locked = sum(e.get("wall_s", 0.0) for n, e in ledger.entries.items() if n in names)
-    done = sum(1 for n in names if ledger.entries.get(n, {}).get("status") in ("done", "failed"))
-    costs = []
-    for name, other in BUDGETS.items():
-        path = (root if name == b.name else root.parent / f"exercises-{name}") / "ledger.json"
-        entries = Ledger(path.parent).entries if path.exists() else {}
-        want = {f"{s.name}-s{seed}" for specs in plan(other).values() for s in specs for seed in other.seeds}
-        got = [e for n, e in entries.items() if n in want and e.get("status") in ("done", "failed")]
-        whole = ("—" if not other.whole_epochs else
-                 f"{other.whole_train or 'all'}×{other.whole_epochs}")  # fmt: skip
-        costs.append([f"`{name}`", str(len(other.seeds)), f"{other.train224}×{other.epochs224}",
-                      f"{other.train28}×{other.epochs28}", whole, f"{other.train28}×{other.epochs7}",
-                      " and ".join(f"{n}×{e}" for n, e in zip(other.sizes8, other.epochs8)),
-                      f"{len(got)} of {len(want)} runs, {sum(e.get('wall_s', 0.0) for e in got) / 60:.1f} min"
-                      if got else "not run on this machine"])  # fmt: skip
-    sections.append("\n".join([
-        "## What the budgets cost",
-        "",
-        "Images × epochs per run (224: exercises 4 and 5 at 224×224; 28: exercise 4 at 28×28; 28 whole: "
-        "exercise 4 on the whole training set; 7: the LeNet family; 8: the two training-set sizes of "
-        "exercise 8), and the training wall time measured here, each run timed alone (under the team's CPU "
-        "lock) and summed:",
-        "",
-        grid(["budget", "seeds", "224", "28", "28 whole", "7", "8", "measured here"], costs,
-             left=(0, 2, 3, 4, 5, 6, 7)),
-        "",
-    ]))
-    head = [
-        "# The exercises of D2L §8.1, answered and measured",
-        "",
-        f"Written by `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on {machine().line()}. "
-        f"Budget `{b.name}`: {done} of {len(names)} training runs finished, seeds {', '.join(map(str, b.seeds))}, "
-        f"{locked / 60:.1f} minutes of training wall time in all (each run timed alone"
-        + (f"; this invocation {sweep_s / 60:.1f} min" if sweep_s >= 1 else "") + "). Fashion-MNIST"
-        + (f" ({data['dataset']})" if data.get("dataset") else "") + ", bf16 autocast where the CPU has it.",
-        "",
-        *([f"This report is the `{b.name}` budget; `--budget full` trains on larger subsets for more epochs "
-           "(see the last section for both and what each cost here).", ""] if b.name != "full" else []),
-        "In the figures, *val* is the test set (its first N images, as each section says): Fashion-MNIST "
-        "has no separate validation split, and nothing here is tuned on it.",
-        "",
-        "Every comparison is the mean ± sample standard deviation over the seeds. A difference is called "
-        "real only when it is larger than the two configurations' standard deviations added together; "
-        "otherwise it is *within the spread*. Runs: `" + str(root) + "/NAME-sSEED` (`alexnet compare` "
-        "on any of them gives the same rows).",
-        "",
-        "## In one table",
-        "",
-        grid(["exercise", "command", "answer (measured)", "figure"], [[e, f"`{c}`", a, f] for e, c, a, f in readme],
-             left=range(4)),
-        "",
-    ]
-    text = "\n".join(head + sections) + "\n"
-    had = measured_rows(out.read_text(errors="replace")) if not_regular(out) is None else 0
-    if measured_rows(text) < had and not overwrite:
-        raise RunError(f"{out}: not rewritten: it has {had} measured rows, this report {measured_rows(text)} "
-                       f"(are runs missing from {root}?); --overwrite replaces it anyway")  # fmt: skip
-    final.mkdir(parents=True, exist_ok=True)
-    for f in figs.iterdir():
-        os.replace(f, final / f.name)
-    atomic_write(out, text)
-    return {"figures": final, "readme": readme, "groups": g}
-
-
-# ---------------------------------------------------------------------------------------------
-# The sections: measured tables and figures, and the reasoning the numbers support
-
-
-def _link(rel: str, name: str) -> str:
-    return f"[{name}]({rel}/{name})"
-
-
 def _ex123(b, g, figs, rel, cmd, root):
-    from .analysis import analyze, chapter_figures, get_device_spec
+    from ..analysis import analyze, chapter_figures, get_device_spec
 
     f = chapter_figures()
     h100 = get_device_spec("h100")
@@ -612,7 +126,7 @@ def _ex4(b, g, figs, rel, cmd, root):
         f"![exercise 4 at 28]({rel}/{f2})", "",
         *(_ex4_whole(b, g, figs, rel) if whole else []),
         "What the curves show:", "",
-        *[f"- {grp.label} ({setting}): {_trend(grp)}." for grp, setting in
+        *[f"- {grp.label} ({setting}): {trend(grp)}." for grp, setting in
           ((a224, "224"), (l224, "224 subset"), (a28, "28"), (l28, "28"), *((w, "28") for w in whole))],
         f"- {versus(l224, a224)}.",
         f"- {versus(l28, a28)}.",
@@ -678,8 +192,8 @@ def _gap(a: Group, b: Group) -> str:
 
 
 def _ex5(b, g, figs, rel, cmd, root):
-    from .analysis import trace
-    from .models import build_model
+    from ..analysis import trace
+    from ..models import build_model
 
     rows28, rows224 = trace(build_model("alexnet28"), (1, 1, 28, 28)), trace(build_model("alexnet"), (1, 1, 224, 224))
     p28, f28, f224 = sum(r.params for r in rows28), sum(r.flops for r in rows28), sum(r.flops for r in rows224)
@@ -855,7 +369,7 @@ def _ex8(b, g, figs, rel, cmd, root):
         f"![overfitting]({rel}/{f1})", "",
         f"![generalisation gap against training-set size]({rel}/{f2})", "",
         f"- With every regulariser removed on {n1} images, training accuracy reaches {fmt(tr)} while test "
-        f"accuracy is {fmt(none1.last('val_acc'))}: a gap of {fmt(none1.gap(), '{:+.4f}')}; {_trend(none1)}.",
+        f"accuracy is {fmt(none1.last('val_acc'))}: a gap of {fmt(none1.gap(), '{:+.4f}')}; {trend(none1)}.",
         f"- {versus(long_all, none1, 'val_acc')}.",
         *[f"- {grp.label}: {versus(long_all, grp)}." for grp in (nodrop, noaug, nowd)],
         f"- {n2} images, none: gap {fmt(none2.gap(), '{:+.4f}')} against {fmt(none1.gap(), '{:+.4f}')} at {n1}"
@@ -923,10 +437,10 @@ def _gap_figure(over: list[Group], b: Budget, path: Path) -> str:
 
 def _pictures(b, g, figs, rel, cmd, root):
     """The chapter's Figure 8.1.2 from this sweep's own runs, and one image's feature maps."""
-    from . import data as D
-    from .runs import load_checkpoint, model_from_checkpoint
-    from .models import build_model
-    from .visualize import first_conv, plot_activations, plot_filters
+    from .. import data as D
+    from ..runs import load_checkpoint, model_from_checkpoint
+    from ..models import build_model
+    from ..visualize import first_conv, plot_activations, plot_filters
 
     lines = ["## What the networks learned: first-layer filters (the chapter's Figure 8.1.2) and feature maps", ""]
     shown, moved_by, moved_kh = None, {}, {}
@@ -989,3 +503,6 @@ def _pictures(b, g, figs, rel, cmd, root):
     return "\n".join(lines), ([("Fig. 8.1.2", "alexnet filters RUN; alexnet activations RUN test:0",
                                  "first-layer kernels as an image grid; each stage's strongest feature maps",
                                  f"[{Path(shown).name}]({shown})")] if shown else [])
+
+
+SECTIONS = (_ex123, _ex4, _ex5, _ex6, _ex7, _ex8, _pictures)

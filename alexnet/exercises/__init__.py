@@ -1,0 +1,55 @@
+"""`alexnet exercises`: the training exercises of D2L §8.1 (4, 5, 7, 8) rerun over seeds at a chosen
+budget, and docs/exercises.md written from the finished runs, with exercises 1–3 and 6 beside them.
+
+Every configuration runs once per seed; a table row is mean ± std over the seeds (sample std), and
+a difference is called real only when it is larger than the two spreads together. Runs go to
+``runs/exercises-BUDGET/NAME-sSEED``; a finished run is reused, so an interrupted sweep continues
+where it stopped and ``--render-only`` rewrites the report without training.
+
+The rooms, each importing only those above it:
+    plan.py      the budgets and the configurations each exercise compares
+    results.py   the ledger of runs; a configuration's seeds as a Group, found by name; "within the spread"
+    sections.py  one writer per exercise: its tables, figures and prose, every number read, none typed
+    page.py      the page: head, summary table, the budgets' cost, a measured page never written over
+    run.py       the sweep: train what the plan lacks (under the team's CPU lock), then write the page
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import ConfigError
+from .page import measured_rows
+from .plan import BUDGETS, EXERCISE_OF, plan
+from .run import run_exercises
+
+__all__ = ["BUDGETS", "EXERCISE_OF", "add_parser", "measured_rows", "plan", "run_exercises"]
+
+
+def cmd_exercises(args) -> int:
+    only = {s.strip() for s in args.only.split(",")} if args.only else None
+    unknown = sorted((only or set()) - set(EXERCISE_OF.values()))
+    if unknown:
+        raise ConfigError(f"--only {','.join(unknown)}: no such training exercise "
+                          f"(these train: {', '.join(sorted(set(EXERCISE_OF.values())))})")  # fmt: skip
+    run_exercises(args.budget, Path(args.out), Path(args.runs) if args.runs else None, only=only,
+                  data_dir=args.data_dir, render_only=args.render_only, overwrite=args.overwrite)  # fmt: skip
+    return 0
+
+
+def add_parser(sub) -> None:
+    x = sub.add_parser("exercises", help="rerun the training exercises at a budget; write docs/exercises.md",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    x.add_argument("--budget", choices=list(BUDGETS), default="small",
+                   help="about how long each takes on 2 CPU cores: "
+                        + ", ".join(f"{name}: ~{b.minutes} min" for name, b in BUDGETS.items())
+                        + " (smoke is the CI check; docs/exercises.md gives the measured times)")  # fmt: skip
+    x.add_argument("--out", default="docs/exercises.md", help="the report; figures go to a folder beside it")
+    x.add_argument("--runs", help="where the runs go (none: runs/exercises-BUDGET); finished runs are reused")
+    x.add_argument("--only", help="comma-separated exercises to train, e.g. 7,8 (none: all)")
+    x.add_argument("--data-dir", help="directory of Fashion-MNIST (none: found automatically)")
+    x.add_argument("--render-only", action="store_true", help="train nothing; write the report from finished runs")
+    x.add_argument("--overwrite", action="store_true",
+                   help="replace the report even when it has fewer measured rows than the page already there")  # fmt: skip
+    x.set_defaults(func=cmd_exercises)

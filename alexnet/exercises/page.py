@@ -1,0 +1,115 @@
+"""docs/exercises.md: the page's head and one-table summary, each exercise's section (sections.py),
+what each budget cost, and the rule that a page with fewer measured rows is not written over one
+with more."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..measure import machine
+from ..runs import RunError, atomic_write, not_regular
+from ..tables import grid
+from .plan import BUDGETS, Budget, plan
+from .results import Ledger, collect
+from .sections import SECTIONS
+
+
+def measured_rows(text: str) -> int:
+    """Table rows holding a measurement: no header, no separator, no "—" cell, no "not measured"."""
+    lines = text.splitlines()
+    headers = {prev for prev, ln in zip(lines, lines[1:]) if ln.startswith("|---")}
+    rows = [ln for ln in lines if ln.startswith("|") and not ln.startswith("|---") and ln not in headers]
+    return sum(1 for r in rows if "—" not in r and "not measured" not in r)
+
+
+def render(b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict, sweep_s: float,
+           overwrite: bool = False) -> dict:  # fmt: skip
+    """Write the report and its figures; a page with fewer measured rows than the one it would
+    replace (runs missing from ``root``, a narrower --only) is refused unless ``overwrite``."""
+    final = out.parent / "figures" / "exercises"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # The figures are drawn aside and moved in only once the page is known to keep what it had.
+    figs = Path(tempfile.mkdtemp(prefix=".exercises.", dir=final.parent))
+    try:
+        result = _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final)
+    finally:
+        shutil.rmtree(figs, ignore_errors=True)
+    return result
+
+
+def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> dict:
+    g = {key: collect(specs, b, root, ledger) for key, specs in p.items()}
+    rel = os.path.relpath(final, out.parent)
+    cmd = f"alexnet exercises --budget {b.name}"
+    sections, readme = [], []
+    for write in SECTIONS:
+        text, row = write(b, g, figs, rel, cmd, root)
+        sections.append(text)
+        readme.extend(row)
+    names = {f"{s.name}-s{seed}" for specs in p.values() for s in specs for seed in b.seeds}
+    locked = sum(e.get("wall_s", 0.0) for n, e in ledger.entries.items() if n in names)
+    done = sum(1 for n in names if ledger.entries.get(n, {}).get("status") in ("done", "failed"))
+    costs = []
+    for name, other in BUDGETS.items():
+        path = (root if name == b.name else root.parent / f"exercises-{name}") / "ledger.json"
+        entries = Ledger(path.parent).entries if path.exists() else {}
+        want = {f"{s.name}-s{seed}" for specs in plan(other).values() for s in specs for seed in other.seeds}
+        got = [e for n, e in entries.items() if n in want and e.get("status") in ("done", "failed")]
+        whole = ("—" if not other.whole_epochs else
+                 f"{other.whole_train or 'all'}×{other.whole_epochs}")  # fmt: skip
+        costs.append([f"`{name}`", str(len(other.seeds)), f"{other.train224}×{other.epochs224}",
+                      f"{other.train28}×{other.epochs28}", whole, f"{other.train28}×{other.epochs7}",
+                      " and ".join(f"{n}×{e}" for n, e in zip(other.sizes8, other.epochs8)),
+                      f"{len(got)} of {len(want)} runs, {sum(e.get('wall_s', 0.0) for e in got) / 60:.1f} min"
+                      if got else "not run on this machine"])  # fmt: skip
+    sections.append("\n".join([
+        "## What the budgets cost",
+        "",
+        "Images × epochs per run (224: exercises 4 and 5 at 224×224; 28: exercise 4 at 28×28; 28 whole: "
+        "exercise 4 on the whole training set; 7: the LeNet family; 8: the two training-set sizes of "
+        "exercise 8), and the training wall time measured here, each run timed alone (under the team's CPU "
+        "lock) and summed:",
+        "",
+        grid(["budget", "seeds", "224", "28", "28 whole", "7", "8", "measured here"], costs,
+             left=(0, 2, 3, 4, 5, 6, 7)),
+        "",
+    ]))
+    head = [
+        "# The exercises of D2L §8.1, answered and measured",
+        "",
+        f"Written by `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on {machine().line()}. "
+        f"Budget `{b.name}`: {done} of {len(names)} training runs finished, seeds {', '.join(map(str, b.seeds))}, "
+        f"{locked / 60:.1f} minutes of training wall time in all (each run timed alone"
+        + (f"; this invocation {sweep_s / 60:.1f} min" if sweep_s >= 1 else "") + "). Fashion-MNIST"
+        + (f" ({data['dataset']})" if data.get("dataset") else "") + ", bf16 autocast where the CPU has it.",
+        "",
+        *([f"This report is the `{b.name}` budget; `--budget full` trains on larger subsets for more epochs "
+           "(see the last section for both and what each cost here).", ""] if b.name != "full" else []),
+        "In the figures, *val* is the test set (its first N images, as each section says): Fashion-MNIST "
+        "has no separate validation split, and nothing here is tuned on it.",
+        "",
+        "Every comparison is the mean ± sample standard deviation over the seeds. A difference is called "
+        "real only when it is larger than the two configurations' standard deviations added together; "
+        "otherwise it is *within the spread*. Runs: `" + str(root) + "/NAME-sSEED` (`alexnet compare` "
+        "on any of them gives the same rows).",
+        "",
+        "## In one table",
+        "",
+        grid(["exercise", "command", "answer (measured)", "figure"], [[e, f"`{c}`", a, f] for e, c, a, f in readme],
+             left=range(4)),
+        "",
+    ]
+    text = "\n".join(head + sections) + "\n"
+    had = measured_rows(out.read_text(errors="replace")) if not_regular(out) is None else 0
+    if measured_rows(text) < had and not overwrite:
+        raise RunError(f"{out}: not rewritten: it has {had} measured rows, this report {measured_rows(text)} "
+                       f"(are runs missing from {root}?); --overwrite replaces it anyway")  # fmt: skip
+    final.mkdir(parents=True, exist_ok=True)
+    for f in figs.iterdir():
+        os.replace(f, final / f.name)
+    atomic_write(out, text)
+    return {"figures": final, "readme": readme, "groups": g}
