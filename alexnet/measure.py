@@ -18,6 +18,8 @@ Conventions, stated once: the **median** per-unit time is the figure for speed (
 that another job slowed); the **best** is for peaks (the most the hardware did: GEMM rates,
 bandwidth); never the mean of a block, which a single stall skews. Ratios come from candidates
 timed in the same call. One call to ``time_once`` is for work that happens once (a compilation).
+``reported_turns`` alternates candidates that time themselves (a child process reporting its own
+figure); ``Timing.percentile`` gives a latency's tail under load.
 ``best_time(fn, device, repeats)`` is the shortcut for one candidate's best.
 
 Memory: ``PeakMemory`` reads one phase's peak (CUDA allocator, or the process's resident set on
@@ -65,9 +67,15 @@ class Timing:
         """``units`` per second at the median time (e.g. images/s with units = batch size)."""
         return units / self.median
 
+    def percentile(self, q: float) -> float:
+        """The nearest-rank ``q``-th percentile: for latencies under load (p90, p99), where the tail is the figure."""
+        xs = sorted(self.seconds)
+        return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
-def time_once(fn: Callable[[], object], device: torch.device) -> float:
+
+def time_once(fn: Callable[[], object], device: torch.device | str) -> float:
     """Wall seconds of one ``fn()``, with the device drained on both sides (CUDA runs asynchronously)."""
+    device = torch.device(device)
     sync(device)
     t0 = time.perf_counter()
     fn()
@@ -102,6 +110,25 @@ def time_turns(candidates: dict[str, Callable[[int], object]], device, *, rounds
                 out[name].seconds.append(time_once(lambda: run(block), device) / block)
             else:
                 out[name].seconds += [time_once(lambda: run(1), device) for _ in range(block)]
+    return out
+
+
+def reported_turns(candidates: dict[str, Callable[[], float]], *, rounds: int = 5,
+                   warmup: int = 1) -> dict[str, Timing]:  # fmt: skip
+    """``time_turns`` for work that times itself: each ``run()`` does one unit and returns the seconds
+    it measured, e.g. a child training run's seconds per image from its metrics.jsonl (its own
+    clock leaves out the interpreter's start and the imports). The same warm-up, alternating turns
+    and Timing. A child process's whole wall time needs none of this: ``time_turns`` with a
+    ``run(k)`` that starts k processes times it."""
+    if rounds < 1 or warmup < 0:
+        raise ValueError("rounds must be at least 1, warmup not negative")
+    for run in candidates.values():
+        for _ in range(warmup):
+            run()
+    out = {name: Timing(name) for name in candidates}
+    for _ in range(rounds):
+        for name, run in candidates.items():
+            out[name].seconds.append(float(run()))
     return out
 
 

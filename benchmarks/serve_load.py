@@ -10,7 +10,12 @@
     python benchmarks/serve_load.py --part all --out runs/serve-load
 
 Every figure is taken on whatever machine runs it, beside whatever else runs there: the script
-prints the CPU, its core count and the load average before and after.
+prints the CPU, its core count and the load average before and after (alexnet.measure.machine).
+Timings go through the package's harness: each request's latency is ``measure.time_once`` and its
+percentiles ``Timing.percentile``; the training turns alternate through ``measure.reported_turns``
+(one warm-up turn of each kind first), each returning the run's own seconds per training image.
+The tables (results.md) are alexnet.tables'. A smoke run: --requests 8 --clients 2 --turns 1
+--limit-train 256 --warmup 0.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import io
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -30,14 +34,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from alexnet.measure import Timing, machine, reported_turns, time_once
+from alexnet.tables import Column, markdown
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    """This machine (alexnet.measure: CPU model and bf16 flags, threads, torch), and its load now."""
-    from alexnet.measure import machine as this_machine
-
-    return this_machine("cpu").line()
 
 
 def env(threads: int | None = None) -> dict:
@@ -118,20 +118,20 @@ def multipart(data: bytes) -> tuple[bytes, str]:
 
 
 def predict_once(url: str, body: bytes, ctype: str) -> tuple[float, str | None]:
-    t0 = time.perf_counter()
-    try:
-        req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype}, method="POST")
-        with urllib.request.urlopen(req, timeout=120) as r:
-            out = json.loads(r.read())
-            err = None if len(out.get("top", [])) == 5 else f"answer without a top-5: {out}"
-    except Exception as e:  # noqa: BLE001 - counted, not fatal
-        err = f"{e.__class__.__name__}: {e}"
-    return time.perf_counter() - t0, err
+    """One request's latency (seconds) and its error, if any."""
+    errors = []
 
+    def ask():
+        try:
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype}, method="POST")
+            with urllib.request.urlopen(req, timeout=120) as r:
+                out = json.loads(r.read())
+                if len(out.get("top", [])) != 5:
+                    errors.append(f"answer without a top-5: {out}")
+        except Exception as e:  # noqa: BLE001 - counted, not fatal
+            errors.append(f"{e.__class__.__name__}: {e}")
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+    return time_once(ask, "cpu"), (errors[0] if errors else None)
 
 
 def load(runs: Path, run: str, requests: int, clients: int, maps: int) -> dict:
@@ -141,24 +141,29 @@ def load(runs: Path, run: str, requests: int, clients: int, maps: int) -> dict:
         body, ctype = multipart(png_bytes())
         for _ in range(3):  # warm-up: the checkpoint is loaded on the first request
             predict_once(url, body, ctype)
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            results = list(pool.map(lambda _: predict_once(url, body, ctype), range(requests)))
-        wall = time.perf_counter() - t0
-        lat = [r[0] * 1000 for r in results]
+        results = []
+
+        def burst():
+            with ThreadPoolExecutor(clients) as pool:
+                results.extend(pool.map(lambda _: predict_once(url, body, ctype), range(requests)))
+
+        wall = time_once(burst, "cpu")
+        lat = Timing("predict", [r[0] for r in results])
         errors = [r[1] for r in results if r[1]]
         return {"requests": requests, "clients": clients, "maps": maps, "errors": len(errors),
-                "first_error": errors[0] if errors else None, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
-                "p99_ms": pct(lat, 99), "max_ms": max(lat), "requests_per_s": requests / wall, "wall_s": wall,
-                "server_peak_rss_mib": server.peak_rss_mib()}  # fmt: skip
+                "first_error": errors[0] if errors else None, "p50_ms": 1000 * lat.percentile(50),
+                "p90_ms": 1000 * lat.percentile(90), "p99_ms": 1000 * lat.percentile(99),
+                "max_ms": 1000 * lat.percentile(100), "best_ms": 1000 * lat.best, "requests_per_s": requests / wall,
+                "wall_s": wall, "server_peak_rss_mib": server.peak_rss_mib()}  # fmt: skip
     finally:
         server.stop()
 
 
 def training(runs: Path, run: str, turns: int, clients: int, interval: float, limit_train: int, work: Path,
-             threads: int, busy_with: str = "predict") -> dict:  # fmt: skip
+             threads: int, busy_with: str = "predict", warmup: int = 1) -> dict:  # fmt: skip
     """Alternating turns of a 1-epoch training run on ``threads`` torch threads, the server idle or busy
-    (``clients`` each sending a request, waiting ``interval`` s after each answer)."""
+    (``clients`` each sending a request, waiting ``interval`` s after each answer), through
+    measure.reported_turns: each turn returns the run's own seconds per training image (metrics.jsonl)."""
     server = Server(runs)
     stop = threading.Event()
     served = [0]
@@ -178,45 +183,80 @@ def training(runs: Path, run: str, turns: int, clients: int, interval: float, li
 
     shutil.rmtree(work, ignore_errors=True)
     rows = []
-    try:
-        for turn in range(2 * turns):
-            busy = turn % 2 == 1
+
+    def turn(busy: bool):
+        def run_turn() -> float:
             senders = [threading.Thread(target=hammer, daemon=True) for _ in range(clients if busy else 0)]
             for t in senders:
                 t.start()
-            before, cpu0, own0, t0 = served[0], server.cpu_s(), time.process_time(), time.perf_counter()
-            out = work / f"turn{turn}"
-            r = alexnet("train", "--preset", "cpu", "--epochs", 1, "--limit-train", limit_train, "--limit-test", 500,
-                        "--run-dir", out, "--no-progress", threads=threads)  # fmt: skip
-            wall = time.perf_counter() - t0
+            before, cpu0, own0, k = served[0], server.cpu_s(), time.process_time(), len(rows)
+            out, trained = work / f"turn{k}", []
+            wall = time_once(lambda: trained.append(alexnet(
+                "train", "--preset", "cpu", "--epochs", 1, "--limit-train", limit_train, "--limit-test", 500,
+                "--run-dir", out, "--no-progress", threads=threads)), "cpu")  # fmt: skip
             server_cores, client_cores = (server.cpu_s() - cpu0) / wall, (time.process_time() - own0) / wall
             stop.set()
             for t in senders:
                 t.join()
             stop.clear()
             m = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-            rows.append({"turn": turn, "server": "busy" if busy else "idle", "images_per_s": m["train_images_per_s"],
-                         "train_s": m["train_time_s"], "requests_served": served[0] - before,
-                         "server_cores": server_cores, "client_cores": client_cores,
-                         "threads": r.stdout.split("(", 1)[1].split(" threads", 1)[0]})  # fmt: skip
+            rows.append({"turn": k, "warm_up": k < 2 * warmup, "server": "busy" if busy else "idle",
+                         "images_per_s": m["train_images_per_s"], "train_s": m["train_time_s"],
+                         "requests_served": served[0] - before, "server_cores": server_cores,
+                         "client_cores": client_cores,
+                         "threads": trained[0].stdout.split("(", 1)[1].split(" threads", 1)[0]})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
+            return 1 / m["train_images_per_s"]
+
+        return run_turn
+
+    try:
+        timed = reported_turns({"idle": turn(False), "busy": turn(True)}, rounds=turns, warmup=warmup)
     finally:
         server.stop()
-    idle = [r["images_per_s"] for r in rows if r["server"] == "idle"]
-    busy = [r["images_per_s"] for r in rows if r["server"] == "busy"]
-    return {"turns": rows, "idle_median": statistics.median(idle), "busy_median": statistics.median(busy),
-            "busy_over_idle": statistics.median(busy) / statistics.median(idle),
-            "pairwise_ratios": [b / i for i, b in zip(idle, busy)], "clients": clients, "interval_s": interval,
-            "limit_train": limit_train, "train_threads": threads, "busy_with": busy_with}  # fmt: skip
+    idle, busy = timed["idle"], timed["busy"]  # seconds per training image
+    return {"turns": rows, "idle_median": idle.per_second(), "busy_median": busy.per_second(),
+            "idle_best": 1 / idle.best, "busy_best": 1 / busy.best, "busy_over_idle": idle.median / busy.median,
+            "pairwise_ratios": [i / b for i, b in zip(idle.seconds, busy.seconds)], "clients": clients,
+            "interval_s": interval, "limit_train": limit_train, "train_threads": threads, "busy_with": busy_with,
+            "warmup_turns": warmup}  # fmt: skip
+
+
+LOAD_COLUMNS = [Column("maps", "maps per stage"), Column("requests"), Column("clients"), Column("errors"),
+                Column("p50_ms", "p50 ms", "{:,.0f}"), Column("p90_ms", "p90 ms", "{:,.0f}"),
+                Column("p99_ms", "p99 ms", "{:,.0f}"), Column("max_ms", "max ms", "{:,.0f}"),
+                Column("requests_per_s", "requests/s", "{:.1f}"),
+                Column("server_peak_rss_mib", "server peak RSS (MiB)", "{:.0f}")]  # fmt: skip
+TURN_COLUMNS = [Column("turn"), Column("server", left=True),
+                Column("warm_up", "warm-up", lambda w: "yes" if w else "", left=True),
+                Column("images_per_s", "training images/s", "{:.0f}"), Column("requests_served", "requests answered"),
+                Column("server_cores", "server cores", "{:.3f}"),
+                Column("client_cores", "client cores", "{:.3f}")]  # fmt: skip
+
+
+def report(results: dict) -> str:
+    """results.md: the machine, then a table per part (alexnet.tables)."""
+    parts = [f"Machine before: {results['machine_before']}", f"Machine after: {results['machine_after']}"]
+    if "load" in results:
+        parts.append(markdown(results["load"], LOAD_COLUMNS))
+    if "training" in results:
+        t = results["training"]
+        parts.append(markdown(t["turns"], TURN_COLUMNS))
+        parts.append(f"Training images/s, median of {len(t['pairwise_ratios'])} turns: idle {t['idle_median']:.0f}, "
+                     f"busy {t['busy_median']:.0f}; busy / idle {t['busy_over_idle']:.2f} (per pair: "
+                     + ", ".join(f"{r:.2f}" for r in t["pairwise_ratios"]) + ")")  # fmt: skip
+    return "\n\n".join(parts) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["load", "training", "all"], default="all")
-    p.add_argument("--out", default="runs/serve-load", help="folder for the served run, the turns and results.json")
+    p.add_argument("--out", default="runs/serve-load",
+                   help="folder for the served run, the turns, results.json and results.md")  # fmt: skip
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--turns", type=int, default=3, help="training turns of each kind (idle, busy)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up training turns of each kind, not counted")
     p.add_argument("--busy-clients", type=int, default=4, help="clients keeping the server busy in a busy turn")
     p.add_argument("--busy-interval", type=float, default=0.0,
                    help="seconds each busy client waits after an answer (0: flat out; 1: a person clicking)")
@@ -231,7 +271,7 @@ def main() -> None:
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     make_run(runs, "served")
-    results = {"machine_before": machine(), "torch_threads_server": 1}
+    results = {"machine_before": machine("cpu").line(), "torch_threads_server": 1}
     print(results["machine_before"], flush=True)
     if args.part in ("load", "all"):
         for maps in (0, 8):
@@ -240,11 +280,13 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     if args.part in ("training", "all"):
         results["training"] = training(runs, "served", args.turns, args.busy_clients, args.busy_interval,
-                                       args.limit_train, out / "turns", args.train_threads, args.busy_with)
+                                       args.limit_train, out / "turns", args.train_threads, args.busy_with,
+                                       args.warmup)  # fmt: skip
         print(json.dumps({k: v for k, v in results["training"].items() if k != "turns"}), flush=True)
-    results["machine_after"] = machine()
+    results["machine_after"] = machine("cpu").line()
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {out / 'results.json'}")
+    (out / "results.md").write_text(report(results))
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,26 @@ def test_a_block_per_candidate_and_best_time_for_peaks(monkeypatch):
     assert measure.best_time(lambda: n.append(1), "cpu", repeats=4) >= 0 and len(n) == 5  # 1 warm-up + 4
 
 
+def test_candidates_that_time_themselves_warm_up_then_alternate_and_their_seconds_are_kept():
+    events, reported = [], iter([9.0, 9.0, 0.3, 0.1, 0.2, 0.5, 0.4, 0.6])  # two warm-ups, then a, b, a, b, a, b
+
+    def candidate(name):
+        return lambda: events.append(name) or next(reported)
+
+    out = measure.reported_turns({"a": candidate("a"), "b": candidate("b")}, rounds=3, warmup=1)
+    assert events == ["a", "b"] + ["a", "b"] * 3
+    assert out["a"].seconds == [0.3, 0.2, 0.4] and out["b"].seconds == [0.1, 0.5, 0.6]  # no warm-up among them
+    assert out["a"].median == 0.3 and out["b"].best == 0.1
+    with pytest.raises(ValueError):
+        measure.reported_turns({"a": candidate("a")}, rounds=0)
+
+
+def test_a_latency_percentile_is_the_nearest_rank_of_the_tail():
+    t = measure.Timing("predict", [float(i) for i in range(100, 0, -1)])  # 1..100 s, unsorted
+    assert (t.percentile(50), t.percentile(90), t.percentile(99), t.percentile(100)) == (51.0, 90.0, 99.0, 100.0)
+    assert measure.Timing("one", [0.2]).percentile(99) == 0.2
+
+
 def test_the_machine_is_described_with_its_bf16_flags_threads_and_torch():
     m = measure.machine("cpu")
     cpuinfo = Path("/proc/cpuinfo")
