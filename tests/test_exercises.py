@@ -192,3 +192,12 @@ def test_the_budgets_durations_are_stated_once_and_the_help_reads_them(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     for name, b in BUDGETS.items():
         assert f"{name}: ~{b.minutes} min" in help_text
+
+
+def test_exercise_8s_learning_rates_are_the_cpu_recipes_taken_10x_and_3x_and_their_labels_say_so():
+    recipe = PRESETS["cpu"].train.lr
+    specs = {s.name: s for s in plan(BUDGETS["smoke"])["8-break"]}
+    for name, k in (("ex8-lr10", 10), ("ex8-lr10-nowarm", 10), ("ex8-lr3", 3), ("ex8-lr3-nowarm", 3)):
+        lr = specs[name].config(0, {}).train.lr
+        assert lr == pytest.approx(k * recipe)
+        assert specs[name].label.startswith(f"lr {k}x ({lr:g})")

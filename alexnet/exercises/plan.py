@@ -67,6 +67,8 @@ class Spec:
 
 
 NO_AUG = dict(crop_padding=0, flip=False)
+CROP = 2  # exercise 7's random crops: pad by this many pixels, crop back to 28x28 (a shift of up to CROP)
+LR_FACTORS = (10, 3)  # exercise 8 breaks training with the cpu recipe's own rate taken this many times
 NO_REG = dict(model="alexnet28-nodrop", crop_padding=0, flip=False, weight_decay=0.0, label_smoothing=0.0)
 
 
@@ -84,8 +86,8 @@ def plan(b: Budget) -> dict[str, list[Spec]]:
     s8o = {**s8, "epochs": b.overfit_epochs}
     sw = dict(limit_train=b.whole_train, limit_test=b.whole_test, epochs=b.whole_epochs, batch_size=b.batch)
     eo = b.overfit_epochs
-    # Exercise 8 breaks training with the cpu recipe's own rate taken 10x and 3x.
-    lr10, lr3 = (round(k * PRESETS["cpu"].train.lr, 6) for k in (10, 3))
+    k10, k3 = LR_FACTORS
+    lr10, lr3 = (round(k * PRESETS["cpu"].train.lr, 6) for k in LR_FACTORS)
     return {
         "4-224": [Spec("ex4-alexnet224", "alexnet, 224x224", "fast", dict(model="alexnet", **s224)),
                   Spec("ex4-lenet224set", "lenet (same images, 28x28)", "fast", dict(model="lenet", **s224))],
@@ -101,9 +103,9 @@ def plan(b: Budget) -> dict[str, list[Spec]]:
               Spec("ex7-relu-dropout", "+ ReLU + dropout", "cpu", dict(model="lenet-relu", **s7)),
               Spec("ex7-flip", "+ ReLU + dropout + flips", "cpu", dict(model="lenet-relu", **{**s7, "flip": True})),
               Spec("ex7-crop", "+ ReLU + dropout + crops", "cpu",
-                   dict(model="lenet-relu", **{**s7, "crop_padding": 2})),
+                   dict(model="lenet-relu", **{**s7, "crop_padding": CROP})),
               Spec("ex7-both", "+ ReLU + dropout + flips + crops", "cpu",
-                   dict(model="lenet-relu", **{**s7, "flip": True, "crop_padding": 2}))],
+                   dict(model="lenet-relu", **{**s7, "flip": True, "crop_padding": CROP}))],
         "8-overfit": [
             Spec("ex8-long-all", f"{n1} images × {eo}, all regularisers", "cpu", dict(model="alexnet28", **s8o)),
             Spec("ex8-long-nodrop", f"{n1} images × {eo}, no dropout", "cpu", dict(model="alexnet28-nodrop", **s8o)),
@@ -119,11 +121,11 @@ def plan(b: Budget) -> dict[str, list[Spec]]:
             Spec("ex8-sigmoid", "sigmoid instead of ReLU", "cpu", dict(model="alexnet28-sigmoid", **s8)),
             Spec("ex8-torchinit", "PyTorch default init (d2l 1.0's bug)", "cpu",
                  dict(model="alexnet28-torchinit", **s8)),
-            Spec("ex8-lr10", f"lr 10x ({lr10:g}), with warm-up", "cpu", dict(model="alexnet28", **s8, lr=lr10)),
-            Spec("ex8-lr10-nowarm", f"lr 10x ({lr10:g}), no warm-up", "cpu",
+            Spec("ex8-lr10", f"lr {k10}x ({lr10:g}), with warm-up", "cpu", dict(model="alexnet28", **s8, lr=lr10)),
+            Spec("ex8-lr10-nowarm", f"lr {k10}x ({lr10:g}), no warm-up", "cpu",
                  dict(model="alexnet28", **s8, lr=lr10, warmup_epochs=0.0)),
-            Spec("ex8-lr3", f"lr 3x ({lr3:g}), with warm-up", "cpu", dict(model="alexnet28", **s8, lr=lr3)),
-            Spec("ex8-lr3-nowarm", f"lr 3x ({lr3:g}), no warm-up", "cpu",
+            Spec("ex8-lr3", f"lr {k3}x ({lr3:g}), with warm-up", "cpu", dict(model="alexnet28", **s8, lr=lr3)),
+            Spec("ex8-lr3-nowarm", f"lr {k3}x ({lr3:g}), no warm-up", "cpu",
                  dict(model="alexnet28", **s8, lr=lr3, warmup_epochs=0.0))],
     }  # fmt: skip
 

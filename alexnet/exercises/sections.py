@@ -7,16 +7,34 @@ command, the runs folder) and returns its text and its rows of the page's summar
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from .. import data as D
 from ..config import PRESETS
 from ..report import plot_groups
 from ..runs import atomic_write
 from ..tables import grid
-from .plan import Budget
+from .plan import CROP, LR_FACTORS, Budget
 from .results import Group, fmt, named, trend, versus
+
+CLASSES = len(D.FASHION_CLASSES)  # chance accuracy is 1/CLASSES; the loss at chance, log CLASSES
+TRAIN_IMAGES = D.IDX_IMAGES["train"]  # Fashion-MNIST's whole training set
+MAPS = 16  # the strongest feature maps shown per stage
+
+
+def _network(name: str, in_channels: int = 1) -> nn.Module:
+    """A registered network with shapes but no storage, for counting."""
+    from ..analysis import meta_model
+
+    return meta_model(name, in_channels, CLASSES)
+
+
+def _params(name: str) -> int:
+    return sum(p.numel() for p in _network(name).parameters())
 
 
 def _fig(groups: list[Group], path: Path, title: str, keys=("train_loss", "val_loss", "val_acc")) -> str:
@@ -57,6 +75,16 @@ def _ex123(b, g, figs, rel, cmd, root):
     t = analyze("alexnet", (1, 224, 224), 128, h100, "fp32").totals()
     fc_share = t["fc"]["params"] / t["all"]["params"]
     step_ms = sum(tf + tb for tf, tb in analyze("alexnet", (1, 224, 224), 128, h100, "bf16").times()) * 1e3
+    # Arithmetic intensity (FLOPs per byte moved, fp32): the FC layers at batch 1, the convolutions at 128.
+    an = analyze("alexnet", (1, 224, 224), 128, h100, "fp32")
+    fc1 = max(c.fwd_intensity for c in an.layers1 if c.kind == "fc")
+    convs = [c.fwd_intensity for c in an.layers if c.kind == "conv"]
+    conv_range = f"{min(convs):.0f}–{max(convs):.0f}"
+    # What a 3-channel input adds to conv1: two more input channels, each an extra multiply-add per
+    # output pixel and kernel tap.
+    conv1 = next(m for m in _network("alexnet").modules() if isinstance(m, nn.Conv2d))
+    (k, _), out_side = conv1.kernel_size, an.layers1[0].output_shape[-1]
+    extra = f"{3 - 1}×{conv1.out_channels}×{out_side}²×{k}²×2"
     text = f"""## Exercises 1–3: where the compute and memory go (computed, not trained)
 
 `alexnet analyze --chapter` and `alexnet analyze --model alexnet --input 1,224,224 --batch 128` compute
@@ -73,9 +101,9 @@ multiply-add is 2 FLOPs; MB = 10^6 bytes, MiB = 2^20.
   layers' {f['fc_flops_1ch']:,} ({f['conv_fc_ratio_1ch']:.1f}×; {f['conv_fc_ratio_3ch']:.1f}× with 3 channels).
   The FC layers cost {f['fc_flops_1ch'] // 2:,} multiply-adds = {f['fc_flops_1ch']:,} FLOPs; the chapter's
   "81 MFLOPs" matches no unit (the hidden layers are {f['fc_MFLOPs']:.1f} MFLOPs, {f['fc_binary_MFLOPs']:.1f} × 2^20).
-- **1.3 Bandwidth, latency, size.** FC layers at batch 1 run at 0.5 FLOPs/byte, far below any
+- **1.3 Bandwidth, latency, size.** FC layers at batch 1 run at {fc1:.1f} FLOPs/byte, far below any
   accelerator's ridge point: inference is bandwidth- and latency-bound, training (batch 128,
-  50–850 FLOPs/byte in the convolutions) compute-bound; training memory grows with the batch.
+  {conv_range} FLOPs/byte in the convolutions) compute-bound; training memory grows with the batch.
 - **2. Chip design:** put the ridge point where the work is: area on matrix units for training,
   on bandwidth or on-chip memory ({t['all']['weight_bytes'] / 1e6:.0f} MB of weights) for batch-1 inference.
 - **3. Why no one benchmarks AlexNet any more:** a training step (batch 128) is ~{step_ms:.1f} ms of H100
@@ -84,7 +112,7 @@ multiply-add is 2 FLOPs; MB = 10^6 bytes, MiB = 2^20.
 
 **Where the published solutions are wrong.** A widely copied solution set
 (1) computes the convolution costs for a 3-channel input when the chapter's network takes 1 channel
-(it overstates conv1 by 2×96×54²×11²×2 = {f['conv_flops_3ch'] - f['conv_flops_1ch']:,} FLOPs per image);
+(it overstates conv1 by {extra} = {f['conv_flops_3ch'] - f['conv_flops_1ch']:,} FLOPs per image);
 (2) reports the FC layers' "cost" as their parameter count ({t['fc']['params']:,}) instead of their multiply-adds
 ({f['fc_flops_1ch'] // 2:,}) or FLOPs ({f['fc_flops_1ch']:,}); and (3) for exercise 8 proposes a lower
 learning rate and fewer epochs as ways to overfit, both of which *underfit* (see exercise 8 below:
@@ -106,8 +134,8 @@ def _ex4(b, g, figs, rel, cmd, root):
     c = cols("test acc (last)", "best test acc", "epoch of best", "train acc (last)", "train loss (last)",
              "test loss (last)", "epoch of min test loss", "s per run")
     rate = a224.last("train_images_per_s")
-    speed = ("" if rate is None else f" at about {rate.mean:.0f} images/s here (a full epoch of 60,000 images "
-             f"is ~{60_000 / rate.mean / 60:.0f} min)")  # fmt: skip
+    speed = ("" if rate is None else f" at about {rate.mean:.0f} images/s here (a full epoch of {TRAIN_IMAGES:,} "
+             f"images is ~{TRAIN_IMAGES / rate.mean / 60:.0f} min)")  # fmt: skip
     lines = [
         "## Exercise 4: more epochs, AlexNet against LeNet",
         "",
@@ -117,7 +145,7 @@ def _ex4(b, g, figs, rel, cmd, root):
         f"the `fast` recipe (momentum, warm-up, cosine, crops and flips), batch {b.batch224}, tested on the first "
         f"{b.test224} test images. LeNet trains on the same images at its own 28×28.",
         f"- **At 28×28 on a larger subset**: `alexnet28` (AlexNet's design at native resolution) against "
-        f"LeNet, the first {b.train28} training images (not the full 60,000: the CPU budget), {b.epochs28} "
+        f"LeNet, the first {b.train28} training images (not the full {TRAIN_IMAGES:,}: the CPU budget), {b.epochs28} "
         f"epochs, the `cpu` recipe, tested on the first {b.test28} test images.",
         "",
         _table([a224, l224], c), "",
@@ -137,9 +165,10 @@ def _ex4(b, g, figs, rel, cmd, root):
         f"(training loss {fmt(l28.last('train_loss'))} after {b.epochs28} epochs at 28×28, against alexnet28's "
         f"{fmt(a28.last('train_loss'))}); its best epoch is "
         f"{fmt(l28.best_epoch(), '{:.1f}')} of {b.epochs28}, so more epochs would still help it. "
-        "*Capacity*: AlexNet (46.8 M parameters at 224, 1.06 M for "
-        "`alexnet28`) against LeNet's 61,706: the ReLU network can fit far more, and does so in fewer "
-        "steps. *Regularisation*: with dropout, crops and flips, alexnet28's training accuracy stays close "
+        f"*Capacity*: AlexNet ({_params('alexnet') / 1e6:.1f} M parameters at 224, "
+        f"{_params('alexnet28') / 1e6:.2f} M for `alexnet28`) against LeNet's {_params('lenet'):,}: the ReLU "
+        "network can fit far more, and does so in fewer steps. *Regularisation*: with dropout, crops and "
+        "flips, alexnet28's training accuracy stays close "
         f"to its test accuracy ({fmt(a28.last('train_acc'))} against {fmt(a28.last('val_acc'))}; the "
         "training figure is measured with dropout and augmentation on), so its test loss has not turned "
         "up within this budget; without them and on fewer images it does (exercise 8). The cosine "
@@ -225,7 +254,8 @@ def _ex5(b, g, figs, rel, cmd, root):
         f"max-pool, dropout) at native resolution with 3×3 convolutions: {p28 / 1e6:.2f} M parameters, "
         f"{f28 / 1e9:.3f} GFLOPs per image ({f224 / f28:.0f}× fewer than `alexnet`), and needs no 224×224 "
         "upsampling, which adds no information. Exercise 4's 28×28 table measures it over seeds; its "
-        "full-data run (`alexnet train --preset cpu`, 10 epochs on 60,000 images) is in "
+        f"full-data run (`alexnet train --preset cpu`, {PRESETS['cpu'].train.epochs} epochs on {TRAIN_IMAGES:,} "
+        "images) is in "
         "[results.md](results.md#accuracy-and-time).",
         "",
     ])
@@ -273,14 +303,16 @@ def _ex7(b, g, figs, rel, cmd, root):
             return "no measurable effect"
         return "helps" if sb.mean > sa.mean else "hurts"
 
+    (dropout,) = {m.p for m in _network("lenet-relu").modules() if isinstance(m, nn.Dropout)}
     text = "\n".join([
         "## Exercise 7: ReLU and dropout in LeNet, then the images' invariances",
         "",
         f"`{cmd} --only 7`: one change at a time, each over {len(b.seeds)} seeds, the `cpu` recipe "
-        f"(momentum 0.9, warm-up, cosine, label smoothing, normalised input) with **augmentation off** "
+        f"(momentum {PRESETS['cpu'].train.momentum:g}, warm-up, cosine, label smoothing, normalised input) with "
+        "**augmentation off** "
         f"unless the row adds it; the first {b.train28} training images, {b.epochs7} epochs, the first "
         f"{b.test28} test images. `lenet-relu-nodrop` is LeNet with ReLU only; `lenet-relu` adds dropout "
-        "(p = 0.5) after the two hidden FC layers.",
+        f"(p = {dropout:g}) after the two hidden FC layers.",
         "",
         _table(rows, c), "",
         f"![exercise 7]({rel}/{f})", "",
@@ -292,7 +324,7 @@ def _ex7(b, g, figs, rel, cmd, root):
            f"only {fmt(relu.gap(), '{:+.4f}')} above its test accuracy, so dropout's noise costs more fit "
            "than it saves in generalisation, within this budget. " if verdict(relu, drop) == "hurts" else
            f"Dropout: {verdict(relu, drop)} here (LeNet-ReLU's gap without it: {fmt(relu.gap(), '{:+.4f}')}). ")
-        + ("Augmentation likewise fights an overfitting that a 61,706-parameter network on this many "
+        + (f"Augmentation likewise fights an overfitting that a {_params('lenet'):,}-parameter network on this many "
            "images barely has: in a fixed number of epochs it makes the training task harder (the training "
            "accuracy falls with each added augmentation) and its benefit, invariance, pays only when the "
            "model would otherwise memorise its training set." if "hurts" in (verdict(drop, crop), verdict(drop, both))
@@ -300,7 +332,7 @@ def _ex7(b, g, figs, rel, cmd, root):
         "",
         "**Which invariances Fashion-MNIST has.** Clothes are photographed upright and centred, so a "
         "horizontal flip yields another plausible garment (a left-facing shoe becomes a right-facing "
-        "one) and a 2-pixel shift another plausible framing. A **vertical flip** does not: an upside-down "
+        f"one) and a {CROP}-pixel shift another plausible framing. A **vertical flip** does not: an upside-down "
         "shirt, dress or ankle boot never occurs in the test set, and flipping turns a sandal's sole to "
         "the top, so it would teach the network invariances the data do not have and spend capacity on "
         "them. It is therefore not offered as an option, nor measured.",
@@ -324,7 +356,7 @@ def _break_outcome(grp: Group, bacc, seeds: int) -> str:
     if s is None:
         return "not measured"
     if s.mean < 0.2:
-        return f"**breaks**: test accuracy {s.format()} (chance is 0.10)"
+        return f"**breaks**: test accuracy {s.format()} (chance is {1 / CLASSES:.2f})"
     if bacc is not None and s.exceeds(bacc) and s.mean < bacc.mean:
         return f"**slows**: {s.format()} against the recipe's {bacc.format()}, lower by more than the seeds' spread"
     return f"no measurable harm: {s.format()} against {fmt(bacc)}"
@@ -353,6 +385,11 @@ def _ex8(b, g, figs, rel, cmd, root):
         return _break_outcome(grp, bacc, len(b.seeds))
 
     tr = none1.last("train_acc")
+    sigmoids = sum(isinstance(m, nn.Sigmoid) for m in _network("alexnet28-sigmoid").modules())
+    # Per layer, the signal's std scales with the weights' std: PyTorch's default has variance
+    # 1/(3 fan_in), Xavier's 2/(fan_in + fan_out) = 1/fan_in at equal fans, He's 2/fan_in.
+    xavier, he = math.sqrt(3), math.sqrt(6)
+    lr10 = named(brk, "ex8-lr10").spec.config(0, {}).train
     text = "\n".join([
         "## Exercise 8: making AlexNet overfit, and breaking its training",
         "",
@@ -390,15 +427,17 @@ def _ex8(b, g, figs, rel, cmd, root):
         f"![breaking training]({rel}/{f3})", "",
         *[f"- {grp.label}: {outcome(grp)}." for grp in brk if grp is not recipe],
         "",
-        "Why. Sigmoids saturate: each of the eight passes back at most a quarter of the gradient, so "
+        f"Why. Sigmoids saturate: each of the {sigmoids} passes back at most a quarter of the gradient, so "
         "the first convolutions barely learn in this budget. PyTorch's default initialisation "
-        "(Kaiming-uniform with a = √5, i.e. a variance of 1/(3·fan_in)) shrinks the signal about 1.7× more per "
-        "ReLU layer than Xavier does (2.4× more than He), so a deep network without batch norm starts with vanishing "
-        "activations and learns late. A learning rate of 0.5 with momentum 0.9 is an effective step of 5 "
+        f"(Kaiming-uniform with a = √5, i.e. a variance of 1/(3·fan_in)) shrinks the signal about {xavier:.1f}× more "
+        f"per ReLU layer than Xavier does ({he:.1f}× more than He), so a deep network without batch norm starts with "
+        f"vanishing activations and learns late. A learning rate of {lr10.lr:g} with momentum {lr10.momentum:g} is "
+        f"an effective step of {lr10.lr / (1 - lr10.momentum):.3g} "
         "(lr / (1 − momentum)) on a network without batch norm: the first large steps push the ReLUs "
-        "into being dead (the loss stuck at chance, log 10 ≈ 2.30) or the loss to infinity. A warm-up "
-        "takes small steps while the weights are still random; whether it rescues a rate is the "
-        "comparison of the with/without pairs above, at 10× and at 3× the recipe's 0.05.",
+        f"into being dead (the loss stuck at chance, log {CLASSES} ≈ {math.log(CLASSES):.2f}) or the loss to "
+        "infinity. A warm-up takes small steps while the weights are still random; whether it rescues a rate is the "
+        f"comparison of the with/without pairs above, at {LR_FACTORS[0]}× and at {LR_FACTORS[1]}× the recipe's "
+        f"{recipe.spec.config(0, {}).train.lr:g}.",
         "",
     ])
     ans = (f"overfits with no regularisers on {n1} images: train {fmt(tr)}, test {fmt(none1.last('val_acc'))}; "
@@ -437,10 +476,9 @@ def _gap_figure(over: list[Group], b: Budget, path: Path) -> str:
 
 def _pictures(b, g, figs, rel, cmd, root):
     """The chapter's Figure 8.1.2 from this sweep's own runs, and one image's feature maps."""
-    from .. import data as D
     from ..runs import load_checkpoint, model_from_checkpoint
-    from ..models import build_model
-    from ..visualize import first_conv, plot_activations, plot_filters
+    from ..models import MODELS, build_model
+    from ..visualize import first_conv, plot_activations, plot_filters, stage_maps
 
     lines = ["## What the networks learned: first-layer filters (the chapter's Figure 8.1.2) and feature maps", ""]
     shown, moved_by, moved_kh = None, {}, {}
@@ -448,8 +486,9 @@ def _pictures(b, g, figs, rel, cmd, root):
     # them for docs/report.md), not after this sweep's 1,000 images, whose kernels are still noise.
     chapter = figs.parent / "report" / "filters-224.png"
     if chapter.exists():
-        lines += ["`alexnet` at 224×224 after the chapter's own runs (`d2l` and `fast`, all 60,000 training images, "
-                  "seed 0), next to the kernels both started from; [report.md](report.md#figure-812-the-first-layer-"
+        lines += ["`alexnet` at 224×224 after the chapter's own runs (`d2l` and `fast`, all "
+                  f"{TRAIN_IMAGES:,} training images, seed 0), next to the kernels both started from; "
+                  "[report.md](report.md#figure-812-the-first-layer-"
                   "trained-and-at-initialisation) says with a number how smooth they became:", "",
                   f"![filters]({Path(rel).parent.as_posix()}/report/{chapter.name})", ""]
         shown = f"{Path(rel).parent.as_posix()}/report/{chapter.name}"
@@ -471,6 +510,8 @@ def _pictures(b, g, figs, rel, cmd, root):
                   f"moved them by {moved:.0%} of their initial norm (‖W − W₀‖ / ‖W₀‖):", "",
                   f"![filters]({rel}/{name})", ""]
         shown = shown or f"{rel}/{name}"
+    big = MODELS["alexnet"].resolution
+    (k224, _) = next(m for m in _network("alexnet").modules() if isinstance(m, nn.Conv2d)).kernel_size
     lines.append(
         "The chapter's figure shows AlexNet's ImageNet filters: oriented edges, gratings and colour blobs "
         "learned from 1.2 M photographs over 90 epochs. Here the networks trained for minutes on a few "
@@ -478,11 +519,11 @@ def _pictures(b, g, figs, rel, cmd, root):
         + " ".join(f"`{m}`'s kernels " + (f"moved {x:.0%} of their initial norm: they keep most of their random "
                                           "initialisation and look like noise with faint structure."
                                           if x < 0.5 else f"moved {x:.0%} of their initial norm: training has "
-                                          "rewritten them, though 3×3 leaves room for little more than local "
-                                          "contrast." if moved_kh[m] <= 5 else f"moved {x:.0%}: training has "
-                                          "rewritten them.") for m, x in moved_by.items())
-        + " At 224×224 the upsampled images hold no detail finer than 8 pixels for 11×11 kernels to tune "
-        "to; filters like the chapter's need the chapter's data and epochs."
+                                          f"rewritten them, though {moved_kh[m]}×{moved_kh[m]} leaves room "
+                                          "for little more than local contrast." if moved_kh[m] <= 5
+                                          else f"moved {x:.0%}: training has rewritten them.") for m, x in moved_by.items())
+        + f" At {big}×{big} the upsampled images hold no detail finer than {big // D.IDX_SIDE} pixels for "
+        f"{k224}×{k224} kernels to tune to; filters like the chapter's need the chapter's data and epochs."
     )
     lines.append("")
     grp = named(g["4-28"], "ex4-alexnet28")
@@ -493,13 +534,15 @@ def _pictures(b, g, figs, rel, cmd, root):
         ds = D.load_dataset(cfg.data.dataset, cfg.data.data_dir)
         x = D.make_transform(cfg, ds.name, torch.device("cpu"))(ds.test.images[:1], train=False)
         label = ds.classes[int(ds.test.labels[0])]
-        written = plot_activations(model, x, figs, "activations-alexnet28", 16, f"alexnet28 · test image 0 ({label})")
+        written = plot_activations(model, x, figs, "activations-alexnet28", MAPS,
+                                   f"alexnet28 · test image 0 ({label})")  # fmt: skip
+        last_h, last_w = stage_maps(model, x)[-1][1].shape[-2:]
         lines += [f"`alexnet activations {run} test:0` — the feature maps of each stage for the first test "
-                  f"image ({label}), the 16 strongest channels per stage:", ""]
+                  f"image ({label}), the {MAPS} strongest channels per stage:", ""]
         lines += [f"![{w['stage']}]({rel}/{w['path'].name})" for w in written]
         lines += ["", "The first stages respond to the garment's edges and its bright and dark regions at full "
                   "resolution; after each pooling the maps get coarser and more selective, and in the last "
-                  "stage (7×7) a few channels carry most of the activation.", ""]
+                  f"stage ({last_h}×{last_w}) a few channels carry most of the activation.", ""]
     return "\n".join(lines), ([("Fig. 8.1.2", "alexnet filters RUN; alexnet activations RUN test:0",
                                  "first-layer kernels as an image grid; each stage's strongest feature maps",
                                  f"[{Path(shown).name}]({shown})")] if shown else [])
