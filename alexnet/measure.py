@@ -17,7 +17,8 @@ timed alone; on a GPU a block is timed as one (no synchronisation added between 
 Conventions, stated once: the **median** per-unit time is the figure for speed (robust to a turn
 that another job slowed); the **best** is for peaks (the most the hardware did: GEMM rates,
 bandwidth); never the mean of a block, which a single stall skews. Ratios come from candidates
-timed in the same call. One call to ``time_once`` is for work that happens once (a compilation).
+timed in the same call. One call to ``time_once`` is for work that happens once (a compilation);
+``timed`` returns its result too.
 ``reported_turns`` alternates candidates that time themselves (a child process reporting its own
 figure); ``Timing.percentile`` gives a latency's tail under load.
 ``best_time(fn, device, repeats)`` is the shortcut for one candidate's best.
@@ -37,7 +38,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -46,6 +47,7 @@ from .device import cpu_info, describe, sync
 # The CPU features that decide how fast this project's kernels can be: bf16 in hardware (AVX512-BF16,
 # AMX), AVX-512 and AVX2 for fp32; "bf16" is Arm's.
 CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "bf16")
+T = TypeVar("T")
 
 
 @dataclass
@@ -73,14 +75,20 @@ class Timing:
         return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def time_once(fn: Callable[[], object], device: torch.device | str) -> float:
-    """Wall seconds of one ``fn()``, with the device drained on both sides (CUDA runs asynchronously)."""
+def timed(fn: Callable[[], T], device: torch.device | str) -> tuple[T, float]:
+    """``fn()``'s result and its wall seconds, the device drained on both sides (CUDA runs
+    asynchronously): for work done once whose result is wanted too (a child process, an export)."""
     device = torch.device(device)
     sync(device)
     t0 = time.perf_counter()
-    fn()
+    out = fn()
     sync(device)
-    return time.perf_counter() - t0
+    return out, time.perf_counter() - t0
+
+
+def time_once(fn: Callable[[], object], device: torch.device | str) -> float:
+    """Wall seconds of one ``fn()``, with the device drained on both sides."""
+    return timed(fn, device)[1]
 
 
 def time_turns(candidates: dict[str, Callable[[int], object]], device, *, rounds: int = 5,

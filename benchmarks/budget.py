@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from alexnet.config import parse_duration
-from alexnet.measure import machine
+from alexnet.measure import machine, timed
 from alexnet.runs import atomic_write
 from alexnet.tables import Column, markdown
 
@@ -35,9 +35,8 @@ from alexnet.tables import Column, markdown
 def run_one(preset: str, budget: str, seed: int, run_dir: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "alexnet", "train", "--preset", preset, "--time-budget", budget, "--seed", str(seed),
            "--run-dir", str(run_dir), "--no-progress", *extra]  # fmt: skip
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
+    load0 = os.getloadavg()[0]
+    proc, wall = timed(lambda: subprocess.run(cmd, capture_output=True, text=True, check=False), "cpu")
     if proc.returncode == 2 and "--time-budget" in proc.stderr:  # the budget held no useful run: a result too
         return {"preset": preset, "budget": budget, "budget_s": parse_duration(budget), "seed": seed,
                 "error": proc.stderr.strip().splitlines()[-1], "wall_s": wall, "load_start": load0,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from alexnet.config import PRESETS
 from alexnet.export import FORMATS, ExportError, export
+from alexnet.measure import timed
 from alexnet.models import MODELS
 from alexnet.tables import Column, markdown
 from alexnet.train import fit
@@ -37,12 +37,13 @@ def main() -> None:
                                          limit_test=args.check_images, amp="off")  # fmt: skip
             fit(cfg, run, progress=False, quiet=True)
         for fmt in FORMATS:
-            t0 = time.perf_counter()
             row = {"network": name, "format": fmt}
             try:
-                r = export(run, fmt, out / f"{name}{FORMATS[fmt]}", check_images=args.check_images, say=lambda s: None)
+                dest = out / f"{name}{FORMATS[fmt]}"
+                r, seconds = timed(lambda: export(run, fmt, dest, check_images=args.check_images, say=lambda s: None),
+                                   "cpu")  # fmt: skip
                 row.update(max_diff=r.parity.max_abs_diff, tolerance=r.parity.tolerance, agree=r.parity.top1_agree,
-                           images=r.parity.images, MB=r.bytes / 1e6, seconds=time.perf_counter() - t0, result="ok")  # fmt: skip
+                           images=r.parity.images, MB=r.bytes / 1e6, seconds=seconds, result="ok")  # fmt: skip
             except ExportError as e:
                 row.update(result=str(e))
             rows.append(row)

@@ -24,7 +24,6 @@ import gzip
 import json
 import statistics
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import numpy as np
 from alexnet import data as D
 from alexnet.config import PRESETS
 from alexnet.data import IDX_FILES
+from alexnet.measure import timed
 from alexnet.tables import grid
 from alexnet.train import fit
 
@@ -59,9 +59,7 @@ def write_subset(ds, directory: Path, train_idx: np.ndarray, test_idx: np.ndarra
 
 def train(data_dir: Path, run_dir: Path, **settings) -> dict:
     cfg = PRESETS["cpu"].replace(dataset="mnist", data_dir=str(data_dir), **settings)
-    t0 = time.perf_counter()
-    result = fit(cfg, run_dir, progress=False)
-    wall = time.perf_counter() - t0
+    result, wall = timed(lambda: fit(cfg, run_dir, progress=False), "cpu")
     m = result.metrics
     return {"acc": m[-1]["val_acc"], "train_s": sum(r["train_time_s"] for r in m), "wall_s": wall}
 

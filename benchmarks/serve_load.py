@@ -34,7 +34,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from alexnet.measure import Timing, machine, reported_turns, time_once
+from alexnet.measure import Timing, machine, reported_turns, time_once, timed
 from alexnet.tables import Column, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,10 +190,10 @@ def training(runs: Path, run: str, turns: int, clients: int, interval: float, li
             for t in senders:
                 t.start()
             before, cpu0, own0, k = served[0], server.cpu_s(), time.process_time(), len(rows)
-            out, trained = work / f"turn{k}", []
-            wall = time_once(lambda: trained.append(alexnet(
-                "train", "--preset", "cpu", "--epochs", 1, "--limit-train", limit_train, "--limit-test", 500,
-                "--run-dir", out, "--no-progress", threads=threads)), "cpu")  # fmt: skip
+            out = work / f"turn{k}"
+            cmd = ("train", "--preset", "cpu", "--epochs", 1, "--limit-train", limit_train, "--limit-test", 500,
+                   "--run-dir", out, "--no-progress")  # fmt: skip
+            trained, wall = timed(lambda: alexnet(*cmd, threads=threads), "cpu")
             server_cores, client_cores = (server.cpu_s() - cpu0) / wall, (time.process_time() - own0) / wall
             stop.set()
             for t in senders:
@@ -204,17 +204,17 @@ def training(runs: Path, run: str, turns: int, clients: int, interval: float, li
                          "images_per_s": m["train_images_per_s"], "train_s": m["train_time_s"],
                          "requests_served": served[0] - before, "server_cores": server_cores,
                          "client_cores": client_cores,
-                         "threads": trained[0].stdout.split("(", 1)[1].split(" threads", 1)[0]})  # fmt: skip
+                         "threads": trained.stdout.split("(", 1)[1].split(" threads", 1)[0]})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
             return 1 / m["train_images_per_s"]
 
         return run_turn
 
     try:
-        timed = reported_turns({"idle": turn(False), "busy": turn(True)}, rounds=turns, warmup=warmup)
+        by_kind = reported_turns({"idle": turn(False), "busy": turn(True)}, rounds=turns, warmup=warmup)
     finally:
         server.stop()
-    idle, busy = timed["idle"], timed["busy"]  # seconds per training image
+    idle, busy = by_kind["idle"], by_kind["busy"]  # seconds per training image
     return {"turns": rows, "idle_median": idle.per_second(), "busy_median": busy.per_second(),
             "idle_best": 1 / idle.best, "busy_best": 1 / busy.best, "busy_over_idle": idle.median / busy.median,
             "pairwise_ratios": [i / b for i, b in zip(idle.seconds, busy.seconds)], "clients": clients,

@@ -78,8 +78,8 @@ def main() -> None:
         return run_turn
 
     imported = reported_turns({"import": import_once}, rounds=3)["import"]
-    timed = reported_turns({"off": turn(False), "on": turn(True)}, rounds=args.turns, warmup=args.warmup)
-    off, on = timed["off"], timed["on"]  # seconds per training image
+    by_kind = reported_turns({"off": turn(False), "on": turn(True)}, rounds=args.turns, warmup=args.warmup)
+    off, on = by_kind["off"], by_kind["on"]  # seconds per training image
     counted = [r for r in rows if not r["warm_up"]]
     result = {
         "machine": stamp, "import_s": imported.median, "import_s_best": imported.best, "turns": rows,

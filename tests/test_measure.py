@@ -113,6 +113,14 @@ def test_candidates_that_time_themselves_warm_up_then_alternate_and_their_second
         measure.reported_turns({"a": candidate("a")}, rounds=0)
 
 
+def test_work_done_once_gives_its_result_and_its_seconds_between_synchronisations(monkeypatch):
+    events, clock = [], iter([10.0, 12.5])
+    monkeypatch.setattr(measure, "sync", lambda device: events.append(("sync", device.type)))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    assert measure.timed(lambda: events.append("work") or "result", "cpu") == ("result", 2.5)
+    assert events == [("sync", "cpu"), "work", ("sync", "cpu")]
+
+
 def test_a_latency_percentile_is_the_nearest_rank_of_the_tail():
     t = measure.Timing("predict", [float(i) for i in range(100, 0, -1)])  # 1..100 s, unsorted
     assert (t.percentile(50), t.percentile(90), t.percentile(99), t.percentile(100)) == (51.0, 90.0, 99.0, 100.0)
