@@ -7,7 +7,10 @@ for one epoch of the same subset with the chapter's training cell (``apply_init`
 chapter calls it, then ``Trainer(max_epochs=1, num_gpus=1).fit``). Reported per chapter:
 
 * images/s: training images / wall time of ``fit`` (which includes validating on --val images,
-  d2l's board, and for d2l its DataLoader workers starting), in one run, so ratios compare;
+  d2l's board, and for d2l its DataLoader workers starting), through the package's harness
+  (alexnet.measure.time_turns): one warm-up fit of each (the lazy layers' shaping, first calls),
+  then --rounds fits of each in alternating turns on the same model and data, the median fit, so
+  ratios compare;
 * init correct: whether every conv and linear layer of a freshly built model, after the chapter's
   own initialisation steps, lies within Xavier's bound and reaches it (PyTorch's default does not);
 * for the chapters where d2l's init does not take effect, accuracy after the same steps on the
@@ -29,7 +32,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 import types
 import warnings
 from pathlib import Path
@@ -44,6 +46,8 @@ from alexnet import d2l as ours
 from alexnet import data as D
 from alexnet.device import cpu_has_native_bf16
 from alexnet.measure import machine as this_machine
+from alexnet.measure import time_turns
+from alexnet.tables import Column, markdown, present
 
 # ---------------------------------------------------------------------------------------------
 # torchvision stand-in: what d2l.FashionMNIST calls, done as torchvision does it
@@ -293,16 +297,31 @@ def init_correct(d2l, name) -> bool:
     return xavier_everywhere(model)
 
 
-def one_epoch(d2l, name, n_train, n_val) -> float:
+def epochs(d2l, name, n_train, n_val, fast: bool = False):
+    """run(k): k one-epoch fits of the chapter's training cell, on one model and its data (a later
+    epoch costs what the first does, less the lazy shaping the warm-up takes)."""
     model, data = chapter_setup(d2l, name, n_train, n_val)
     trainer = d2l.Trainer(max_epochs=1, num_gpus=1)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # d2l's 4 workers on a 2-core machine: the pipeline measured
-        start = time.perf_counter()
-        trainer.fit(model, data)
-        seconds = time.perf_counter() - start
-    return n_train / seconds
+
+    def run(k):
+        ours.fast_mode(fast)  # the facade's global switch: on only during the fast candidate's turn
+        try:
+            for _ in range(k):
+                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # d2l's 4 workers on a 2-core machine: the pipeline measured
+                    trainer.fit(model, data)
+        finally:
+            ours.fast_mode(False)
+
+    return run
+
+
+def speeds(theirs, name, n_train, n_val, rounds) -> dict:
+    """images/s of one epoch: ours fp32, ours with fast_mode(), d2l, in alternating turns."""
+    timings = time_turns({"ours_fp32": epochs(ours, name, n_train, n_val),
+                          "ours_fast": epochs(ours, name, n_train, n_val, fast=True),
+                          "d2l": epochs(theirs, name, n_train, n_val)}, "cpu", rounds=rounds)  # fmt: skip
+    return {k: t.per_second(n_train) for k, t in timings.items()}
 
 
 def accuracy_after(name, n_train, n_val, working_init: bool) -> float:
@@ -318,6 +337,13 @@ def accuracy_after(name, n_train, n_val, working_init: bool) -> float:
     return trainer.history[-1]["val_acc"]
 
 
+COLUMNS = [Column("chapter", left=True), Column("init_ours", "init correct: ours", left=True),
+           Column("init_d2l", "init correct: d2l", left=True), Column("ours_fp32", "images/s ours fp32", "{:.0f}"),
+           Column("ours_fast", "ours fast", "{:.0f}"), Column("d2l", "d2l", "{:.0f}"),
+           Column("acc_xavier", "acc, working init", "{:.3f}"), Column("acc_default", "acc, d2l 1.0 init", "{:.3f}"),
+           Column("error", left=True)]  # fmt: skip
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--chapters", default="lenet,alexnet,vgg,nin,googlenet,batchnorm,resnet,densenet,regnet")
@@ -327,6 +353,7 @@ def main(argv=None):
     p.add_argument("--acc-train", type=int, default=2048)
     p.add_argument("--acc-val", type=int, default=1000)
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--rounds", type=int, default=3, help="timed fits of each (after one warm-up fit each)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     theirs = import_d2l_package()
@@ -341,13 +368,7 @@ def main(argv=None):
         try:
             row |= {"init_ours": init_correct(ours, name), "init_d2l": init_correct(theirs, name)}
             if not args.skip_speed:
-                row["ours_fp32"] = one_epoch(ours, name, args.train, args.val)
-                ours.fast_mode(True)
-                try:
-                    row["ours_fast"] = one_epoch(ours, name, args.train, args.val)
-                finally:
-                    ours.fast_mode(False)
-                row["d2l"] = one_epoch(theirs, name, args.train, args.val)
+                row |= speeds(theirs, name, args.train, args.val, args.rounds)
         except Exception as e:  # one chapter's failure is a finding, not the end of the run
             row["error"] = f"{type(e).__name__}: {e}"
         rows.append(row)
@@ -358,6 +379,7 @@ def main(argv=None):
                "acc_default": accuracy_after(name, args.acc_train, args.acc_val, False)}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
+    print(markdown(rows, present(COLUMNS, rows)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "args": vars(args) | {"json": str(args.json)},
