@@ -37,6 +37,10 @@ def _params(name: str) -> int:
     return sum(p.numel() for p in _network(name).parameters())
 
 
+def _layers(name: str, kind: type) -> list[nn.Module]:
+    return [m for m in _network(name).modules() if isinstance(m, kind)]
+
+
 def _fig(groups: list[Group], path: Path, title: str, keys=("train_loss", "val_loss", "val_acc")) -> str:
     drawable = [(g.label, g.finished or g.runs) for g in groups if (g.finished or g.runs)]
     if drawable:
@@ -235,14 +239,17 @@ def _ex5(b, g, figs, rel, cmd, root):
         return sum(r.params for r in rows) / 1e6, sum(r.flops for r in rows) / 1e9
 
     (pb, fb), (ps, fs) = size("alexnet"), size("alexnet-small")
+    convs28, fcs28 = _layers("alexnet28", nn.Conv2d), _layers("alexnet28", nn.Linear)
+    ((kh, kw),) = {m.kernel_size for m in convs28}  # one kernel size throughout
+    (hidden,) = {m.out_features for m in _layers("alexnet-small", nn.Linear)[:-1]}
     tb, ts = big.time(), small.time()
     speed = f"{tb.mean / ts.mean:.2f}×" if tb and ts and ts.mean else "—"
     c = cols("test acc (last)", "best test acc", "train loss (last)", "s per run", "train img/s")
     text = "\n".join([
         "## Exercise 5: a simpler network for Fashion-MNIST",
         "",
-        "**5.1 Simplify AlexNet.** `alexnet-small` halves every convolution's width and uses 1024-wide FC "
-        f"layers: {ps:.1f} M parameters and {fs:.2f} GFLOPs per image against {pb:.1f} M and {fb:.2f}. "
+        "**5.1 Simplify AlexNet.** `alexnet-small` halves every convolution's width and uses "
+        f"{hidden}-wide FC layers: {ps:.1f} M parameters and {fs:.2f} GFLOPs per image against {pb:.1f} M and {fb:.2f}. "
         f"`{cmd} --only 5` trains both {b.epochs224} epochs on the first {b.train224} images at 224×224 "
         f"(the `fast` recipe, batch {b.batch224}):",
         "",
@@ -250,8 +257,8 @@ def _ex5(b, g, figs, rel, cmd, root):
         f"![exercise 5]({rel}/{f})", "",
         f"- `alexnet-small` trains {speed} as fast per run; {versus(big, small)}.",
         "",
-        "**5.2 A network for 28×28.** `alexnet28` keeps AlexNet's design (5 conv + 3 FC, ReLU, overlapping "
-        f"max-pool, dropout) at native resolution with 3×3 convolutions: {p28 / 1e6:.2f} M parameters, "
+        f"**5.2 A network for 28×28.** `alexnet28` keeps AlexNet's design ({len(convs28)} conv + {len(fcs28)} FC, "
+        f"ReLU, overlapping max-pool, dropout) at native resolution with {kh}×{kw} convolutions: {p28 / 1e6:.2f} M parameters, "
         f"{f28 / 1e9:.3f} GFLOPs per image ({f224 / f28:.0f}× fewer than `alexnet`), and needs no 224×224 "
         "upsampling, which adds no information. Exercise 4's 28×28 table measures it over seeds; its "
         f"full-data run (`alexnet train --preset cpu`, {PRESETS['cpu'].train.epochs} epochs on {TRAIN_IMAGES:,} "
@@ -303,7 +310,7 @@ def _ex7(b, g, figs, rel, cmd, root):
             return "no measurable effect"
         return "helps" if sb.mean > sa.mean else "hurts"
 
-    (dropout,) = {m.p for m in _network("lenet-relu").modules() if isinstance(m, nn.Dropout)}
+    (dropout,) = {m.p for m in _layers("lenet-relu", nn.Dropout)}
     text = "\n".join([
         "## Exercise 7: ReLU and dropout in LeNet, then the images' invariances",
         "",
@@ -385,7 +392,7 @@ def _ex8(b, g, figs, rel, cmd, root):
         return _break_outcome(grp, bacc, len(b.seeds))
 
     tr = none1.last("train_acc")
-    sigmoids = sum(isinstance(m, nn.Sigmoid) for m in _network("alexnet28-sigmoid").modules())
+    sigmoids = len(_layers("alexnet28-sigmoid", nn.Sigmoid))
     # Per layer, the signal's std scales with the weights' std: PyTorch's default has variance
     # 1/(3 fan_in), Xavier's 2/(fan_in + fan_out) = 1/fan_in at equal fans, He's 2/fan_in.
     xavier, he = math.sqrt(3), math.sqrt(6)
@@ -511,7 +518,7 @@ def _pictures(b, g, figs, rel, cmd, root):
                   f"![filters]({rel}/{name})", ""]
         shown = shown or f"{rel}/{name}"
     big = MODELS["alexnet"].resolution
-    (k224, _) = next(m for m in _network("alexnet").modules() if isinstance(m, nn.Conv2d)).kernel_size
+    (k224, _) = _layers("alexnet", nn.Conv2d)[0].kernel_size  # conv1's
     lines.append(
         "The chapter's figure shows AlexNet's ImageNet filters: oriented edges, gratings and colour blobs "
         "learned from 1.2 M photographs over 90 epochs. Here the networks trained for minutes on a few "
