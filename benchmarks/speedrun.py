@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from alexnet.measure import machine as this_machine
+from alexnet.measure import timed
 from alexnet.tables import Column, markdown
 
 ROOT = Path(__file__).resolve().parent.parent  # the runs start here, as a reader would start them
@@ -29,9 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the runs start here, as a reade
 def run_seed(preset: str, seed: int, run_dir: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "alexnet", "train", "--preset", preset, "--seed", str(seed), "--run-dir",
            str(run_dir), "--no-progress", *extra]  # fmt: skip
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
+    proc, wall = timed(lambda: subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False), "cpu")
     if proc.returncode:
         sys.exit(f"speedrun.py: seed {seed} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
