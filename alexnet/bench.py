@@ -11,7 +11,7 @@ compilation), then single steps with the device synchronised around each; the me
 figure, the best is shown beside it.
 
 Memory: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) next to the estimate of
-:func:`alexnet.analysis.training_memory`; on the CPU there is no allocator peak to read, so the
+:func:`alexnet.costs.training_memory`; on the CPU there is no allocator peak to read, so the
 estimate stands next to the process's peak resident set size, which also holds the Python
 runtime, torch's libraries and the largest earlier batch (sizes run in increasing order).
 
@@ -28,14 +28,15 @@ from pathlib import Path
 
 import torch
 
-from .analysis import layer_costs, meta_model, training_memory
 from .config import Config
+from .costs import layer_costs, training_memory
 from .device import CompiledOrEager, autocast, channels_last_on, use_compile
 from .measure import peak_rss_bytes, time_turns
 from .models import Frozen, build_model, get_spec
 from .tables import Column, present
 from .tables import csv as csv_table
 from .tables import markdown as markdown_table
+from .tracing import meta_model
 from . import train as T  # called through the module: one step, one optimizer, whoever times them
 
 

@@ -175,7 +175,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from .analysis import InputTooSmall, format_summary, parse_shape, summary
+    from .tracing import InputTooSmall, format_summary, parse_shape, summary
     from .models import get_spec
 
     try:
@@ -269,7 +269,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .analysis import InputTooSmall
+    from .tracing import InputTooSmall
 
     try:
         return _analyze(args)
@@ -280,16 +280,10 @@ def cmd_analyze(args) -> int:
 
 
 def _analyze(args) -> int:
-    from .analysis import (
-        DEVICES,
-        analyze,
-        chapter_figures,
-        format_analysis,
-        format_chapter,
-        get_device_spec,
-        parse_shape,
-        plot_roofline,
-    )
+    from .chapter import chapter_figures, format_chapter
+    from .hardware import DEVICES, get_device_spec
+    from .roofline import analyze, format_analysis, plot_roofline
+    from .tracing import parse_shape
 
     if args.chapter:
         print(format_chapter(chapter_figures()))
@@ -465,12 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .analysis import InputTooSmall
     from .bench import BenchError
     from .data import DataError
     from .models import UnknownModel
     from .report import ReportError
     from .runs import RunError
+    from .tracing import InputTooSmall
     from .visualize import VisualizeError
 
     args = build_parser().parse_args(argv)

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .analysis import trace
+from .tracing import trace
 from .models import build_model
 from .tables import Column, markdown
 
@@ -674,7 +674,7 @@ def section_activations(facts: RunFacts, model, ev: Evaluation | None, level: in
 
 
 def section_layers(facts: RunFacts, level: int) -> list[Block]:
-    from .analysis import trace
+    from .tracing import trace
     from .models import build_model
 
     c, k, res = facts.record["in_channels"], facts.record["num_classes"], facts.record["resolution"]

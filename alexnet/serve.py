@@ -639,7 +639,7 @@ class Figures(Routes):
                               "png": png_uri(image, _scale_for(image.shape[0], 360))})  # fmt: skip
 
     async def layers(self, request):
-        from .analysis import trace
+        from .tracing import trace
 
         _, _, entry = await self.server.loaded(request)
         ck = entry["ckpt"]

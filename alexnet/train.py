@@ -37,7 +37,7 @@ from . import budget as B
 from . import data as D
 from . import finetune
 from . import imagenet as I
-from .analysis import InputTooSmall, trace
+from .tracing import InputTooSmall, trace
 from .config import RESUMABLE, Config, ConfigError, Schedule, parse_choices, parse_duration
 from .device import (CompiledOrEager, autocast, bf16_autocast, channels_last_on, describe, free_memory,
                      init_distributed, reduce_means, select_device, use_compile)  # fmt: skip

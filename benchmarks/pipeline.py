@@ -12,7 +12,7 @@ deciding precision, layout, optimizer and compilation, so what is timed is the s
 
 Both train the same network for the same number of steps after the same warm-up on the same device.
 Reported per row (as timm's benchmark.py): images/s, step ms, batch size, dtype, parameters, FLOPs,
-peak memory; and MFU = achieved FLOP/s (a training step's exact FLOPs as alexnet.analysis counts
+peak memory; and MFU = achieved FLOP/s (a training step's exact FLOPs as alexnet.costs counts
 them, 2.96 forward passes for AlexNet since the image needs no gradient) / the peak in the row's
 dtype, measured in this run: the better of the best of several GEMM shapes and the network's own
 dominant convolution, so that no layer of the network can outrun it; and the fraction of step time
@@ -47,11 +47,13 @@ from alexnet import data as D
 from alexnet import device as V
 from alexnet import runs as R
 from alexnet import train as T
-from alexnet.analysis import Peak, measure_peak, trace, training_flops
 from alexnet.config import PRESETS, ConfigError
+from alexnet.costs import training_flops
+from alexnet.hardware import Peak, measure_peak
 from alexnet.measure import PeakMemory, machine, time_once, time_turns
 from alexnet.models import build_model, get_spec
 from alexnet.tables import Column, markdown as markdown_table
+from alexnet.tracing import trace
 
 NETWORK = "network.forward"  # the profiler label of the forward pass; backward has the engine's own
 
@@ -64,7 +66,7 @@ DTYPES = {"fp32": "fp32", "bf16 autocast": "bf16"}  # a row's dtype -> the arith
 
 
 def peaks(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> dict[str, Peak]:
-    """Per row dtype, the ceiling MFU divides by (alexnet.analysis.measure_peak)."""
+    """Per row dtype, the ceiling MFU divides by (alexnet.hardware.measure_peak)."""
     return {row: measure_peak(model, input_shape, dt, device, repeats=5) for row, dt in DTYPES.items()}
 
 
@@ -231,7 +233,7 @@ class Row:
     batch_size: int
     dtype: str
     params: int
-    gflops_per_image: float  # forward FLOPs for eval; a training step's exact FLOPs (analysis.training_flops)
+    gflops_per_image: float  # forward FLOPs for eval; a training step's exact FLOPs (costs.training_flops)
     images_per_s: float
     step_ms: float
     mfu: float  # achieved FLOP/s / the peak (best GEMM or the dominant conv) measured in this run
@@ -405,7 +407,7 @@ def markdown(result: dict) -> str:
             f"{model} {k}: {g['flops'] / 1e9:.1f} = max(best GEMM {'x'.join(map(str, g['gemm_shape']))} "
             f"{g['gemm'] / 1e9:.1f}, dominant conv {g['conv_label']} {g['conv'] / 1e9:.1f})"
             for model, e in result["extras"].items() for k, g in e["peaks"].items()) + ". "
-        "Training FLOPs: the step's exact count (forward, input and weight gradients; alexnet.analysis); "
+        "Training FLOPs: the step's exact count (forward, input and weight gradients; alexnet.costs); "
         "MFU = achieved FLOP/s / the peak of the row's model and dtype. "
         f"Step ms: the median over the turns ({'single steps' if m['gpu'] is None else 'per-step mean of each block'}). "
         f"Memory: {result['memory']}.",

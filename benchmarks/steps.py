@@ -10,9 +10,9 @@ channels_last and label smoothing, on a batch already in memory. For a network t
 timed, on the frozen block's output for a random batch (alexnet.bench.trained_part, as `alexnet
 bench` does). All (network, threads) pairs run in alternating turns (alexnet.measure.time_turns: a
 shared machine's load falls on all of them alike); the figure is the median step.
-MFU = the step's exact training FLOPs (alexnet.analysis.training_flops of the timed part) per
+MFU = the step's exact training FLOPs (alexnet.costs.training_flops of the timed part) per
 second / the better of the best GEMM shape and the network's dominant convolution in bf16
-(alexnet.analysis.measure_peak), measured before and after the turns on all threads, the better
+(alexnet.hardware.measure_peak), measured before and after the turns on all threads, the better
 kept. Units: a multiply-add is 2 FLOPs.
 """
 
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from alexnet.analysis import measure_peak, training_flops
 from alexnet.bench import step_recipe, trained_part
+from alexnet.costs import training_flops
+from alexnet.hardware import measure_peak
 from alexnet.measure import machine, time_turns
 from alexnet.models import build_model
 from alexnet.tables import Column, markdown

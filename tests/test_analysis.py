@@ -9,20 +9,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from alexnet.analysis import (
-    DEVICES,
-    OPTIMIZER_STATE,
-    analyze,
-    chapter_figures,
-    compute_bound_from,
-    is_memory_bound,
-    layer_costs,
-    measure_device,
-    roofline_time,
-    training_memory,
-)
+from alexnet.chapter import chapter_figures
 from alexnet.cli import main
+from alexnet.costs import OPTIMIZER_STATE, layer_costs, training_memory
+from alexnet.hardware import DEVICES, measure_device
 from alexnet.models import MODELS, build_model, get_spec
+from alexnet.roofline import analyze, compute_bound_from, is_memory_bound, roofline_time
 
 H100 = DEVICES["h100"]
 

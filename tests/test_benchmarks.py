@@ -78,7 +78,7 @@ def test_step_benchmark_times_the_trained_part_on_each_thread_count_with_mfu_und
     spec = importlib.util.spec_from_file_location("bench_steps", ROOT / "benchmarks" / "steps.py")
     steps = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(steps)
-    from alexnet.analysis import training_flops
+    from alexnet.costs import training_flops
     from alexnet.models import build_model
 
     result = steps.main(["--models", "speednet-white,speednet", "--batch-size", "4", "--threads", "1,2",

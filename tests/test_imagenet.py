@@ -14,7 +14,7 @@ from torch import nn
 from alexnet import imagenet as I
 from alexnet import runs as R
 from alexnet import train as T
-from alexnet.analysis import summary
+from alexnet.tracing import summary
 from alexnet.cli import main
 from alexnet.config import PRESETS, Config
 from alexnet.models import GroupedLRN, TwoTowers, build_model

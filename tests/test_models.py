@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from alexnet.analysis import InputTooSmall, summary, trace
+from alexnet.tracing import InputTooSmall, summary, trace
 from alexnet.models import MODELS, UnknownModel, build_model, get_spec
 
 CHAPTER_LISTING = [  # D2L 8.1, layer_summary((1, 1, 224, 224)), layers with parameters or a new shape

@@ -7,8 +7,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from alexnet.analysis import Peak, layer_costs, measure_peak, trace, training_flops, walk
+from alexnet.costs import layer_costs, training_flops
+from alexnet.hardware import Peak, measure_peak
 from alexnet.models import Residual, build_model
+from alexnet.tracing import trace, walk
 
 
 def test_speednet_maps_28x28_images_to_logits_through_a_residual_block():

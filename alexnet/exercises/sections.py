@@ -72,7 +72,9 @@ def cols(*names) -> list:
 
 
 def _ex123(b, g, figs, rel, cmd, root):
-    from ..analysis import analyze, chapter_figures, get_device_spec
+    from ..chapter import chapter_figures
+    from ..hardware import get_device_spec
+    from ..roofline import analyze
 
     f = chapter_figures()
     h100 = get_device_spec("h100")
@@ -225,7 +227,7 @@ def _gap(a: Group, b: Group) -> str:
 
 
 def _ex5(b, g, figs, rel, cmd, root):
-    from ..analysis import trace
+    from ..tracing import trace
     from ..models import build_model
 
     rows28, rows224 = trace(build_model("alexnet28"), (1, 1, 28, 28)), trace(build_model("alexnet"), (1, 1, 224, 224))
