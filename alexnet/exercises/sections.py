@@ -28,7 +28,7 @@ MAPS = 16  # the strongest feature maps shown per stage
 
 def _network(name: str, in_channels: int = 1) -> nn.Module:
     """A registered network with shapes but no storage, for counting."""
-    from ..analysis import meta_model
+    from ..tracing import meta_model
 
     return meta_model(name, in_channels, CLASSES)
 
