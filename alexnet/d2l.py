@@ -553,16 +553,11 @@ def _as_size(resize) -> tuple[int, int]:
     return h, w
 
 
-def _to_float_resized(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (B, C, h, w) -> float32 (B, C, *size) in [0, 1], bilinear. Within one grey level of
-    torchvision's Resize on a PIL image followed by ToTensor (PIL rounds to uint8 after resizing;
-    this does not)."""
-    x = images.float().div_(255)
-    if tuple(x.shape[-2:]) != size:
-        shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-        # antialias when shrinking, as PIL's resize filters over the whole footprint
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
-    return x
+def _float_transform(size: tuple[int, int]) -> D.Transform:
+    """d2l's Resize then ToTensor, on a batch: uint8 (B, C, h, w) -> float32 (B, C, *size) in [0, 1],
+    bilinear, antialiased when shrinking as PIL's resize filters over the whole footprint. Within one
+    grey level of torchvision's on a PIL image (PIL rounds to uint8 after resizing; this does not)."""
+    return D.Transform(size, channels_last=False, antialias=True)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -571,13 +566,14 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]):
         self.images, self.labels, self.size = images, labels, size
+        self.transform = _float_transform(size)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
         i = range(len(self))[i]  # negative indices, and IndexError past the end
-        return _to_float_resized(self.images[i : i + 1], self.size)[0], int(self.labels[i])
+        return self.transform(self.images[i : i + 1])[0], int(self.labels[i])
 
 
 def _resolve(dataset) -> tuple[ImageDataset, torch.Tensor | None] | None:
@@ -599,7 +595,7 @@ class DeviceLoader:
     a new order from torch's global generator each pass and keeps the last partial batch."""
 
     def __init__(self, dataset: ImageDataset, indices: torch.Tensor | None, batch_size: int, shuffle: bool):
-        self.images, self.labels, self.size = dataset.images, dataset.labels, dataset.size
+        self.images, self.labels, self.transform = dataset.images, dataset.labels, dataset.transform
         self.indices, self.batch_size, self.shuffle = indices, batch_size, shuffle
 
     def __len__(self) -> int:
@@ -617,7 +613,7 @@ class DeviceLoader:
         if self.indices is not None:
             order = self.indices[order]
         for b in order.to(self.images.device).split(self.batch_size):
-            yield _to_float_resized(self.images[b], self.size), self.labels[b]
+            yield self.transform(self.images[b]), self.labels[b]
 
 
 class FashionMNIST(DataModule):
@@ -693,7 +689,7 @@ class Trainer(HyperParameters):
         dropout untouched), so that lazy layers take their shapes and deferred inits run."""
         loader = self.train_dataloader
         if isinstance(loader, DeviceLoader):
-            x = _to_float_resized(loader.images[:1], loader.size)
+            x = loader.transform(loader.images[:1])
         else:
             x = next(iter(loader))[0][:1]
         was_training = model.training

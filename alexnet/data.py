@@ -12,10 +12,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import math
 import os
 import pickle
 import struct
+import typing
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -452,33 +454,56 @@ def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> to
 
 @dataclass(frozen=True)
 class Transform:
-    """What turns a uint8 batch into the network's input; the same for train and evaluation but
-    for the augmentation."""
+    """A uint8 batch on the device -> the network's float input, in a few batched ops: augment
+    (train only), scale to [0, 1], resize, lighting (train only), normalise, memory layout.
 
-    resolution: int
+    The one such step of the package: the chapter's datasets (InMemory), image folders (imagenet.py,
+    whose workers crop at the resolution, so ``resolution=None``, and which add §4.1's lighting) and
+    the d2l API's loaders (d2l.py: a (height, width), antialiased when shrinking, as PIL resizes)."""
+
+    resolution: int | tuple[int, int] | None  # output side, or (height, width); None: the input's own
     mean: tuple[float, ...] | None = None  # None: plain [0, 1] pixels, as the chapter
     std: tuple[float, ...] | None = None
     crop_padding: int = 0  # random crop after zero-padding by this many pixels (train only)
     flip: bool = False  # random horizontal flip (train only)
     channels_last: bool = True
     dtype: torch.dtype = torch.float32
+    # §4.1's lighting, (eigval, eigvec) of the RGB covariance; each image's alphas come with the
+    # batch (drawn per image in imagenet.py's workers), applied in training only.
+    lighting: tuple[tuple[float, ...], tuple[tuple[float, ...], ...]] | None = None
+    # Antialias when shrinking (d2l: PIL filters over the whole footprint). Off for training runs:
+    # their checkpoints were trained and are evaluated without it.
+    antialias: bool = False
 
-    def __call__(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None):
+    @property
+    def size(self) -> tuple[int, int] | None:
+        r = self.resolution
+        return None if r is None else (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
+
+    def __call__(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None,
+                 alpha: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """``x``: uint8 (B, C, h, w), or (B, n, C, h, w) for n crops per image (not resized);
+        ``alpha``: (B, 3) lighting draws."""
         # Augment at native resolution (28×28), 64× fewer pixels than after the resize.
         if train and self.crop_padding:
             x = random_crop(x, self.crop_padding, generator)
         if train and self.flip:
             x = random_flip(x, generator)
         x = x.to(self.dtype).div_(255)
-        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+        size = self.size
+        if size is not None and tuple(x.shape[-2:]) != size:
+            shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
             # Bilinear, align_corners=False: what PIL's bilinear resize does when upsampling.
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
-                              align_corners=False)  # fmt: skip
-        if self.mean is not None:
-            mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype)[None, :, None, None]
-            std = torch.tensor(self.std, device=x.device, dtype=x.dtype)[None, :, None, None]
-            x = (x - mean) / std
-        if self.channels_last:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                              antialias=self.antialias and shrinking)  # fmt: skip
+        if train and self.lighting is not None and alpha is not None and alpha.abs().sum() > 0:
+            # §4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel, a ~ N(0, 0.1) per image.
+            val, vec = (torch.tensor(t, device=x.device) for t in self.lighting)
+            x = x + ((alpha.to(x.device) * val) @ vec.T)[:, :, None, None]  # (B, 3) -> (B, 3, 1, 1)
+        if self.mean is not None:  # (C, 1, 1): one per channel, whatever the dimensions before
+            mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(-1, 1, 1)
+            x = (x - mean) / torch.tensor(self.std, device=x.device, dtype=x.dtype).view(-1, 1, 1)
+        if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -524,14 +549,49 @@ class CacheTooLarge(MemoryError):
         self.need, self.free = need, free
 
 
+@typing.runtime_checkable
+class Source(typing.Protocol):
+    """What a run (train.Session) asks of its data, so that it never asks which data it has:
+    InMemory (the chapter's datasets) and imagenet.ImagePipeline (image folders) answer it."""
+
+    name: str
+    classes: list[str]
+    channels: int
+    resolution: int
+    normalization: tuple | None  # (mean, std) for the checkpoint, or None
+    stats: dict | None  # image folders' colour statistics for the checkpoint, or None
+    skipped: int  # unreadable images met in this epoch
+    resident: bool  # the training images sit on the device: ``sample`` and ``precompute`` can read them
+    precomputable: bool  # resident, and a batch is a fixed function of its images (no random crop)
+    uniform_batches: bool  # every evaluation batch costs the same, so a few time an evaluation
+    val_steps: int  # batches in one evaluation
+
+    def __len__(self) -> int: ...  # training images (all ranks)
+
+    def train(self, epoch: int, skip: int = 0) -> typing.Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's (inputs, labels) device batches of one epoch, the first ``skip`` passed over."""
+
+    def val(self, limit: int | None = None) -> typing.Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's evaluation batches (the first ``limit``)."""
+
+    def epoch_metrics(self, ev: dict) -> dict:
+        """Entries this data adds to an epoch's metrics row, from ``evaluate``'s result."""
+
+    def record(self, run_path: Path) -> None:
+        """Write into the run directory what a resumed run must reuse and its checkpoint does not hold."""
+
+
 class InMemory:
-    """The chapter's datasets: uint8 on the device, a batch is a gather by indices.
+    """The chapter's datasets: uint8 on the device, a batch is a gather by indices (a Source).
 
     Each rank trains on its shard of the permutation and evaluates every world_size-th test image.
     ``train(epoch, skip)`` and ``val()`` yield device batches, as imagenet.ImagePipeline's do.
     """
 
     skipped = 0  # nothing here can fail to decode
+    stats = None  # colour statistics: image folders' (the normalisation is STATS')
+    resident = True
+    uniform_batches = True
     features: torch.Tensor | None = None  # the frozen layers' outputs, once precompute has run
 
     def __init__(self, cfg: Config, device, batch: int, eval_batch: int, rank: int = 0, world: int = 1):
@@ -571,7 +631,7 @@ class InMemory:
         Where ``free`` bytes are known and the cache would take more than half of them, nothing is
         kept and ``CacheTooLarge`` says why: the caller then runs ``frozen`` in every step instead
         (slower, the same result)."""
-        if self.transform.crop_padding:
+        if not self.precomputable:
             raise ValueError("a random crop changes the image every epoch: nothing to compute once")
         images = self.ds.train.images
         plain = Transform(self.transform.resolution, self.transform.mean, self.transform.std,
@@ -614,5 +674,19 @@ class InMemory:
                 rows = b + n * flip_draws(len(b), b.device, g).long()
             yield self.features[rows], self.ds.train.labels[b]
 
-    def val(self):
-        return loader(self.test, self.transform, self.eval_batch, False)
+    @property
+    def precomputable(self) -> bool:
+        return not self.transform.crop_padding  # a random crop changes the image every epoch
+
+    def val(self, limit: int | None = None):
+        return itertools.islice(loader(self.test, self.transform, self.eval_batch, False), limit)
+
+    @property
+    def val_steps(self) -> int:
+        return steps_per_epoch(len(self.test), self.eval_batch, train=False)
+
+    def epoch_metrics(self, ev: dict) -> dict:
+        return {}  # loss and top-1 accuracy, as the chapter reports
+
+    def record(self, run_path: Path) -> None:
+        pass  # the checkpoint holds all a resume needs

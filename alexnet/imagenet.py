@@ -13,6 +13,7 @@ run sees the same crops as an uninterrupted one.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .data import DataError, epoch_indices
+from .data import DataError, Transform, epoch_indices
 from .seeds import Seeds, as_seeds
 from .runs import atomic_write, not_regular
 
@@ -227,7 +228,7 @@ def checkpoint_input(source, ckpt: dict, invert: bool = False) -> torch.Tensor:
 
 def checkpoint_transform(ckpt: dict):
     """The evaluation transform a checkpoint's run used: its resolution and input normalisation."""
-    from .data import STATS, Transform
+    from .data import STATS
 
     mean = std = None
     if not ckpt["cfg"].data.normalize:
@@ -370,41 +371,22 @@ def channel_stats(images: ImageList, sample: int = 1000, side: int = 64, seed: i
             "eigvec": eigvec.tolist(), "images": used, "pixels": len(p)}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class DeviceTransform:
-    """uint8 batch on the device -> float input: scale, lighting, normalisation, memory layout."""
-
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-    eigval: tuple[float, ...]
-    eigvec: tuple[tuple[float, ...], ...]
-    channels_last: bool = True
-
-    def __call__(self, x: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
-        x = x.float().div_(255)  # (B, 3, H, W) or (B, 10, 3, H, W)
-        if alpha is not None and alpha.abs().sum() > 0:
-            # §4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel, a ~ N(0, 0.1) per image.
-            vec = torch.tensor(self.eigvec, device=x.device)
-            val = torch.tensor(self.eigval, device=x.device)
-            x = x + ((alpha.to(x.device) * val) @ vec.T)[:, :, None, None]  # (B, 3) -> (B, 3, 1, 1)
-        if self.mean is not None:
-            mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
-            x = (x - mean) / torch.tensor(self.std, device=x.device).view(-1, 1, 1)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-
 # ---------------------------------------------------------------------------------------------
 # The pipeline a run uses
 
 
 class ImagePipeline:
-    """Both splits of an image dataset as loaders that yield device batches, and the skip count.
+    """Both splits of an image dataset as loaders that yield device batches, and the skip count:
+    a run's data source (data.Source), as data.InMemory is for the chapter's datasets.
 
     Unreadable files are reported once each (with the path) and skipped; ``skipped`` counts them
     per epoch for the run's metrics.
     """
+
+    normalization = None  # a checkpoint holds image folders' mean and std in ``stats``
+    resident = False  # decoded batch by batch in workers: no sample to fit to, nothing computed once
+    precomputable = False
+    uniform_batches = False  # the workers start and prefetch: only a whole evaluation says how long one takes
 
     def __init__(self, cfg, device: torch.device, resolution: int, train_batch: int, eval_batch: int, rank: int = 0,
                  world_size: int = 1, stats: dict | None = None, channels_last: bool = True):  # fmt: skip
@@ -416,9 +398,10 @@ class ImagePipeline:
         seed = Seeds(cfg.train.seed, cfg.train.seed_streams)
         self.stats = stats or channel_stats(self.train_images, d.stats_images, seed=seed)
         s = self.stats
-        self.transform = DeviceTransform(tuple(s["mean"]) if d.normalize else None,
-                                         tuple(s["std"]) if d.normalize else None, tuple(s["eigval"]),
-                                         tuple(map(tuple, s["eigvec"])), channels_last)  # fmt: skip
+        # The workers crop at the resolution: nothing to resize on the device.
+        self.transform = Transform(None, tuple(s["mean"]) if d.normalize else None,
+                                   tuple(s["std"]) if d.normalize else None, channels_last=channels_last,
+                                   lighting=(tuple(s["eigval"]), tuple(map(tuple, s["eigvec"]))))  # fmt: skip
         self.device, self.seen_bad, self.skipped = device, set(), 0
         train_ds = ImageDataset(self.train_images, d.resize, resolution, "train", d.flip, d.lighting, seed)
         val_ds = ImageDataset(self.val_images, d.resize, resolution, "ten" if d.ten_crop else "center", seed=seed)
@@ -448,15 +431,30 @@ class ImagePipeline:
             if x is None:
                 continue
             x = x.to(self.device, non_blocking=True)
-            yield self.transform(x, alpha if train else None), y.to(self.device, non_blocking=True)
+            yield self.transform(x, train, alpha=alpha), y.to(self.device, non_blocking=True)
 
     def train(self, epoch: int, skip: int = 0):
         self.skipped = 0
         self.train_sampler.set_epoch(epoch, skip)
         return self._batches(self._train, True)
 
-    def val(self):
-        return self._batches(self._val, False)
+    def val(self, limit: int | None = None):
+        return itertools.islice(self._batches(self._val, False), limit)
+
+    @property
+    def val_steps(self) -> int:
+        return len(self.val_sampler)
+
+    def epoch_metrics(self, ev: dict) -> dict:
+        """The paper's figures, top-1 and top-5 error, and the files that could not be read."""
+        return {"val_top1_err": 1 - ev["acc"], "val_top5_err": 1 - ev["top5"], "skipped_images": ev["skipped"]}
+
+    def record(self, run_path: Path) -> None:
+        """The colour statistics, which a resumed run reuses rather than resampling (train.load_data)."""
+        save_stats(self.stats, run_path / STATS_FILE)
+
+
+STATS_FILE = "lighting.json"  # in the run directory
 
 
 def save_stats(stats: dict, path: Path) -> None:

@@ -444,6 +444,17 @@ class Session:
         self.started: float | None = None  # the budget's clock: spent_s before this process included
         self.began: float | None = None  # when this process began paying for the budget (stem, measurement)
         self.replan = replan
+        # What prepare() builds (entered first, so that a prepare that fails still closes what it opened):
+        self.data: D.Source | None = None
+        self.model: nn.Module | None = None  # the bare network: what checkpoints hold
+        self.net: nn.Module | None = None  # the network that evaluates: placed, data-parallel, compiled
+        self.train_net: nn.Module | None = None  # the one that trains: net, or the layers after a stem computed once
+        self.frozen_ready = False  # whitening fitted and the stem computed, where the network has them
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.pos = Position()
+        self.steps = 0  # training steps per epoch
+        self.title = ""  # of the run's figures
+        self.epoch_train_s = 0.0  # the epoch in progress's training seconds, those before a resume included
 
     def __enter__(self):
         self.stop.__enter__()
@@ -465,7 +476,7 @@ class Session:
             cfg = self.choose_network()
         self.model = build_model(cfg.train.model, self.data.channels, len(self.data.classes), seed=cfg.train.seed)
         _check_input_fits(self.model, self.data.channels, self.data.resolution)
-        if any(isinstance(m, WhiteningConv) for m in self.model.modules()) and not isinstance(self.data, D.InMemory):
+        if any(isinstance(m, WhiteningConv) for m in self.model.modules()) and not self.data.resident:
             raise TrainingError(f"--model {cfg.train.model}: its whitening conv is fitted to an in-memory dataset "
                                 f"(fashion-mnist, mnist, cifar10), not to {cfg.data.dataset}")  # fmt: skip
         self.pos = Position.of(ckpt) if ckpt else Position()
@@ -522,8 +533,7 @@ class Session:
             for what in run.reconcile(ckpt, self.title):
                 warn(f"{run.path}: repaired {what}")
         run.write_config(cfg, self.pos.changes, self.plan and self.plan.to_dict())
-        if isinstance(self.data, I.ImagePipeline):
-            I.save_stats(self.data.stats, run.path / "lighting.json")
+        self.data.record(run.path)
         return run
 
     def _announce(self, ckpt) -> None:
@@ -686,16 +696,17 @@ class Session:
 
     def _time_evaluation(self) -> float:
         """Seconds of one evaluation: the median of a few batches after a warm-up one, times the
-        batches (in-memory data), else one whole evaluation."""
-        def run(k: int) -> None:  # the first k batches (a whole evaluation for image folders)
-            batches = itertools.islice(self.data.val(), k) if isinstance(self.data, D.InMemory) else self.data.val()
-            evaluate(self.net, batches, device=self.device, amp=self.cfg.system.amp == "bf16",
-                     num_classes=len(self.data.classes), flip_tta=self.cfg.data.flip_tta)  # fmt: skip
+        batches, where batches cost the same (in-memory data), else one whole evaluation."""
+        data = self.data
 
-        if not isinstance(self.data, D.InMemory):
+        def run(k: int) -> None:  # the first k batches, or a whole evaluation
+            evaluate(self.net, data.val(k if data.uniform_batches else None), device=self.device,
+                     amp=self.cfg.system.amp == "bf16", num_classes=len(data.classes),
+                     flip_tta=self.cfg.data.flip_tta)  # fmt: skip
+
+        if not data.uniform_batches:
             return time_turns({"evaluation": run}, self.device, rounds=1, warmup=0)["evaluation"].median
-        n = D.steps_per_epoch(len(self.data.test), self.data.eval_batch, train=False)
-        return time_turns({"evaluation": run}, self.device, rounds=2, warmup=1)["evaluation"].median * n
+        return time_turns({"evaluation": run}, self.device, rounds=2, warmup=1)["evaluation"].median * data.val_steps
 
     def prepare_frozen(self) -> None:
         """Before the first step (its time counted as training): fit any whitening conv to the
@@ -717,8 +728,9 @@ class Session:
 
     def _stem_once(self, model: nn.Module) -> bool:
         """Whether the network's frozen leading layers can run once per image rather than every step."""
-        return (isinstance(model, nn.Sequential) and isinstance(model[0], Frozen) and isinstance(self.data, D.InMemory)
-                and self.world == 1 and not self.cfg.data.crop_padding)  # fmt: skip
+        # One process: the layers after the stem train outside DistributedDataParallel.
+        return (isinstance(model, nn.Sequential) and isinstance(model[0], Frozen) and self.data.precomputable
+                and self.world == 1)  # fmt: skip
 
     def train_epoch(self, epoch: int) -> dict:
         t0 = time.perf_counter()
@@ -778,9 +790,7 @@ class Session:
         row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": ev["loss"],
                "val_acc": ev["acc"], "lr": tr["lr"], "train_images_per_s": tr["images"] / train_time,
                "train_time_s": train_time, "eval_time_s": ev.get("time_s", 0.0), "epoch_time_s": epoch_time}  # fmt: skip
-        images = isinstance(self.data, I.ImagePipeline)
-        if images:  # the paper's figures: top-1 and top-5 error; and the files that could not be read
-            row.update(val_top1_err=1 - ev["acc"], val_top5_err=1 - ev["top5"], skipped_images=ev["skipped"])
+        row.update(self.data.epoch_metrics(ev))
         improved = row["val_acc"] > pos.best_acc
         pos.metrics.append(row)
         pos.epoch, pos.step, pos.tally, self.tally = epoch + 1, 0, None, None
@@ -791,7 +801,7 @@ class Session:
             self.board.epoch(row, self.model)
         say(f"epoch {epoch + 1:>3}/{self.total_epochs}  train loss {row['train_loss']:.4f}  "
             f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
-            + (f"top-5 err {row['val_top5_err']:.4f}  " if images else "")
+            + (f"top-5 err {row['val_top5_err']:.4f}  " if "val_top5_err" in row else "")
             + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s", self.quiet)  # fmt: skip
 
     def save_interrupted(self, abort: bool) -> None:
@@ -827,8 +837,8 @@ class Session:
             "epoch_train_s": pos.train_s if pos.step else 0.0,
             "best_epoch": best_epoch_of(pos.metrics), "changes": pos.changes, "classes": data.classes,
             "dataset": data.name, "in_channels": data.channels, "num_classes": len(data.classes),
-            "resolution": data.resolution, "normalization": getattr(data, "normalization", None),
-            "stats": getattr(data, "stats", None), "torch": str(torch.__version__),
+            "resolution": data.resolution, "normalization": data.normalization,
+            "stats": data.stats, "torch": str(torch.__version__),
             "machine": machine(self.device).asdict(),
             **({"plan": self._spent(self.plan).to_dict()} if self.plan else {}),
         }  # fmt: skip
@@ -841,15 +851,15 @@ class Session:
         return self.run_dir.path if self.run_dir else Path(".")
 
 
-def load_data(cfg: Config, device, run_dir: Path | None, ckpt: dict | None, rank: int, world: int):
-    """The run's data source: ``train(epoch, skip)`` and ``val()`` yield device batches."""
+def load_data(cfg: Config, device, run_dir: Path | None, ckpt: dict | None, rank: int, world: int) -> D.Source:
+    """The run's data source, the one place that chooses it: the chapter's datasets in memory, or image folders."""
     if cfg.train.batch_size % world:
         raise TrainingError(f"--batch-size {cfg.train.batch_size} (global) does not split evenly over {world} ranks")
     batch, eval_batch = cfg.train.batch_size // world, max(1, cfg.train.eval_batch_size // world)
     if cfg.data.dataset not in I.IMAGE_DATASETS:
         return D.InMemory(cfg, device, batch, eval_batch, rank, world)
     # The colour statistics are part of the run: a resumed run reuses them rather than resampling.
-    stats = (ckpt or {}).get("stats") or (I.load_stats(run_dir / "lighting.json") if run_dir else None)
+    stats = (ckpt or {}).get("stats") or (I.load_stats(run_dir / I.STATS_FILE) if run_dir else None)
     return I.ImagePipeline(cfg, device, cfg.resolution(), batch, eval_batch, rank, world, stats,
                            channels_last=channels_last_on(cfg.system.channels_last, device))  # fmt: skip
 

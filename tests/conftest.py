@@ -205,3 +205,26 @@ def memory_cap(extra_bytes: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def resize_reference(images, size: tuple[int, int], antialias: bool):
+    """Float images (B, C, h, w) bilinearly resized one plane at a time, outside torch: by Pillow's
+    float-mode resize (half-pixel centres; antialiased when shrinking, as Pillow always is), or, for a
+    shrink without antialiasing, by the two interpolation matrices of half-pixel bilinear, edges clamped."""
+    import torch
+
+    b, c, h, w = images.shape
+    if (size[0] < h or size[1] < w) and not antialias:
+
+        def taps(n_in: int, n_out: int) -> np.ndarray:  # (n_out, n_in): each output row's two weights
+            src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+            lo = np.floor(src).astype(int)
+            m = np.zeros((n_out, n_in))
+            np.add.at(m, (np.arange(n_out), lo), 1 - (src - lo))
+            np.add.at(m, (np.arange(n_out), np.minimum(lo + 1, n_in - 1)), src - lo)
+            return m
+
+        return torch.from_numpy(taps(h, size[0]) @ images.double().numpy() @ taps(w, size[1]).T).float()
+    planes = [np.asarray(Image.fromarray(p.numpy()).resize(size[::-1], Image.BILINEAR))
+              for p in images.float().reshape(-1, h, w)]  # fmt: skip
+    return torch.from_numpy(np.stack(planes)).view(b, c, *size)

@@ -15,6 +15,7 @@ from torch import nn
 
 from alexnet import d2l
 from alexnet.device import bf16_autocast
+from conftest import resize_reference
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +132,20 @@ def test_upsampling_matches_pillow_within_a_grey_level(fmnist):
         pil = Image.fromarray(fmnist.val.images[i, 0].numpy(), mode="L").resize((160, 224), Image.BILINEAR)
         reference = torch.from_numpy(np.array(pil)).float() / 255
         assert (ds[i][0][0] - reference).abs().max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("size", [(224, 160), (16, 16), (40, 20)], ids=["upsampled", "shrunk", "both"])
+def test_images_are_scaled_and_resized_as_pillow_does_in_floats(fmnist, size):
+    """A batch of the device loader, and each image of the dataset, against Pillow's float-mode
+    bilinear resize of x / 255: antialiased where a side shrinks, as torchvision's Resize on a PIL
+    image is (the training runs' transform does not antialias). No normalisation, as the chapter."""
+    images, labels = fmnist.val.images[:5], fmnist.val.labels[:5]
+    ds = d2l.ImageDataset(images, labels, size)
+    reference = resize_reference(images.float() / 255, size, antialias=True)
+    X, y = next(iter(d2l.DeviceLoader(ds, None, 5, shuffle=False)))
+    assert X.shape == (5, 1, *size) and X.dtype == torch.float32 and torch.equal(y, labels)
+    torch.testing.assert_close(X, reference, atol=2e-6, rtol=0)
+    torch.testing.assert_close(torch.stack([ds[i][0] for i in range(5)]), reference, atol=2e-6, rtol=0)
 
 
 def test_a_subset_keeps_the_fast_path_and_gives_the_same_batches(fmnist):

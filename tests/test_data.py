@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from alexnet import data as D
-from conftest import make_idx_dataset, write_cifar, write_idx
+from alexnet.config import Config
+from conftest import make_idx_dataset, resize_reference, write_cifar, write_idx
 
 
 def test_real_fashion_mnist_is_read_and_verified(fashion):
@@ -193,6 +194,38 @@ def test_batched_resize_matches_pillow_bilinear():
     pil = np.asarray(Image.fromarray(img).resize((224, 224), Image.BILINEAR), dtype=np.float32) / 255
     assert ours.shape == (224, 224) and 0 <= ours.min() and ours.max() <= 1
     assert np.abs(ours.numpy() - pil).mean() < 0.01
+
+
+@pytest.mark.parametrize("dataset, channels, side, resolution", [("fashion-mnist", 1, 28, 64), ("cifar10", 3, 32, 20)],
+                         ids=["upsampled", "shrunk"])  # fmt: skip
+def test_a_runs_transform_is_crop_flip_scale_resize_normalise(dataset, channels, side, resolution):
+    """A run's transform (data.make_transform) against its steps written out one image at a time:
+    the crop offsets, then the flips, drawn from the batch's generator in that order (a resumed
+    run redraws them); bilinear without antialiasing even when shrinking, as runs have always been
+    trained (d2l's loaders antialias); then (x - mean) / std; channels last."""
+    cfg = Config(preset="test").replace(dataset=dataset, resolution=resolution, normalize=True, crop_padding=3,
+                                        flip=True)  # fmt: skip
+    t = D.make_transform(cfg, dataset, torch.device("cpu"))
+    b, pad = 6, 3
+    x = torch.randint(0, 256, (b, channels, side, side), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out = t(x, train=True, generator=torch.Generator().manual_seed(1))
+
+    g = torch.Generator().manual_seed(1)
+    oy = torch.randint(0, 2 * pad + 1, (b, 1), generator=g)[:, 0].tolist()
+    ox = torch.randint(0, 2 * pad + 1, (b, 1), generator=g)[:, 0].tolist()
+    flips = (torch.rand(b, generator=g) < 0.5).tolist()
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    crops = [padded[i, :, oy[i] : oy[i] + side, ox[i] : ox[i] + side] for i in range(b)]
+    crops = np.stack([c[..., ::-1] if f else c for c, f in zip(crops, flips)]).astype(np.float32) / 255
+    mean, std = (torch.tensor(v).view(-1, 1, 1) for v in D.STATS[dataset])
+    reference = (resize_reference(torch.from_numpy(crops), (resolution, resolution), antialias=False) - mean) / std
+    assert 0 < sum(flips) < b and len(set(oy)) > 1
+    assert out.shape == (b, channels, resolution, resolution) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last) or channels == 1  # 1 channel: both layouts
+    torch.testing.assert_close(out, reference, atol=2e-5, rtol=0)
+    # Evaluation: no crop, no flip.
+    plain = (resize_reference(x.float() / 255, (resolution, resolution), antialias=False) - mean) / std
+    torch.testing.assert_close(t(x, train=False), plain, atol=2e-5, rtol=0)
 
 
 def test_transform_normalises_and_lays_out_channels_last():

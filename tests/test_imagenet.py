@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from alexnet import data as D
 from alexnet import imagenet as I
 from alexnet import runs as R
 from alexnet import train as T
@@ -172,11 +173,57 @@ def test_lighting_noise_follows_the_pca_of_the_training_pixels(folder):
     alphas = torch.stack([ds[(i % 42, i // 42)][2] for i in range(420) if i % 42 != 41])
     assert alphas.mean().abs() < 0.02 and alphas.std().item() == pytest.approx(0.1, rel=0.1)
     # ... and shift every pixel of an image by V (alpha * lambda), along the principal axes.
-    t = I.DeviceTransform(None, None, tuple(val), tuple(map(tuple, vec)), channels_last=False)
-    out = t(torch.zeros(len(alphas), 3, 2, 2, dtype=torch.uint8), alphas)
+    t = D.Transform(None, lighting=(tuple(val), tuple(map(tuple, vec))), channels_last=False)
+    out = t(torch.zeros(len(alphas), 3, 2, 2, dtype=torch.uint8), train=True, alpha=alphas)
     shift = out[:, :, 0, 0].double().numpy()
     assert np.allclose(out[:, :, 1, 1].double().numpy(), shift)
     np.testing.assert_allclose(shift @ vec, alphas.double().numpy() * val, atol=1e-6)
+
+
+def test_an_image_folder_batch_is_scaled_lit_and_normalised_not_resized(folder):
+    """The pipeline's transform against its steps written out, per image: x / 255, plus
+    V (alpha * lambda) in training only, then (x - mean) / std with the run's colour statistics;
+    the ten crops of an evaluation batch (B, 10, C, H, W) alike. The workers cropped at the
+    resolution, so nothing is resized."""
+    g = torch.Generator().manual_seed(0)
+    vec = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))[0]
+    stats = {"mean": [0.48, 0.45, 0.40], "std": [0.23, 0.22, 0.21], "eigval": [0.2, 0.02, 0.005],
+             "eigvec": vec.tolist()}  # fmt: skip
+    t = I.ImagePipeline(tiny_images(folder), torch.device("cpu"), 28, 8, 16, stats=stats).transform
+    x = torch.randint(0, 256, (4, 3, 28, 28), generator=g, dtype=torch.uint8)
+    alpha = 0.1 * torch.randn(4, 3, generator=g)
+    mean, std = torch.tensor(stats["mean"]).view(3, 1, 1), torch.tensor(stats["std"]).view(3, 1, 1)
+    shift = [(vec @ (alpha[i].double() * torch.tensor(stats["eigval"], dtype=torch.float64))).view(3, 1, 1)
+             for i in range(4)]  # fmt: skip
+    lit = torch.stack([((x[i].double() / 255 + shift[i]) - mean) / std for i in range(4)]).float()
+    out = t(x, train=True, alpha=alpha)
+    assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, lit, atol=1e-5, rtol=0)
+    plain = (x.double() / 255 - mean) / std
+    torch.testing.assert_close(t(x, train=False, alpha=alpha), plain.float(), atol=1e-5, rtol=0)
+    ten = torch.randint(0, 256, (2, 10, 3, 28, 28), generator=g, dtype=torch.uint8)
+    torch.testing.assert_close(t(ten, train=False), ((ten.double() / 255 - mean) / std).float(), atol=1e-5, rtol=0)
+
+
+def test_both_data_sources_answer_what_a_run_asks(folder, idx_dir, tmp_path):
+    """train.Session asks its data only what data.Source declares, never which kind it is."""
+    cpu = torch.device("cpu")
+    memory = D.InMemory(Config(preset="test").replace(dataset="mnist", data_dir=str(idx_dir)), cpu, 8, 5)
+    stats = {"mean": [0.5] * 3, "std": [0.25] * 3, "eigval": [0.1] * 3, "eigvec": np.eye(3).tolist()}
+    images = I.ImagePipeline(tiny_images(folder), cpu, 28, 8, 4, stats=stats)
+    for data, evaluations in ((memory, 7), (images, 4)):  # 32 test images in 5s; 15 validation images in 4s
+        assert isinstance(data, D.Source)
+        assert data.val_steps == evaluations == len(list(data.val())) and len(list(data.val(2))) == 2
+    assert memory.resident and memory.precomputable and memory.uniform_batches
+    assert not (images.resident or images.precomputable or images.uniform_batches)
+    ev = {"acc": 0.75, "top5": 1.0, "skipped": 1}
+    assert memory.epoch_metrics(ev) == {}
+    assert images.epoch_metrics(ev) == {"val_top1_err": 0.25, "val_top5_err": 0.0, "skipped_images": 1}
+    (tmp_path / "run").mkdir()
+    memory.record(tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
+    images.record(tmp_path / "run")
+    assert I.load_stats(tmp_path / "run" / I.STATS_FILE) == stats
 
 
 def test_ten_crops_are_corners_centre_and_their_mirrors(folder):
