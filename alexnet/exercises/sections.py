@@ -78,22 +78,23 @@ def _ex123(b, g, figs, rel, cmd, root):
 
     f = chapter_figures()
     h100 = get_device_spec("h100")
-    t = analyze("alexnet", (1, 224, 224), 128, h100, "fp32").totals()
+    batch = 128  # the paper's and the chapter's training batch
+    an = analyze("alexnet", (1, 224, 224), batch, h100, "fp32")
+    t = an.totals()
     fc_share = t["fc"]["params"] / t["all"]["params"]
-    step_ms = sum(tf + tb for tf, tb in analyze("alexnet", (1, 224, 224), 128, h100, "bf16").times()) * 1e3
-    # Arithmetic intensity (FLOPs per byte moved, fp32): the FC layers at batch 1, the convolutions at 128.
-    an = analyze("alexnet", (1, 224, 224), 128, h100, "fp32")
+    step_ms = sum(tf + tb for tf, tb in analyze("alexnet", (1, 224, 224), batch, h100, "bf16").times()) * 1e3
+    # Arithmetic intensity (FLOPs per byte moved, fp32): the FC layers at batch 1, the convolutions at the batch.
     fc1 = max(c.fwd_intensity for c in an.layers1 if c.kind == "fc")
     convs = [c.fwd_intensity for c in an.layers if c.kind == "conv"]
     conv_range = f"{min(convs):.0f}–{max(convs):.0f}"
     # What a 3-channel input adds to conv1: two more input channels, each an extra multiply-add per
     # output pixel and kernel tap.
-    conv1 = next(m for m in _network("alexnet").modules() if isinstance(m, nn.Conv2d))
+    conv1 = _layers("alexnet", nn.Conv2d)[0]
     (k, _), out_side = conv1.kernel_size, an.layers1[0].output_shape[-1]
     extra = f"{3 - 1}×{conv1.out_channels}×{out_side}²×{k}²×2"
     text = f"""## Exercises 1–3: where the compute and memory go (computed, not trained)
 
-`alexnet analyze --chapter` and `alexnet analyze --model alexnet --input 1,224,224 --batch 128` compute
+`alexnet analyze --chapter` and `alexnet analyze --model alexnet --input 1,224,224 --batch {batch}` compute
 these; `tests/test_analysis.py` checks them against `torch.utils.flop_counter` and `sum(p.numel())`.
 The full tables, the roofline and every derivation are in [compute.md](compute.md). Units: a
 multiply-add is 2 FLOPs; MB = 10^6 bytes, MiB = 2^20.
@@ -102,17 +103,17 @@ multiply-add is 2 FLOPs; MB = 10^6 bytes, MiB = 2^20.
   ({t['fc']['weight_bytes'] / 1e6:.1f} of {t['all']['weight_bytes'] / 1e6:.1f} MB in fp32);
   the chapter's "164 MB" is the two hidden FC layers' {f['fc_weights']:,} weights in MiB
   ({f['fc_weight_MiB']:.2f} MiB = {f['fc_weight_MB']:.1f} MB). In training, activations dominate:
-  autograd keeps {t['all']['saved_bytes'] / 1e6:.1f} MB at batch 128.
+  autograd keeps {t['all']['saved_bytes'] / 1e6:.1f} MB at batch {batch}.
 - **1.2 Compute.** The convolutions do {f['conv_flops_1ch']:,} FLOPs per 1×224×224 image against the FC
   layers' {f['fc_flops_1ch']:,} ({f['conv_fc_ratio_1ch']:.1f}×; {f['conv_fc_ratio_3ch']:.1f}× with 3 channels).
   The FC layers cost {f['fc_flops_1ch'] // 2:,} multiply-adds = {f['fc_flops_1ch']:,} FLOPs; the chapter's
   "81 MFLOPs" matches no unit (the hidden layers are {f['fc_MFLOPs']:.1f} MFLOPs, {f['fc_binary_MFLOPs']:.1f} × 2^20).
 - **1.3 Bandwidth, latency, size.** FC layers at batch 1 run at {fc1:.1f} FLOPs/byte, far below any
-  accelerator's ridge point: inference is bandwidth- and latency-bound, training (batch 128,
+  accelerator's ridge point: inference is bandwidth- and latency-bound, training (batch {batch},
   {conv_range} FLOPs/byte in the convolutions) compute-bound; training memory grows with the batch.
 - **2. Chip design:** put the ridge point where the work is: area on matrix units for training,
   on bandwidth or on-chip memory ({t['all']['weight_bytes'] / 1e6:.0f} MB of weights) for batch-1 inference.
-- **3. Why no one benchmarks AlexNet any more:** a training step (batch 128) is ~{step_ms:.1f} ms of H100
+- **3. Why no one benchmarks AlexNet any more:** a training step (batch {batch}) is ~{step_ms:.1f} ms of H100
   roofline time in bf16; its FC-heavy shape ({fc_share:.0%} of parameters memory-bound at small batch), LRN and 11×11 stems are
   unrepresentative of modern networks; MLPerf moved to ResNet-50, BERT and LLMs.
 
