@@ -634,14 +634,12 @@ class InMemory:
         if not self.precomputable:
             raise ValueError("a random crop changes the image every epoch: nothing to compute once")
         images = self.ds.train.images
-        plain = Transform(self.transform.resolution, self.transform.mean, self.transform.std,
-                          channels_last=self.transform.channels_last)  # fmt: skip
         views = (False, True) if self.transform.flip else (False,)
         self.features = None
         with torch.no_grad(), torch.autocast(images.device.type, torch.bfloat16, enabled=amp):
             for v, mirror in enumerate(views):
                 for i in range(0, len(images), batch):
-                    x = plain(images[i : i + batch], train=False)
+                    x = self.transform(images[i : i + batch], train=False)  # unaugmented: the mirror is the second view
                     out = frozen(x.flip(-1) if mirror else x)
                     if self.features is None:
                         need = len(views) * len(images) * out[0].numel() * out.element_size()
