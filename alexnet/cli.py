@@ -104,6 +104,7 @@ def cmd_evaluate(args) -> int:
 
     from . import data as D
     from .device import bf16_autocast, channels_last_on, select_device
+    from .measure import timed
     from .report import plot_confusion
     from .runs import load_checkpoint, model_from_checkpoint
     from .train import evaluate, evaluate_run
@@ -123,10 +124,8 @@ def cmd_evaluate(args) -> int:
     if channels_last_on(cfg.system.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
     amp = bf16_autocast(cfg.system.amp, device)  # the run's own precision, where this device has it
-    t0 = time.perf_counter()
-    ev = evaluate(model, D.loader(ds.test, transform, args.batch_size, False), device=device, amp=amp,
-                  num_classes=len(ds.classes), confusion=True, flip_tta=cfg.data.flip_tta)  # fmt: skip
-    dt = time.perf_counter() - t0
+    ev, dt = timed(lambda: evaluate(model, D.loader(ds.test, transform, args.batch_size, False), device=device, amp=amp,
+                                    num_classes=len(ds.classes), confusion=True, flip_tta=cfg.data.flip_tta), device)  # fmt: skip
     m = ev["confusion"]
     print(f"{ckpt['path']}: {cfg.train.model} on {ds.name} test ({ev['images']} images, {ev['images'] / dt:.0f} img/s"
           f", {'bf16' if amp else 'fp32'})")  # fmt: skip

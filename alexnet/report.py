@@ -336,12 +336,11 @@ class Evaluation:
 def evaluate_facts(facts: RunFacts, model, device, data_dir: str | None = None) -> Evaluation:
     """Evaluate with train.evaluate (the numbers the run logged come from it too) while a hook keeps
     each image's logits, for the misclassified pictures."""
-    import time
-
     import torch
 
     from . import data as D
     from .device import bf16_autocast, channels_last_on
+    from .measure import timed
     from .train import evaluate
 
     cfg = facts.cfg
@@ -353,13 +352,12 @@ def evaluate_facts(facts: RunFacts, model, device, data_dir: str | None = None) 
         model = model.to(memory_format=torch.channels_last)
     outs = []
     hook = model.register_forward_hook(lambda m, i, o: outs.append(o.detach().float().cpu()))
-    t0 = time.perf_counter()
     try:
-        ev = evaluate(model, data.val(), device=device, amp=bf16_autocast(cfg.system.amp, device),
-                      num_classes=len(data.classes), confusion=True, flip_tta=cfg.data.flip_tta)  # fmt: skip
+        ev, seconds = timed(lambda: evaluate(model, data.val(), device=device, amp=bf16_autocast(cfg.system.amp, device),
+                                             num_classes=len(data.classes), confusion=True, flip_tta=cfg.data.flip_tta),
+                            device)  # fmt: skip
     finally:
         hook.remove()
-    seconds = time.perf_counter() - t0
     if cfg.data.flip_tta:  # evaluate's two calls per batch, the image then its mirror, averaged
         outs = [(a + b) / 2 for a, b in zip(outs[0::2], outs[1::2])]
     probs = torch.cat(outs).softmax(1)
