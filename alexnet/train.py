@@ -587,6 +587,11 @@ class Session:
         """Epochs the run trains: --epochs, or as many as a budget's planned steps reach (the last partial)."""
         return self.plan.whole_epochs if self.plan else self.cfg.train.epochs
 
+    def epoch_label(self, epoch: int, width: int = 0) -> str:
+        """``3/10``; ``3/~10`` while a budget's clock may still re-plan the count (it moves as the load does)."""
+        estimate = "~" if self.clock is not None and self.clock.replan else ""
+        return f"{epoch + 1:>{width}}/{estimate}{self.total_epochs}"
+
     def epochs_left(self):
         """The epochs from the position on; a budgeted run's clock may change their number meanwhile."""
         epoch = self.pos.epoch
@@ -743,7 +748,7 @@ class Session:
         drops = plateau_drops([1 - m["val_acc"] for m in pos.metrics], cfg.train.lr_patience)
         self.tally = Tally.start(self.device, pos.tally if skip and self.main else None)
         self.tally.steps = skip
-        bar = self.bars.bar(steps, f"epoch {epoch + 1}/{self.total_epochs}", skip)
+        bar = self.bars.bar(steps, f"epoch {self.epoch_label(epoch)}", skip)
         # Dropout: a function of (seed, step), and of the rank, else every rank's i-th image would
         # get the same mask.
         seeds = Seeds(cfg.train.seed, cfg.train.seed_streams)
@@ -781,7 +786,7 @@ class Session:
         """--evaluate end: an epoch done, with no evaluation, metrics row or checkpoint (an
         interruption still saves one); the next row's times cover this epoch too."""
         self.pos.epoch, self.pos.step, self.pos.tally, self.tally = epoch + 1, 0, None, None
-        say(f"epoch {epoch + 1:>3}/{self.total_epochs}  trained (evaluation after the last epoch only)", self.quiet)
+        say(f"epoch {self.epoch_label(epoch, 3)}  trained (evaluation after the last epoch only)", self.quiet)
 
     def end_epoch(self, epoch: int, tr: dict, ev: dict, train_time: float, epoch_time: float) -> None:
         """One metrics row. Times and images/s cover the training since the previous row (one
@@ -799,7 +804,7 @@ class Session:
             self.run_dir.write_metrics(pos.metrics, self.title)
         if self.board is not None:
             self.board.epoch(row, self.model)
-        say(f"epoch {epoch + 1:>3}/{self.total_epochs}  train loss {row['train_loss']:.4f}  "
+        say(f"epoch {self.epoch_label(epoch, 3)}  train loss {row['train_loss']:.4f}  "
             f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
             + (f"top-5 err {row['val_top5_err']:.4f}  " if "val_top5_err" in row else "")
             + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s", self.quiet)  # fmt: skip

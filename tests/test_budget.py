@@ -3,6 +3,7 @@ time, the schedule is drawn for the planned steps and always finishes, the clock
 changing load, a resumed run keeps its plan, and a budget that holds nothing is one line."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -303,3 +304,12 @@ def test_a_network_named_on_the_command_line_is_the_one_trained():
     assert cfg.train.choose_from is None and cfg.train.time_budget == "5min"
     with pytest.raises(ConfigError, match="--choose-from"):
         Config().replace(choose_from="speednet-white-2x:twelve")
+
+
+def test_a_budgeted_runs_epoch_count_reads_as_an_estimate_while_the_clock_may_re_plan(idx_dir, tmp_path, monkeypatch,
+                                                                                       capsys):
+    monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.05)
+    _no_start_up(monkeypatch, eval_s=0.01)
+    T.fit(tiny(idx_dir, time_budget="2s", evaluate="epoch"), tmp_path / "run", progress=False, quiet=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert lines and all(re.match(r"epoch +\d+/~\d+  ", line) for line in lines), lines
