@@ -31,6 +31,8 @@ from alexnet.visualize import LOW_FREQUENCY, chance_share, filter_panels_figure,
 
 NATIVE = 28  # Fashion-MNIST's side
 SMALL_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "curves.png")
+SHARED = ("shared: both runs at nice 19 on one thread each, beside the other jobs of a working session (helpers' tests "
+          "and builds), so the times are upper bounds, not this CPU's speed.")
 START, END = "<!-- chapter-224:start (benchmarks/chapter_224.py writes this part) -->", "<!-- chapter-224:end -->"
 
 
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--d2l-log", help="its console log (its first line names the device and threads)")
     ap.add_argument("--fast-log")
     ap.add_argument("--docs", default="docs", help="the docs folder to write into")
+    ap.add_argument("--conditions", default=SHARED, help="what else ran beside the runs, said after the machine line")
     args = ap.parse_args(argv)
     docs = Path(args.docs)
     logs = {"d2l": first_line(args.d2l_log), "fast": first_line(args.fast_log)}
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             panels = [q for n, (w0, _, _) in weights.items() for q in ((f"{n} at initialisation", w0), trained[n], change[n])]
         R.atomic_write(figure, P.figure_png(filter_panels_figure(panels, cols=3), 100))
         rebuilt = {n: init_is_rebuilt(ck["cfg"], Path(tmp) / f"init-{n}") for n, (_, _, ck) in weights.items()}
-        section = write_section(docs, facts, made, weights, logs, figure, same_start, rebuilt)
+        section = write_section(docs, facts, made, weights, logs, figure, same_start, rebuilt, args.conditions)
     page = docs / "report.md"
     text = page.read_text()
     a, b = text.index(START), text.index(END)
@@ -150,7 +153,7 @@ def init_is_rebuilt(cfg, scratch: Path) -> bool:
     return all(torch.equal(ref[k], v) for k, v in start.items()) and torch.equal(first, next(iter(start.values())))
 
 
-def write_section(docs, facts, made, weights, logs, figure, same_start, rebuilt) -> str:
+def write_section(docs, facts, made, weights, logs, figure, same_start, rebuilt, conditions: str = "") -> str:
     mach = machine(torch.device("cpu"))
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = [f"*Written {when} by `python benchmarks/chapter_224.py` from the runs as they stood then.*", ""]
@@ -163,9 +166,7 @@ def write_section(docs, facts, made, weights, logs, figure, same_start, rebuilt)
                    f"{sum(r['train_images_per_s'] for r in f.metrics) / len(f.metrics):.1f} training images/s). "
                    + (f"Its log's first line: `{logs[n]}`. " if logs.get(n) else "")
                    + f"Report: [html](runs/{n}-224/report.html), [md](runs/{n}-224/report.md).")  # fmt: skip
-    out += ["", f"Machine: {mach.line()}"
-            + "; shared: both runs at nice 19 on one thread each, beside the other jobs of a working session "
-            "(helpers' tests and builds), so the times are upper bounds, not this CPU's speed.", ""]  # fmt: skip
+    out += ["", f"Machine: {mach.line()}" + (f"; {conditions}" if conditions else "."), ""]
     out += ["### Epoch by epoch, against the book", "", epoch_table(facts), "",
             f"Test accuracy is on {test_set(facts['d2l'].cfg)}; train loss is the epoch's running mean (with dropout, and "
             "for `fast` with augmentation and label smoothing 0.1, so its loss does not go as low). `fast` decays its "
