@@ -455,6 +455,7 @@ class Session:
         self.steps = 0  # training steps per epoch
         self.title = ""  # of the run's figures
         self.epoch_train_s = 0.0  # the epoch in progress's training seconds, those before a resume included
+        self.resumed_train_s = 0.0  # of which spent by the processes before this one (the epoch's wall time adds them)
 
     def __enter__(self):
         self.stop.__enter__()
@@ -564,17 +565,19 @@ class Session:
         try:
             now = time.perf_counter()  # a budget's stem and measurement ran in prepare: counted as training
             since, trained, images = self.began or now, now - (self.began or now), 0  # since the last evaluation
+            earlier = 0.0  # a resumed epoch's training before this process: its wall time too
             for epoch in self.epochs_left():
                 tr = self.train_epoch(epoch)
                 trained, images = trained + self.epoch_train_s, images + tr["images"]
+                earlier += self.resumed_train_s
                 if cfg.train.evaluate == "end" and epoch + 1 < self.total_epochs:
                     self.skip_evaluation(epoch)
                     continue
                 t1 = time.perf_counter()
                 ev = self.evaluate()
                 ev["time_s"] = time.perf_counter() - t1
-                self.end_epoch(epoch, {**tr, "images": images}, ev, trained, time.perf_counter() - since)
-                since, trained, images = time.perf_counter(), 0.0, 0
+                self.end_epoch(epoch, {**tr, "images": images}, ev, trained, time.perf_counter() - since + earlier)
+                since, trained, images, earlier = time.perf_counter(), 0.0, 0, 0.0
         except KeyboardInterrupt as e:
             self.save_interrupted(abort=isinstance(e, Abort))
             return RunResult(self._path(), pos.metrics, interrupted=True)
@@ -742,7 +745,7 @@ class Session:
         cfg, pos, steps = self.cfg, self.pos, self.steps
         skip = pos.step if epoch == pos.epoch else 0
         # The epoch's training seconds, with those before an interruption: its images include theirs.
-        self.epoch_train_s = before = pos.train_s if skip else 0.0
+        self.epoch_train_s = self.resumed_train_s = before = pos.train_s if skip else 0.0
         if not self.frozen_ready:
             self.prepare_frozen()
         drops = plateau_drops([1 - m["val_acc"] for m in pos.metrics], cfg.train.lr_patience)

@@ -143,6 +143,8 @@ def test_sigterm_during_evaluation_resumes_with_no_repair_line_and_the_epochs_ow
     # (it was 64 images over the few microseconds after it: 2,030,562 images/s).
     assert first["train_time_s"] >= saved["epoch_train_s"]
     assert first["train_images_per_s"] == pytest.approx(64 / first["train_time_s"])
+    # and its wall time holds that training and the evaluation (it was the evaluation's seconds alone)
+    assert first["epoch_time_s"] >= first["train_time_s"] + first["eval_time_s"]
 
 
 def test_a_second_ctrl_c_inside_the_interrupted_save_ends_cleanly_and_keeps_the_last_checkpoint(data, tmp_path,
