@@ -272,6 +272,21 @@ def test_chapter_224_writeup_reads_copies_and_publishes_no_checkpoint(runs, tmp_
     assert page.startswith("# `alexnet report`") and page.rstrip().endswith(script.END)
 
 
+def test_chapter_224_counts_a_resumed_epochs_training_that_old_rows_left_out_of_its_wall_time():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("chapter_224", root / "benchmarks" / "chapter_224.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = [{"epoch": 1, "train_time_s": 900.0, "eval_time_s": 50.0, "epoch_time_s": 960.0},  # whole: kept
+            {"epoch": 2, "train_time_s": 1504.0, "eval_time_s": 31.1, "epoch_time_s": 31.1}]  # resumed in evaluation
+    fixed, repaired = script.epoch_times_repaired(rows)
+    assert repaired == [2] and fixed[0] == rows[0] and fixed[1]["epoch_time_s"] == pytest.approx(1535.1)
+    assert rows[1]["epoch_time_s"] == 31.1  # the run's own rows are not touched
+
+
 def test_orientation_strength_tells_stripes_from_blobs():
     import math
 
