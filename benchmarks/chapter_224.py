@@ -50,7 +50,7 @@ def snapshot(src: Path, scratch: Path) -> tuple[Path, list[int]]:
         cfg = ckpt["cfg"]
         ckpt["metrics"], repaired = epoch_times_repaired(ckpt["metrics"])
         if repaired:  # the checkpoint is what the report reads: the copy's, never the run's own
-            torch.save(ckpt, dst / "last.pt")
+            R.save_checkpoint({k: v for k, v in ckpt.items() if k not in ("path", "cfg")}, dst / "last.pt")
         R.RunDir(dst, None).write_metrics(ckpt["metrics"], f"{cfg.train.model} · {ckpt['dataset']} · preset {cfg.preset}")
     return dst, repaired
 
@@ -178,8 +178,11 @@ def write_section(docs, facts, made, weights, logs, figure, same_start, rebuilt,
     for n, f in facts.items():
         ck = f.ckpt
         out.append(f"- **`{n}`** (`alexnet train --preset {n}" + (" --epochs 10" if n == "fast" else "") + " --seed 0`): "
-                   f"epoch {ck['epoch']} of {f.cfg.train.epochs}" + (", run continuing" if f.live else "") + "; "
-                   f"{sum(r['epoch_time_s'] for r in f.metrics) / 60:.0f} min of wall time so far "
+                   f"epoch {ck['epoch']} of {f.cfg.train.epochs}" + (", run continuing" if f.live else "")
+                   + (", stopped there (`alexnet train --resume` continues it exactly)"
+                      if not f.live and ck["epoch"] < f.cfg.train.epochs else "") + "; "
+                   f"{sum(r['epoch_time_s'] for r in f.metrics) / 60:.0f} min of wall time"
+                   + (" so far " if ck["epoch"] < f.cfg.train.epochs else " ") +
                    f"({sum(r['epoch_time_s'] for r in f.metrics) / len(f.metrics) / 60:.1f} min per epoch, "
                    f"{sum(r['train_images_per_s'] for r in f.metrics) / len(f.metrics):.1f} training images/s). "
                    + (f"Its log's first line: `{logs[n]}`. " if logs.get(n) else "")
@@ -249,9 +252,11 @@ def write_section(docs, facts, made, weights, logs, figure, same_start, rebuilt,
     for n, f in facts.items():
         out += [f"`{n}`, epoch {f.ckpt['epoch']}:", "", f"![activations of {n}](runs/{n}-224/report-figures/activations.png)", ""]
     out += ["### The reports themselves", ""]
+    live = sum(bool(f.live) for f in facts.values())
+    beside = {0: "with neither run training", 1: "beside one run training"}.get(live, "beside both runs training")
     for n, d in made.items():
         out.append(f"- `{n}`: report.html {d['bytes'] / 1e6:.2f} MB (every figure inlined), made in {d['seconds']:.0f} s "
-                   f"on the machine above, beside the two runs (most of it evaluating the checkpoint on "
+                   f"on the machine above, {beside} (most of it evaluating the checkpoint on "
                    f"{test_set(facts[n].cfg)} at {facts[n].record['resolution']}×{facts[n].record['resolution']}).")  # fmt: skip
     return "\n".join(out)
 

@@ -287,6 +287,24 @@ def test_chapter_224_counts_a_resumed_epochs_training_that_old_rows_left_out_of_
     assert rows[1]["epoch_time_s"] == 31.1  # the run's own rows are not touched
 
 
+def test_chapter_224_repairs_old_epoch_times_in_its_copy_and_the_copy_still_loads(runs, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("chapter_224", root / "benchmarks" / "chapter_224.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ckpt = R.load_checkpoint(runs / "s0" / "last.pt")
+    ckpt["metrics"][0]["epoch_time_s"] = 0.0  # as a run resumed during its first evaluation recorded it
+    (tmp_path / "old").mkdir()
+    R.save_checkpoint({k: v for k, v in ckpt.items() if k not in ("path", "cfg")}, tmp_path / "old" / "last.pt")
+    copy, repaired = script.snapshot(tmp_path / "old", tmp_path / "scratch")
+    assert repaired == [1]
+    row = R.load_checkpoint(copy / "last.pt")["metrics"][0]
+    assert row["epoch_time_s"] == pytest.approx(row["train_time_s"] + row["eval_time_s"])
+
+
 def test_orientation_strength_tells_stripes_from_blobs():
     import math
 
