@@ -31,6 +31,7 @@ import base64
 import json
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +41,7 @@ from alexnet import runs as R
 from alexnet.models import build_model
 from alexnet.visualize import chance_share, low_frequency_share, orientation_strength
 
+ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ["What ran", "Curves", "Per-class accuracy", "Confusion matrix", "Most confused pairs",
             "First-layer filters", "Activations, one test image per class", "Layers"]  # fmt: skip
 FIGURES = ["curves", "confusion", "misclassified", "filters", "activations"]
@@ -243,18 +245,22 @@ def test_initial_weights_are_rebuilt_exactly_from_the_seed(tmp_path, idx_dir, mo
     assert not torch.equal(other, ckpt["model"]["0.weight"])
 
 
-def test_chapter_224_writeup_reads_copies_and_publishes_no_checkpoint(runs, tmp_path):
-    """benchmarks/chapter_224.py on two tiny runs standing in for the 224x224 ones."""
+def chapter_224_script():
+    """benchmarks/chapter_224.py as a module (benchmarks/ is not a package)."""
     import importlib.util
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("chapter_224", root / "benchmarks" / "chapter_224.py")
+    spec = importlib.util.spec_from_file_location("chapter_224", ROOT / "benchmarks" / "chapter_224.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_chapter_224_writeup_reads_copies_and_publishes_no_checkpoint(runs, tmp_path):
+    """benchmarks/chapter_224.py on two tiny runs standing in for the 224x224 ones."""
+    script = chapter_224_script()
     docs = tmp_path / "docs"
     docs.mkdir()
-    shutil.copy(root / "docs" / "report.md", docs / "report.md")
+    shutil.copy(ROOT / "docs" / "report.md", docs / "report.md")
     before = sorted(p.name for p in (runs / "s0").iterdir())
     script.main(["--d2l", str(runs / "s0"), "--fast", str(runs / "s1"), "--docs", str(docs)])
     assert sorted(p.name for p in (runs / "s0").iterdir()) == before  # nothing written into a run
@@ -273,13 +279,7 @@ def test_chapter_224_writeup_reads_copies_and_publishes_no_checkpoint(runs, tmp_
 
 
 def test_chapter_224_counts_a_resumed_epochs_training_that_old_rows_left_out_of_its_wall_time():
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("chapter_224", root / "benchmarks" / "chapter_224.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = chapter_224_script()
     rows = [{"epoch": 1, "train_time_s": 900.0, "eval_time_s": 50.0, "epoch_time_s": 960.0},  # whole: kept
             {"epoch": 2, "train_time_s": 1504.0, "eval_time_s": 31.1, "epoch_time_s": 31.1}]  # resumed in evaluation
     fixed, repaired = script.epoch_times_repaired(rows)
@@ -288,13 +288,7 @@ def test_chapter_224_counts_a_resumed_epochs_training_that_old_rows_left_out_of_
 
 
 def test_chapter_224_repairs_old_epoch_times_in_its_copy_and_the_copy_still_loads(runs, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("chapter_224", root / "benchmarks" / "chapter_224.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = chapter_224_script()
     ckpt = R.load_checkpoint(runs / "s0" / "last.pt")
     ckpt["metrics"][0]["epoch_time_s"] = 0.0  # as a run resumed during its first evaluation recorded it
     (tmp_path / "old").mkdir()
