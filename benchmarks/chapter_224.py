@@ -190,7 +190,7 @@ def write_section(docs, facts, made, weights, logs, figure, same_start, rebuilt,
     out += ["", f"Machine: {mach.line()}" + (f"; {conditions}" if conditions else "."), ""]
     fixed = {n: e for n, e in (repaired or {}).items() if e}
     if fixed:
-        out += ["Epoch wall times repaired here: " + "; ".join(f"`{n}` epochs {', '.join(map(str, e))}" for n, e in fixed.items())
+        out += ["Epoch wall times repaired here: " + "; ".join(f"`{n}` epoch{'s' * (len(e) > 1)} {', '.join(map(str, e))}" for n, e in fixed.items())
                 + ". Each was resumed mid-epoch by code that recorded only the last process's part of the epoch's wall "
                 "time (fixed since); the table shows its training plus evaluation seconds, which the rows hold whole, "
                 "so the interruptions' start-up is not counted.", ""]  # fmt: skip
