@@ -8,6 +8,7 @@ Runs of one configuration that differ only in their seed are one row, mean ± st
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +266,9 @@ def _cell(k: str, v, formats: dict) -> str:
 # What the page knows about one run
 
 
+PLAN_KEYS = {"budget_s", "step_s", "eval_s", "startup_s", "steps", "steps_per_epoch", "schedule_steps"}
+
+
 @dataclass
 class RunFacts:
     dir: Path
@@ -281,9 +285,23 @@ class RunFacts:
     def metrics(self) -> list[dict]:
         return self.record["metrics"]
 
+    @property
+    def plan(self) -> dict | None:
+        """A --time-budget run's plan (budget.Plan), as last recorded: config.json is rewritten after
+        the final evaluation, the checkpoint before it."""
+        try:
+            plan = json.loads((self.dir / "config.json").read_text())["plan"]
+        except (OSError, ValueError, TypeError, KeyError):
+            plan = (self.ckpt or {}).get("plan")
+        return plan if isinstance(plan, dict) and PLAN_KEYS <= plan.keys() else None
+
     def status(self) -> str:
         """Finished, running, or interrupted (and where): one sentence."""
-        total, done = self.cfg.train.epochs, len(self.metrics)
+        from .runs import epochs_planned
+
+        # Epochs done, not metrics rows: a run that evaluates only at the end has one row for all.
+        done = int(self.ckpt["epoch"]) if self.ckpt else (self.metrics[-1].get("epoch", len(self.metrics)) if self.metrics else 0)
+        total = epochs_planned(self.cfg.train.epochs, self.plan)
         step = int(self.ckpt["step"]) if self.ckpt else 0
         where = f"epoch {done} of {total} done" + (f", {step} steps into epoch {done + 1}" if step else "")
         if self.live:
@@ -383,6 +401,18 @@ def _settings_rows(facts: RunFacts) -> list[dict]:
     return rows
 
 
+def budget_line(plan: dict) -> str:
+    """How a --time-budget run spent its budget: the plan made at the start, and the clock at the end."""
+    text = (f"{plan['budget_s']:g} s: {plan['steps']} steps = {plan['steps'] / plan['steps_per_epoch']:.2f} epochs "
+            f"at {plan['step_s'] * 1e3:.1f} ms a step (measured at the start; start-up {plan['startup_s']:.1f} s, "
+            f"evaluation {plan['eval_s']:.1f} s)")  # fmt: skip
+    if plan.get("replans"):
+        text += f"; re-planned {len(plan['replans'])} time(s) as the step time moved (first plan: {plan['schedule_steps']} steps)"
+    if plan.get("spent_s"):
+        text += f"; {plan['spent_s']:.1f} s spent, {plan['spent_s'] / plan['budget_s']:.1%} of the budget"
+    return text
+
+
 def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
     cfg, m, ck = facts.cfg, facts.metrics, facts.ckpt or {}
     mach = ck.get("machine") or {}
@@ -408,6 +438,8 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
         ("wall time", f"{wall:.0f} s over {len(m)} epoch(s) ({wall / len(m):.0f} s per epoch, training and evaluation)"),
         ("training images/s", f"{sum(r['train_images_per_s'] for r in m) / len(m):.1f} (mean over epochs; per epoch below)"),
     ]  # fmt: skip
+    if plan := facts.plan:
+        facts_rows.append(("time budget", budget_line(plan)))
     for c in ck.get("changes", []):
         facts_rows.append(("changed on resume", f"from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}"))
     blocks = [Block("h", "What ran", level),
@@ -480,6 +512,57 @@ def curves_figure(facts_or_groups, book: bool = False, title: str = ""):
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def budget_series(groups: list[tuple[str, list[dict]]]) -> dict[str, list[tuple[float, Spread, str]]]:
+    """Test accuracy against the --time-budget, per preset: (budget seconds, the final accuracy over
+    the seeds, the network trained), from the groups of runs that were trained to a clock."""
+    from .config import parse_duration
+
+    series: dict[str, list[tuple[float, Spread, str]]] = {}
+    for _, runs in groups:
+        cfg = runs[0]["cfg"]
+        if cfg.train.time_budget:
+            accs = Spread(r["metrics"][-1]["val_acc"] for r in runs)
+            series.setdefault(f"--preset {cfg.preset}", []).append((parse_duration(cfg.train.time_budget), accs,
+                                                                    cfg.train.model))  # fmt: skip
+    return {label: sorted(points) for label, points in series.items()}
+
+
+def plot_budget_curve(ax, series: dict[str, list[tuple[float, Spread, str]]]) -> None:
+    """The curve a reader chooses a budget from: accuracy (mean ± std over seeds) against minutes."""
+    for label, points in series.items():
+        networks = ", ".join(dict.fromkeys(model for *_, model in points))
+        ax.errorbar([b / 60 for b, *_ in points], [a.mean for _, a, _ in points], [a.std for _, a, _ in points],
+                    marker="o", capsize=3, label=f"{label} ({networks})")  # fmt: skip
+    ticks = sorted({b / 60 for points in series.values() for b, *_ in points})
+    ax.set(xscale="log", xlabel="time budget (minutes)", ylabel="test accuracy (mean ± std over seeds)")
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def budget_blocks(groups: list[tuple[str, list[dict]]]) -> list[Block]:
+    """Runs trained to clocks of two or more lengths: what each budget bought."""
+    series = budget_series(groups)
+    if len({b for points in series.values() for b, *_ in points}) < 2:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot_budget_curve(ax, series)
+    fig.tight_layout()
+    rows = [{"preset": label, "budget": f"{b:g} s", "network": model, "seeds": a.n, "test acc": a}
+            for label, points in series.items() for b, a, model in points]  # fmt: skip
+    return [Block("p", "Trained to a clock (--time-budget): the final test accuracy each budget bought, mean ± std "
+                       "over the seeds."),
+            Block("table", rows=rows, formats={"test acc": "{:.4f}"}),
+            Block("figure", "Test accuracy against the time budget.", name="accuracy-vs-budget.png",
+                  png=figure_png(fig))]  # fmt: skip
 
 
 def section_curves(facts: RunFacts, level: int, stem: str) -> list[Block]:
@@ -724,7 +807,7 @@ def comparison_blocks(run_dirs: list, level: int = 2) -> list[Block]:
             Block("p", "One row per configuration; runs that differ only in their seed are one row, mean ± std over "
                        "the seeds (sample standard deviation), and one curve with a band of ± one std."),
             Block("table", rows=rows), Block("figure", "The runs' curves overlaid.", name="comparison.png",
-                                             png=figure_png(fig))]  # fmt: skip
+                                             png=figure_png(fig)), *budget_blocks(groups)]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -535,6 +535,14 @@ def plot_curves(metrics: list[dict], path: Path, title: str) -> None:
 # Finished runs, for compare and the exercises
 
 
+def epochs_planned(epochs: int, plan: dict | None) -> int:
+    """The epochs a run trains: its --epochs, or a --time-budget run's plan (its last epoch may be
+    partial), which on a slow machine is fewer than the preset's epochs and on a fast one more."""
+    if isinstance(plan, dict) and isinstance(plan.get("steps"), int) and plan.get("steps_per_epoch"):
+        return -(-plan["steps"] // plan["steps_per_epoch"])
+    return epochs
+
+
 def read_run(run_dir: str | os.PathLike) -> dict:
     """A run's settings, per-epoch metrics and model shape, from its newest checkpoint (the truth);
     a run whose checkpoint is gone falls back to config.json and metrics.jsonl."""

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .runs import RunError, live_holder, load_checkpoint, model_from_checkpoint
+from .runs import RunError, epochs_planned, live_holder, load_checkpoint, model_from_checkpoint
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD = 20 * 2**20  # bytes of a request to /predict; more is answered 413
@@ -154,8 +154,9 @@ def run_record(folder: RunsFolder, name: str, full: bool = False) -> dict:
         problems.append(note)
     holder = live_holder(p)
     train = config.get("train", {}) if isinstance(config.get("train"), dict) else {}
-    planned = train.get("epochs")
-    done = len(metrics)
+    planned = epochs_planned(train.get("epochs"), config.get("plan"))
+    last_epoch = metrics[-1].get("epoch") if metrics else None
+    done = last_epoch if isinstance(last_epoch, int) else len(metrics)  # one row for all where it evaluates at the end
     accs = [m.get("val_acc") for m in metrics if isinstance(m.get("val_acc"), (int, float))]
     last = metrics[-1] if metrics else {}
     if any(isinstance(v, float) and not math.isfinite(v) for v in last.values()):

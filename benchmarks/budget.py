@@ -28,6 +28,7 @@ from pathlib import Path
 
 from alexnet.config import parse_duration
 from alexnet.measure import machine, timed
+from alexnet.report import Spread, plot_budget_curve
 from alexnet.runs import atomic_write
 from alexnet.tables import Column, markdown
 
@@ -53,6 +54,13 @@ def run_one(preset: str, budget: str, seed: int, run_dir: Path, extra: list[str]
             "chose": next((line for line in proc.stdout.splitlines() if line.startswith("network:")), None),
             "start_line": next((line for line in proc.stdout.splitlines() if "time budget" in line), None),
             "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}  # fmt: skip
+
+
+def _groups(runs: list[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return groups
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -114,25 +122,23 @@ def plot(rows: list[dict], runs: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, runs = [r for r in rows if r["seeds"]], [r for r in runs if "error" not in r]
+    runs = [r for r in runs if "error" not in r]
+    series: dict[str, list] = {}  # the report's curve (report.plot_budget_curve), from the ledger
+    for (preset, budget_s, model), rs in sorted(_groups(runs, ("preset", "budget_s", "model")).items()):
+        series.setdefault(f"--preset {preset}", []).append((budget_s, Spread(r["acc"] for r in rs), model))
     fig, (acc, clock) = plt.subplots(1, 2, figsize=(11, 4))
-    for preset in sorted({r["preset"] for r in rows}):
-        rs = [r for r in rows if r["preset"] == preset]
-        label = f"--preset {preset} ({', '.join(sorted({r['model'] for r in rs}))})"
-        acc.errorbar([r["budget_s"] / 60 for r in rs], [r["acc_mean"] for r in rs], [r["acc_std"] for r in rs],
-                     marker="o", capsize=3, label=label)  # fmt: skip
-        mine = [r for r in runs if r["preset"] == preset]
+    plot_budget_curve(acc, series)
+    for preset, mine in sorted(_groups(runs, ("preset",)).items()):
         clock.plot([r["budget_s"] / 60 for r in mine], [r["spent_s"] / r["budget_s"] for r in mine], "o", alpha=0.6,
-                   label=preset)  # fmt: skip
-    acc.set(xscale="log", xlabel="time budget (minutes)", ylabel="test accuracy (mean ± std over seeds)")
+                   label=preset[0])  # fmt: skip
     clock.axhspan(0.95, 1.05, color="green", alpha=0.1, label="within 5 %")
     clock.axhline(1.0, color="grey", lw=0.8)
     clock.set(xscale="log", xlabel="time budget (minutes)", ylabel="budgeted part / budget (each run)")
-    for ax in (acc, clock):
-        ax.set_xticks([1, 2, 5, 10, 20], ["1", "2", "5", "10", "20"])
-        ax.minorticks_off()
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    ticks = sorted({r["budget_s"] / 60 for r in runs})
+    clock.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    clock.minorticks_off()
+    clock.grid(alpha=0.3)
+    clock.legend(fontsize=8)
     fig.suptitle(textwrap.fill(title, 180), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -152,7 +158,7 @@ def main(argv=None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     ledger = out / "runs.jsonl"
     runs = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.exists() else []
-    header = f"`benchmarks/budget.py`; {machine().line()}; every run beside other jobs unless the load says otherwise"
+    header = f"`benchmarks/budget.py`; {machine().line()}; the load average per run says what else ran (about 2 is a run alone on 2 cores)"
     todo = [(pr, b, int(s)) for b in args.budgets.split(",") for pr in args.presets.split(",")
             for s in args.seeds.split(",")] if not args.report_only else []  # fmt: skip
     for preset, budget, seed in todo:

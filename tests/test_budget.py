@@ -313,3 +313,32 @@ def test_a_budgeted_runs_epoch_count_reads_as_an_estimate_while_the_clock_may_re
     T.fit(tiny(idx_dir, time_budget="2s", evaluate="epoch"), tmp_path / "run", progress=False, quiet=False)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
     assert lines and all(re.match(r"epoch +\d+/~\d+  ", line) for line in lines), lines
+
+
+def test_budgeted_runs_read_as_finished_and_their_report_draws_accuracy_against_the_budget(idx_dir, tmp_path,
+                                                                                             monkeypatch):  # fmt: skip
+    # A slow machine: 0.1 s a step leaves 3 s for about 29 steps, 8 of the 20 epochs the recipe names.
+    monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.1)
+    monkeypatch.setattr(B.Clock, "look", lambda self, step: None)  # hold the first plan
+    _no_start_up(monkeypatch)
+    runs = tmp_path / "runs"
+    for budget in ("2s", "3s"):
+        T.fit(tiny(idx_dir, epochs=20, time_budget=budget), runs / budget, progress=False, quiet=True)
+    plan = json.loads((runs / "3s" / "config.json").read_text())["plan"]
+    planned = B.Plan.from_dict(plan).whole_epochs
+    assert planned < 20
+    from alexnet import report, serve
+
+    facts = report.read_facts(runs / "3s")
+    assert facts.status() == f"finished: {planned} of {planned} epochs"  # not "stopped after epoch 8 of 20"
+    ran = dict((r[""], r["value"]) for r in report.section_what_ran(facts, 2)[1].rows)
+    assert ran["time budget"].startswith(f"3 s: {plan['steps']} steps = ") and "100.0 ms a step" in ran["time budget"]
+    assert f"{plan['spent_s']:.1f} s spent" in ran["time budget"]
+    record = serve.run_record(serve.RunsFolder(runs), "3s")
+    assert (record["status"], record["epochs"], record["epochs_planned"]) == ("finished", planned, planned)
+    # Two budgets compared: the accuracy each bought, and the curve.
+    blocks = report.comparison_blocks([runs / "2s", runs / "3s"])
+    table = next(b for b in blocks if b.kind == "table" and "budget" in b.rows[0])
+    finals = [json.loads((runs / b / "metrics.jsonl").read_text().splitlines()[-1])["val_acc"] for b in ("2s", "3s")]
+    assert [(r["budget"], r["test acc"].mean) for r in table.rows] == [("2 s", finals[0]), ("3 s", finals[1])]
+    assert any(b.kind == "figure" and b.name == "accuracy-vs-budget.png" and b.png for b in blocks)

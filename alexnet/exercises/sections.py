@@ -372,6 +372,28 @@ def _break_outcome(grp: Group, bacc, seeds: int) -> str:
     return f"no measurable harm: {s.format()} against {fmt(bacc)}"
 
 
+def _why_training_breaks(brk, recipe) -> str:
+    """Exercise 8's explanation, with the numbers of the networks and the recipe it names."""
+    sigmoids = len(_layers("alexnet28-sigmoid", nn.Sigmoid))
+    # Per layer, the signal's std scales with the weights' std: PyTorch's default has variance
+    # 1/(3 fan_in), Xavier's 2/(fan_in + fan_out) = 1/fan_in at equal fans, He's 2/fan_in.
+    xavier, he = math.sqrt(3), math.sqrt(6)
+    lr10 = named(brk, "ex8-lr10").spec.config(0, {}).train
+    return (
+        f"Why. Sigmoids saturate: each of the {sigmoids} passes back at most a quarter of the gradient, so "
+        "the first convolutions barely learn in this budget. PyTorch's default initialisation "
+        f"(Kaiming-uniform with a = √5, i.e. a variance of 1/(3·fan_in)) shrinks the signal about {xavier:.1f}× more "
+        f"per ReLU layer than Xavier does ({he:.1f}× more than He), so a deep network without batch norm starts with "
+        f"vanishing activations and learns late. A learning rate of {lr10.lr:g} with momentum {lr10.momentum:g} is "
+        f"an effective step of {lr10.lr / (1 - lr10.momentum):.3g} "
+        "(lr / (1 − momentum)) on a network without batch norm: the first large steps push the ReLUs "
+        f"into being dead (the loss stuck at chance, log {CLASSES} ≈ {math.log(CLASSES):.2f}) or the loss to "
+        "infinity. A warm-up takes small steps while the weights are still random; whether it rescues a rate is the "
+        f"comparison of the with/without pairs above, at {LR_FACTORS[0]}× and at {LR_FACTORS[1]}× the recipe's "
+        f"{recipe.spec.config(0, {}).train.lr:g}."
+    )  # fmt: skip
+
+
 def _ex8(b, g, figs, rel, cmd, root):
     over = g["8-overfit"]
     brk = g["8-break"]
@@ -395,11 +417,6 @@ def _ex8(b, g, figs, rel, cmd, root):
         return _break_outcome(grp, bacc, len(b.seeds))
 
     tr = none1.last("train_acc")
-    sigmoids = len(_layers("alexnet28-sigmoid", nn.Sigmoid))
-    # Per layer, the signal's std scales with the weights' std: PyTorch's default has variance
-    # 1/(3 fan_in), Xavier's 2/(fan_in + fan_out) = 1/fan_in at equal fans, He's 2/fan_in.
-    xavier, he = math.sqrt(3), math.sqrt(6)
-    lr10 = named(brk, "ex8-lr10").spec.config(0, {}).train
     text = "\n".join([
         "## Exercise 8: making AlexNet overfit, and breaking its training",
         "",
@@ -437,17 +454,7 @@ def _ex8(b, g, figs, rel, cmd, root):
         f"![breaking training]({rel}/{f3})", "",
         *[f"- {grp.label}: {outcome(grp)}." for grp in brk if grp is not recipe],
         "",
-        f"Why. Sigmoids saturate: each of the {sigmoids} passes back at most a quarter of the gradient, so "
-        "the first convolutions barely learn in this budget. PyTorch's default initialisation "
-        f"(Kaiming-uniform with a = √5, i.e. a variance of 1/(3·fan_in)) shrinks the signal about {xavier:.1f}× more "
-        f"per ReLU layer than Xavier does ({he:.1f}× more than He), so a deep network without batch norm starts with "
-        f"vanishing activations and learns late. A learning rate of {lr10.lr:g} with momentum {lr10.momentum:g} is "
-        f"an effective step of {lr10.lr / (1 - lr10.momentum):.3g} "
-        "(lr / (1 − momentum)) on a network without batch norm: the first large steps push the ReLUs "
-        f"into being dead (the loss stuck at chance, log {CLASSES} ≈ {math.log(CLASSES):.2f}) or the loss to "
-        "infinity. A warm-up takes small steps while the weights are still random; whether it rescues a rate is the "
-        f"comparison of the with/without pairs above, at {LR_FACTORS[0]}× and at {LR_FACTORS[1]}× the recipe's "
-        f"{recipe.spec.config(0, {}).train.lr:g}.",
+        _why_training_breaks(brk, recipe),
         "",
     ])
     ans = (f"overfits with no regularisers on {n1} images: train {fmt(tr)}, test {fmt(none1.last('val_acc'))}; "
