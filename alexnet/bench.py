@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from . import train as T  # called through the module: one step, one optimizer, whoever times them
 from .config import Config
 from .costs import layer_costs, training_memory
 from .device import CompiledOrEager, autocast, channels_last_on, use_compile
@@ -37,7 +38,6 @@ from .tables import Column, present
 from .tables import csv as csv_table
 from .tables import markdown as markdown_table
 from .tracing import meta_model
-from . import train as T  # called through the module: one step, one optimizer, whoever times them
 
 
 class BenchError(ValueError):
@@ -72,9 +72,21 @@ def step_recipe(preset: str, model_name: str, device: torch.device) -> Config:
     return cfg.replace(compile="on" if use_compile(cfg.system.compile, device) else "off")
 
 
-def time_training(model_name: str, batch: int, *, steps: int, warmup: int, device: torch.device, cfg: Config,
-                  in_channels: int = 1, resolution: int | None = None, amp: bool = False, num_classes: int = 10,
-                  seed: int = 0, rss_start: int = 0) -> dict:  # fmt: skip
+def time_training(
+    model_name: str,
+    batch: int,
+    *,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    cfg: Config,
+    in_channels: int = 1,
+    resolution: int | None = None,
+    amp: bool = False,
+    num_classes: int = 10,
+    seed: int = 0,
+    rss_start: int = 0,
+) -> dict:
     """Images/s of `alexnet train`'s step under ``cfg``'s recipe at one batch size, and peak memory
     against the estimate."""
     res = resolution or get_spec(model_name).resolution
@@ -107,9 +119,14 @@ def time_training(model_name: str, batch: int, *, steps: int, warmup: int, devic
             T.train_step(net, opt, x, y, device=device, amp=amp, label_smoothing=cfg.train.label_smoothing)
 
     t = time_turns({"step": run}, device, rounds=steps, warmup=warmup)["step"]
-    row = {"batch": batch, "images_per_s": t.per_second(batch), "step_ms": t.median * 1e3,
-           "best_step_ms": t.best * 1e3, "achieved_tflops": flops_per_image * batch / t.median / 1e12,
-           "est_train_MB": estimate / 1e6}  # fmt: skip
+    row = {
+        "batch": batch,
+        "images_per_s": t.per_second(batch),
+        "step_ms": t.median * 1e3,
+        "best_step_ms": t.best * 1e3,
+        "achieved_tflops": flops_per_image * batch / t.median / 1e12,
+        "est_train_MB": estimate / 1e6,
+    }
     if cuda:
         peak = torch.cuda.max_memory_allocated(device) - base
         row.update(peak_MB=peak / 1e6, peak_source="cuda allocator", est_over_peak=estimate / peak)
@@ -120,25 +137,53 @@ def time_training(model_name: str, batch: int, *, steps: int, warmup: int, devic
     return row
 
 
-def train_accuracy(model_name: str, batch: int, epochs: int, run_dir: Path, *, preset: str, device: str,
-                   dataset: str, data_dir: str | None, limit_train: int | None, limit_test: int | None,
-                   amp: str = "auto") -> dict:  # fmt: skip
+def train_accuracy(
+    model_name: str,
+    batch: int,
+    epochs: int,
+    run_dir: Path,
+    *,
+    preset: str,
+    device: str,
+    dataset: str,
+    data_dir: str | None,
+    limit_train: int | None,
+    limit_test: int | None,
+    amp: str = "auto",
+) -> dict:
     """Train one batch size with the linearly scaled learning rate; returns lr and val accuracy."""
     from .config import PRESETS
     from .train import fit
 
     base = PRESETS[preset]
     lr = base.train.lr * batch / base.train.batch_size
-    cfg = base.replace(model=model_name, batch_size=batch, lr=lr, epochs=epochs, device=device, dataset=dataset,
-                       data_dir=data_dir, limit_train=limit_train, limit_test=limit_test, amp=amp)  # fmt: skip
+    cfg = base.replace(
+        model=model_name,
+        batch_size=batch,
+        lr=lr,
+        epochs=epochs,
+        device=device,
+        dataset=dataset,
+        data_dir=data_dir,
+        limit_train=limit_train,
+        limit_test=limit_test,
+        amp=amp,
+    )
     result = fit(cfg, run_dir, progress=False, quiet=True)
     if result.interrupted:  # fit saved its checkpoint and swallowed the Ctrl-C; the sweep must stop too
         raise KeyboardInterrupt
     return {"lr": lr, "val_acc": result.final.get("val_acc"), "train_loss": result.final.get("train_loss")}
 
 
-def refuse_what_cannot_fit(model_name: str, batch_sizes: list[int], device: torch.device, in_channels: int,
-                           resolution: int, amp: bool, optimizer: str) -> None:  # fmt: skip
+def refuse_what_cannot_fit(
+    model_name: str,
+    batch_sizes: list[int],
+    device: torch.device,
+    in_channels: int,
+    resolution: int,
+    amp: bool,
+    optimizer: str,
+) -> None:
     """Before allocating anything: a batch whose estimated training memory exceeds what the device
     can still allocate is one line (else the kernel's OOM killer ends the process without a word)."""
     from .device import free_memory
@@ -147,20 +192,41 @@ def refuse_what_cannot_fit(model_name: str, batch_sizes: list[int], device: torc
     if free is None:
         return
     for b in batch_sizes:
-        costs = layer_costs(meta_model(model_name, in_channels, 10), (b, in_channels, resolution, resolution),
-                            "bf16" if amp else "fp32", device.type)  # fmt: skip
+        costs = layer_costs(
+            meta_model(model_name, in_channels, 10),
+            (b, in_channels, resolution, resolution),
+            "bf16" if amp else "fp32",
+            device.type,
+        )
         need = training_memory(costs, "bf16" if amp else "fp32", optimizer)["total"]
         if need > free:
-            raise BenchError(f"batch {b}: training {model_name} at {resolution}x{resolution} needs about "
-                             f"{need / 1e9:.1f} GB (the analysis's estimate), more than the {free / 1e9:.1f} GB "
-                             f"{device.type} can still allocate; choose smaller --batch-sizes")  # fmt: skip
+            raise BenchError(
+                f"batch {b}: training {model_name} at {resolution}x{resolution} needs about "
+                f"{need / 1e9:.1f} GB (the analysis's estimate), more than the {free / 1e9:.1f} GB "
+                f"{device.type} can still allocate; choose smaller --batch-sizes"
+            )
 
 
-def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: int = 3, device: str = "auto",
-          in_channels: int = 1, resolution: int | None = None, amp: str = "auto",
-          accuracy_epochs: int = 0, preset: str = "auto", dataset: str = "fashion-mnist",
-          data_dir: str | None = None, limit_train: int | None = None, limit_test: int | None = None,
-          out_dir: Path | None = None, threads: int | None = None, say=print) -> tuple[list[dict], str]:  # fmt: skip
+def sweep(
+    model_name: str,
+    batch_sizes: list[int],
+    *,
+    steps: int = 10,
+    warmup: int = 3,
+    device: str = "auto",
+    in_channels: int = 1,
+    resolution: int | None = None,
+    amp: str = "auto",
+    accuracy_epochs: int = 0,
+    preset: str = "auto",
+    dataset: str = "fashion-mnist",
+    data_dir: str | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    out_dir: Path | None = None,
+    threads: int | None = None,
+    say=print,
+) -> tuple[list[dict], str]:
     """Run the whole exercise: one row per batch size, and the header line that stamps it. ``preset``
     is the recipe whose step is timed (and trained, with ``accuracy_epochs``); auto: `d2l` on CUDA,
     `cpu` elsewhere."""
@@ -184,36 +250,65 @@ def sweep(model_name: str, batch_sizes: list[int], *, steps: int = 10, warmup: i
         preset = "d2l" if dev.type == "cuda" else "cpu"
     cfg = step_recipe(preset, model_name, dev)
     t = cfg.train
-    recipe = (f"SGD lr {t.lr:g}" + (f", {'Nesterov ' if t.nesterov else ''}momentum {t.momentum:g}" if t.momentum else "")
-              + (f", weight decay {t.weight_decay:g}" if t.weight_decay else "")
-              + (f", label smoothing {t.label_smoothing:g}" if t.label_smoothing else ""))  # fmt: skip
-    header = (f"{model_name} {in_channels}x{res}x{res}, {'bf16 autocast' if use_amp else 'fp32'}, "
-              f"the `{preset}` preset's training step ({recipe}; "
-              f"{'compiled' if cfg.system.compile == 'on' else 'eager'}), {warmup} warm-up + median of {steps} "
-              f"timed steps; {machine(dev).line()}")  # fmt: skip
+    recipe = (
+        f"SGD lr {t.lr:g}"
+        + (f", {'Nesterov ' if t.nesterov else ''}momentum {t.momentum:g}" if t.momentum else "")
+        + (f", weight decay {t.weight_decay:g}" if t.weight_decay else "")
+        + (f", label smoothing {t.label_smoothing:g}" if t.label_smoothing else "")
+    )
+    header = (
+        f"{model_name} {in_channels}x{res}x{res}, {'bf16 autocast' if use_amp else 'fp32'}, "
+        f"the `{preset}` preset's training step ({recipe}; "
+        f"{'compiled' if cfg.system.compile == 'on' else 'eager'}), {warmup} warm-up + median of {steps} "
+        f"timed steps; {machine(dev).line()}"
+    )
     if accuracy_epochs:
         header += f"; accuracy: preset {preset}, {accuracy_epochs} epochs, lr scaled linearly from batch 128"
-    refuse_what_cannot_fit(model_name, batch_sizes, dev, in_channels, res, use_amp,
-                           "sgd-momentum" if t.momentum > 0 else "sgd")  # as time_training estimates it
+    refuse_what_cannot_fit(
+        model_name, batch_sizes, dev, in_channels, res, use_amp, "sgd-momentum" if t.momentum > 0 else "sgd"
+    )  # as time_training estimates it
     rows: list[dict] = []
     rss_start = peak_rss_bytes()
     try:
         for b in batch_sizes:
             try:
-                row = time_training(model_name, b, steps=steps, warmup=warmup, device=dev, in_channels=in_channels,
-                                    resolution=res, amp=use_amp, cfg=cfg, rss_start=rss_start)  # fmt: skip
+                row = time_training(
+                    model_name,
+                    b,
+                    steps=steps,
+                    warmup=warmup,
+                    device=dev,
+                    in_channels=in_channels,
+                    resolution=res,
+                    amp=use_amp,
+                    cfg=cfg,
+                    rss_start=rss_start,
+                )
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 say(f"batch {b}: out of memory; larger batches skipped")
                 rows.append({"batch": b, "note": "out of memory"})
                 break
             if accuracy_epochs:
-                row.update(train_accuracy(model_name, b, accuracy_epochs, Path(out_dir or ".") / f"batch{b}",
-                                          preset=preset, device=str(dev), dataset=dataset, data_dir=data_dir,
-                                          limit_train=limit_train, limit_test=limit_test,
-                                          amp="bf16" if use_amp else "off"))  # fmt: skip
-            say(f"batch {b}: {row['images_per_s']:.1f} images/s"
-                + (f", val acc {row['val_acc']:.4f}" if "val_acc" in row else ""))  # fmt: skip
+                row.update(
+                    train_accuracy(
+                        model_name,
+                        b,
+                        accuracy_epochs,
+                        Path(out_dir or ".") / f"batch{b}",
+                        preset=preset,
+                        device=str(dev),
+                        dataset=dataset,
+                        data_dir=data_dir,
+                        limit_train=limit_train,
+                        limit_test=limit_test,
+                        amp="bf16" if use_amp else "off",
+                    )
+                )
+            say(
+                f"batch {b}: {row['images_per_s']:.1f} images/s"
+                + (f", val acc {row['val_acc']:.4f}" if "val_acc" in row else "")
+            )
             rows.append(row)
     except KeyboardInterrupt:
         say(f"interrupted: keeping the {len(rows)} batch sizes measured so far")

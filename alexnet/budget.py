@@ -65,7 +65,7 @@ class Plan:
         return {**asdict(self), "epochs": round(self.epochs, 4)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
+    def from_dict(cls, d: dict) -> Plan:
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -93,13 +93,15 @@ class Plan:
         if steps == self.steps:
             return
         self.anchors.append([step, self.schedule_step(step)])
-        self.replans.append({"step": step, "steps": steps, "elapsed_s": round(elapsed_s, 3),
-                             "step_s": round(step_s, 6)})  # fmt: skip
+        self.replans.append(
+            {"step": step, "steps": steps, "elapsed_s": round(elapsed_s, 3), "step_s": round(step_s, 6)}
+        )
         self.steps = steps
 
 
-def steps_that_fit(seconds: float, step_s: float, done: int, steps_per_epoch: int, end_s: float,
-                   boundary_s: float = 0.0) -> int:  # fmt: skip
+def steps_that_fit(
+    seconds: float, step_s: float, done: int, steps_per_epoch: int, end_s: float, boundary_s: float = 0.0
+) -> int:
     """The largest total step count T (``done`` already taken) whose remaining steps at ``step_s``,
     with ``boundary_s`` after each epoch that ends before the last (an evaluation and a checkpoint
     per epoch) and ``end_s`` after the last (the final evaluation), take at most ``seconds``.
@@ -129,30 +131,44 @@ def first_plan(cfg: Config, step_s: float, eval_s: float, startup_s: float, step
     if steps < need:
         least = startup_s + eval_s + need * step_s + (per_epoch if need > steps_per_epoch else 0)
         what = "one epoch" if need == steps_per_epoch else f"{MIN_STEPS} steps"
-        raise ConfigError(f"--time-budget {t.time_budget} holds {max(steps, 0)} training steps: start-up took "
-                            f"{startup_s:.1f} s, the evaluation takes {eval_s:.1f} s and a step {step_s * 1e3:.1f} ms; "
-                            f"{what} needs at least {math.ceil(least)} s")  # fmt: skip
-    return Plan(budget_s=budget, step_s=step_s, eval_s=eval_s, startup_s=startup_s, steps=steps,
-                steps_per_epoch=steps_per_epoch, schedule_steps=steps,
-                warmup_epochs=t.warmup_epochs / t.epochs * steps / steps_per_epoch)  # fmt: skip
+        raise ConfigError(
+            f"--time-budget {t.time_budget} holds {max(steps, 0)} training steps: start-up took "
+            f"{startup_s:.1f} s, the evaluation takes {eval_s:.1f} s and a step {step_s * 1e3:.1f} ms; "
+            f"{what} needs at least {math.ceil(least)} s"
+        )
+    return Plan(
+        budget_s=budget,
+        step_s=step_s,
+        eval_s=eval_s,
+        startup_s=startup_s,
+        steps=steps,
+        steps_per_epoch=steps_per_epoch,
+        schedule_steps=steps,
+        warmup_epochs=t.warmup_epochs / t.epochs * steps / steps_per_epoch,
+    )
 
 
-def choose(options: list[tuple[str, float]], step_s: dict[str, float], seconds: float,
-           steps_per_epoch: int) -> tuple[str, str]:  # fmt: skip
+def choose(
+    options: list[tuple[str, float]], step_s: dict[str, float], seconds: float, steps_per_epoch: int
+) -> tuple[str, str]:
     """The first network whose epochs in ``seconds`` (at its measured step) reach the epochs it
     needs, else the last; and a line saying how it was chosen."""
     epochs = {name: seconds / (step_s[name] * steps_per_epoch) for name, _ in options}
     chosen = next((name for name, need in options if epochs[name] >= need), options[-1][0])
-    told = "; ".join(f"{name} {step_s[name] * 1e3:.1f} ms a step, {epochs[name]:.1f} epochs"
-                     + (f" (needs {need:g})" if need else "") for name, need in options)  # fmt: skip
+    told = "; ".join(
+        f"{name} {step_s[name] * 1e3:.1f} ms a step, {epochs[name]:.1f} epochs" + (f" (needs {need:g})" if need else "")
+        for name, need in options
+    )
     return chosen, f"network: {chosen}, chosen by the step time measured here for the {seconds:.0f} s left: {told}"
 
 
 def describe(plan: Plan) -> str:
     """The plan in the run's start line."""
-    text = (f"time budget {plan.budget_s:g} s: {plan.steps} steps = {plan.epochs:.2f} epochs "
-            f"at {plan.step_s * 1e3:.1f} ms a step (measured), start-up {plan.startup_s:.1f} s, "
-            f"evaluation {plan.eval_s:.1f} s")  # fmt: skip
+    text = (
+        f"time budget {plan.budget_s:g} s: {plan.steps} steps = {plan.epochs:.2f} epochs "
+        f"at {plan.step_s * 1e3:.1f} ms a step (measured), start-up {plan.startup_s:.1f} s, "
+        f"evaluation {plan.eval_s:.1f} s"
+    )
     if plan.warmup_epochs:
         text += f", warm-up {plan.warmup_epochs:.2f} epochs"
     return text
@@ -166,8 +182,17 @@ class Clock:
     evaluation never reads as a slow step. With ``replan`` off (a resumed run keeping its recorded
     plan) it only ends the run where the plan ends. ``now`` and ``sync`` are injectable for tests."""
 
-    def __init__(self, plan: Plan, started: float, evaluate_each_epoch: bool, *, replan: bool = True,
-                 now=time.perf_counter, sync=lambda: None, every: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        plan: Plan,
+        started: float,
+        evaluate_each_epoch: bool,
+        *,
+        replan: bool = True,
+        now=time.perf_counter,
+        sync=lambda: None,
+        every: int | None = None,
+    ):
         self.plan, self.started, self.each_epoch, self.now, self.sync = plan, started, evaluate_each_epoch, now, sync
         self.replan = replan
         # About 40 looks per run: often enough to follow the load, rare enough that one look's window

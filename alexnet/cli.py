@@ -24,13 +24,20 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             flag = "--" + f.name.replace("_", "-")
             kind = {a for a in typing.get_args(hints[f.name]) if a is not type(None)} or {hints[f.name]}
             if bool in kind:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                   help=f.metadata["help"])  # fmt: skip
+                group.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f.metadata["help"]
+                )
                 continue
             conv = int if int in kind else float if float in kind else str
             allowed = choices(section, f.name)
-            group.add_argument(flag, type=conv, default=argparse.SUPPRESS, help=f.metadata["help"], choices=allowed,
-                               metavar=None if allowed else f.name.upper())  # fmt: skip
+            group.add_argument(
+                flag,
+                type=conv,
+                default=argparse.SUPPRESS,
+                help=f.metadata["help"],
+                choices=allowed,
+                metavar=None if allowed else f.name.upper(),
+            )
 
 
 def _int_in(lo: int, hi: int):
@@ -77,8 +84,9 @@ def cmd_train(args) -> int:
         if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
             raise ConfigError(f"--resume {args.resume} writes to its own directory, not --run-dir {args.run_dir}")
         given = _flags(args) | ({"preset": args.preset} if args.preset else {})
-        result = fit(Config(), args.resume, resume=True, overrides=given, progress=not args.no_progress,
-                     replan=args.replan)  # fmt: skip
+        result = fit(
+            Config(), args.resume, resume=True, overrides=given, progress=not args.no_progress, replan=args.replan
+        )
     else:
         if args.replan:
             raise ConfigError("--replan re-plans a resumed --time-budget run: give it with --resume RUN_DIR")
@@ -93,8 +101,10 @@ def cmd_train(args) -> int:
     if result.metrics:
         best = max(m["val_acc"] for m in result.metrics)
         total = sum(m["epoch_time_s"] for m in result.metrics)
-        print(f"test accuracy {result.final['val_acc']:.4f} (best {best:.4f}) after {result.final['epoch']} epochs, "
-              f"{total:.1f}s of training and evaluation")  # fmt: skip
+        print(
+            f"test accuracy {result.final['val_acc']:.4f} (best {best:.4f}) after {result.final['epoch']} epochs, "
+            f"{total:.1f}s of training and evaluation"
+        )
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -114,8 +124,10 @@ def cmd_evaluate(args) -> int:
     device = select_device(args.device)
     if cfg.data.dataset in ("imagefolder", "imagelist"):  # the paper's figures: top-1 and top-5 error
         ev = evaluate_run(model, ckpt, device, args.data_dir, args.batch_size, args.ten_crop)
-        print(f"{ckpt['path']}: {cfg.train.model} on {cfg.data.dataset} val ({ev['images']} images, "
-              f"{'10 crops' if ev['ten_crop'] else 'centre crop'}, {ev['skipped']} unreadable skipped)")  # fmt: skip
+        print(
+            f"{ckpt['path']}: {cfg.train.model} on {cfg.data.dataset} val ({ev['images']} images, "
+            f"{'10 crops' if ev['ten_crop'] else 'centre crop'}, {ev['skipped']} unreadable skipped)"
+        )
         print(f"top-1 error {1 - ev['acc']:.4f}   top-5 error {1 - ev['top5']:.4f}   loss {ev['loss']:.4f}")
         return 0
     ds = D.load_dataset(cfg.data.dataset, args.data_dir or cfg.data.data_dir, device=device)
@@ -124,11 +136,23 @@ def cmd_evaluate(args) -> int:
     if channels_last_on(cfg.system.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
     amp = bf16_autocast(cfg.system.amp, device)  # the run's own precision, where this device has it
-    ev, dt = timed(lambda: evaluate(model, D.loader(ds.test, transform, args.batch_size, False), device=device, amp=amp,
-                                    num_classes=len(ds.classes), confusion=True, flip_tta=cfg.data.flip_tta), device)  # fmt: skip
+    ev, dt = timed(
+        lambda: evaluate(
+            model,
+            D.loader(ds.test, transform, args.batch_size, False),
+            device=device,
+            amp=amp,
+            num_classes=len(ds.classes),
+            confusion=True,
+            flip_tta=cfg.data.flip_tta,
+        ),
+        device,
+    )
     m = ev["confusion"]
-    print(f"{ckpt['path']}: {cfg.train.model} on {ds.name} test ({ev['images']} images, {ev['images'] / dt:.0f} img/s"
-          f", {'bf16' if amp else 'fp32'})")  # fmt: skip
+    print(
+        f"{ckpt['path']}: {cfg.train.model} on {ds.name} test ({ev['images']} images, {ev['images'] / dt:.0f} img/s"
+        f", {'bf16' if amp else 'fp32'})"
+    )
     print(f"accuracy {ev['acc']:.4f}   loss {ev['loss']:.4f}")
     print(f"{'class':<12} {'accuracy':>8} {'images':>7}")
     for i, name in enumerate(ds.classes):
@@ -174,8 +198,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from .tracing import InputTooSmall, format_summary, parse_shape, summary
     from .models import get_spec
+    from .tracing import InputTooSmall, format_summary, parse_shape, summary
 
     try:
         side = get_spec(args.model).resolution
@@ -212,8 +236,10 @@ def cmd_filters(args) -> int:
     out = Path(args.out) if args.out else Path(ckpt["path"]).parent / "filters.png"
     info = plot_filters(model, out, f"{cfg.train.model} · {ckpt['dataset']} · epoch {ckpt['epoch']}")
     o, c, kh, kw = info["shape"]
-    print(f"{o} first-layer kernels ({kh}x{kw}, {c} input channel{'s' if c > 1 else ''}) in a "
-          f"{info['rows']}x{info['cols']} grid: {out}")  # fmt: skip
+    print(
+        f"{o} first-layer kernels ({kh}x{kw}, {c} input channel{'s' if c > 1 else ''}) in a "
+        f"{info['rows']}x{info['cols']} grid: {out}"
+    )
     return 0
 
 
@@ -310,11 +336,24 @@ def cmd_bench(args) -> int:
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.model}-{stamp}"
-    rows, header = sweep(args.model, parse_batch_sizes(args.batch_sizes), steps=args.steps, warmup=args.warmup,
-                         device=args.device, in_channels=args.in_channels, resolution=args.resolution, amp=args.amp,
-                         accuracy_epochs=args.accuracy_epochs, preset=args.preset,
-                         dataset=args.dataset, data_dir=args.data_dir, limit_train=args.limit_train,
-                         limit_test=args.limit_test, out_dir=out, threads=args.threads)  # fmt: skip
+    rows, header = sweep(
+        args.model,
+        parse_batch_sizes(args.batch_sizes),
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        in_channels=args.in_channels,
+        resolution=args.resolution,
+        amp=args.amp,
+        accuracy_epochs=args.accuracy_epochs,
+        preset=args.preset,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        out_dir=out,
+        threads=args.threads,
+    )
     paths = write_results(rows, header, out)
     print(to_markdown(rows, header))
     print(f"written: {paths['csv']}, {paths['markdown']}, {paths['plot']}")
@@ -329,20 +368,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train(sub) -> None:
-    t = sub.add_parser("train", help="train a model; writes a run directory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    t.add_argument("--preset", choices=["auto", *PRESETS], default=None,
-                   help="recipe: d2l (the chapter's), fast, cpu; paper, paper-step, imagenet-fast (image folders, "
-                        "docs/imagenet.md); auto = d2l on a GPU, cpu otherwise")  # fmt: skip
-    t.add_argument("--run-dir", help="where to write the run: a new or empty directory (default: a unique "
-                   "runs/PRESET-MODEL-TIME)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings; only "
-                   "--epochs (to extend it) and where/how fast it runs (--device, --amp, ...) may change")
-    t.add_argument("--replan", action="store_true", help="with --resume of a --time-budget run: measure the step "
-                   "time here and re-plan the remaining steps (else the recorded plan is kept)")
+    t = sub.add_parser(
+        "train", help="train a model; writes a run directory", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    t.add_argument(
+        "--preset",
+        choices=["auto", *PRESETS],
+        default=None,
+        help="recipe: d2l (the chapter's), fast, cpu; paper, paper-step, imagenet-fast (image folders, "
+        "docs/imagenet.md); auto = d2l on a GPU, cpu otherwise",
+    )
+    t.add_argument(
+        "--run-dir", help="where to write the run: a new or empty directory (default: a unique runs/PRESET-MODEL-TIME)"
+    )
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR with its own settings; only "
+        "--epochs (to extend it) and where/how fast it runs (--device, --amp, ...) may change",
+    )
+    t.add_argument(
+        "--replan",
+        action="store_true",
+        help="with --resume of a --time-budget run: measure the step "
+        "time here and re-plan the remaining steps (else the recorded plan is kept)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
+
 
 def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
@@ -351,22 +405,39 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--data-dir")
     e.add_argument("--batch-size", type=_int_in(1, 1 << 20), default=1000)
     e.add_argument("--out", help="confusion-matrix PNG (default: next to the checkpoint)")
-    e.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=None,
-                   help="image folders: the paper's 10-crop evaluation (default: as the run was trained)")  # fmt: skip
+    e.add_argument(
+        "--ten-crop",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="image folders: the paper's 10-crop evaluation (default: as the run was trained)",
+    )
     e.set_defaults(func=cmd_evaluate)
+
 
 def _add_predict(sub) -> None:
     r = sub.add_parser("predict", help="classify image files with a checkpoint or an exported model")
-    r.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run, a checkpoint, or a file written by "
-                   "`alexnet export` (.onnx, .safetensors, .pt2); with --weights, the first image")
+    r.add_argument(
+        "checkpoint",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run, a checkpoint, or a file written by "
+        "`alexnet export` (.onnx, .safetensors, .pt2); with --weights, the first image",
+    )
     r.add_argument("images", nargs="*", metavar="IMAGE")
-    r.add_argument("--weights", metavar="FILE", help="torchvision's ImageNet weights (alexnet-owt-7be5be79.pth): "
-                   "ImageNet class names, torchvision's preprocessing (shorter side 256, centre crop 224)")
+    r.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="torchvision's ImageNet weights (alexnet-owt-7be5be79.pth): "
+        "ImageNet class names, torchvision's preprocessing (shorter side 256, centre crop 224)",
+    )
     r.add_argument("--model", help="the network of --weights (default alexnet-owt)")
     r.add_argument("--top-k", type=int, default=3)
-    r.add_argument("--invert", action="store_true",
-                   help="invert grey levels (Fashion-MNIST items are light on black; photos are usually dark on light)")  # fmt: skip
+    r.add_argument(
+        "--invert",
+        action="store_true",
+        help="invert grey levels (Fashion-MNIST items are light on black; photos are usually dark on light)",
+    )
     r.set_defaults(func=cmd_predict)
+
 
 def _add_summary(sub) -> None:
     s = sub.add_parser("summary", help="layer-by-layer output shape, parameters and FLOPs")
@@ -375,17 +446,20 @@ def _add_summary(sub) -> None:
     s.add_argument("--num-classes", type=_int_in(1, MAX_CLASSES), default=10)
     s.set_defaults(func=cmd_summary)
 
+
 def _add_compare(sub) -> None:
     c = sub.add_parser("compare", help="table and overlaid curves of finished runs (the exercises' comparisons)")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--out", default="compare.png", help="PNG of the curves; the table goes beside it as .md")
     c.set_defaults(func=cmd_compare)
 
+
 def _add_filters(sub) -> None:
     f = sub.add_parser("filters", help="the first layer's kernels as an image grid (the chapter's Figure 8.1.2)")
     f.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     f.add_argument("--out", help="PNG to write (default: RUN/filters.png)")
     f.set_defaults(func=cmd_filters)
+
 
 def _add_activations(sub) -> None:
     v = sub.add_parser("activations", help="feature maps of each convolutional stage for one image")
@@ -395,29 +469,47 @@ def _add_activations(sub) -> None:
     v.add_argument("--max-channels", type=_int_in(1, 4096), default=32, help="maps shown per stage, strongest first")
     v.set_defaults(func=cmd_activations)
 
+
 def _add_models(sub) -> None:
     m = sub.add_parser("models", help="list the registered networks")
     m.set_defaults(func=cmd_models)
 
+
 def _add_analyze(sub) -> None:
-    a = sub.add_parser("analyze", help="per-layer FLOPs, bytes, arithmetic intensity, roofline time and memory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    a = sub.add_parser(
+        "analyze",
+        help="per-layer FLOPs, bytes, arithmetic intensity, roofline time and memory",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     a.add_argument("--model", default="alexnet")
     a.add_argument("--input", help="C,H,W or N,C,H,W (default: 1 channel at the model's own resolution)")
-    a.add_argument("--batch", type=_int_in(1, 1 << 20), help="batch size B (default: N of --input if above 1, else 128)")
+    a.add_argument(
+        "--batch", type=_int_in(1, 1 << 20), help="batch size B (default: N of --input if above 1, else 128)"
+    )
     a.add_argument("--num-classes", type=_int_in(1, MAX_CLASSES), default=10)
-    a.add_argument("--device", default="h100", choices=["h100", "a100", "cpu", "measured"],
-                   help="device spec for the roofline; measured = a large GEMM and a large copy on this machine")  # fmt: skip
+    a.add_argument(
+        "--device",
+        default="h100",
+        choices=["h100", "a100", "cpu", "measured"],
+        help="device spec for the roofline; measured = a large GEMM and a large copy on this machine",
+    )
     a.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     a.add_argument("--format", default="table", choices=["table", "csv", "json", "markdown"])
     a.add_argument("--plot", metavar="PNG", help="draw every conv and FC layer on the device's roofline")
-    a.add_argument("--chapter", action="store_true",
-                   help="only the chapter's figures: 164 MB / 81 MFLOPs, conv/FC ratios, LeNet vs AlexNet")  # fmt: skip
+    a.add_argument(
+        "--chapter",
+        action="store_true",
+        help="only the chapter's figures: 164 MB / 81 MFLOPs, conv/FC ratios, LeNet vs AlexNet",
+    )
     a.set_defaults(func=cmd_analyze)
 
+
 def _add_bench(sub) -> None:
-    b = sub.add_parser("bench", help="training images/s, peak memory (and accuracy) against batch size",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    b = sub.add_parser(
+        "bench",
+        help="training images/s, peak memory (and accuracy) against batch size",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     b.add_argument("--model", default="alexnet")
     b.add_argument("--batch-sizes", default="16,32,64,128,256,512")
     b.add_argument("--steps", type=int, default=10, help="timed training steps per batch size")
@@ -425,12 +517,25 @@ def _add_bench(sub) -> None:
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     b.add_argument("--in-channels", type=int, default=1)
     b.add_argument("--resolution", type=int, help="input side (default: the model's own)")
-    b.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: as alexnet train, on where the hardware has bf16 units)")
-    b.add_argument("--accuracy-epochs", type=int, default=0,
-                   help="also train each batch size this many epochs, lr = preset lr x B / 128, and report accuracy")  # fmt: skip
-    b.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
-                   help="the recipe whose training step is timed (optimizer, label smoothing, compilation) and "
-                        "trained by --accuracy-epochs; auto: d2l on CUDA, cpu elsewhere")  # fmt: skip
+    b.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "bf16", "off"],
+        help="bf16 autocast (auto: as alexnet train, on where the hardware has bf16 units)",
+    )
+    b.add_argument(
+        "--accuracy-epochs",
+        type=int,
+        default=0,
+        help="also train each batch size this many epochs, lr = preset lr x B / 128, and report accuracy",
+    )
+    b.add_argument(
+        "--preset",
+        choices=["auto", *PRESETS],
+        default="auto",
+        help="the recipe whose training step is timed (optimizer, label smoothing, compilation) and "
+        "trained by --accuracy-epochs; auto: d2l on CUDA, cpu elsewhere",
+    )
     b.add_argument("--dataset", default="fashion-mnist")
     b.add_argument("--data-dir")
     b.add_argument("--limit-train", type=int, help="use only the first N training images")
@@ -445,11 +550,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    from .report import add_report_parser
     from .exercises import add_parser as _add_exercises  # its parser and command live with it
+    from .report import add_report_parser
 
-    for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_compare, _add_filters, _add_activations,
-                _add_exercises, _add_models, _add_analyze, _add_bench, add_report_parser, add_export_parser):  # fmt: skip
+    for add in (
+        _add_train,
+        _add_evaluate,
+        _add_predict,
+        _add_summary,
+        _add_compare,
+        _add_filters,
+        _add_activations,
+        _add_exercises,
+        _add_models,
+        _add_analyze,
+        _add_bench,
+        add_report_parser,
+        add_export_parser,
+    ):
         add(sub)
     from .serve import add_parser as _add_serve  # its own module: the web app's imports load only when served
 
@@ -472,15 +590,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a (second) Ctrl-C wherever it lands: every file written is whole
         print("alexnet: interrupted", file=sys.stderr)
         code = 130
-    except (DataError, ConfigError, RunError, UnknownModel, InputTooSmall, ReportError, BenchError,
-            VisualizeError) as e:
+    except (
+        DataError,
+        ConfigError,
+        RunError,
+        UnknownModel,
+        InputTooSmall,
+        ReportError,
+        BenchError,
+        VisualizeError,
+    ) as e:
         print(f"alexnet: error: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
         if not _out_of_memory(e):
             raise
-        print(f"alexnet: error: out of memory ({_first_line(e) or 'MemoryError'}); try a smaller batch or input",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"alexnet: error: out of memory ({_first_line(e) or 'MemoryError'}); try a smaller batch or input",
+            file=sys.stderr,
+        )
         return 2
     if code == 130 and argv is None:  # the process is ending: another Ctrl-C must not interrupt its exit
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -489,8 +617,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _out_of_memory(e: BaseException) -> bool:
     text = str(e).lower()
-    return isinstance(e, MemoryError) or any(s in text for s in ("out of memory", "can't allocate memory",
-                                                                 "cannot allocate memory"))  # fmt: skip
+    return isinstance(e, MemoryError) or any(
+        s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory")
+    )
 
 
 def _first_line(e: BaseException) -> str:

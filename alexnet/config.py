@@ -88,8 +88,9 @@ def parse_duration(text: str) -> float:
     else (no unit, a negative or zero length, ``5 minutes``, ``1m1h``) raises ConfigError."""
     m = _DURATION.fullmatch(str(text).strip().lower())
     if not text or m is None or not any(m.groups()):
-        raise ConfigError(f"--time-budget {text!r} is not a duration: give a number and a unit, like 90s, 5min, 1h "
-                          f"or 1h30m")  # fmt: skip
+        raise ConfigError(
+            f"--time-budget {text!r} is not a duration: give a number and a unit, like 90s, 5min, 1h or 1h30m"
+        )
     h, mins, s = (float(g or 0) for g in m.groups())
     seconds = h * 3600 + mins * 60 + s
     if not 0 < seconds <= _LONGEST:
@@ -110,8 +111,10 @@ def parse_choices(text: str) -> list[tuple[str, float]]:
         except ValueError:
             epochs = -1.0
         if name not in MODELS or not (0 <= epochs < math.inf):
-            raise ConfigError(f"--choose-from {text!r}: give registered networks with the epochs each needs, like "
-                              f"speednet-white-2x:12,speednet-white")  # fmt: skip
+            raise ConfigError(
+                f"--choose-from {text!r}: give registered networks with the epochs each needs, like "
+                f"speednet-white-2x:12,speednet-white"
+            )
         out.append((name, epochs))
     return out
 
@@ -123,11 +126,16 @@ OnOffAuto = Literal["auto", "on", "off"]
 
 @dataclass(frozen=True)
 class DataConfig(_Checked):
-    dataset: Dataset = _f("fashion-mnist", "fashion-mnist, mnist, cifar10, imagefolder (DIR/train/<class>/*, "
-                          "DIR/val/<class>/*) or imagelist (DIR/train.txt, DIR/val.txt: 'path label' lines)")
+    dataset: Dataset = _f(
+        "fashion-mnist",
+        "fashion-mnist, mnist, cifar10, imagefolder (DIR/train/<class>/*, "
+        "DIR/val/<class>/*) or imagelist (DIR/train.txt, DIR/val.txt: 'path label' lines)",
+    )
     data_dir: str | None = _f(None, "directory holding the dataset (else $ALEXNET_DATA, the cache, Debian's copy)")
     resolution: int | None = _f(None, "square input side the images are resized to (default: the model's own)")
-    normalize: bool = _f(False, "subtract the dataset mean and divide by its std (the chapter feeds plain [0, 1] pixels)")
+    normalize: bool = _f(
+        False, "subtract the dataset mean and divide by its std (the chapter feeds plain [0, 1] pixels)"
+    )
     crop_padding: int = _f(0, "train-time random crop after zero-padding by this many pixels (0: off)")
     flip: bool = _f(False, "train-time random horizontal flip")
     limit_train: int | None = _f(None, "use only the first N training images (quick runs)")
@@ -137,9 +145,14 @@ class DataConfig(_Checked):
     ten_crop: bool = _f(False, "image folders: evaluate on 10 crops (4 corners + centre, and flips), softmax averaged")
     workers: int = _f(8, "image folders: decoding worker processes per rank (0: decode in the training process)")
     stats_images: int = _f(1000, "image folders: training images sampled for colour mean/std and lighting eigenvectors")
-    flip_tta: bool = _f(False, "evaluate on each image and its mirror image, logits averaged (flip test-time augmentation)")
-    holdout: int = _f(0, "train on all but the last N training images and evaluate on those N instead of the test set "
-                      "(tuning without looking at the test set; 0: off)")
+    flip_tta: bool = _f(
+        False, "evaluate on each image and its mirror image, logits averaged (flip test-time augmentation)"
+    )
+    holdout: int = _f(
+        0,
+        "train on all but the last N training images and evaluate on those N instead of the test set "
+        "(tuning without looking at the test set; 0: off)",
+    )
 
     _AT_LEAST_1 = ("resize", "stats_images", "resolution", "limit_train", "limit_test")
     _NOT_NEGATIVE = ("crop_padding", "lighting", "workers", "holdout")
@@ -157,31 +170,51 @@ class TrainConfig(_Checked):
     momentum: float = _f(0.0, "SGD momentum")
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(0.0, "L2 weight decay")
-    schedule: Schedule = _f("constant", "learning-rate schedule: constant, cosine, step (/10 every --lr-step-epochs), "
-                            "plateau (/10 when validation error stalls for --lr-patience epochs) or linear (to zero)")
+    schedule: Schedule = _f(
+        "constant",
+        "learning-rate schedule: constant, cosine, step (/10 every --lr-step-epochs), "
+        "plateau (/10 when validation error stalls for --lr-patience epochs) or linear (to zero)",
+    )
     lr_step_epochs: int = _f(30, "step schedule: epochs between divisions of the learning rate by 10")
     lr_patience: int = _f(5, "plateau schedule: epochs without a new best validation error before lr /= 10")
     warmup_epochs: float = _f(0.0, "linear learning-rate warm-up from 0, in epochs")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
     seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout")
-    seed_streams: Literal["keyed", "offsets"] = _f("keyed", "how the random streams derive from --seed (seeds.py): "
-                                                   "keyed, or offsets (runs started before keyed streams)")
-    evaluate: Literal["epoch", "end"] = _f("epoch", "evaluate and checkpoint after every epoch, or only after the "
-                                           "last (a speedrun: evaluation time counts)")
-    init_from: str | None = _f(None, "fine-tune: start from the weights in FILE (torchvision's alexnet-owt .pth, a run, "
-                               "a checkpoint or a .safetensors export); the last layer is new, for the data's classes")
-    freeze: Literal["none", "features"] = _f("none", "with --init-from: features = train only the layers after the "
-                                             "convolutions (the classifier)")
-    pretrained_lr_scale: float = _f(1.0, "with --init-from: the pretrained layers' learning rate as a fraction of "
-                                    "--lr (e.g. 0.1); the new last layer trains at --lr")
-    time_budget: str | None = _f(None, "train to a clock (90s, 5min, 1h30m): the run measures its step time and "
-                                 "plans its steps, schedule included, so that training and the final evaluation "
-                                 "end within it; --epochs then only sets the warm-up's share (--warmup-epochs / "
-                                 "--epochs); giving --epochs alone drops the budget")  # fmt: skip
-    choose_from: str | None = _f(None, "with --time-budget: networks to choose among, each with the epochs it needs "
-                                 "to pay (speednet-white-2x:12,speednet-white): their steps are timed here and the "
-                                 "first whose planned epochs reach its need trains; giving --model alone turns this "
-                                 "off")  # fmt: skip
+    seed_streams: Literal["keyed", "offsets"] = _f(
+        "keyed",
+        "how the random streams derive from --seed (seeds.py): keyed, or offsets (runs started before keyed streams)",
+    )
+    evaluate: Literal["epoch", "end"] = _f(
+        "epoch",
+        "evaluate and checkpoint after every epoch, or only after the last (a speedrun: evaluation time counts)",
+    )
+    init_from: str | None = _f(
+        None,
+        "fine-tune: start from the weights in FILE (torchvision's alexnet-owt .pth, a run, "
+        "a checkpoint or a .safetensors export); the last layer is new, for the data's classes",
+    )
+    freeze: Literal["none", "features"] = _f(
+        "none", "with --init-from: features = train only the layers after the convolutions (the classifier)"
+    )
+    pretrained_lr_scale: float = _f(
+        1.0,
+        "with --init-from: the pretrained layers' learning rate as a fraction of "
+        "--lr (e.g. 0.1); the new last layer trains at --lr",
+    )
+    time_budget: str | None = _f(
+        None,
+        "train to a clock (90s, 5min, 1h30m): the run measures its step time and "
+        "plans its steps, schedule included, so that training and the final evaluation "
+        "end within it; --epochs then only sets the warm-up's share (--warmup-epochs / "
+        "--epochs); giving --epochs alone drops the budget",
+    )
+    choose_from: str | None = _f(
+        None,
+        "with --time-budget: networks to choose among, each with the epochs it needs "
+        "to pay (speednet-white-2x:12,speednet-white): their steps are timed here and the "
+        "first whose planned epochs reach its need trains; giving --model alone turns this "
+        "off",
+    )
 
     _AT_LEAST_1 = ("epochs", "batch_size", "eval_batch_size", "lr_step_epochs")
     _NOT_NEGATIVE = ("weight_decay", "warmup_epochs", "lr_patience", "seed")
@@ -219,14 +252,18 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 @dataclass(frozen=True)
 class SystemConfig(_Checked):
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    amp: Literal["auto", "bf16", "off"] = _f("auto", "bf16 autocast: auto (on for GPUs and CPUs with bf16 units), "
-                                             "bf16, or off")
+    amp: Literal["auto", "bf16", "off"] = _f(
+        "auto", "bf16 autocast: auto (on for GPUs and CPUs with bf16 units), bf16, or off"
+    )
     channels_last: bool = _f(True, "NHWC memory layout (faster convolutions on CPU and GPU)")
     compile: OnOffAuto = _f("auto", "torch.compile: auto (on for CUDA), on, or off")
     log_every: int = _f(25, "steps between progress-bar updates (the only host-device syncs)")
     model_parallel: str | None = _f(None, "run alexnet2012's two streams on two devices (as in 2012): cuda:0,cuda:1")
-    tensorboard: bool = _f(False, "write TensorBoard event files into the run directory: scalars every --log-every "
-                           "steps and epoch, first-layer filters and weight histograms each epoch")
+    tensorboard: bool = _f(
+        False,
+        "write TensorBoard event files into the run directory: scalars every --log-every "
+        "steps and epoch, first-layer filters and weight histograms each epoch",
+    )
 
     _AT_LEAST_1 = ("log_every",)
 
@@ -254,7 +291,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict) -> Config:
         """Build from a saved config; keys a newer or older version does not know are ignored."""
         if not isinstance(d, dict):
             raise ConfigError(f"a saved config must be a mapping, not {type(d).__name__}")
@@ -270,8 +307,10 @@ class Config:
             # Saved before keyed streams: its data order, augmentation and dropout came from offsets,
             # and a resume must draw them the same way.
             d = {**d, "train": {**train, "seed_streams": "offsets"}}
-        return cls(preset=str(d.get("preset", "custom")),
-                   **{sec: build(klass, d.get(sec, {})) for sec, klass in SECTIONS.items()})  # fmt: skip
+        return cls(
+            preset=str(d.get("preset", "custom")),
+            **{sec: build(klass, d.get(sec, {})) for sec, klass in SECTIONS.items()},
+        )
 
     @staticmethod
     def section_of(name: str) -> str:
@@ -283,7 +322,7 @@ class Config:
     def flat(self) -> dict:
         return {k: v for sec in SECTIONS for k, v in dataclasses.asdict(getattr(self, sec)).items()}
 
-    def replace(self, **flat) -> "Config":
+    def replace(self, **flat) -> Config:
         """A copy with fields changed by their flat name (``lr=0.1``), whichever section holds them.
         A length in epochs without a budget is a run of that many epochs: ``epochs=N`` drops a
         preset's ``time_budget`` unless one is given too; likewise ``model=`` its ``choose_from``."""
@@ -307,28 +346,74 @@ class Config:
 
 # Settings a resumed run may change: where and how fast it runs, and how long. Everything else
 # (the model, the data, the optimiser, the schedule's shape) is the run's own and stays.
-RESUMABLE = frozenset({"epochs", "time_budget", "device", "amp", "compile", "log_every", "workers", "data_dir",
-                       "eval_batch_size", "channels_last", "tensorboard"})  # fmt: skip
+RESUMABLE = frozenset(
+    {
+        "epochs",
+        "time_budget",
+        "device",
+        "amp",
+        "compile",
+        "log_every",
+        "workers",
+        "data_dir",
+        "eval_batch_size",
+        "channels_last",
+        "tensorboard",
+    }
+)
 
 
 # The presets. `d2l` is the chapter's recipe, unchanged. `fast` and `cpu` share one modern recipe:
 # Nesterov momentum, weight decay, linear warm-up then cosine decay, label smoothing, and
 # crop + flip augmentation. AlexNet has no batch norm, so the warm-up matters: momentum 0.9 makes
 # the effective step 10x larger and a cold start at full learning rate can blow up.
-_MODERN = dict(momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine",
-               warmup_epochs=1.0, label_smoothing=0.1, normalize=True, crop_padding=2, flip=True)  # fmt: skip
+_MODERN = dict(
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    schedule="cosine",
+    warmup_epochs=1.0,
+    label_smoothing=0.1,
+    normalize=True,
+    crop_padding=2,
+    flip=True,
+)
 
 # The paper's recipe (§5): SGD, momentum 0.9, weight decay 5e-4, batch 128, lr 0.01 divided by 10
 # when the validation error stopped improving (three times in ~90 epochs), crops from 256-pixel
 # images, flips, and lighting noise of std 0.1. `paper-step` replaces the judgement call by a
 # fixed /10 every 30 epochs, as most reproductions (torchvision's among them) do.
-_PAPER = dict(model="alexnet2012", dataset="imagefolder", epochs=90, batch_size=128, lr=0.01, momentum=0.9,
-              weight_decay=5e-4, resize=256, flip=True, lighting=0.1, normalize=True, eval_batch_size=256)  # fmt: skip
+_PAPER = dict(
+    model="alexnet2012",
+    dataset="imagefolder",
+    epochs=90,
+    batch_size=128,
+    lr=0.01,
+    momentum=0.9,
+    weight_decay=5e-4,
+    resize=256,
+    flip=True,
+    lighting=0.1,
+    normalize=True,
+    eval_batch_size=256,
+)
 # A modern recipe for the same network (not run at ImageNet scale here): 4x the batch at 4x the
 # rate, with Nesterov, a warm-up (no batch norm: a cold start at lr 0.04 can diverge), cosine
 # decay, label smoothing, bf16 autocast and NHWC layout.
-_IMAGENET_FAST = {**_PAPER, **dict(batch_size=512, lr=0.04, nesterov=True, schedule="cosine", warmup_epochs=2.0,
-                                   label_smoothing=0.1, epochs=45, amp="bf16", channels_last=True)}  # fmt: skip
+_IMAGENET_FAST = {
+    **_PAPER,
+    **dict(
+        batch_size=512,
+        lr=0.04,
+        nesterov=True,
+        schedule="cosine",
+        warmup_epochs=2.0,
+        label_smoothing=0.1,
+        epochs=45,
+        amp="bf16",
+        channels_last=True,
+    ),
+}
 
 # The speedrun (docs/speedrun.md): the most accuracy in 60 s (5 min: `speedrun-long`) of a 2-core
 # CPU, tuned on 10,000 held-out training images. A batch-norm network at native 28x28 whose frozen
@@ -343,9 +428,25 @@ _IMAGENET_FAST = {**_PAPER, **dict(batch_size=512, lr=0.04, nesterov=True, sched
 # out, 0.9426 at 12 epochs, ablation row 38: above the narrow one's best, 0.9380 at 7, row 35),
 # else the narrow one; `--model M` trains M.
 _NETWORKS = "speednet-white-2x:12,speednet-white"
-_SPEEDRUN = dict(model="speednet-white", time_budget="60s", choose_from=_NETWORKS, epochs=7, batch_size=256, lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                 schedule="linear", warmup_epochs=1.0, label_smoothing=0.1, normalize=True, flip=True,
-                 flip_tta=True, evaluate="end", eval_batch_size=1000)  # fmt: skip
+_SPEEDRUN = dict(
+    model="speednet-white",
+    time_budget="60s",
+    choose_from=_NETWORKS,
+    epochs=7,
+    batch_size=256,
+    lr=0.2,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    schedule="linear",
+    warmup_epochs=1.0,
+    label_smoothing=0.1,
+    normalize=True,
+    flip=True,
+    flip_tta=True,
+    evaluate="end",
+    eval_batch_size=1000,
+)
 
 PRESETS: dict[str, Config] = {
     "d2l": Config(preset="d2l"),
@@ -355,6 +456,15 @@ PRESETS: dict[str, Config] = {
     "paper-step": Config(preset="paper-step").replace(schedule="step", lr_step_epochs=30, **_PAPER),
     "imagenet-fast": Config(preset="imagenet-fast").replace(**_IMAGENET_FAST),
     "speedrun": Config(preset="speedrun").replace(**_SPEEDRUN),
-    "speedrun-long": Config(preset="speedrun-long").replace(**{**_SPEEDRUN, "model": "speednet-white-2x", "epochs": 24,
-                                                              "time_budget": "5min", "choose_from": _NETWORKS, "warmup_epochs": 4.8, "weight_decay": 1e-3}),
+    "speedrun-long": Config(preset="speedrun-long").replace(
+        **{
+            **_SPEEDRUN,
+            "model": "speednet-white-2x",
+            "epochs": 24,
+            "time_budget": "5min",
+            "choose_from": _NETWORKS,
+            "warmup_epochs": 4.8,
+            "weight_decay": 1e-3,
+        }
+    ),
 }

@@ -60,8 +60,9 @@ class LayerCost:
         return self.bwd_flops / self.bwd_bytes if self.bwd_bytes else 0.0
 
 
-def layer_costs(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "fp32",
-                device_kind: str = "cpu") -> list[LayerCost]:  # fmt: skip
+def layer_costs(
+    model: nn.Module, input_shape: tuple[int, ...], dtype: str = "fp32", device_kind: str = "cpu"
+) -> list[LayerCost]:
     """Per-layer FLOPs and bytes of a training step on ``input_shape`` (N, C, H, W), one row per
     leaf module in the order the forward pass calls them (:func:`walk`).
 
@@ -79,16 +80,17 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "fp
     calls = walk(model, (1, *input_shape[1:]), device=next(model.parameters()).device)
     labels = layer_labels([c.layer for c in calls])
     saved_ids: set = set()  # the tensors an earlier layer already saved
-    return [_layer_cost(call, label, input_shape[0], DTYPE_BYTES[dtype], device_kind, saved_ids)
-            for call, label in zip(calls, labels)]  # fmt: skip
+    return [
+        _layer_cost(call, label, input_shape[0], DTYPE_BYTES[dtype], device_kind, saved_ids)
+        for call, label in zip(calls, labels)
+    ]
 
 
 def _trained(layer: nn.Module) -> bool:
     return any(p.requires_grad for p in layer.parameters())
 
 
-def _saved_tensors(call: Call, in_shape, out_shape, e: int, view: bool,
-                   device_kind: str) -> list[tuple[object, int]]:  # fmt: skip
+def _saved_tensors(call: Call, in_shape, out_shape, e: int, view: bool, device_kind: str) -> list[tuple[object, int]]:
     """What autograd keeps for one layer's backward, as (tensor name, bytes), by the rules in the
     docstring of :func:`layer_costs`; at ``in_shape`` / ``out_shape`` with ``e`` bytes an element."""
     layer, in_id, out_id = call.layer, call.in_id, call.out_id
@@ -110,8 +112,12 @@ def _saved_tensors(call: Call, in_shape, out_shape, e: int, view: bool,
     if isinstance(layer, nn.LocalResponseNorm):
         groups, (b, c, h, wd) = getattr(layer, "groups", 1), in_shape
         padded = b * (c + groups * (layer.size - 1)) * h * wd * e
-        return [(in_id, x), (("lrn-padded", call.index), padded), (("lrn-base", call.index), x),
-                (("lrn-power", call.index), x)]  # fmt: skip
+        return [
+            (in_id, x),
+            (("lrn-padded", call.index), padded),
+            (("lrn-base", call.index), x),
+            (("lrn-power", call.index), x),
+        ]
     return []
 
 
@@ -151,8 +157,23 @@ def _layer_cost(call: Call, label: str, batch: int, e: int, device_kind: str, sa
         # grad_out read and grad_in written, plus what the backward formula reads from the save
         reads = {"ReLU": y, "Sigmoid": y, "Tanh": y, "BatchNorm2d": x}.get(layer.__class__.__name__, extra)
         bwd_in_bytes = (y + x + reads) if grads_flow else 0
-    return LayerCost(call.index, label, kind, in_shape, out_shape, call.params, w, fwd_flops, bwd_in_flops,
-                     bwd_w_flops, 0 if view or inplace else y, saved, fwd_bytes, bwd_in_bytes, bwd_w_bytes)  # fmt: skip
+    return LayerCost(
+        call.index,
+        label,
+        kind,
+        in_shape,
+        out_shape,
+        call.params,
+        w,
+        fwd_flops,
+        bwd_in_flops,
+        bwd_w_flops,
+        0 if view or inplace else y,
+        saved,
+        fwd_bytes,
+        bwd_in_bytes,
+        bwd_w_bytes,
+    )
 
 
 def _numel(shape) -> int:
@@ -192,8 +213,11 @@ def training_memory(costs: list[LayerCost], dtype: str, optimizer: str) -> dict:
     weights = params * MASTER_BYTES + (params * e if e != MASTER_BYTES else 0)
     transient = max((_numel(c.input_shape) + _numel(c.output_shape)) * e for c in costs if c.bwd_input_bytes)
     saved = sum(c.saved_bytes for c in costs)
-    out = {"weights": weights, "gradients": params * MASTER_BYTES,
-           "optimizer": OPTIMIZER_STATE[optimizer] * params * MASTER_BYTES,
-           "activations": saved + transient}  # fmt: skip
+    out = {
+        "weights": weights,
+        "gradients": params * MASTER_BYTES,
+        "optimizer": OPTIMIZER_STATE[optimizer] * params * MASTER_BYTES,
+        "activations": saved + transient,
+    }
     out["total"] = sum(out.values())
     return out

@@ -69,7 +69,16 @@ def fast_mode(enabled: bool = True) -> None:
 
 ones_like, ones, zeros_like, zeros = torch.ones_like, torch.ones, torch.zeros_like, torch.zeros
 tensor, arange, meshgrid, linspace, eye = torch.tensor, torch.arange, torch.meshgrid, torch.linspace, torch.eye
-sin, sinh, cos, cosh, tanh, exp, log, abs = torch.sin, torch.sinh, torch.cos, torch.cosh, torch.tanh, torch.exp, torch.log, torch.abs  # fmt: skip
+sin, sinh, cos, cosh, tanh, exp, log, abs = (
+    torch.sin,
+    torch.sinh,
+    torch.cos,
+    torch.cosh,
+    torch.tanh,
+    torch.exp,
+    torch.log,
+    torch.abs,
+)
 normal, rand, randn, matmul, batch_matmul = torch.normal, torch.rand, torch.randn, torch.matmul, torch.bmm
 concat, stack, sigmoid = torch.cat, torch.stack, torch.sigmoid
 int32, int64, float32 = torch.int32, torch.int64, torch.float32
@@ -233,8 +242,20 @@ def set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend) -> None:
     axes.grid()
 
 
-def plot(X, Y=None, xlabel=None, ylabel=None, legend=(), xlim=None, ylim=None, xscale="linear",
-         yscale="linear", fmts=("-", "m--", "g-.", "r:"), figsize=(3.5, 2.5), axes=None):  # fmt: skip
+def plot(
+    X,
+    Y=None,
+    xlabel=None,
+    ylabel=None,
+    legend=(),
+    xlim=None,
+    ylim=None,
+    xscale="linear",
+    yscale="linear",
+    fmts=("-", "m--", "g-.", "r:"),
+    figsize=(3.5, 2.5),
+    axes=None,
+):
     """One or several curves on one axes: plot(y), plot(x, y), plot(x, [y1, y2]), plot([x1, x2], [y1, y2])."""
 
     def one_curve(v):
@@ -275,9 +296,21 @@ class ProgressBoard(HyperParameters):
     ``every_n`` points. In Jupyter the figure in the cell is redrawn in place; elsewhere nothing
     is shown and ``save(path)`` writes it."""
 
-    def __init__(self, xlabel=None, ylabel=None, xlim=None, ylim=None, xscale="linear", yscale="linear",
-                 ls=("-", "--", "-.", ":"), colors=("C0", "C1", "C2", "C3"), fig=None, axes=None,
-                 figsize=(3.5, 2.5), display=True):  # fmt: skip
+    def __init__(
+        self,
+        xlabel=None,
+        ylabel=None,
+        xlim=None,
+        ylim=None,
+        xscale="linear",
+        yscale="linear",
+        ls=("-", "--", "-.", ":"),
+        colors=("C0", "C1", "C2", "C3"),
+        fig=None,
+        axes=None,
+        figsize=(3.5, 2.5),
+        display=True,
+    ):
         self.save_hyperparameters()
         self.raw_points: dict[str, list] = collections.OrderedDict()
         self.data: dict[str, list] = collections.OrderedDict()
@@ -459,13 +492,19 @@ class LeNet(Classifier):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(
-            nn.LazyConv2d(6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-            nn.LazyConv2d(16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.LazyConv2d(6, kernel_size=5, padding=2),
+            nn.Sigmoid(),
+            nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.LazyConv2d(16, kernel_size=5),
+            nn.Sigmoid(),
+            nn.AvgPool2d(kernel_size=2, stride=2),
             nn.Flatten(),  # (B, 16, 5, 5) -> (B, 400) for 28x28 inputs
-            nn.LazyLinear(120), nn.Sigmoid(),
-            nn.LazyLinear(84), nn.Sigmoid(),
+            nn.LazyLinear(120),
+            nn.Sigmoid(),
+            nn.LazyLinear(84),
+            nn.Sigmoid(),
             nn.LazyLinear(num_classes),
-        )  # fmt: skip
+        )
 
 
 class Residual(nn.Module):
@@ -493,8 +532,7 @@ class ResNeXtBlock(nn.Module):
         super().__init__()
         bottleneck = int(round(num_channels * bot_mul))
         self.conv1 = nn.LazyConv2d(bottleneck, kernel_size=1)
-        self.conv2 = nn.LazyConv2d(bottleneck, kernel_size=3, stride=strides, padding=1,
-                                   groups=bottleneck // groups)  # fmt: skip
+        self.conv2 = nn.LazyConv2d(bottleneck, kernel_size=3, stride=strides, padding=1, groups=bottleneck // groups)
         self.conv3 = nn.LazyConv2d(num_channels, kernel_size=1)
         self.bn1, self.bn2, self.bn3 = nn.LazyBatchNorm2d(), nn.LazyBatchNorm2d(), nn.LazyBatchNorm2d()
         if use_1x1conv:
@@ -602,7 +640,7 @@ class DeviceLoader:
         n = len(self.labels) if self.indices is None else len(self.indices)
         return -(-n // self.batch_size)
 
-    def to(self, device) -> "DeviceLoader":
+    def to(self, device) -> DeviceLoader:
         """Keep a copy of the images on ``device`` (the dataset itself stays where it is)."""
         self.images, self.labels = self.images.to(device), self.labels.to(device)
         return self
@@ -728,7 +766,7 @@ class Trainer(HyperParameters):
         self.epoch = 0
         self.train_batch_idx = 0
         self.val_batch_idx = 0
-        for self.epoch in range(self.max_epochs):
+        for self.epoch in range(self.max_epochs):  # noqa: B020 (the book keeps the epoch on the trainer)
             self._logged, self._images, start = {}, 0, time.perf_counter()
             self.fit_epoch()
             self._end_epoch(time.perf_counter() - start)

@@ -36,11 +36,9 @@ class DataError(RuntimeError):
     """A dataset that is missing, truncated, corrupt or of the wrong kind; the message is one line."""
 
 
-FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
-                   "sandal", "shirt", "sneaker", "bag", "ankle boot"]  # fmt: skip
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 MNIST_CLASSES = [str(i) for i in range(10)]
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]  # fmt: skip
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -74,10 +72,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
-    def subset(self, n: int) -> "Split":
+    def subset(self, n: int) -> Split:
         return Split(self.images[:n], self.labels[:n])
 
 
@@ -126,8 +124,14 @@ IDX_SIDE = 28
 GZIP_RATIO = 1032
 
 
-def _read_idx_stream(f, name: str, expect_dims: int, known: tuple[int, ...] | None = None, exact: bool = False,
-                     max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:  # fmt: skip
+def _read_idx_stream(
+    f,
+    name: str,
+    expect_dims: int,
+    known: tuple[int, ...] | None = None,
+    exact: bool = False,
+    max_bytes: int = MAX_IDX_BYTES,
+) -> np.ndarray:
     """Read one IDX array of unsigned bytes from a stream: the header first, then exactly the bytes
     it declares, then one more to detect excess. A gzip bomb is therefore never inflated beyond
     the declared size (which is itself bounded), and a forged size never reaches numpy.
@@ -148,15 +152,19 @@ def _read_idx_stream(f, name: str, expect_dims: int, known: tuple[int, ...] | No
     shape = "x".join(map(str, dims))
     size = math.prod(dims)  # Python ints: 2^32 x 2^32 x 2^32 does not wrap around as numpy int64 would
     if size > MAX_IDX_BYTES:
-        raise DataError(f"{name}: header declares {shape} ({size} bytes), more than the {MAX_IDX_BYTES} "
-                        f"an IDX dataset may hold: the header is damaged")  # fmt: skip
+        raise DataError(
+            f"{name}: header declares {shape} ({size} bytes), more than the {MAX_IDX_BYTES} "
+            f"an IDX dataset may hold: the header is damaged"
+        )
     if size == 0:
         raise DataError(f"{name}: header declares an empty array ({shape})")
     if expected := _unexpected(dims, known, exact):
         raise DataError(f"{name}: header declares {shape}, but this dataset's file holds {expected}")
     if size > max_bytes:
-        raise DataError(f"{name}: header declares {shape} ({size} bytes), more than the file can hold "
-                        f"({max_bytes} bytes at most): the header is damaged")  # fmt: skip
+        raise DataError(
+            f"{name}: header declares {shape} ({size} bytes), more than the file can hold "
+            f"({max_bytes} bytes at most): the header is damaged"
+        )
     buf = bytearray()
     while len(buf) < size:
         chunk = f.read(min(_CHUNK, size - len(buf)))
@@ -165,11 +173,13 @@ def _read_idx_stream(f, name: str, expect_dims: int, known: tuple[int, ...] | No
         buf += chunk
     header = 4 + 4 * ndim
     if len(buf) < size:
-        raise DataError(f"{name}: truncated: header declares {shape} ({header + size} bytes) "
-                        f"but the file holds {header + len(buf)}")  # fmt: skip
+        raise DataError(
+            f"{name}: truncated: header declares {shape} ({header + size} bytes) but the file holds {header + len(buf)}"
+        )
     if f.read(1):
-        raise DataError(f"{name}: has trailing bytes: header declares {shape} ({header + size} bytes) "
-                        f"but the file holds more")  # fmt: skip
+        raise DataError(
+            f"{name}: has trailing bytes: header declares {shape} ({header + size} bytes) but the file holds more"
+        )
     return np.frombuffer(buf, dtype=np.uint8).reshape(dims)
 
 
@@ -189,8 +199,9 @@ def parse_idx(data: bytes, name: str, expect_dims: int) -> np.ndarray:
     return _read_idx_stream(io.BytesIO(data), name, expect_dims)
 
 
-def read_idx(path: Path, expect_dims: int, sha256: str | None = None, shape: tuple[int, ...] | None = None,
-             exact: bool = False) -> np.ndarray:  # fmt: skip
+def read_idx(
+    path: Path, expect_dims: int, sha256: str | None = None, shape: tuple[int, ...] | None = None, exact: bool = False
+) -> np.ndarray:
     """Read an IDX file, gzipped or not, streaming; with ``sha256``, check the decompressed content;
     with ``shape``, refuse a header that does not declare it (see _read_idx_stream)."""
     if why := not_regular(path):  # a FIFO would block open() forever
@@ -232,8 +243,10 @@ def read_idx_split(directory: Path, split: str, checksums: dict[str, str] | None
     # MNIST carries no checksum: a label out of range would otherwise crash the loss mid-epoch.
     bad = np.flatnonzero(labels >= num_classes)
     if bad.size:
-        raise DataError(f"{label_path}: label {labels[bad[0]]} at index {bad[0]} is outside 0..{num_classes - 1} "
-                        f"({bad.size} such labels)")  # fmt: skip
+        raise DataError(
+            f"{label_path}: label {labels[bad[0]]} at index {bad[0]} is outside 0..{num_classes - 1} "
+            f"({bad.size} such labels)"
+        )
     # The arrays own writable buffers (bytearrays), so torch shares them without another copy.
     return Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
@@ -258,8 +271,10 @@ def find_idx_dir(name: str, data_dir: str | os.PathLike | None, download: bool =
             if has_idx(c):
                 return c
         folders = (d / "train").is_dir() and (d / "val").is_dir()  # the layout fine-tuning on your own images uses
-        raise DataError(f"--data-dir {d}: no {name} IDX files (train-images-idx3-ubyte.gz, ...) there"
-                        + ("; it holds train/ and val/: for image folders give --dataset imagefolder" if folders else ""))
+        raise DataError(
+            f"--data-dir {d}: no {name} IDX files (train-images-idx3-ubyte.gz, ...) there"
+            + ("; it holds train/ and val/: for image folders give --dataset imagefolder" if folders else "")
+        )
     if os.environ.get("ALEXNET_DATA"):
         d = Path(os.environ["ALEXNET_DATA"])
         candidates += [("$ALEXNET_DATA", d), ("$ALEXNET_DATA", d / sub)]
@@ -405,8 +420,9 @@ def load_dataset(name: str, data_dir=None, device="cpu", download: bool = True) 
 # Batches: indices -> uint8 gather -> augment -> resize -> float
 
 
-def epoch_indices(n: int, epoch: int, seed: int | Seeds, shuffle: bool = True, rank: int = 0,
-                  world_size: int = 1) -> torch.Tensor:
+def epoch_indices(
+    n: int, epoch: int, seed: int | Seeds, shuffle: bool = True, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
     """The order in which one rank sees the examples in one epoch.
 
     The permutation is a pure function of (seed, epoch): resuming needs no saved RNG state, and
@@ -480,8 +496,13 @@ class Transform:
         r = self.resolution
         return None if r is None else (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
 
-    def __call__(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None,
-                 alpha: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def __call__(
+        self,
+        x: torch.Tensor,
+        train: bool = False,
+        generator: torch.Generator | None = None,
+        alpha: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``x``: uint8 (B, C, h, w), or (B, n, C, h, w) for n crops per image (not resized);
         ``alpha``: (B, 3) lighting draws."""
         # Augment at native resolution (28×28), 64× fewer pixels than after the resize.
@@ -494,8 +515,9 @@ class Transform:
         if size is not None and tuple(x.shape[-2:]) != size:
             shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
             # Bilinear, align_corners=False: what PIL's bilinear resize does when upsampling.
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False,
-                              antialias=self.antialias and shrinking)  # fmt: skip
+            x = F.interpolate(
+                x, size=size, mode="bilinear", align_corners=False, antialias=self.antialias and shrinking
+            )
         if train and self.lighting is not None and alpha is not None and alpha.abs().sum() > 0:
             # §4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel, a ~ N(0, 0.1) per image.
             val, vec = (torch.tensor(t, device=x.device) for t in self.lighting)
@@ -514,8 +536,17 @@ def batch_generator(seed: int | Seeds, epoch: int, index: int) -> torch.Generato
     return as_seeds(seed).generator("augment", epoch, index)
 
 
-def loader(split: Split, transform: Transform, batch_size: int, train: bool, epoch: int = 0,
-           seed: int | Seeds = 0, rank: int = 0, world_size: int = 1, skip: int = 0):
+def loader(
+    split: Split,
+    transform: Transform,
+    batch_size: int,
+    train: bool,
+    epoch: int = 0,
+    seed: int | Seeds = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    skip: int = 0,
+):
     """Yield (inputs, labels) for one epoch; the first ``skip`` batches are passed over (mid-epoch resume)."""
     idx = epoch_indices(len(split), epoch, seed, shuffle=train, rank=rank, world_size=world_size)
     idx = idx.to(split.images.device)
@@ -531,16 +562,20 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, train: bool = 
     return per_rank // batch_size if train else -(-per_rank // batch_size)
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # The run's data source
 
 
 def make_transform(cfg: Config, name: str, device: torch.device) -> Transform:
     mean, std = STATS[name] if cfg.data.normalize else (None, None)
-    return Transform(cfg.resolution(), mean, std, cfg.data.crop_padding, cfg.data.flip,
-                     channels_last=cfg.system.channels_last and device.type != "mps")  # fmt: skip
+    return Transform(
+        cfg.resolution(),
+        mean,
+        std,
+        cfg.data.crop_padding,
+        cfg.data.flip,
+        channels_last=cfg.system.channels_last and device.type != "mps",
+    )
 
 
 class CacheTooLarge(MemoryError):
@@ -646,16 +681,18 @@ class InMemory:
                         if free is not None and need > free // 2:  # half: the step and the OS need the rest
                             raise CacheTooLarge(need, free)
                         memory = torch.channels_last if self.transform.channels_last else torch.contiguous_format
-                        self.features = torch.empty((len(views) * len(images), *out.shape[1:]), dtype=out.dtype,
-                                                    device=out.device).contiguous(memory_format=memory)  # fmt: skip
+                        self.features = torch.empty(
+                            (len(views) * len(images), *out.shape[1:]), dtype=out.dtype, device=out.device
+                        ).contiguous(memory_format=memory)
                     start = v * len(images) + i
                     self.features[start : start + len(out)] = out
 
     def train(self, epoch: int, skip: int = 0):
         if self.features is not None:
             return self._train_features(epoch, skip)
-        return loader(self.ds.train, self.transform, self.batch, True, epoch, self.seed, self.rank, self.world,
-                      skip=skip)  # fmt: skip
+        return loader(
+            self.ds.train, self.transform, self.batch, True, epoch, self.seed, self.rank, self.world, skip=skip
+        )
 
     def _train_features(self, epoch: int, skip: int):
         """``loader``'s batches, as gathers from the precomputed features: the flip that random_flip

@@ -191,8 +191,9 @@ def reduce_means(m: dict, keys: tuple[str, ...], device, world: int, sums: tuple
     """Rank-local means (over m['images']) -> means over all ranks' images; ``sums`` are added up."""
     if world == 1:
         return m
-    t = torch.tensor([m["images"], *(m[k] * m["images"] for k in keys), *(m[k] for k in sums)],
-                     dtype=torch.float64, device=device)  # fmt: skip
+    t = torch.tensor(
+        [m["images"], *(m[k] * m["images"] for k in keys), *(m[k] for k in sums)], dtype=torch.float64, device=device
+    )
     dist.all_reduce(t)
     n = max(t[0].item(), 1)
     out = {**m, "images": int(t[0].item())}

@@ -21,17 +21,15 @@ written (runs.atomic_write), so a failed export leaves nothing behind.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import logging
 import os
-import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -105,7 +103,9 @@ def read_image(path, meta: dict, invert: bool = False) -> torch.Tensor:
     else:  # the description holds the checkpoint fields checkpoint_input reads
         x = checkpoint_input(path, meta, invert)
     mean, std = meta.get("mean"), meta.get("std")
-    return Transform(res, tuple(mean) if mean else None, tuple(std) if std else None, channels_last=False)(x, train=False)
+    return Transform(res, tuple(mean) if mean else None, tuple(std) if std else None, channels_last=False)(
+        x, train=False
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,8 +207,14 @@ def to_onnx(model: nn.Module, meta: dict) -> bytes:
 
     batch = torch.export.Dim("batch", min=1, max=65536)
     with _quiet():
-        program = torch.onnx.export(model, (_example(meta),), dynamo=True, input_names=["image"],
-                                    output_names=["logits"], dynamic_shapes=({0: batch},))  # fmt: skip
+        program = torch.onnx.export(
+            model,
+            (_example(meta),),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+        )
     proto = program.model_proto
     res, c = meta["resolution"], meta["in_channels"]
     readable = {
@@ -222,7 +228,9 @@ def to_onnx(model: nn.Module, meta: dict) -> bytes:
     }
     for k, v in readable.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-    proto.doc_string = f"{meta['model']} from the alexnet package: input 'image' (B, {c}, {res}, {res}), output 'logits'"
+    proto.doc_string = (
+        f"{meta['model']} from the alexnet package: input 'image' (B, {c}, {res}, {res}), output 'logits'"
+    )
     return proto.SerializeToString()
 
 
@@ -232,8 +240,9 @@ def _preprocessing_text(meta: dict) -> str:
         first = f"shorter side to {meta['resize']} (bilinear), centre crop {res}x{res}"
     else:
         first = f"resize to {meta['native']}x{meta['native']} (bilinear)" + (
-            f", then to {res}x{res} (bilinear, align_corners=False)" if meta["native"] != res else "")
-    norm = (f", subtract mean {meta['mean']} and divide by std {meta['std']}" if meta.get("mean") else "")
+            f", then to {res}x{res} (bilinear, align_corners=False)" if meta["native"] != res else ""
+        )
+    norm = f", subtract mean {meta['mean']} and divide by std {meta['std']}" if meta.get("mean") else ""
     return f"{'grey' if c == 1 else 'RGB'}; {first}; scale to [0, 1]{norm}; NCHW float32"
 
 
@@ -275,15 +284,18 @@ class Parity:
         return self.max_abs_diff <= self.tolerance and self.disagree_clear == 0
 
     def line(self) -> str:
-        return (f"parity on {self.images} test images: max |logit diff| {self.max_abs_diff:.2e} "
-                f"(tolerance {self.tolerance:.1e}), top-1 agreement {self.top1_agree:.4f}")  # fmt: skip
+        return (
+            f"parity on {self.images} test images: max |logit diff| {self.max_abs_diff:.2e} "
+            f"(tolerance {self.tolerance:.1e}), top-1 agreement {self.top1_agree:.4f}"
+        )
 
 
 def parity(reference: torch.Tensor, exported: torch.Tensor, relative: float = RELATIVE_TOLERANCE) -> Parity:
     reference, exported = reference.float(), exported.float()
     if exported.shape != reference.shape:
-        raise ExportError(f"the exported model gives logits of shape {tuple(exported.shape)}, "
-                          f"the checkpoint {tuple(reference.shape)}")  # fmt: skip
+        raise ExportError(
+            f"the exported model gives logits of shape {tuple(exported.shape)}, the checkpoint {tuple(reference.shape)}"
+        )
     scale = float(reference.abs().max())
     tol = relative * max(1.0, scale)
     diff = float((reference - exported).abs().max()) if reference.numel() else 0.0
@@ -318,8 +330,9 @@ def check_batch(ckpt: dict, meta: dict, data_dir: str | None, n: int, split: str
         return torch.cat(xs)
     ds = D.load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir, download=False)
     mean, std = meta.get("mean"), meta.get("std")
-    transform = D.Transform(meta["resolution"], tuple(mean) if mean else None, tuple(std) if std else None,
-                            channels_last=False)  # fmt: skip
+    transform = D.Transform(
+        meta["resolution"], tuple(mean) if mean else None, tuple(std) if std else None, channels_last=False
+    )
     images = ds.test.images[:n] if split == "test" else ds.train.images[torch.randperm(len(ds.train), generator=g)[:n]]
     return transform(images, train=False)
 
@@ -360,9 +373,16 @@ def quantize_int8(fp32: bytes, calibration: torch.Tensor) -> bytes:
         src, pre, out = (os.path.join(tmp, n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         Path(src).write_bytes(fp32)
         quant_pre_process(src, pre, skip_symbolic_shape=True)  # shapes and fusions first, as onnxruntime advises
-        quantize_static(pre, out, _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+        quantize_static(
+            pre,
+            out,
+            _Calibration(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
         proto = onnx.load(out)
     meta_src = onnx.load_from_string(fp32).metadata_props
     del proto.metadata_props[:]
@@ -389,9 +409,17 @@ def default_output(ckpt: dict, fmt: str, int8: bool = False) -> Path:
     return p.parent / f"{ckpt['cfg'].train.model}{'.int8' if int8 else ''}{FORMATS[fmt]}"
 
 
-def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None, *, data_dir: str | None = None,
-           check_images: int = 256, int8: bool = False, calibration_images: int = 512,
-           say: Callable[[str], None] = print) -> Exported:  # fmt: skip
+def export(
+    source: str | os.PathLike,
+    fmt: str,
+    out: str | os.PathLike | None = None,
+    *,
+    data_dir: str | None = None,
+    check_images: int = 256,
+    int8: bool = False,
+    calibration_images: int = 512,
+    say: Callable[[str], None] = print,
+) -> Exported:
     """Export the network of a run or checkpoint to ``fmt``, check it, and only then write it.
     ``int8`` (ONNX only): quantise the checked fp32 model, calibrated on training images, and check
     its decisions against the checkpoint's."""
@@ -405,8 +433,10 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     model, cfg = model_from_checkpoint(ckpt)
     model.eval()
     if cfg.system.model_parallel:
-        say(f"the run trained {cfg.train.model} on two devices ({cfg.system.model_parallel}); its checkpoint holds "
-            f"the grouped single-device network, which is what is exported")  # fmt: skip
+        say(
+            f"the run trained {cfg.train.model} on two devices ({cfg.system.model_parallel}); its checkpoint holds "
+            f"the grouped single-device network, which is what is exported"
+        )
     meta = describe(ckpt)
     out = Path(out) if out else default_output(ckpt, fmt, int8)
     if exported_format(out) != fmt:
@@ -417,7 +447,9 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     try:
         data = _WRITERS[fmt](model, meta)
     except Exception as e:  # the exporters raise many kinds; any of them means this network does not export
-        raise ExportError(f"{cfg.train.model} does not export to {fmt}: {e.__class__.__name__}: {first_line(e)}") from None
+        raise ExportError(
+            f"{cfg.train.model} does not export to {fmt}: {e.__class__.__name__}: {first_line(e)}"
+        ) from None
     loaded = _OPENERS[fmt](data, f"{out} (before writing)")
     with torch.inference_mode():
         reference = model(x)
@@ -428,12 +460,16 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     if int8:
         data = quantize_int8(data, check_batch(ckpt, meta, data_dir, calibration_images, split="train"))
         par = parity(reference, _open_onnx(data, f"{out} (before writing)")(x), INT8_RELATIVE_TOLERANCE)
-        say(f"int8: parity on {par.images} test images: max |logit diff| {par.max_abs_diff:.2e}, top-1 agreement "
+        say(
+            f"int8: parity on {par.images} test images: max |logit diff| {par.max_abs_diff:.2e}, top-1 agreement "
             f"{par.top1_agree:.4f}; {par.disagree_clear} changed decisions with a top-2 margin above "
-            f"{2 * par.tolerance:.2e}")  # fmt: skip
+            f"{2 * par.tolerance:.2e}"
+        )
         if par.disagree_clear:
-            raise ExportError(f"{out}: not written: the int8 model changes {par.disagree_clear} clear decisions of "
-                              f"the checkpoint ({par.line()})")  # fmt: skip
+            raise ExportError(
+                f"{out}: not written: the int8 model changes {par.disagree_clear} clear decisions of "
+                f"the checkpoint ({par.line()})"
+            )
     atomic_write(out, data)
     return Exported(out, fmt, par, len(data))
 
@@ -443,21 +479,29 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
 
 
 def cmd_export(args) -> int:
-    result = export(args.source, args.format, args.out, data_dir=args.data_dir, check_images=args.check_images,
-                    int8=args.int8)  # fmt: skip
+    result = export(
+        args.source, args.format, args.out, data_dir=args.data_dir, check_images=args.check_images, int8=args.int8
+    )
     print(f"written: {result.path} ({result.bytes / 1e6:.1f} MB)")
     return 0
 
 
 def add_export_parser(sub) -> None:
-    e = sub.add_parser("export", help="write a run's network as ONNX, safetensors or torch.export .pt2, checked "
-                       "against the checkpoint on real test images")  # fmt: skip
+    e = sub.add_parser(
+        "export",
+        help="write a run's network as ONNX, safetensors or torch.export .pt2, checked "
+        "against the checkpoint on real test images",
+    )
     e.add_argument("source", metavar="RUN_OR_CHECKPOINT")
     e.add_argument("--format", required=True, choices=list(FORMATS))
     e.add_argument("-o", "--out", help="file to write (default: RUN/MODEL.onnx, .safetensors or .pt2)")
     e.add_argument("--data-dir", help="where the run's test images are (default: as the run recorded)")
     e.add_argument("--check-images", type=int, default=256, help="test images the parity check runs")
-    e.add_argument("--int8", action="store_true", help="ONNX: write the int8 model (onnxruntime static quantisation, "
-                   "calibrated on 512 training images, checked on decisions): the fastest CPU path at batch 1 "
-                   "(docs/export.md); default name RUN/MODEL.int8.onnx")
+    e.add_argument(
+        "--int8",
+        action="store_true",
+        help="ONNX: write the int8 model (onnxruntime static quantisation, "
+        "calibrated on 512 training images, checked on decisions): the fastest CPU path at batch 1 "
+        "(docs/export.md); default name RUN/MODEL.int8.onnx",
+    )
     e.set_defaults(func=cmd_export)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .runs import RunError, say
@@ -63,8 +62,10 @@ def _source_state(path: str, model_name: str) -> tuple[dict, str]:
     from .pretrained import TORCHVISION_MODELS, read_torchvision
 
     if model_name not in TORCHVISION_MODELS:
-        raise InitError(f"{p}: a .pth file is read as torchvision's ImageNet weights, which fit "
-                        f"{', '.join(TORCHVISION_MODELS)}; give a run, a checkpoint or a .safetensors export for {model_name}")  # fmt: skip
+        raise InitError(
+            f"{p}: a .pth file is read as torchvision's ImageNet weights, which fit "
+            f"{', '.join(TORCHVISION_MODELS)}; give a run, a checkpoint or a .safetensors export for {model_name}"
+        )
     return read_torchvision(p, model_name), "torchvision's ImageNet weights"
 
 
@@ -76,23 +77,34 @@ def init_from(model: nn.Module, path: str, model_name: str, quiet: bool = False)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        raise InitError(f"{path}: does not fit {model_name}: " + (f"lacks {missing[0]}" if missing else
-                        f"has {unexpected[0]}, which the network does not"))  # fmt: skip
+        raise InitError(
+            f"{path}: does not fit {model_name}: "
+            + (f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, which the network does not")
+        )
     loaded, notes = {}, []
     for k, target in own.items():
         if k.startswith(head):
             continue  # built afresh for the data's classes
         src = state[k]
-        if src.shape != target.shape and src.ndim == 4 and src.shape[1] == 3 and target.shape[1] == 1 \
-                and src.shape[0] == target.shape[0] and src.shape[2:] == target.shape[2:]:  # fmt: skip
+        if (
+            src.shape != target.shape
+            and src.ndim == 4
+            and src.shape[1] == 3
+            and target.shape[1] == 1
+            and src.shape[0] == target.shape[0]
+            and src.shape[2:] == target.shape[2:]
+        ):
             src = src.sum(1, keepdim=True)  # grey input: R = G = B, so the RGB kernels add up
             notes.append(f"{k}'s RGB kernels summed for grey input")
         if src.shape != target.shape:
             raise InitError(f"{path}: {k} has shape {tuple(src.shape)}, {model_name} here needs {tuple(target.shape)}")
         loaded[k] = src
     model.load_state_dict({**own, **loaded})
-    say(f"initialised from {what}: {len(loaded)} tensors; {head[:-1]} new for the data's classes"
-        + "".join(f"; {n}" for n in notes), quiet)  # fmt: skip
+    say(
+        f"initialised from {what}: {len(loaded)} tensors; {head[:-1]} new for the data's classes"
+        + "".join(f"; {n}" for n in notes),
+        quiet,
+    )
 
 
 def freeze(model: nn.Module, what: str) -> int:

@@ -37,23 +37,46 @@ class DeviceSpec:
 # Dense (no sparsity) datasheet peaks. fp32 on the GPUs is the CUDA-core rate: PyTorch runs fp32
 # matmuls without TF32 unless asked to.
 DEVICES: dict[str, DeviceSpec] = {
-    "h100": DeviceSpec("h100", "cuda", {"fp32": 66.9e12, "bf16": 989.4e12}, 3.35e12,
-                       "NVIDIA H100 SXM5 80GB datasheet: 66.9 TFLOP/s fp32, 989 TFLOP/s bf16 dense, 3.35 TB/s HBM3"),
-    "a100": DeviceSpec("a100", "cuda", {"fp32": 19.5e12, "bf16": 312e12}, 2.039e12,
-                       "NVIDIA A100 SXM4 80GB datasheet: 19.5 TFLOP/s fp32, 312 TFLOP/s bf16 dense, 2.04 TB/s HBM2e"),
+    "h100": DeviceSpec(
+        "h100",
+        "cuda",
+        {"fp32": 66.9e12, "bf16": 989.4e12},
+        3.35e12,
+        "NVIDIA H100 SXM5 80GB datasheet: 66.9 TFLOP/s fp32, 989 TFLOP/s bf16 dense, 3.35 TB/s HBM3",
+    ),
+    "a100": DeviceSpec(
+        "a100",
+        "cuda",
+        {"fp32": 19.5e12, "bf16": 312e12},
+        2.039e12,
+        "NVIDIA A100 SXM4 80GB datasheet: 19.5 TFLOP/s fp32, 312 TFLOP/s bf16 dense, 2.04 TB/s HBM2e",
+    ),
     # A reference server socket, from first principles: 32 cores x 2.0 GHz x 2 AVX-512 FMA units x
     # 16 fp32 lanes x 2 FLOPs; 8 channels of DDR4-3200 x 25.6 GB/s. No bf16 matrix units assumed.
-    "cpu": DeviceSpec("cpu", "cpu", {"fp32": 4.096e12, "bf16": 4.096e12}, 204.8e9,
-                      "reference CPU socket: 32 cores, 2.0 GHz, AVX-512 (4.1 TFLOP/s), 8x DDR4-3200 (204.8 GB/s)"),
-}  # fmt: skip
+    "cpu": DeviceSpec(
+        "cpu",
+        "cpu",
+        {"fp32": 4.096e12, "bf16": 4.096e12},
+        204.8e9,
+        "reference CPU socket: 32 cores, 2.0 GHz, AVX-512 (4.1 TFLOP/s), 8x DDR4-3200 (204.8 GB/s)",
+    ),
+}
 
 
 # (M, K, N) of the GEMMs whose best rate is the peak: squares, and the tall-skinny products that
 # convolutions lower to (many pixels by few channels). One shape alone understates the peak: the
 # fp32 convolutions of AlexNet outran a 2048x2048 GEMM on the 2-core CPU (106 % "MFU").
-GEMM_SHAPES = {"cpu": ((1024, 1024, 1024), (2048, 2048, 2048), (3072, 3072, 3072), (12544, 576, 128),
-                       (3136, 1152, 256), (25088, 288, 64)),
-               "cuda": ((4096, 4096, 4096), (8192, 8192, 8192), (16384, 4096, 4096))}  # fmt: skip
+GEMM_SHAPES = {
+    "cpu": (
+        (1024, 1024, 1024),
+        (2048, 2048, 2048),
+        (3072, 3072, 3072),
+        (12544, 576, 128),
+        (3136, 1152, 256),
+        (25088, 288, 64),
+    ),
+    "cuda": ((4096, 4096, 4096), (8192, 8192, 8192), (16384, 4096, 4096)),
+}
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -74,11 +97,23 @@ def conv_rate(conv: nn.Conv2d, input_shape: tuple[int, ...], dtype: str, device,
     forward pass alone (what evaluation runs) and its training kernels (forward, input and weight
     gradients), so no pass of the network's dominant layer runs faster than this."""
     device = torch.device(device)
-    layer = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      groups=conv.groups, bias=conv.bias is not None, device=device, dtype=TORCH_DTYPES[dtype])  # fmt: skip
+    layer = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        device=device,
+        dtype=TORCH_DTYPES[dtype],
+    )
     layer = layer.to(memory_format=torch.channels_last)
-    x = torch.randn(*input_shape, device=device, dtype=TORCH_DTYPES[dtype]).contiguous(
-        memory_format=torch.channels_last).requires_grad_()  # fmt: skip
+    x = (
+        torch.randn(*input_shape, device=device, dtype=TORCH_DTYPES[dtype])
+        .contiguous(memory_format=torch.channels_last)
+        .requires_grad_()
+    )
     flops = layer_flops(layer, x, layer(x))  # the two gradients are GEMMs of the forward's size
 
     def forward():
@@ -113,8 +148,9 @@ class Peak:
         return f"{self.dtype} peak {self.flops / 1e9:.1f} GFLOP/s (GEMM {m}x{k}x{n} {self.gemm / 1e9:.1f}{conv})"
 
 
-def measure_peak(model: nn.Module, input_shape: tuple[int, ...], dtype: str, device, repeats: int = 3,
-                 shapes=None) -> Peak:  # fmt: skip
+def measure_peak(
+    model: nn.Module, input_shape: tuple[int, ...], dtype: str, device, repeats: int = 3, shapes=None
+) -> Peak:
     """:class:`Peak` for ``model`` training on ``input_shape`` (N, C, H, W) in ``dtype``; ``shapes``
     replaces the GEMM shapes tried (GEMM_SHAPES)."""
     gemm, shape = gemm_peak(device, dtype, shapes, repeats)
@@ -128,8 +164,9 @@ def measure_peak(model: nn.Module, input_shape: tuple[int, ...], dtype: str, dev
     return Peak(dtype, gemm, shape, rate, label)
 
 
-def measure_device(device="cpu", dtypes=("fp32", "bf16"), repeats: int = 3, gemm_n: int | None = None,
-                   copy_numel: int | None = None) -> DeviceSpec:  # fmt: skip
+def measure_device(
+    device="cpu", dtypes=("fp32", "bf16"), repeats: int = 3, gemm_n: int | None = None, copy_numel: int | None = None
+) -> DeviceSpec:
     """This machine's roofline: the best of several GEMMs for FLOP/s and a large copy for bandwidth."""
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -142,10 +179,11 @@ def measure_device(device="cpu", dtypes=("fp32", "bf16"), repeats: int = 3, gemm
     src, dst = torch.ones(numel, device=device), torch.empty(numel, device=device)
     bandwidth = 2 * src.nbytes / best_time(lambda: dst.copy_(src), device, repeats)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    about = (f"measured on this machine ({where}): "
-             + ", ".join(f"{peaks[k] / 1e9:.0f} GFLOP/s {k} (GEMM {'x'.join(map(str, best_shapes[k]))})"
-                         for k in peaks)
-             + f"; {src.nbytes // 2**20} MiB copy {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
+    about = (
+        f"measured on this machine ({where}): "
+        + ", ".join(f"{peaks[k] / 1e9:.0f} GFLOP/s {k} (GEMM {'x'.join(map(str, best_shapes[k]))})" for k in peaks)
+        + f"; {src.nbytes // 2**20} MiB copy {bandwidth / 1e9:.1f} GB/s"
+    )
     if "fp32" in peaks and "bf16" not in peaks:
         peaks["bf16"] = peaks["fp32"]
     return DeviceSpec("measured", device.type, peaks, bandwidth, about)

@@ -27,8 +27,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .data import DataError, Transform, epoch_indices
-from .seeds import Seeds, as_seeds
 from .runs import atomic_write, not_regular
+from .seeds import Seeds, as_seeds
 
 IMAGE_DATASETS = ("imagefolder", "imagelist")
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -85,15 +85,19 @@ def _lines(path: Path):
     """(number, text) for each line of a UTF-8 file, never holding more than one bounded line."""
     size = path.stat().st_size
     if size > MAX_LIST_BYTES:
-        raise DataError(f"{path}: {size / 1e9:.2f} GB, more than the {MAX_LIST_BYTES / 1e9:.2f} GB an image list "
-                        f"needs; is this the right file?")  # fmt: skip
+        raise DataError(
+            f"{path}: {size / 1e9:.2f} GB, more than the {MAX_LIST_BYTES / 1e9:.2f} GB an image list "
+            f"needs; is this the right file?"
+        )
     with open(path, "rb") as f:
         for n, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
             raw = raw.rstrip(b"\n")
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a byte-order mark (Windows editors write one) is not part of the first path
             if len(raw) > MAX_LINE_BYTES:
-                raise DataError(f"{path}:{n}: line longer than {MAX_LINE_BYTES} bytes; not a list of 'path label' lines")
+                raise DataError(
+                    f"{path}:{n}: line longer than {MAX_LINE_BYTES} bytes; not a list of 'path label' lines"
+                )
             try:
                 yield n, raw.decode()
             except UnicodeDecodeError:
@@ -127,8 +131,10 @@ def read_list(path: Path, classes: list[str] | None = None) -> ImageList:
         if label >= MAX_CLASSES:
             raise DataError(f"{path}:{n}: label {label} is not below {MAX_CLASSES}; is it a typo?")
         if ".." in entry and not os.path.isabs(entry) and os.path.normpath(entry).split(os.sep)[0] == "..":
-            raise DataError(f"{path}:{n}: {entry!r} climbs out of {path.parent}; write it relative to that folder "
-                            f"or as an absolute path")  # fmt: skip
+            raise DataError(
+                f"{path}:{n}: {entry!r} climbs out of {path.parent}; write it relative to that folder "
+                f"or as an absolute path"
+            )
         paths.append(str(path.parent / entry))
         labels.append(label)
     if not paths:
@@ -270,8 +276,16 @@ class ImageDataset(torch.utils.data.Dataset):
     A file that cannot be decoded comes back as error text instead of a crash mid-epoch.
     """
 
-    def __init__(self, images: ImageList, resize: int, crop: int, mode: str, flip: bool = True,
-                 lighting: float = 0.0, seed: int | Seeds = 0):  # fmt: skip
+    def __init__(
+        self,
+        images: ImageList,
+        resize: int,
+        crop: int,
+        mode: str,
+        flip: bool = True,
+        lighting: float = 0.0,
+        seed: int | Seeds = 0,
+    ):
         self.images, self.resize, self.crop, self.mode = images, resize, crop, mode
         self.flip, self.lighting, self.seed = flip, lighting, as_seeds(seed)
 
@@ -310,8 +324,12 @@ def collate(samples):
     errors = [s[3] for s in samples if s[0] is None]
     if not good:
         return None, None, None, errors
-    return (torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good]),
-            torch.stack([s[2] for s in good]), errors)  # fmt: skip
+    return (
+        torch.stack([s[0] for s in good]),
+        torch.tensor([s[1] for s in good]),
+        torch.stack([s[2] for s in good]),
+        errors,
+    )
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -360,15 +378,23 @@ def channel_stats(images: ImageList, sample: int = 1000, side: int = 64, seed: i
         pixels.append(np.asarray(im, dtype=np.float64).reshape(-1, 3) / 255)
         used += 1
     if not pixels:
-        raise DataError(f"none of the {len(chosen)} training images sampled for the colour statistics could be "
-                        f"read; the first: {first_error}")
+        raise DataError(
+            f"none of the {len(chosen)} training images sampled for the colour statistics could be "
+            f"read; the first: {first_error}"
+        )
     p = np.concatenate(pixels)
     eigval, eigvec = np.linalg.eigh(np.cov(p, rowvar=False))
     # A channel constant over the sample (a greyscale-only or a pure-colour dataset) would be divided
     # by a std of 0 under --normalize and turn the first batch into NaN: floor it at one grey level.
     std = np.maximum(p.std(0), 1 / 255)
-    return {"mean": p.mean(0).tolist(), "std": std.tolist(), "eigval": eigval.clip(min=0).tolist(),
-            "eigvec": eigvec.tolist(), "images": used, "pixels": len(p)}  # fmt: skip
+    return {
+        "mean": p.mean(0).tolist(),
+        "std": std.tolist(),
+        "eigval": eigval.clip(min=0).tolist(),
+        "eigvec": eigvec.tolist(),
+        "images": used,
+        "pixels": len(p),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,8 +414,18 @@ class ImagePipeline:
     precomputable = False
     uniform_batches = False  # the workers start and prefetch: only a whole evaluation says how long one takes
 
-    def __init__(self, cfg, device: torch.device, resolution: int, train_batch: int, eval_batch: int, rank: int = 0,
-                 world_size: int = 1, stats: dict | None = None, channels_last: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        cfg,
+        device: torch.device,
+        resolution: int,
+        train_batch: int,
+        eval_batch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        stats: dict | None = None,
+        channels_last: bool = True,
+    ):
         d = cfg.data
         self.train_images, self.val_images = find_images(d.dataset, d.data_dir)
         self.name, self.classes, self.channels, self.resolution = d.dataset, self.train_images.classes, 3, resolution
@@ -399,9 +435,13 @@ class ImagePipeline:
         self.stats = stats or channel_stats(self.train_images, d.stats_images, seed=seed)
         s = self.stats
         # The workers crop at the resolution: nothing to resize on the device.
-        self.transform = Transform(None, tuple(s["mean"]) if d.normalize else None,
-                                   tuple(s["std"]) if d.normalize else None, channels_last=channels_last,
-                                   lighting=(tuple(s["eigval"]), tuple(map(tuple, s["eigvec"]))))  # fmt: skip
+        self.transform = Transform(
+            None,
+            tuple(s["mean"]) if d.normalize else None,
+            tuple(s["std"]) if d.normalize else None,
+            channels_last=channels_last,
+            lighting=(tuple(s["eigval"]), tuple(map(tuple, s["eigvec"]))),
+        )
         self.device, self.seen_bad, self.skipped = device, set(), 0
         train_ds = ImageDataset(self.train_images, d.resize, resolution, "train", d.flip, d.lighting, seed)
         val_ds = ImageDataset(self.val_images, d.resize, resolution, "ten" if d.ten_crop else "center", seed=seed)
@@ -415,8 +455,14 @@ class ImagePipeline:
         # Persistent workers are forked once per run, not once per epoch; pinned pages let the
         # host-to-GPU copy run asynchronously (non_blocking) while the previous step computes.
         extra = {"persistent_workers": True, "prefetch_factor": 4} if workers > 0 else {}
-        return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                           pin_memory=device.type == "cuda", **extra)  # fmt: skip
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=device.type == "cuda",
+            **extra,
+        )
 
     def __len__(self) -> int:
         return len(self.train_images)

@@ -36,9 +36,10 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -91,8 +92,14 @@ def time_once(fn: Callable[[], object], device: torch.device | str) -> float:
     return timed(fn, device)[1]
 
 
-def time_turns(candidates: dict[str, Callable[[int], object]], device, *, rounds: int = 5,
-               block: int | dict[str, int] = 1, warmup: int = 1) -> dict[str, Timing]:  # fmt: skip
+def time_turns(
+    candidates: dict[str, Callable[[int], object]],
+    device,
+    *,
+    rounds: int = 5,
+    block: int | dict[str, int] = 1,
+    warmup: int = 1,
+) -> dict[str, Timing]:
     """Time ``candidates`` (name -> ``run(k)``) in alternating turns; returns name -> Timing.
     ``block`` may differ by candidate (a dict by name), e.g. one costly evaluation batch per turn.
 
@@ -115,14 +122,15 @@ def time_turns(candidates: dict[str, Callable[[int], object]], device, *, rounds
         for name, run in candidates.items():
             block = blocks[name]
             if device.type == "cuda":
-                out[name].seconds.append(time_once(lambda: run(block), device) / block)
+                out[name].seconds.append(time_once(lambda: run(block), device) / block)  # noqa: B023 (called at once)
             else:
-                out[name].seconds += [time_once(lambda: run(1), device) for _ in range(block)]
+                out[name].seconds += [time_once(lambda: run(1), device) for _ in range(block)]  # noqa: B023
     return out
 
 
-def reported_turns(candidates: dict[str, Callable[[], float]], *, rounds: int = 5,
-                   warmup: int = 1) -> dict[str, Timing]:  # fmt: skip
+def reported_turns(
+    candidates: dict[str, Callable[[], float]], *, rounds: int = 5, warmup: int = 1
+) -> dict[str, Timing]:
     """``time_turns`` for work that times itself: each ``run()`` does one unit and returns the seconds
     it measured, e.g. a child training run's seconds per image from its metrics.jsonl (its own
     clock leaves out the interpreter's start and the imports). The same warm-up, alternating turns
@@ -168,8 +176,10 @@ class Machine:
         flags = " ".join(self.cpu_flags) or "none of " + "/".join(CPU_FLAGS[:3])
         gpu = self.gpu or "no GPU"
         load = f", 1-min load {self.load_average_1m:.2f}" if self.load_average_1m is not None else ""
-        return (f"{self.cpu}, {self.cpu_count} CPUs (flags: {flags}), {self.torch_threads} torch threads, {gpu}, "
-                f"torch {self.torch}, Python {self.python}, {self.date_utc} UTC{load}")  # fmt: skip
+        return (
+            f"{self.cpu}, {self.cpu_count} CPUs (flags: {flags}), {self.torch_threads} torch threads, {gpu}, "
+            f"torch {self.torch}, Python {self.python}, {self.date_utc} UTC{load}"
+        )
 
     def asdict(self) -> dict:
         """Plain values only (a checkpoint records it and loads with weights_only=True; JSON too)."""
@@ -188,11 +198,17 @@ def machine(device: torch.device | str = "cpu") -> Machine:
     with contextlib.suppress(OSError, AttributeError):
         load = os.getloadavg()[0]
     return Machine(
-        cpu=f"{name} ({platform.machine()})", cpu_count=os.cpu_count() or 1,
-        cpu_flags=tuple(f for f in CPU_FLAGS if f in flags), torch_threads=torch.get_num_threads(),
-        torch=str(torch.__version__), python=platform.python_version(), device=describe(device), gpu=gpu,
-        date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), load_average_1m=load,
-    )  # fmt: skip
+        cpu=f"{name} ({platform.machine()})",
+        cpu_count=os.cpu_count() or 1,
+        cpu_flags=tuple(f for f in CPU_FLAGS if f in flags),
+        torch_threads=torch.get_num_threads(),
+        torch=str(torch.__version__),
+        python=platform.python_version(),
+        device=describe(device),
+        gpu=gpu,
+        date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        load_average_1m=load,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

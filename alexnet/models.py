@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +23,7 @@ def init_xavier(module: nn.Module) -> None:
 
     Biases keep PyTorch's default, as in the book.
     """
-    if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(
-        module, nn.modules.lazy.LazyModuleMixin
-    ):
+    if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, nn.modules.lazy.LazyModuleMixin):
         nn.init.xavier_uniform_(module.weight)
 
 
@@ -256,7 +254,7 @@ class Blocks(nn.Sequential):
 
 
 def alexnet_owt(in_channels: int = 3, num_classes: int = 1000) -> Blocks:
-    """"One weird trick" AlexNet (Krizhevsky 2014): one stream, 64-192-384-256-256 channels.
+    """ "One weird trick" AlexNet (Krizhevsky 2014): one stream, 64-192-384-256-256 channels.
 
     Laid out as torchvision's ``alexnet`` (``features.N``, ``avgpool``, ``classifier.N``), so its
     checkpoints load unchanged; conv1's padding 2 makes 224×224 input tile exactly.
@@ -286,8 +284,11 @@ def alexnet_owt(in_channels: int = 3, num_classes: int = 1000) -> Blocks:
         nn.Linear(4096, num_classes),
     )
     # Adaptive pooling makes any input of at least 63×63 give (B, 256, 6, 6), as torchvision's does.
-    return Blocks(OrderedDict(features=features, avgpool=nn.AdaptiveAvgPool2d((6, 6)), flatten=nn.Flatten(),
-                              classifier=classifier))  # fmt: skip
+    return Blocks(
+        OrderedDict(
+            features=features, avgpool=nn.AdaptiveAvgPool2d((6, 6)), flatten=nn.Flatten(), classifier=classifier
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,8 +307,14 @@ def _split_layer(layer: nn.Module, first: bool) -> tuple[list[nn.Module], bool]:
         grouped = layer.groups == 2
         halves = []
         for s in out:
-            conv = nn.Conv2d(layer.in_channels // layer.groups, s.stop - s.start, layer.kernel_size,
-                             layer.stride, layer.padding, groups=1)  # fmt: skip
+            conv = nn.Conv2d(
+                layer.in_channels // layer.groups,
+                s.stop - s.start,
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                groups=1,
+            )
             conv.weight.data.copy_(layer.weight.data[s])
             conv.bias.data.copy_(layer.bias.data[s])
             halves.append(conv)
@@ -457,8 +464,12 @@ class MaxPool2x2(nn.MaxPool2d):
 
     def forward(self, x):
         b, c, h, w = x.shape
-        if (x.requires_grad and torch.is_grad_enabled()) or h % 2 or w % 2 \
-                or not x.is_contiguous(memory_format=torch.channels_last):  # fmt: skip
+        if (
+            (x.requires_grad and torch.is_grad_enabled())
+            or h % 2
+            or w % 2
+            or not x.is_contiguous(memory_format=torch.channels_last)
+        ):
             return super().forward(x)
         rows = x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w, c)  # NHWC memory, as it is laid out
         half = torch.maximum(rows[:, :, 0], rows[:, :, 1]).reshape(b, h // 2, w // 2, 2, c)
@@ -524,19 +535,22 @@ MODELS: dict[str, ModelSpec] = {
     "alexnet28": ModelSpec(alexnet28, 28, "AlexNet-style net for native 28x28 (exercise 5.2)"),
     "lenet": ModelSpec(lenet, 28, "LeNet-5, sigmoid + average pooling (D2L 7.6)"),
     "lenet-relu": ModelSpec(lenet_relu, 28, "LeNet-5 with ReLU and dropout (exercise 7)"),
-    "alexnet2012": ModelSpec(alexnet2012, 227, "the 2012 paper's two-stream net: groups=2, LRN, 224/227 input",
-                             init=init_paper),
+    "alexnet2012": ModelSpec(
+        alexnet2012, 227, "the 2012 paper's two-stream net: groups=2, LRN, 224/227 input", init=init_paper
+    ),
     "alexnet-owt": ModelSpec(alexnet_owt, 224, "one-weird-trick single stream, torchvision checkpoint layout"),
-    "speednet": ModelSpec(speednet, 28, "batch-norm conv-pool net with a residual block, 28x28",
-                          init=init_default),
-    "speednet-white": ModelSpec(speednet_white, 28, "speednet with a frozen whitening first conv, computed "
-                                "once per image (the speedrun)", init=init_default),
-    "speednet-white-wide": ModelSpec(speednet_white_wide, 28, "speednet-white at 64-128 channels",
-                                     init=init_default),
-    "speednet-white-2x": ModelSpec(speednet_white_2x, 28, "speednet-white at 96-192 channels (the 5-minute "
-                                   "speedrun)", init=init_default),
-    "speednet-wide": ModelSpec(speednet_wide, 28, "speednet at 32-64-128 channels",
-                               init=init_default),
+    "speednet": ModelSpec(speednet, 28, "batch-norm conv-pool net with a residual block, 28x28", init=init_default),
+    "speednet-white": ModelSpec(
+        speednet_white,
+        28,
+        "speednet with a frozen whitening first conv, computed once per image (the speedrun)",
+        init=init_default,
+    ),
+    "speednet-white-wide": ModelSpec(speednet_white_wide, 28, "speednet-white at 64-128 channels", init=init_default),
+    "speednet-white-2x": ModelSpec(
+        speednet_white_2x, 28, "speednet-white at 96-192 channels (the 5-minute speedrun)", init=init_default
+    ),
+    "speednet-wide": ModelSpec(speednet_wide, 28, "speednet at 32-64-128 channels", init=init_default),
 }
 
 
@@ -556,16 +570,31 @@ def init_pytorch_default(model: nn.Module) -> None:
     when its ``init_cnn`` was never applied."""
 
 
-MODELS.update({
-    "lenet-relu-nodrop": ModelSpec(lambda c, k: _without(lenet_relu(c, k), nn.Dropout), 28,
-                                   "LeNet-5 with ReLU, no dropout (exercise 7, one change at a time)"),
-    "alexnet28-nodrop": ModelSpec(lambda c, k: _without(alexnet28(c, k), nn.Dropout), 28,
-                                  "alexnet28 without dropout (exercise 8: overfitting)"),
-    "alexnet28-sigmoid": ModelSpec(lambda c, k: _swap(alexnet28(c, k), nn.ReLU, nn.Sigmoid), 28,
-                                   "alexnet28 with sigmoid instead of ReLU (exercise 8: breaking training)"),
-    "alexnet28-torchinit": ModelSpec(alexnet28, 28, "alexnet28 with PyTorch's default init, not Xavier "
-                                     "(exercise 8: d2l 1.0's init bug)", init=init_pytorch_default),
-})  # fmt: skip
+MODELS.update(
+    {
+        "lenet-relu-nodrop": ModelSpec(
+            lambda c, k: _without(lenet_relu(c, k), nn.Dropout),
+            28,
+            "LeNet-5 with ReLU, no dropout (exercise 7, one change at a time)",
+        ),
+        "alexnet28-nodrop": ModelSpec(
+            lambda c, k: _without(alexnet28(c, k), nn.Dropout),
+            28,
+            "alexnet28 without dropout (exercise 8: overfitting)",
+        ),
+        "alexnet28-sigmoid": ModelSpec(
+            lambda c, k: _swap(alexnet28(c, k), nn.ReLU, nn.Sigmoid),
+            28,
+            "alexnet28 with sigmoid instead of ReLU (exercise 8: breaking training)",
+        ),
+        "alexnet28-torchinit": ModelSpec(
+            alexnet28,
+            28,
+            "alexnet28 with PyTorch's default init, not Xavier (exercise 8: d2l 1.0's init bug)",
+            init=init_pytorch_default,
+        ),
+    }
+)
 
 
 class UnknownModel(ValueError):

@@ -61,16 +61,19 @@ def read_torchvision(path: str | os.PathLike, model: str = "alexnet-owt") -> dic
 
     p = Path(path)
     if model not in TORCHVISION_MODELS:
-        raise WeightsError(f"--weights reads torchvision's ImageNet files, which fit {', '.join(TORCHVISION_MODELS)}; "
-                           f"not {model}")  # fmt: skip
+        raise WeightsError(
+            f"--weights reads torchvision's ImageNet files, which fit {', '.join(TORCHVISION_MODELS)}; not {model}"
+        )
     if not p.is_file():
         raise WeightsError(f"{p}: no such weights file")
     m = HASH_IN_NAME.search(p.name)
     if m:
         digest = sha256_of(p)
         if not digest.startswith(m.group(1)):
-            raise WeightsError(f"{p}: sha256 starts {digest[:len(m.group(1))]}, the name says {m.group(1)}: the file "
-                               f"is truncated or not the one published under that name")  # fmt: skip
+            raise WeightsError(
+                f"{p}: sha256 starts {digest[: len(m.group(1))]}, the name says {m.group(1)}: the file "
+                f"is truncated or not the one published under that name"
+            )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle and torch errors alike: not a weights file
@@ -88,8 +91,9 @@ def read_torchvision(path: str | os.PathLike, model: str = "alexnet-owt") -> dic
         raise WeightsError(f"{p}: not {model}'s weights: it {what}" + (f" ({more} more keys differ)" if more else ""))
     for k, shape in expected.items():
         if tuple(state[k].shape) != shape:
-            raise WeightsError(f"{p}: not {model}'s ImageNet weights: {k} has shape {tuple(state[k].shape)}, "
-                               f"{model} needs {shape}")  # fmt: skip
+            raise WeightsError(
+                f"{p}: not {model}'s ImageNet weights: {k} has shape {tuple(state[k].shape)}, {model} needs {shape}"
+            )
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad:
         raise WeightsError(f"{p}: {bad} holds non-finite values")
@@ -99,10 +103,19 @@ def read_torchvision(path: str | os.PathLike, model: str = "alexnet-owt") -> dic
 def describe_torchvision(model: str) -> dict:
     """The description (export.describe's fields) of torchvision's ImageNet network."""
     return {
-        "format_version": 1, "model": model, "in_channels": 3, "num_classes": 1000, "classes": imagenet_classes(),
-        "resolution": CROP, "native": CROP, "resize": RESIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-        "dataset": "imagenet", "epoch": 0,
-    }  # fmt: skip
+        "format_version": 1,
+        "model": model,
+        "in_channels": 3,
+        "num_classes": 1000,
+        "classes": imagenet_classes(),
+        "resolution": CROP,
+        "native": CROP,
+        "resize": RESIZE,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "dataset": "imagenet",
+        "epoch": 0,
+    }
 
 
 def load_torchvision(path: str | os.PathLike, model: str = "alexnet-owt"):

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tracing import trace
 from .models import build_model
 from .tables import Column, markdown
+from .tracing import trace
 
 
 class ReportError(ValueError):
@@ -29,18 +29,38 @@ def summarize(run: dict) -> dict:
     model, channels, res = cfg["train"]["model"], run["in_channels"], run["resolution"]
     rows = trace(build_model(model, channels, run["num_classes"]), (1, channels, res, res))
     return {
-        "run": run["dir"].name, "model": model, "preset": cfg.get("preset", ""), "input": f"{res}x{res}",
-        "params_M": sum(r.params for r in rows) / 1e6, "GFLOPs": sum(r.flops for r in rows) / 1e9,
-        "epochs": len(m), "train_loss": m[-1]["train_loss"], "val_acc": m[-1]["val_acc"],
-        "best_val_acc": max(r["val_acc"] for r in m), "gap": m[-1]["train_acc"] - m[-1]["val_acc"],
-        "img_per_s": sum(r["train_images_per_s"] for r in m) / len(m), "time_s": sum(r["epoch_time_s"] for r in m),
-    }  # fmt: skip
+        "run": run["dir"].name,
+        "model": model,
+        "preset": cfg.get("preset", ""),
+        "input": f"{res}x{res}",
+        "params_M": sum(r.params for r in rows) / 1e6,
+        "GFLOPs": sum(r.flops for r in rows) / 1e9,
+        "epochs": len(m),
+        "train_loss": m[-1]["train_loss"],
+        "val_acc": m[-1]["val_acc"],
+        "best_val_acc": max(r["val_acc"] for r in m),
+        "gap": m[-1]["train_acc"] - m[-1]["val_acc"],
+        "img_per_s": sum(r["train_images_per_s"] for r in m) / len(m),
+        "time_s": sum(r["epoch_time_s"] for r in m),
+    }
 
 
 # Settings that change where or how fast a run goes, not what it computes; with the seed, the runs
 # that differ only in these are repeats of one configuration.
-NOT_RECIPE = frozenset({"seed", "seed_streams", "device", "log_every", "workers", "data_dir", "compile",
-                        "eval_batch_size", "model_parallel", "tensorboard"})  # fmt: skip
+NOT_RECIPE = frozenset(
+    {
+        "seed",
+        "seed_streams",
+        "device",
+        "log_every",
+        "workers",
+        "data_dir",
+        "compile",
+        "eval_batch_size",
+        "model_parallel",
+        "tensorboard",
+    }
+)
 
 
 def recipe_key(cfg) -> tuple:
@@ -71,9 +91,11 @@ class Spread(tuple):
     n = property(lambda self: self[2])
 
     def format(self, spec: str = "{:.4f}") -> str:
-        return f"{spec.format(self.mean)} ± {spec.format(self.std).lstrip('+')}" if self.n > 1 else spec.format(self.mean)
+        return (
+            f"{spec.format(self.mean)} ± {spec.format(self.std).lstrip('+')}" if self.n > 1 else spec.format(self.mean)
+        )
 
-    def exceeds(self, other: "Spread") -> bool:
+    def exceeds(self, other: Spread) -> bool:
         """Whether the difference of the means is larger than the two spreads together (std + std):
         a difference inside that could be the seed's doing."""
         return abs(self.mean - other.mean) > self.std + other.std
@@ -94,9 +116,17 @@ def aggregate(rows: list[dict]) -> dict:
     return out
 
 
-FORMATS = {"params_M": "{:.2f}", "GFLOPs": "{:.4f}", "train_loss": "{:.4f}", "val_acc": "{:.4f}",
-           "best_val_acc": "{:.4f}", "gap": "{:+.4f}", "img_per_s": "{:.0f}", "time_s": "{:.0f}",
-           "epochs": "{:.0f}"}  # fmt: skip
+FORMATS = {
+    "params_M": "{:.2f}",
+    "GFLOPs": "{:.4f}",
+    "train_loss": "{:.4f}",
+    "val_acc": "{:.4f}",
+    "best_val_acc": "{:.4f}",
+    "gap": "{:+.4f}",
+    "img_per_s": "{:.0f}",
+    "time_s": "{:.0f}",
+    "epochs": "{:.0f}",
+}
 
 
 def markdown_table(rows: list[dict], formats: dict | None = None) -> str:
@@ -121,8 +151,13 @@ def mean_curve(runs: list[dict], key: str) -> tuple[list[int], list[float], list
     return list(range(1, n + 1)), [s.mean for s in spreads], [s.std for s in spreads]
 
 
-def plot_groups(groups: list[tuple[str, list[dict]]], path: Path, keys=("train_loss", "val_loss", "val_acc"),
-                title: str = "", dpi: int = 100) -> None:  # fmt: skip
+def plot_groups(
+    groups: list[tuple[str, list[dict]]],
+    path: Path,
+    keys=("train_loss", "val_loss", "val_acc"),
+    title: str = "",
+    dpi: int = 100,
+) -> None:
     """One panel per metric, one curve per labelled group of runs: the mean over its seeds, with a
     band of ± one std where there are several."""
     import matplotlib
@@ -137,10 +172,18 @@ def plot_groups(groups: list[tuple[str, list[dict]]], path: Path, keys=("train_l
         colour = f"C{j % 10}"
         for ax, key in zip(axes[0], keys):
             ep, mean, std = mean_curve(runs, key)
-            ax.plot(ep, mean, "-o", ms=2.5, color=colour, label=f"{label}" + (f" (n={len(runs)})" if len(runs) > 1 else ""))
+            ax.plot(
+                ep, mean, "-o", ms=2.5, color=colour, label=f"{label}" + (f" (n={len(runs)})" if len(runs) > 1 else "")
+            )
             if len(runs) > 1:
-                ax.fill_between(ep, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                color=colour, alpha=0.2, lw=0)  # fmt: skip
+                ax.fill_between(
+                    ep,
+                    [m - s for m, s in zip(mean, std)],
+                    [m + s for m, s in zip(mean, std)],
+                    color=colour,
+                    alpha=0.2,
+                    lw=0,
+                )
             ax.set_title(key.replace("_", " "), fontsize=9)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -300,7 +343,11 @@ class RunFacts:
         from .runs import epochs_planned
 
         # Epochs done, not metrics rows: a run that evaluates only at the end has one row for all.
-        done = int(self.ckpt["epoch"]) if self.ckpt else (self.metrics[-1].get("epoch", len(self.metrics)) if self.metrics else 0)
+        done = (
+            int(self.ckpt["epoch"])
+            if self.ckpt
+            else (self.metrics[-1].get("epoch", len(self.metrics)) if self.metrics else 0)
+        )
         total = epochs_planned(self.cfg.train.epochs, self.plan)
         step = int(self.ckpt["step"]) if self.ckpt else 0
         where = f"epoch {done} of {total} done" + (f", {step} steps into epoch {done + 1}" if step else "")
@@ -329,8 +376,13 @@ def read_facts(run_dir: str | Path) -> RunFacts:
     ckpt = load_checkpoint(run / "last.pt")
     if not ckpt["metrics"]:
         raise RunError(f"{run}: the run has no finished epoch (its checkpoint is at step {ckpt['step']} of epoch 1)")
-    record = {"dir": run, "config": ckpt["cfg"].to_dict(), "cfg": ckpt["cfg"], "metrics": list(ckpt["metrics"]),
-              **{k: int(ckpt[k]) for k in ("in_channels", "num_classes", "resolution")}}  # fmt: skip
+    record = {
+        "dir": run,
+        "config": ckpt["cfg"].to_dict(),
+        "cfg": ckpt["cfg"],
+        "metrics": list(ckpt["metrics"]),
+        **{k: int(ckpt[k]) for k in ("in_channels", "num_classes", "resolution")},
+    }
     return RunFacts(run, record, ckpt, live)
 
 
@@ -371,9 +423,18 @@ def evaluate_facts(facts: RunFacts, model, device, data_dir: str | None = None) 
     outs = []
     hook = model.register_forward_hook(lambda m, i, o: outs.append(o.detach().float().cpu()))
     try:
-        ev, seconds = timed(lambda: evaluate(model, data.val(), device=device, amp=bf16_autocast(cfg.system.amp, device),
-                                             num_classes=len(data.classes), confusion=True, flip_tta=cfg.data.flip_tta),
-                            device)  # fmt: skip
+        ev, seconds = timed(
+            lambda: evaluate(
+                model,
+                data.val(),
+                device=device,
+                amp=bf16_autocast(cfg.system.amp, device),
+                num_classes=len(data.classes),
+                confusion=True,
+                flip_tta=cfg.data.flip_tta,
+            ),
+            device,
+        )
     finally:
         hook.remove()
     if cfg.data.flip_tta:  # evaluate's two calls per batch, the image then its mirror, averaged
@@ -383,8 +444,19 @@ def evaluate_facts(facts: RunFacts, model, device, data_dir: str | None = None) 
     labels = data.test.labels.cpu()
     k = len(data.classes)
     mine = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
-    return Evaluation(ev["acc"], ev["loss"], ev["confusion"], preds, prob, labels, data.test.images.cpu(),
-                      list(data.classes), data.transform, seconds, bool(torch.equal(mine, ev["confusion"])))  # fmt: skip
+    return Evaluation(
+        ev["acc"],
+        ev["loss"],
+        ev["confusion"],
+        preds,
+        prob,
+        labels,
+        data.test.images.cpu(),
+        list(data.classes),
+        data.transform,
+        seconds,
+        bool(torch.equal(mine, ev["confusion"])),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,16 +468,20 @@ def _settings_rows(facts: RunFacts) -> list[dict]:
 
     rows = [{"section": "", "setting": "preset", "value": facts.cfg.preset}]
     for sec in SECTIONS:
-        rows += [{"section": sec, "setting": k, "value": "—" if v is None else v}
-                 for k, v in dataclasses.asdict(getattr(facts.cfg, sec)).items()]  # fmt: skip
+        rows += [
+            {"section": sec, "setting": k, "value": "—" if v is None else v}
+            for k, v in dataclasses.asdict(getattr(facts.cfg, sec)).items()
+        ]
     return rows
 
 
 def budget_line(plan: dict) -> str:
     """How a --time-budget run spent its budget: the plan made at the start, and the clock at the end."""
-    text = (f"{plan['budget_s']:g} s: {plan['steps']} steps = {plan['steps'] / plan['steps_per_epoch']:.2f} epochs "
-            f"at {plan['step_s'] * 1e3:.1f} ms a step (measured at the start; start-up {plan['startup_s']:.1f} s, "
-            f"evaluation {plan['eval_s']:.1f} s)")  # fmt: skip
+    text = (
+        f"{plan['budget_s']:g} s: {plan['steps']} steps = {plan['steps'] / plan['steps_per_epoch']:.2f} epochs "
+        f"at {plan['step_s'] * 1e3:.1f} ms a step (measured at the start; start-up {plan['startup_s']:.1f} s, "
+        f"evaluation {plan['eval_s']:.1f} s)"
+    )
     if plan.get("replans"):
         text += f"; re-planned {len(plan['replans'])} time(s) as the step time moved (first plan: {plan['schedule_steps']} steps)"
     if plan.get("spent_s"):
@@ -417,46 +493,100 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
     cfg, m, ck = facts.cfg, facts.metrics, facts.ckpt or {}
     mach = ck.get("machine") or {}
     load = mach.get("load_average_1m")
-    described = ", ".join(x for x in (
-        mach.get("cpu"), mach.get("cpu_count") and f"{mach['cpu_count']} CPUs",
-        "cpu_flags" in mach and f"flags: {' '.join(mach['cpu_flags']) or 'none of note'}",
-        mach.get("torch_threads") and f"{mach['torch_threads']} torch threads",
-        load is not None and f"1-minute load {load:.2f} when the checkpoint was written") if x)  # fmt: skip
+    described = ", ".join(
+        x
+        for x in (
+            mach.get("cpu"),
+            mach.get("cpu_count") and f"{mach['cpu_count']} CPUs",
+            "cpu_flags" in mach and f"flags: {' '.join(mach['cpu_flags']) or 'none of note'}",
+            mach.get("torch_threads") and f"{mach['torch_threads']} torch threads",
+            load is not None and f"1-minute load {load:.2f} when the checkpoint was written",
+        )
+        if x
+    )
     res = facts.record["resolution"]
     wall = sum(r["epoch_time_s"] for r in m)
     facts_rows = [
         ("status", facts.status()),
-        ("model", f"{cfg.train.model} ({facts.record['in_channels']} input channel(s), {facts.record['num_classes']} classes)"),
-        ("data", f"{ck.get('dataset', cfg.data.dataset)} at {res}x{res}"
-                 + (f", first {cfg.data.limit_train} training images" if cfg.data.limit_train else "")
-                 + (f", first {cfg.data.limit_test} test images" if cfg.data.limit_test else "")),
+        (
+            "model",
+            f"{cfg.train.model} ({facts.record['in_channels']} input channel(s), {facts.record['num_classes']} classes)",
+        ),
+        (
+            "data",
+            f"{ck.get('dataset', cfg.data.dataset)} at {res}x{res}"
+            + (f", first {cfg.data.limit_train} training images" if cfg.data.limit_train else "")
+            + (f", first {cfg.data.limit_test} test images" if cfg.data.limit_test else ""),
+        ),
         ("device", mach.get("device", "not recorded (the checkpoint predates the machine record)")),
         ("machine", described or "not recorded (the checkpoint predates the machine record)"),
-        ("precision", "bf16 autocast (weights, gradients and optimiser state fp32)" if cfg.system.amp == "bf16"
-                      else "fp32" if cfg.system.amp == "off" else f"amp {cfg.system.amp}"),
+        (
+            "precision",
+            "bf16 autocast (weights, gradients and optimiser state fp32)"
+            if cfg.system.amp == "bf16"
+            else "fp32"
+            if cfg.system.amp == "off"
+            else f"amp {cfg.system.amp}",
+        ),
         ("torch", ck.get("torch", "not recorded")),
-        ("wall time", f"{wall:.0f} s over {len(m)} epoch(s) ({wall / len(m):.0f} s per epoch, training and evaluation)"),
-        ("training images/s", f"{sum(r['train_images_per_s'] for r in m) / len(m):.1f} (mean over epochs; per epoch below)"),
-    ]  # fmt: skip
+        (
+            "wall time",
+            f"{wall:.0f} s over {len(m)} epoch(s) ({wall / len(m):.0f} s per epoch, training and evaluation)",
+        ),
+        (
+            "training images/s",
+            f"{sum(r['train_images_per_s'] for r in m) / len(m):.1f} (mean over epochs; per epoch below)",
+        ),
+    ]
     if plan := facts.plan:
         facts_rows.append(("time budget", budget_line(plan)))
     for c in ck.get("changes", []):
         facts_rows.append(("changed on resume", f"from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}"))
-    blocks = [Block("h", "What ran", level),
-              Block("table", rows=[{"": k, "value": v} for k, v in facts_rows]),
-              Block("p", "Every setting, as the run recorded it:"),
-              Block("table", rows=_settings_rows(facts))]  # fmt: skip
-    rows = [{"epoch": r["epoch"], "train loss": r["train_loss"], "train acc": r["train_acc"], "test loss": r["val_loss"],
-             "test acc": r["val_acc"], "lr": r["lr"], "img/s": r["train_images_per_s"], "train s": r["train_time_s"],
-             "eval s": r["eval_time_s"], "epoch s": r["epoch_time_s"]} for r in m]  # fmt: skip
-    fmt = {"train loss": "{:.4f}", "train acc": "{:.4f}", "test loss": "{:.4f}", "test acc": "{:.4f}", "lr": "{:.4g}",
-           "img/s": "{:.1f}", "train s": "{:.0f}", "eval s": "{:.0f}", "epoch s": "{:.0f}"}  # fmt: skip
-    blocks += [Block("p", "Per epoch (test = the run's evaluation split; train loss and accuracy are the epoch's "
-                          "running means, with dropout and augmentation on):"),
-               Block("table", rows=rows, formats=fmt)]  # fmt: skip
+    blocks = [
+        Block("h", "What ran", level),
+        Block("table", rows=[{"": k, "value": v} for k, v in facts_rows]),
+        Block("p", "Every setting, as the run recorded it:"),
+        Block("table", rows=_settings_rows(facts)),
+    ]
+    rows = [
+        {
+            "epoch": r["epoch"],
+            "train loss": r["train_loss"],
+            "train acc": r["train_acc"],
+            "test loss": r["val_loss"],
+            "test acc": r["val_acc"],
+            "lr": r["lr"],
+            "img/s": r["train_images_per_s"],
+            "train s": r["train_time_s"],
+            "eval s": r["eval_time_s"],
+            "epoch s": r["epoch_time_s"],
+        }
+        for r in m
+    ]
+    fmt = {
+        "train loss": "{:.4f}",
+        "train acc": "{:.4f}",
+        "test loss": "{:.4f}",
+        "test acc": "{:.4f}",
+        "lr": "{:.4g}",
+        "img/s": "{:.1f}",
+        "train s": "{:.0f}",
+        "eval s": "{:.0f}",
+        "epoch s": "{:.0f}",
+    }
+    blocks += [
+        Block(
+            "p",
+            "Per epoch (test = the run's evaluation split; train loss and accuracy are the epoch's "
+            "running means, with dropout and augmentation on):",
+        ),
+        Block("table", rows=rows, formats=fmt),
+    ]
     if is_d2l_recipe(cfg):
-        blocks += [Block("p", "The chapter's recipe: the book's published runs against this one at the same epoch."),
-                   Block("table", rows=book_rows(m), formats={"book": "{}", "this run": "{}"})]  # fmt: skip
+        blocks += [
+            Block("p", "The chapter's recipe: the book's published runs against this one at the same epoch."),
+            Block("table", rows=book_rows(m), formats={"book": "{}", "this run": "{}"}),
+        ]
     return blocks
 
 
@@ -466,9 +596,15 @@ def book_rows(metrics: list[dict]) -> list[dict]:
     rows = []
     for p in BOOK:
         mine = next((r[p.key] for r in metrics if r["epoch"] == p.epoch), None)
-        rows.append({"source": p.source, "epoch": p.epoch, "metric": names[p.key],
-                     "book": f"{'≈ ' if p.approximate else ''}{p.value:.3f}",
-                     "this run": f"{mine:.4f}" if mine is not None else f"not reached (epoch {len(metrics)})"})  # fmt: skip
+        rows.append(
+            {
+                "source": p.source,
+                "epoch": p.epoch,
+                "metric": names[p.key],
+                "book": f"{'≈ ' if p.approximate else ''}{p.value:.3f}",
+                "this run": f"{mine:.4f}" if mine is not None else f"not reached (epoch {len(metrics)})",
+            }
+        )
     return rows
 
 
@@ -483,20 +619,44 @@ def curves_figure(facts_or_groups, book: bool = False, title: str = ""):
     fig, (al, aa) = plt.subplots(1, 2, figsize=(10, 3.8))
     for j, (label, runs) in enumerate(facts_or_groups):
         colour = f"C{j % 10}"
-        for ax, key, style, name in ((al, "train_loss", "-o", "train"), (al, "val_loss", "--s", "test"),
-                                     (aa, "train_acc", "-o", "train"), (aa, "val_acc", "--s", "test")):  # fmt: skip
+        for ax, key, style, name in (
+            (al, "train_loss", "-o", "train"),
+            (al, "val_loss", "--s", "test"),
+            (aa, "train_acc", "-o", "train"),
+            (aa, "val_acc", "--s", "test"),
+        ):
             ep, mean, std = mean_curve(runs, key)
-            ax.plot(ep, mean, style, ms=3, color=colour, label=f"{label}: {name}" + (f" (n={len(runs)})" if len(runs) > 1 else ""))
+            ax.plot(
+                ep,
+                mean,
+                style,
+                ms=3,
+                color=colour,
+                label=f"{label}: {name}" + (f" (n={len(runs)})" if len(runs) > 1 else ""),
+            )
             if len(runs) > 1:
-                ax.fill_between(ep, [a - s for a, s in zip(mean, std)], [a + s for a, s in zip(mean, std)],
-                                color=colour, alpha=0.2, lw=0)  # fmt: skip
+                ax.fill_between(
+                    ep,
+                    [a - s for a, s in zip(mean, std)],
+                    [a + s for a, s in zip(mean, std)],
+                    color=colour,
+                    alpha=0.2,
+                    lw=0,
+                )
     if book:
         for src, marker, colour in (("d2l 0.17, V100", "*", "k"), ("d2l 1.0 notebooks", "x", "0.45")):
             for ax, keys in ((al, ("train_loss",)), (aa, ("train_acc", "val_acc"))):
                 pts = [p for p in BOOK if p.source == src and p.key in keys]
                 if pts:
-                    ax.plot([p.epoch for p in pts], [p.value for p in pts], marker, ms=10, color=colour, ls="none",
-                            label=f"book: {src}" + (" (approx.)" if pts[0].approximate else ""))  # fmt: skip
+                    ax.plot(
+                        [p.epoch for p in pts],
+                        [p.value for p in pts],
+                        marker,
+                        ms=10,
+                        color=colour,
+                        ls="none",
+                        label=f"book: {src}" + (" (approx.)" if pts[0].approximate else ""),
+                    )
     al.set_ylabel("cross-entropy loss (nats per image)")
     aa.set_ylabel("accuracy (fraction correct)")
     from matplotlib.ticker import MaxNLocator
@@ -524,8 +684,9 @@ def budget_series(groups: list[tuple[str, list[dict]]]) -> dict[str, list[tuple[
         cfg = runs[0]["cfg"]
         if cfg.train.time_budget:
             accs = Spread(r["metrics"][-1]["val_acc"] for r in runs)
-            series.setdefault(f"--preset {cfg.preset}", []).append((parse_duration(cfg.train.time_budget), accs,
-                                                                    cfg.train.model))  # fmt: skip
+            series.setdefault(f"--preset {cfg.preset}", []).append(
+                (parse_duration(cfg.train.time_budget), accs, cfg.train.model)
+            )
     return {label: sorted(points) for label, points in series.items()}
 
 
@@ -533,8 +694,14 @@ def plot_budget_curve(ax, series: dict[str, list[tuple[float, Spread, str]]]) ->
     """The curve a reader chooses a budget from: accuracy (mean ± std over seeds) against minutes."""
     for label, points in series.items():
         networks = ", ".join(dict.fromkeys(model for *_, model in points))
-        ax.errorbar([b / 60 for b, *_ in points], [a.mean for _, a, _ in points], [a.std for _, a, _ in points],
-                    marker="o", capsize=3, label=f"{label} ({networks})")  # fmt: skip
+        ax.errorbar(
+            [b / 60 for b, *_ in points],
+            [a.mean for _, a, _ in points],
+            [a.std for _, a, _ in points],
+            marker="o",
+            capsize=3,
+            label=f"{label} ({networks})",
+        )
     ticks = sorted({b / 60 for points in series.values() for b, *_ in points})
     ax.set(xscale="log", xlabel="time budget (minutes)", ylabel="test accuracy (mean ± std over seeds)")
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -556,13 +723,20 @@ def budget_blocks(groups: list[tuple[str, list[dict]]]) -> list[Block]:
     fig, ax = plt.subplots(figsize=(6, 4))
     plot_budget_curve(ax, series)
     fig.tight_layout()
-    rows = [{"preset": label, "budget": f"{b:g} s", "network": model, "seeds": a.n, "test acc": a}
-            for label, points in series.items() for b, a, model in points]  # fmt: skip
-    return [Block("p", "Trained to a clock (--time-budget): the final test accuracy each budget bought, mean ± std "
-                       "over the seeds."),
-            Block("table", rows=rows, formats={"test acc": "{:.4f}"}),
-            Block("figure", "Test accuracy against the time budget.", name="accuracy-vs-budget.png",
-                  png=figure_png(fig))]  # fmt: skip
+    rows = [
+        {"preset": label, "budget": f"{b:g} s", "network": model, "seeds": a.n, "test acc": a}
+        for label, points in series.items()
+        for b, a, model in points
+    ]
+    return [
+        Block(
+            "p",
+            "Trained to a clock (--time-budget): the final test accuracy each budget bought, mean ± std "
+            "over the seeds.",
+        ),
+        Block("table", rows=rows, formats={"test acc": "{:.4f}"}),
+        Block("figure", "Test accuracy against the time budget.", name="accuracy-vs-budget.png", png=figure_png(fig)),
+    ]
 
 
 def section_curves(facts: RunFacts, level: int, stem: str) -> list[Block]:
@@ -570,7 +744,10 @@ def section_curves(facts: RunFacts, level: int, stem: str) -> list[Block]:
     fig = curves_figure([(facts.dir.name, [facts.record])], book=book, title=f"{facts.dir.name}: {facts.status()}")
     caption = "Train and test loss and accuracy per epoch" + (
         "; the book's published points for this recipe overlaid (d2l 0.17 on a V100 after 10 epochs; d2l 1.0's "
-        "notebooks, approximately: loss at 2.30 for two epochs, about 0.83 at the end)" if book else "")
+        "notebooks, approximately: loss at 2.30 for two epochs, about 0.83 at the end)"
+        if book
+        else ""
+    )
     return [Block("h", "Curves", level), Block("figure", caption, name=f"{stem}curves.png", png=figure_png(fig))]
 
 
@@ -578,41 +755,90 @@ def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: st
     """Per-class accuracy, the confusion matrix, the most confused pairs with their test images."""
     if ev is None:
         why = facts.missing.get("evaluation", "")
-        return [b for t in ("Per-class accuracy", "Confusion matrix", "Most confused pairs")
-                for b in (Block("h", t, level), Block("p", f"Not computed: {why}"))]  # fmt: skip
+        return [
+            b
+            for t in ("Per-class accuracy", "Confusion matrix", "Most confused pairs")
+            for b in (Block("h", t, level), Block("p", f"Not computed: {why}"))
+        ]
     m = ev.confusion.double()
     ck = facts.ckpt
-    which = (f"the weights of last.pt (epoch {ck['epoch']}" + (f", step {ck['step']} of epoch {ck['epoch'] + 1}: "
-             "not the weights of any metrics row" if ck["step"] else ", the last metrics row") + ")")
+    which = (
+        f"the weights of last.pt (epoch {ck['epoch']}"
+        + (
+            f", step {ck['step']} of epoch {ck['epoch'] + 1}: not the weights of any metrics row"
+            if ck["step"]
+            else ", the last metrics row"
+        )
+        + ")"
+    )
     last = facts.metrics[-1]
-    note = (f"Evaluated here from {which} on {int(m.sum())} test images in {ev.seconds:.1f} s: accuracy "
-            f"{ev.acc:.4f}, loss {ev.loss:.4f}" + (f" (the run logged {last['val_acc']:.4f} for epoch {last['epoch']})"
-                                                   if not ck["step"] else "")
-            + ("; the per-image predictions give the same matrix." if ev.agrees else
-               "; WARNING: the per-image predictions do not give evaluate's matrix."))  # fmt: skip
+    note = (
+        f"Evaluated here from {which} on {int(m.sum())} test images in {ev.seconds:.1f} s: accuracy "
+        f"{ev.acc:.4f}, loss {ev.loss:.4f}"
+        + (f" (the run logged {last['val_acc']:.4f} for epoch {last['epoch']})" if not ck["step"] else "")
+        + (
+            "; the per-image predictions give the same matrix."
+            if ev.agrees
+            else "; WARNING: the per-image predictions do not give evaluate's matrix."
+        )
+    )
     rows = []
     for i, name in enumerate(ev.classes):
         n = m[i].sum()
         off = m[i].clone()
         off[i] = -1
         j = int(off.argmax())
-        rows.append({"class": name, "images": int(n), "correct": int(m[i, i]), "accuracy": float(m[i, i] / n) if n else None,
-                     "most often taken for": f"{ev.classes[j]} ({int(m[i, j])})" if m[i, j] > 0 else "—"})  # fmt: skip
-    blocks = [Block("h", "Per-class accuracy", level), Block("p", note),
-              Block("table", rows=rows, formats={"accuracy": "{:.4f}"})]
+        rows.append(
+            {
+                "class": name,
+                "images": int(n),
+                "correct": int(m[i, i]),
+                "accuracy": float(m[i, i] / n) if n else None,
+                "most often taken for": f"{ev.classes[j]} ({int(m[i, j])})" if m[i, j] > 0 else "—",
+            }
+        )
+    blocks = [
+        Block("h", "Per-class accuracy", level),
+        Block("p", note),
+        Block("table", rows=rows, formats={"accuracy": "{:.4f}"}),
+    ]
     fig = confusion_figure(ev.confusion, ev.classes, f"{facts.dir.name} · accuracy {ev.acc:.4f}")
-    blocks += [Block("h", "Confusion matrix", level),
-               Block("figure", "Rows: the true class; columns: the predicted one; colour: the share of the row, "
-                     "numbers: test images.", name=f"{stem}confusion.png", png=figure_png(fig, 110))]  # fmt: skip
+    blocks += [
+        Block("h", "Confusion matrix", level),
+        Block(
+            "figure",
+            "Rows: the true class; columns: the predicted one; colour: the share of the row, numbers: test images.",
+            name=f"{stem}confusion.png",
+            png=figure_png(fig, 110),
+        ),
+    ]
     pairs = most_confused(ev.confusion, 3)
-    blocks += [Block("h", "Most confused pairs", level),
-               Block("table", rows=[{"true": ev.classes[a], "predicted": ev.classes[b], "test images": n,
-                                     "share of the true class": n / max(1, int(m[a].sum()))} for a, b, n in pairs],
-                     formats={"share of the true class": "{:.1%}"})]  # fmt: skip
+    blocks += [
+        Block("h", "Most confused pairs", level),
+        Block(
+            "table",
+            rows=[
+                {
+                    "true": ev.classes[a],
+                    "predicted": ev.classes[b],
+                    "test images": n,
+                    "share of the true class": n / max(1, int(m[a].sum())),
+                }
+                for a, b, n in pairs
+            ],
+            formats={"share of the true class": "{:.1%}"},
+        ),
+    ]
     if pairs:
-        blocks.append(Block("figure", "A few misclassified test images of each pair (as stored, before the resize), "
-                            "with their index in the test split and the probability given to the wrong class.",
-                            name=f"{stem}misclassified.png", png=figure_png(misclassified_figure(ev, pairs))))  # fmt: skip
+        blocks.append(
+            Block(
+                "figure",
+                "A few misclassified test images of each pair (as stored, before the resize), "
+                "with their index in the test split and the probability given to the wrong class.",
+                name=f"{stem}misclassified.png",
+                png=figure_png(misclassified_figure(ev, pairs)),
+            )
+        )
     return blocks
 
 
@@ -640,8 +866,13 @@ def misclassified_figure(ev: Evaluation, pairs, per_pair: int = 6):
             ax.set_yticks([])
             if c < len(idx):
                 img = ev.images[int(idx[c])]
-                ax.imshow(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy(), cmap="gray",
-                          vmin=0, vmax=255, interpolation="nearest")  # fmt: skip
+                ax.imshow(
+                    img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy(),
+                    cmap="gray",
+                    vmin=0,
+                    vmax=255,
+                    interpolation="nearest",
+                )
                 ax.set_title(f"#{int(idx[c])} p={float(ev.prob[idx[c]]):.2f}", fontsize=7)
             else:
                 ax.set_axis_off()
@@ -667,8 +898,15 @@ def confusion_figure(matrix, classes: list[str], title: str):
     for i in range(n):
         for j in range(n):
             if m[i, j]:
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    int(m[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=9)
@@ -693,8 +931,14 @@ def initial_first_conv(cfg, in_channels: int, num_classes: int):
 
 
 def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block]:
-    from .visualize import (LOW_FREQUENCY, chance_share, filter_panels_figure, first_conv, low_frequency_share,
-                            orientation_strength)  # fmt: skip
+    from .visualize import (
+        LOW_FREQUENCY,
+        chance_share,
+        filter_panels_figure,
+        first_conv,
+        low_frequency_share,
+        orientation_strength,
+    )
 
     head = [Block("h", "First-layer filters", level)]
     if model is None:
@@ -710,30 +954,53 @@ def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block
     share = low_frequency_share(w)
 
     def row(label, weight, s):
-        return {"weights": label, "median low-frequency share": float(s.median()), "mean share": float(s.mean()),
-                "median orientation": float(orientation_strength(weight).median()), "norm": float(weight.norm())}
+        return {
+            "weights": label,
+            "median low-frequency share": float(s.median()),
+            "mean share": float(s.mean()),
+            "median orientation": float(orientation_strength(weight).median()),
+            "norm": float(weight.norm()),
+        }
 
     rows = [row(f"trained ({at})", w, share)]
-    text = (f"The low-frequency share of a kernel is the part of its energy (squared norm) at spatial frequencies "
-            f"of at most {LOW_FREQUENCY:g} cycles per pixel (periods of {1 / LOW_FREQUENCY:g} pixels or longer): 1 for "
-            f"a constant kernel, 0 for a checkerboard; white noise gives {chance_share(kh, kw):.2f} for {kh}x{kw}. "
-            "Its orientation is how much of its energy away from frequency 0 lies along one direction: 1 for "
-            "stripes, about 0 for a round blob; white noise, by chance, a little above 0.")  # fmt: skip
+    text = (
+        f"The low-frequency share of a kernel is the part of its energy (squared norm) at spatial frequencies "
+        f"of at most {LOW_FREQUENCY:g} cycles per pixel (periods of {1 / LOW_FREQUENCY:g} pixels or longer): 1 for "
+        f"a constant kernel, 0 for a checkerboard; white noise gives {chance_share(kh, kw):.2f} for {kh}x{kw}. "
+        "Its orientation is how much of its energy away from frequency 0 lies along one direction: 1 for "
+        "stripes, about 0 for a round blob; white noise, by chance, a little above 0."
+    )
     if w0 is not None:
         s0 = low_frequency_share(w0)
         rows.insert(0, row("at initialisation", w0, s0))
         rows.append(row("the change W - W0", w - w0, low_frequency_share(w - w0)))
         moved = float((w - w0).norm() / w0.norm()) if w0.norm() > 0 else float("nan")
-        text += (f" Training moved the kernels by {moved:.0%} of their initial norm (||W - W0|| / ||W0||); "
-                 f"{int((share > s0).sum())} of {o} kernels gained low-frequency share.")  # fmt: skip
+        text += (
+            f" Training moved the kernels by {moved:.0%} of their initial norm (||W - W0|| / ||W0||); "
+            f"{int((share > s0).sum())} of {o} kernels gained low-frequency share."
+        )
     else:
         text += " The first layer is fitted to the data, not drawn from the seed: there is no initial state to show."
     fig = filter_panels_figure(panels)
-    return head + [Block("p", text), Block("table", rows=rows, formats={"median low-frequency share": "{:.3f}",
-                                                                         "mean share": "{:.3f}", "norm": "{:.3f}",
-                                                                         "median orientation": "{:.3f}"}),
-                   Block("figure", f"{o} kernels {kh}x{kw} on {c} channel(s), each scaled to its own range.",
-                         name=f"{stem}filters.png", png=figure_png(fig, 110))]  # fmt: skip
+    return head + [
+        Block("p", text),
+        Block(
+            "table",
+            rows=rows,
+            formats={
+                "median low-frequency share": "{:.3f}",
+                "mean share": "{:.3f}",
+                "norm": "{:.3f}",
+                "median orientation": "{:.3f}",
+            },
+        ),
+        Block(
+            "figure",
+            f"{o} kernels {kh}x{kw} on {c} channel(s), each scaled to its own range.",
+            name=f"{stem}filters.png",
+            png=figure_png(fig, 110),
+        ),
+    ]
 
 
 def section_activations(facts: RunFacts, model, ev: Evaluation | None, level: int, stem: str) -> list[Block]:
@@ -749,30 +1016,51 @@ def section_activations(facts: RunFacts, model, ev: Evaluation | None, level: in
     labels = [f"#{i} {ev.classes[int(ev.labels[i])]}\n-> {ev.classes[int(ev.preds[i])]}" for i in picks]
     model = model.cpu().float().to(memory_format=torch.contiguous_format)
     fig = class_activations_figure(model, x, labels)
-    return head + [Block("figure", "The first test image of each class (its index, true class -> predicted), then "
-                         "each convolutional stage's strongest feature maps, after the stage's ReLU.",
-                         name=f"{stem}activations.png", png=figure_png(fig, 90))]  # fmt: skip
+    return head + [
+        Block(
+            "figure",
+            "The first test image of each class (its index, true class -> predicted), then "
+            "each convolutional stage's strongest feature maps, after the stage's ReLU.",
+            name=f"{stem}activations.png",
+            png=figure_png(fig, 90),
+        )
+    ]
 
 
 def section_layers(facts: RunFacts, level: int) -> list[Block]:
-    from .tracing import trace
     from .models import build_model
+    from .tracing import trace
 
     c, k, res = facts.record["in_channels"], facts.record["num_classes"], facts.record["resolution"]
     rows = trace(build_model(facts.cfg.train.model, c, k), (1, c, res, res))
-    table = [{"#": r.index, "layer": r.name, "module": r.path, "output shape": "x".join(map(str, r.output_shape)),
-              "params": r.params, "FLOPs": r.flops} for r in rows]  # fmt: skip
+    table = [
+        {
+            "#": r.index,
+            "layer": r.name,
+            "module": r.path,
+            "output shape": "x".join(map(str, r.output_shape)),
+            "params": r.params,
+            "FLOPs": r.flops,
+        }
+        for r in rows
+    ]
     params, flops = sum(r.params for r in rows), sum(r.flops for r in rows)
     table.append({"#": "", "layer": "total", "module": "", "output shape": "", "params": params, "FLOPs": flops})
-    return [Block("h", "Layers", level),
-            Block("p", f"One {c}x{res}x{res} image: {params:,} parameters ({params * 4 / 1e6:.1f} MB of fp32 weights), "
-                       f"{flops / 1e9:.3f} GFLOPs forward (1 multiply-add = 2 FLOPs; convolutions and matrix products "
-                       "only, as alexnet summary counts them)."),
-            Block("table", rows=table, formats={"params": "{:,}", "FLOPs": "{:,}", "#": "{}"})]  # fmt: skip
+    return [
+        Block("h", "Layers", level),
+        Block(
+            "p",
+            f"One {c}x{res}x{res} image: {params:,} parameters ({params * 4 / 1e6:.1f} MB of fp32 weights), "
+            f"{flops / 1e9:.3f} GFLOPs forward (1 multiply-add = 2 FLOPs; convolutions and matrix products "
+            "only, as alexnet summary counts them).",
+        ),
+        Block("table", rows=table, formats={"params": "{:,}", "FLOPs": "{:,}", "#": "{}"}),
+    ]
 
 
-def run_blocks(run_dir: str | Path, level: int = 2, device: str = "auto", data_dir: str | None = None,
-               stem: str = "") -> list[Block]:  # fmt: skip
+def run_blocks(
+    run_dir: str | Path, level: int = 2, device: str = "auto", data_dir: str | None = None, stem: str = ""
+) -> list[Block]:
     """Every section of one run's report, as blocks; headings start at ``level``."""
     from .data import DataError
     from .device import select_device
@@ -785,15 +1073,22 @@ def run_blocks(run_dir: str | Path, level: int = 2, device: str = "auto", data_d
     else:
         model, _ = model_from_checkpoint(facts.ckpt)
         if facts.cfg.data.dataset in ("imagefolder", "imagelist"):
-            facts.missing["evaluation"] = "per-class figures are made for in-memory datasets only (use alexnet evaluate)"
+            facts.missing["evaluation"] = (
+                "per-class figures are made for in-memory datasets only (use alexnet evaluate)"
+            )
         else:
             try:
                 ev = evaluate_facts(facts, model, select_device(device), data_dir)
             except DataError as e:
                 facts.missing["evaluation"] = f"the run's test set cannot be read ({e})"
-    return (section_what_ran(facts, level) + section_curves(facts, level, stem) + section_classes(facts, ev, level, stem)
-            + section_filters(facts, model, level, stem) + section_activations(facts, model, ev, level, stem)
-            + section_layers(facts, level))  # fmt: skip
+    return (
+        section_what_ran(facts, level)
+        + section_curves(facts, level, stem)
+        + section_classes(facts, ev, level, stem)
+        + section_filters(facts, model, level, stem)
+        + section_activations(facts, model, ev, level, stem)
+        + section_layers(facts, level)
+    )
 
 
 def comparison_blocks(run_dirs: list, level: int = 2) -> list[Block]:
@@ -803,11 +1098,17 @@ def comparison_blocks(run_dirs: list, level: int = 2) -> list[Block]:
     groups = labelled_groups(runs)
     rows = [aggregate([summarize(r) for r in g]) for _, g in groups]
     fig = curves_figure(groups, book=any(is_d2l_recipe(g[0]["cfg"]) for _, g in groups))
-    return [Block("h", "Comparison", level),
-            Block("p", "One row per configuration; runs that differ only in their seed are one row, mean ± std over "
-                       "the seeds (sample standard deviation), and one curve with a band of ± one std."),
-            Block("table", rows=rows), Block("figure", "The runs' curves overlaid.", name="comparison.png",
-                                             png=figure_png(fig)), *budget_blocks(groups)]  # fmt: skip
+    return [
+        Block("h", "Comparison", level),
+        Block(
+            "p",
+            "One row per configuration; runs that differ only in their seed are one row, mean ± std over "
+            "the seeds (sample standard deviation), and one curve with a band of ± one std.",
+        ),
+        Block("table", rows=rows),
+        Block("figure", "The runs' curves overlaid.", name="comparison.png", png=figure_png(fig)),
+        *budget_blocks(groups),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -835,7 +1136,9 @@ def to_markdown(blocks: list[Block], figures: str = "report-figures") -> str:
         elif b.kind == "table" and b.rows:
             keys = list(b.rows[0])
             cells = [[_cell(k, r[k], b.formats).replace("|", "\\|").replace("\n", " ") for k in keys] for r in b.rows]
-            numeric = [isinstance(b.rows[0][k], (int, float, Spread)) and not isinstance(b.rows[0][k], bool) for k in keys]
+            numeric = [
+                isinstance(b.rows[0][k], (int, float, Spread)) and not isinstance(b.rows[0][k], bool) for k in keys
+            ]
             out += [grid(keys, cells, left=[i for i, n in enumerate(numeric) if not n]), ""]
         elif b.kind == "figure":
             out += [f"![{b.text}]({figures}/{b.name})", "", f"*{b.text}*", ""]
@@ -860,13 +1163,17 @@ def to_html(blocks: list[Block]) -> str:
         elif b.kind == "table" and b.rows:
             keys = list(b.rows[0])
             head = "".join(f"<th>{escape(k)}</th>" for k in keys)
-            body = "".join("<tr>" + "".join(f"<td>{escape(_cell(k, r[k], b.formats))}</td>" for k in keys) + "</tr>"
-                           for r in b.rows)  # fmt: skip
+            body = "".join(
+                "<tr>" + "".join(f"<td>{escape(_cell(k, r[k], b.formats))}</td>" for k in keys) + "</tr>"
+                for r in b.rows
+            )
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif b.kind == "figure":
             data = base64.b64encode(b.png).decode()
-            out.append(f'<figure><img alt="{escape(b.text)}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{escape(b.text)}</figcaption></figure>")  # fmt: skip
+            out.append(
+                f'<figure><img alt="{escape(b.text)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{escape(b.text)}</figcaption></figure>"
+            )
     return "\n".join(out)
 
 
@@ -895,9 +1202,11 @@ footer { margin-top: 3em; font-size: 12px; color: #555; }
 def html_document(title: str, body: str) -> str:
     from html import escape
 
-    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{escape(title)}</title>\n'
-            f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")  # fmt: skip
+    return (
+        f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{escape(title)}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
 def render_html_body(run_dir: str | Path, device: str = "auto", data_dir: str | None = None, level: int = 2) -> str:
@@ -914,8 +1223,9 @@ def render_html_body(run_dir: str | Path, device: str = "auto", data_dir: str | 
     return to_html(run_blocks(run_dir, level, device, data_dir))
 
 
-def write_report(run_dirs: list, out: str | Path | None = None, device: str = "auto",
-                 data_dir: str | None = None) -> dict:  # fmt: skip
+def write_report(
+    run_dirs: list, out: str | Path | None = None, device: str = "auto", data_dir: str | None = None
+) -> dict:
     """Write report.html (self-contained) and report.md (figures in report-figures/ beside it) into
     ``out``, by default the run directory of a single run. Returns the paths, size and seconds."""
     import time
@@ -953,22 +1263,32 @@ def write_report(run_dirs: list, out: str | Path | None = None, device: str = "a
     html = html_document(title, to_html(blocks) + f"\n<footer>{made}</footer>")
     atomic_write(out / "report.html", html)
     atomic_write(out / "report.md", to_markdown(blocks) + f"\n---\n{made}\n")
-    return {"html": out / "report.html", "markdown": out / "report.md", "figures": figs, "bytes": len(html.encode()),
-            "seconds": seconds}  # fmt: skip
+    return {
+        "html": out / "report.html",
+        "markdown": out / "report.md",
+        "figures": figs,
+        "bytes": len(html.encode()),
+        "seconds": seconds,
+    }
 
 
 def cmd_report(args) -> int:
     done = write_report(args.runs, args.out, args.device, args.data_dir)
-    print(f"report: {done['html']} ({done['bytes'] / 1e6:.2f} MB, self-contained) and {done['markdown']} "
-          f"(figures in {done['figures']}), made in {done['seconds']:.1f} s")  # fmt: skip
+    print(
+        f"report: {done['html']} ({done['bytes'] / 1e6:.2f} MB, self-contained) and {done['markdown']} "
+        f"(figures in {done['figures']}), made in {done['seconds']:.1f} s"
+    )
     return 0
 
 
 def add_report_parser(sub) -> None:
     r = sub.add_parser("report", help="one self-contained HTML page (and a Markdown twin) about a run, or several")
     r.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    r.add_argument("--out", help="directory for report.html, report.md and report-figures/ (default: the run "
-                   "directory; required for several runs)")
+    r.add_argument(
+        "--out",
+        help="directory for report.html, report.md and report-figures/ (default: the run "
+        "directory; required for several runs)",
+    )
     r.add_argument("--device", default="auto", help="where the checkpoint is evaluated: auto, cpu, cuda, mps")
     r.add_argument("--data-dir", help="the run's dataset, if it has moved since the run")
     r.set_defaults(func=cmd_report)

@@ -71,9 +71,19 @@ class Analysis:
         t_b, t_1 = self.times(), self.times(self.layers1)
         for kind in (*KINDS, "all"):
             idx = [i for i, c in enumerate(self.layers) if kind in ("all", c.kind)]
-            s = {f: sum(getattr(self.layers[i], f) for i in idx)
-                 for f in ("params", "weight_bytes", "fwd_flops", "bwd_flops", "act_bytes", "saved_bytes",
-                           "fwd_bytes", "bwd_bytes")}  # fmt: skip
+            s = {
+                f: sum(getattr(self.layers[i], f) for i in idx)
+                for f in (
+                    "params",
+                    "weight_bytes",
+                    "fwd_flops",
+                    "bwd_flops",
+                    "act_bytes",
+                    "saved_bytes",
+                    "fwd_bytes",
+                    "bwd_bytes",
+                )
+            }
             s["fwd_time"] = sum(t_b[i][0] for i in idx)
             s["bwd_time"] = sum(t_b[i][1] for i in idx)
             s["fwd_time_batch1"] = sum(t_1[i][0] for i in idx)
@@ -81,8 +91,10 @@ class Analysis:
         return out
 
     def memory(self) -> dict[str, dict]:
-        rows = {"inference, batch 1": inference_memory(self.layers1, self.dtype),
-                f"inference, batch {self.batch}": inference_memory(self.layers, self.dtype)}  # fmt: skip
+        rows = {
+            "inference, batch 1": inference_memory(self.layers1, self.dtype),
+            f"inference, batch {self.batch}": inference_memory(self.layers, self.dtype),
+        }
         for opt in OPTIMIZER_STATE:
             rows[f"training {opt}, batch {self.batch}"] = training_memory(self.layers, self.dtype, opt)
         return rows
@@ -109,21 +121,31 @@ class Analysis:
         state = adam["weights"] + adam["gradients"] + adam["optimizer"]
         mb = 1e6
         out = [
-            (f"Parameters: the {names[kp]} hold {fp:.1%} of the {a['params']:,} parameters "
-             f"({a['params'] * MASTER_BYTES / mb:.1f} MB in fp32)."),
-            (f"Compute: the {names[kf]} do {ff:.1%} of the {a['fwd_flops'] / B / 1e9:.3f} GFLOPs of a forward pass "
-             f"per image; the backward pass costs {a['bwd_flops'] / a['fwd_flops']:.2f}x the forward."),
-            (f"Inference memory: at batch 1 the weights ({inf1['weights'] / mb:.1f} MB) "
-             f"{'outweigh' if inf1['weights'] > inf1['activations'] else 'are outweighed by'} the live activations "
-             f"({inf1['activations'] / mb:.1f} MB)."),
-            (f"Training memory at batch {B}: autograd keeps {a['saved_bytes'] / mb:.1f} MB of activations for the "
-             f"backward pass ({adam['activations'] / mb:.1f} MB with the largest gradient pair in flight) against "
-             f"{state / mb:.1f} MB of weights, gradients and Adam state "
-             f"({(sgd['weights'] + sgd['gradients']) / mb:.1f} MB with plain SGD), so "
-             f"{'activations' if adam['activations'] > state else 'parameters and their state'} dominate."),
-            (f"Time on {self.spec.name} ({self.dtype}): at batch 1 the {names[kt]} take {ft:.1%} of the roofline "
-             f"inference time ({a['fwd_time_batch1'] * 1e3:.4g} ms); a training step at batch {B} takes "
-             f"{(a['fwd_time'] + a['bwd_time']) * 1e3:.4g} ms, {fT:.1%} of it in the {names[kT]}."),
+            (
+                f"Parameters: the {names[kp]} hold {fp:.1%} of the {a['params']:,} parameters "
+                f"({a['params'] * MASTER_BYTES / mb:.1f} MB in fp32)."
+            ),
+            (
+                f"Compute: the {names[kf]} do {ff:.1%} of the {a['fwd_flops'] / B / 1e9:.3f} GFLOPs of a forward pass "
+                f"per image; the backward pass costs {a['bwd_flops'] / a['fwd_flops']:.2f}x the forward."
+            ),
+            (
+                f"Inference memory: at batch 1 the weights ({inf1['weights'] / mb:.1f} MB) "
+                f"{'outweigh' if inf1['weights'] > inf1['activations'] else 'are outweighed by'} the live activations "
+                f"({inf1['activations'] / mb:.1f} MB)."
+            ),
+            (
+                f"Training memory at batch {B}: autograd keeps {a['saved_bytes'] / mb:.1f} MB of activations for the "
+                f"backward pass ({adam['activations'] / mb:.1f} MB with the largest gradient pair in flight) against "
+                f"{state / mb:.1f} MB of weights, gradients and Adam state "
+                f"({(sgd['weights'] + sgd['gradients']) / mb:.1f} MB with plain SGD), so "
+                f"{'activations' if adam['activations'] > state else 'parameters and their state'} dominate."
+            ),
+            (
+                f"Time on {self.spec.name} ({self.dtype}): at batch 1 the {names[kt]} take {ft:.1%} of the roofline "
+                f"inference time ({a['fwd_time_batch1'] * 1e3:.4g} ms); a training step at batch {B} takes "
+                f"{(a['fwd_time'] + a['bwd_time']) * 1e3:.4g} ms, {fT:.1%} of it in the {names[kT]}."
+            ),
         ]
         fc1 = [c for c in self.layers1 if c.kind == "fc"]
         fcB = [c for c in self.layers if c.kind == "fc"]
@@ -145,17 +167,29 @@ class Analysis:
         return out
 
 
-def analyze(model_name: str, input_chw: tuple[int, ...], batch: int, spec: DeviceSpec, dtype: str = "fp32",
-            num_classes: int = 10) -> Analysis:  # fmt: skip
+def analyze(
+    model_name: str,
+    input_chw: tuple[int, ...],
+    batch: int,
+    spec: DeviceSpec,
+    dtype: str = "fp32",
+    num_classes: int = 10,
+) -> Analysis:
     if batch <= 0:
         raise ValueError(f"batch size must be positive, not {batch}")
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPE_BYTES)}")
     model = meta_model(model_name, input_chw[0], num_classes)
     kind = spec.kind
-    return Analysis(model_name, tuple(input_chw), batch, dtype, spec,
-                    layer_costs(model, (batch, *input_chw), dtype, kind),
-                    layer_costs(model, (1, *input_chw), dtype, kind))  # fmt: skip
+    return Analysis(
+        model_name,
+        tuple(input_chw),
+        batch,
+        dtype,
+        spec,
+        layer_costs(model, (batch, *input_chw), dtype, kind),
+        layer_costs(model, (1, *input_chw), dtype, kind),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,24 +220,65 @@ LAYER_COLUMNS = [  # (header, value of (Analysis, LayerCost, (t_fwd, t_bwd)), fo
     ("AI bwd", lambda an, c, t: c.bwd_intensity, "{:.1f}"),
     ("fwd ms", lambda an, c, t: t[0] * 1e3, "{:.4g}"),
     ("bwd ms", lambda an, c, t: t[1] * 1e3, "{:.4g}"),
-    ("bound", lambda an, c, t: f"{_bound(c.fwd_flops, c.fwd_bytes, an.spec, an.dtype)}/"
-                               f"{_bound(c.bwd_flops, c.bwd_bytes, an.spec, an.dtype)}", "{}"),
-]  # fmt: skip
+    (
+        "bound",
+        lambda an, c, t: (
+            f"{_bound(c.fwd_flops, c.fwd_bytes, an.spec, an.dtype)}/"
+            f"{_bound(c.bwd_flops, c.bwd_bytes, an.spec, an.dtype)}"
+        ),
+        "{}",
+    ),
+]
 
 
 def format_analysis(an: Analysis, fmt: str = "table") -> str:
     if fmt == "json":
         return json.dumps(analysis_dict(an), indent=2)
     if fmt == "csv":
-        head = ["index", "label", "kind", "output_shape", "params", "weight_bytes", "fwd_flops", "bwd_input_flops",
-                "bwd_weight_flops", "act_bytes", "saved_bytes", "fwd_bytes", "bwd_bytes", "fwd_intensity",
-                "bwd_intensity", "fwd_time_s", "bwd_time_s", "fwd_bound", "bwd_bound"]  # fmt: skip
+        head = [
+            "index",
+            "label",
+            "kind",
+            "output_shape",
+            "params",
+            "weight_bytes",
+            "fwd_flops",
+            "bwd_input_flops",
+            "bwd_weight_flops",
+            "act_bytes",
+            "saved_bytes",
+            "fwd_bytes",
+            "bwd_bytes",
+            "fwd_intensity",
+            "bwd_intensity",
+            "fwd_time_s",
+            "bwd_time_s",
+            "fwd_bound",
+            "bwd_bound",
+        ]
         lines = [",".join(head)]
         for c, (tf, tb) in zip(an.layers, an.times()):
-            vals = [c.index, c.label, c.kind, "x".join(map(str, c.output_shape)), c.params, c.weight_bytes,
-                    c.fwd_flops, c.bwd_input_flops, c.bwd_weight_flops, c.act_bytes, c.saved_bytes, c.fwd_bytes,
-                    c.bwd_bytes, f"{c.fwd_intensity:.6g}", f"{c.bwd_intensity:.6g}", f"{tf:.6g}", f"{tb:.6g}",
-                    _bound(c.fwd_flops, c.fwd_bytes, an.spec, an.dtype), _bound(c.bwd_flops, c.bwd_bytes, an.spec, an.dtype)]  # fmt: skip
+            vals = [
+                c.index,
+                c.label,
+                c.kind,
+                "x".join(map(str, c.output_shape)),
+                c.params,
+                c.weight_bytes,
+                c.fwd_flops,
+                c.bwd_input_flops,
+                c.bwd_weight_flops,
+                c.act_bytes,
+                c.saved_bytes,
+                c.fwd_bytes,
+                c.bwd_bytes,
+                f"{c.fwd_intensity:.6g}",
+                f"{c.bwd_intensity:.6g}",
+                f"{tf:.6g}",
+                f"{tb:.6g}",
+                _bound(c.fwd_flops, c.fwd_bytes, an.spec, an.dtype),
+                _bound(c.bwd_flops, c.bwd_bytes, an.spec, an.dtype),
+            ]
             lines.append(",".join(map(str, vals)))
         return "\n".join(lines)
     if fmt not in ("table", "markdown"):
@@ -211,30 +286,64 @@ def format_analysis(an: Analysis, fmt: str = "table") -> str:
     md = fmt == "markdown"
     spec = an.spec
     out = [
-        (f"{an.model}, input {'x'.join(map(str, an.input_shape))}, batch {an.batch}, {an.dtype}, "
-         f"device {spec.name}: {spec.peak(an.dtype) / 1e12:.3g} TFLOP/s, {spec.bandwidth / 1e9:.4g} GB/s, "
-         f"ridge {spec.ridge(an.dtype):.1f} FLOPs/byte ({spec.about})"),
-        ("FLOPs and bytes per batch unless marked /img; 1 multiply-add = 2 FLOPs; MB = 10^6 bytes; "
-         "AI = arithmetic intensity (FLOPs/byte); times are roofline estimates; bound: fwd/bwd (mem or comp)."),
+        (
+            f"{an.model}, input {'x'.join(map(str, an.input_shape))}, batch {an.batch}, {an.dtype}, "
+            f"device {spec.name}: {spec.peak(an.dtype) / 1e12:.3g} TFLOP/s, {spec.bandwidth / 1e9:.4g} GB/s, "
+            f"ridge {spec.ridge(an.dtype):.1f} FLOPs/byte ({spec.about})"
+        ),
+        (
+            "FLOPs and bytes per batch unless marked /img; 1 multiply-add = 2 FLOPs; MB = 10^6 bytes; "
+            "AI = arithmetic intensity (FLOPs/byte); times are roofline estimates; bound: fwd/bwd (mem or comp)."
+        ),
         "",
     ]
     rows = [[f.format(get(an, c, t)) for _, get, f in LAYER_COLUMNS] for c, t in zip(an.layers, an.times())]
     out += grid([h for h, _, _ in LAYER_COLUMNS], rows, "markdown" if md else "text", left=(1, 2)).split("\n")
 
     out += ["", f"Totals by kind at batch {an.batch} (inference times at batch 1 in the last column):", ""]
-    head = ["kind", "params", "share", "weight MB", "fwd GFLOP", "share", "bwd GFLOP", "act MB", "saved MB",
-            f"fwd ms (B={an.batch})", f"bwd ms (B={an.batch})", "fwd ms (B=1)"]  # fmt: skip
+    head = [
+        "kind",
+        "params",
+        "share",
+        "weight MB",
+        "fwd GFLOP",
+        "share",
+        "bwd GFLOP",
+        "act MB",
+        "saved MB",
+        f"fwd ms (B={an.batch})",
+        f"bwd ms (B={an.batch})",
+        "fwd ms (B=1)",
+    ]
     t = an.totals()
     a = t["all"]
-    rows = [[k, f"{s['params']:,}", f"{s['params'] / max(a['params'], 1):.1%}", f"{s['weight_bytes'] / 1e6:.1f}",
-             f"{s['fwd_flops'] / 1e9:.2f}", f"{s['fwd_flops'] / max(a['fwd_flops'], 1):.1%}",
-             f"{s['bwd_flops'] / 1e9:.2f}", f"{s['act_bytes'] / 1e6:.1f}", f"{s['saved_bytes'] / 1e6:.1f}",
-             f"{s['fwd_time'] * 1e3:.4g}", f"{s['bwd_time'] * 1e3:.4g}", f"{s['fwd_time_batch1'] * 1e3:.4g}"]
-            for k, s in t.items()]  # fmt: skip
+    rows = [
+        [
+            k,
+            f"{s['params']:,}",
+            f"{s['params'] / max(a['params'], 1):.1%}",
+            f"{s['weight_bytes'] / 1e6:.1f}",
+            f"{s['fwd_flops'] / 1e9:.2f}",
+            f"{s['fwd_flops'] / max(a['fwd_flops'], 1):.1%}",
+            f"{s['bwd_flops'] / 1e9:.2f}",
+            f"{s['act_bytes'] / 1e6:.1f}",
+            f"{s['saved_bytes'] / 1e6:.1f}",
+            f"{s['fwd_time'] * 1e3:.4g}",
+            f"{s['bwd_time'] * 1e3:.4g}",
+            f"{s['fwd_time_batch1'] * 1e3:.4g}",
+        ]
+        for k, s in t.items()
+    ]
     out += grid(head, rows, "markdown" if md else "text").split("\n")
 
-    out += ["", ("Memory (MB; weights, gradients and optimizer state in fp32; activations: the live pair of one layer "
-                 "for inference, what autograd saves plus the largest gradient pair for training):"), ""]  # fmt: skip
+    out += [
+        "",
+        (
+            "Memory (MB; weights, gradients and optimizer state in fp32; activations: the live pair of one layer "
+            "for inference, what autograd saves plus the largest gradient pair for training):"
+        ),
+        "",
+    ]
     head = ["what", "weights", "gradients", "optimizer", "activations", "total"]
     rows = [[k, *(f"{m[f] / 1e6:.1f}" for f in head[1:])] for k, m in an.memory().items()]
     out += grid(head, rows, "markdown" if md else "text").split("\n")
@@ -248,13 +357,27 @@ def analysis_dict(an: Analysis) -> dict:
     layers = []
     for c, (tf, tb) in zip(an.layers, an.times()):
         d = dataclasses.asdict(c)
-        d.update(fwd_intensity=c.fwd_intensity, bwd_intensity=c.bwd_intensity, fwd_time_s=tf, bwd_time_s=tb,
-                 fwd_bound=_bound(c.fwd_flops, c.fwd_bytes, an.spec, an.dtype),
-                 bwd_bound=_bound(c.bwd_flops, c.bwd_bytes, an.spec, an.dtype))  # fmt: skip
+        d.update(
+            fwd_intensity=c.fwd_intensity,
+            bwd_intensity=c.bwd_intensity,
+            fwd_time_s=tf,
+            bwd_time_s=tb,
+            fwd_bound=_bound(c.fwd_flops, c.fwd_bytes, an.spec, an.dtype),
+            bwd_bound=_bound(c.bwd_flops, c.bwd_bytes, an.spec, an.dtype),
+        )
         layers.append(d)
-    return {"model": an.model, "input": list(an.input_shape), "batch": an.batch, "dtype": an.dtype,
-            "device": dataclasses.asdict(an.spec), "units": "FLOPs (1 multiply-add = 2), bytes, seconds",
-            "layers": layers, "totals": an.totals(), "memory_bytes": an.memory(), "answers": an.answers()}  # fmt: skip
+    return {
+        "model": an.model,
+        "input": list(an.input_shape),
+        "batch": an.batch,
+        "dtype": an.dtype,
+        "device": dataclasses.asdict(an.spec),
+        "units": "FLOPs (1 multiply-add = 2), bytes, seconds",
+        "layers": layers,
+        "totals": an.totals(),
+        "memory_bytes": an.memory(),
+        "answers": an.answers(),
+    }
 
 
 def plot_roofline(an: Analysis, path) -> None:
@@ -273,7 +396,7 @@ def plot_roofline(an: Analysis, path) -> None:
         if c.kind == "rest":
             continue
         color = "tab:blue" if c.kind == "conv" else "tab:red"
-        for cost, flops, nbytes, marker, filled, text in (
+        for _cost, flops, nbytes, marker, filled, text in (
             (c, c.bwd_flops, c.bwd_bytes, "^", True, None),  # the same intensity as forward: same GEMM shapes
             (c, c.fwd_flops, c.fwd_bytes, "o", True, f"{c.label}"),
             (c1, c1.fwd_flops, c1.fwd_bytes, "o", False, f"{c.label} B=1"),
@@ -282,13 +405,26 @@ def plot_roofline(an: Analysis, path) -> None:
                 continue
             ai = flops / nbytes
             perf = flops / roofline_time(flops, nbytes, spec, dt)
-            ax.scatter([ai], [perf], s=60 if marker == "^" else 36, marker=marker, edgecolors=color,
-                       facecolors=color if filled else "none", alpha=0.5 if marker == "^" else 1.0)  # fmt: skip
+            ax.scatter(
+                [ai],
+                [perf],
+                s=60 if marker == "^" else 36,
+                marker=marker,
+                edgecolors=color,
+                facecolors=color if filled else "none",
+                alpha=0.5 if marker == "^" else 1.0,
+            )
             pts.append(ai)
             if text:
                 k += 1  # stagger the labels: layers of one kind sit close together on the roof
-                ax.annotate(text, (ai, perf), fontsize=7, xytext=(4, -10 - 9 * (k % 4)), textcoords="offset points",
-                            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "gray"})  # fmt: skip
+                ax.annotate(
+                    text,
+                    (ai, perf),
+                    fontsize=7,
+                    xytext=(4, -10 - 9 * (k % 4)),
+                    textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "gray"},
+                )
     lo, hi = min(pts + [0.1]) / 2, max(pts + [spec.ridge(dt) * 10]) * 2
     xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
     ax.plot(xs, [min(spec.peak(dt), x * spec.bandwidth) for x in xs], "k-", lw=1.2)
@@ -303,8 +439,11 @@ def plot_roofline(an: Analysis, path) -> None:
     ax.scatter([], [], marker="^", color="gray", alpha=0.5, label=f"backward, batch {an.batch}")
     ax.scatter([], [], marker="o", facecolors="none", edgecolors="gray", label="forward, batch 1 (inference)")
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"{an.model} {'x'.join(map(str, an.input_shape))} on {spec.name} ({dt}): "
-                 f"{spec.peak(dt) / 1e12:.3g} TFLOP/s, {spec.bandwidth / 1e9:.4g} GB/s", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"{an.model} {'x'.join(map(str, an.input_shape))} on {spec.name} ({dt}): "
+        f"{spec.peak(dt) / 1e12:.3g} TFLOP/s, {spec.bandwidth / 1e9:.4g} GB/s",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=130)

@@ -25,8 +25,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -36,11 +36,25 @@ from .models import build_model
 
 # Bounds on the counts a checkpoint declares, as the configuration bounds its flags: a crafted
 # resolution of 12000 made predict allocate 9.8 GB.
-CHECKPOINT_BOUNDS = {"in_channels": (1, 3), "num_classes": (1, 100_000),  # imagenet.MAX_CLASSES
-                     "resolution": (1, DataConfig._AT_MOST["resolution"]),
-                     "epoch": (0, TrainConfig._AT_MOST["epochs"]), "step": (0, 1 << 40)}  # fmt: skip
-CHECKPOINT_KEYS = ("model", "optimizer", "config", "epoch", "step", "metrics", "in_channels", "num_classes",
-                   "classes", "resolution")  # fmt: skip
+CHECKPOINT_BOUNDS = {
+    "in_channels": (1, 3),
+    "num_classes": (1, 100_000),  # imagenet.MAX_CLASSES
+    "resolution": (1, DataConfig._AT_MOST["resolution"]),
+    "epoch": (0, TrainConfig._AT_MOST["epochs"]),
+    "step": (0, 1 << 40),
+}
+CHECKPOINT_KEYS = (
+    "model",
+    "optimizer",
+    "config",
+    "epoch",
+    "step",
+    "metrics",
+    "in_channels",
+    "num_classes",
+    "classes",
+    "resolution",
+)
 
 
 # Every file a run writes (atomic_write's temporaries are .NAME.*.tmp beside them).
@@ -90,8 +104,10 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable) -> No
         if writes is not None and writes.error is not None and not isinstance(e, KeyboardInterrupt):
             e = writes.error  # the cause under a writer's own error (torch: "unexpected pos 704 vs 598")
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RunError(f"no space left on the device holding {path.parent} while writing {path.name}; "
-                           f"the previous {path.name} is kept") from None  # fmt: skip
+            raise RunError(
+                f"no space left on the device holding {path.parent} while writing {path.name}; "
+                f"the previous {path.name} is kept"
+            ) from None
         if isinstance(e, OSError):
             raise RunError(f"cannot write {path}: {e.strerror or e}") from None
         raise
@@ -219,15 +235,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         lo, hi = CHECKPOINT_BOUNDS[bad]
         raise RunError(f"{p}: checkpoint field {bad!r} is {ckpt[bad]}, outside {lo}..{hi}")
     classes = ckpt["classes"]
-    if (not isinstance(classes, list) or len(classes) != ckpt["num_classes"]
-            or not all(isinstance(c, str) and len(c) <= 1000 for c in classes)):  # fmt: skip
+    if (
+        not isinstance(classes, list)
+        or len(classes) != ckpt["num_classes"]
+        or not all(isinstance(c, str) and len(c) <= 1000 for c in classes)
+    ):
         raise RunError(f"{p}: checkpoint's class names do not match its {ckpt['num_classes']} classes")
-    if (not isinstance(ckpt["metrics"], list) or not all(isinstance(m, dict) for m in ckpt["metrics"])
-            or len(ckpt["metrics"]) > ckpt["epoch"]):  # fmt: skip
+    if (
+        not isinstance(ckpt["metrics"], list)
+        or not all(isinstance(m, dict) for m in ckpt["metrics"])
+        or len(ckpt["metrics"]) > ckpt["epoch"]
+    ):
         raise RunError(f"{p}: checkpoint's metrics are not a list of its {ckpt['epoch']} epochs")
     tally = ckpt.get("tally")
-    if tally is not None and not (isinstance(tally, (list, tuple)) and len(tally) == 4
-                                  and all(isinstance(v, (int, float)) for v in tally)):  # fmt: skip
+    if tally is not None and not (
+        isinstance(tally, (list, tuple)) and len(tally) == 4 and all(isinstance(v, (int, float)) for v in tally)
+    ):
         raise RunError(f"{p}: checkpoint's running totals are not four numbers")
     try:
         ckpt["cfg"] = Config.from_dict(ckpt["config"])
@@ -243,8 +266,10 @@ def load_weights(model: nn.Module, ckpt: dict) -> None:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         details = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [_first_line(e)]
-        raise RunError(f"{ckpt['path']}: the weights do not fit {ckpt['cfg'].train.model} "
-                       f"(in_channels {ckpt['in_channels']}, {ckpt['num_classes']} classes): {details[0][:200]}") from None  # fmt: skip
+        raise RunError(
+            f"{ckpt['path']}: the weights do not fit {ckpt['cfg'].train.model} "
+            f"(in_channels {ckpt['in_channels']}, {ckpt['num_classes']} classes): {details[0][:200]}"
+        ) from None
 
 
 def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, Config]:
@@ -295,7 +320,7 @@ class RunDir:
     # -- creation and ownership ------------------------------------------------------------
 
     @classmethod
-    def new(cls, path: str | os.PathLike | None, default_name: str, parent: str | os.PathLike = "runs") -> "RunDir":
+    def new(cls, path: str | os.PathLike | None, default_name: str, parent: str | os.PathLike = "runs") -> RunDir:
         """A fresh run: ``path``, or ``parent/default_name`` made unique (-2, -3, ...: two runs started in
         the same second get two directories). Refuses a live run, a finished run and a non-empty
         directory that is not a run."""
@@ -313,8 +338,9 @@ class RunDir:
         if path.exists() and not path.is_dir():
             raise RunError(f"--run-dir {path}: is a file, not a directory")
         if path.is_dir() and any(path.iterdir()) and not _is_run(path):
-            raise RunError(f"--run-dir {path}: the directory is not empty and holds no run; "
-                           "choose an empty or new directory")  # fmt: skip
+            raise RunError(
+                f"--run-dir {path}: the directory is not empty and holds no run; choose an empty or new directory"
+            )
         _mkdir(path, exist_ok=True)
         run = cls.open(path)
         if (path / "last.pt").exists():
@@ -324,7 +350,7 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "RunDir":
+    def open(cls, path: str | os.PathLike) -> RunDir:
         """Take the lock of an existing run directory (the kernel drops it when its holder dies, so a
         killed run never blocks its own resume)."""
         path = Path(path)
@@ -342,14 +368,16 @@ class RunDir:
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise RunError(f"{path} is in use by a live run ({holder}); wait for it or choose another --run-dir") from None
+            raise RunError(
+                f"{path} is in use by a live run ({holder}); wait for it or choose another --run-dir"
+            ) from None
         os.ftruncate(fd, 0)
         who = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
         os.pwrite(fd, who.encode(), 0)
         return cls(path, fd)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike) -> tuple["RunDir", dict]:
+    def resume(cls, path: str | os.PathLike) -> tuple[RunDir, dict]:
         """Take the lock, then read last.pt. In the other order, the run holding the lock could finish
         between the two, and every file derived from the stale copy would roll the run back."""
         path = Path(path)
@@ -433,8 +461,10 @@ class RunDir:
                 self.best.unlink()
                 repaired.append(f"best.pt removed (epoch {have} is ahead of the checkpoint)")
             else:
-                warn(f"{self.best}: the best epoch ({best_epoch}) cannot be recreated from last.pt "
-                     f"(epoch {ckpt['epoch']}); best.pt {'is missing' if have is None else f'holds epoch {have}'}")
+                warn(
+                    f"{self.best}: the best epoch ({best_epoch}) cannot be recreated from last.pt "
+                    f"(epoch {ckpt['epoch']}); best.pt {'is missing' if have is None else f'holds epoch {have}'}"
+                )
         return repaired
 
 
@@ -496,8 +526,10 @@ def metrics_csv(metrics: list[dict]) -> str:
     if not metrics:
         return ""
     keys = list(metrics[0])
-    rows = [",".join(keys)] + [",".join(f"{m.get(k, ''):.6g}" if isinstance(m.get(k), float) else str(m.get(k, ''))
-                                        for k in keys) for m in metrics]  # fmt: skip
+    rows = [",".join(keys)] + [
+        ",".join(f"{m.get(k, ''):.6g}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys)
+        for m in metrics
+    ]
     return "\n".join(rows) + "\n"
 
 
@@ -569,8 +601,11 @@ def read_run(run_dir: str | os.PathLike) -> dict:
         metrics = read_metrics(run)
         if metrics is None:
             raise RunError(f"{run}: not a run directory (no readable metrics.jsonl)")
-        shape = {"in_channels": 3 if cfg.data.dataset == "cifar10" else 1, "num_classes": 10,
-                 "resolution": cfg.resolution()}  # fmt: skip
+        shape = {
+            "in_channels": 3 if cfg.data.dataset == "cifar10" else 1,
+            "num_classes": 10,
+            "resolution": cfg.resolution(),
+        }
     if not metrics:
         raise RunError(f"{run}: the run has no finished epoch")
     return {"dir": run, "config": cfg.to_dict(), "cfg": cfg, "metrics": metrics, **shape}

@@ -91,8 +91,11 @@ class RunsFolder:
                 found.append(d.name)
                 continue
             with contextlib.suppress(OSError, NotFound):
-                found += [f"{d.name}/{e.name}" for e in d.iterdir()
-                          if not e.name.startswith(".") and e.is_dir() and _looks_like_run(e)]  # fmt: skip
+                found += [
+                    f"{d.name}/{e.name}"
+                    for e in d.iterdir()
+                    if not e.name.startswith(".") and e.is_dir() and _looks_like_run(e)
+                ]
         named = []
         for n in found:
             with contextlib.suppress(OSError, NotFound):
@@ -105,8 +108,10 @@ def _looks_like_run(p: Path) -> bool:
 
 
 def _mtime(p: Path) -> float:
-    return max((f.stat().st_mtime for f in (p / "metrics.jsonl", p / "config.json", p / "last.pt", p) if f.exists()),
-               default=0.0)  # fmt: skip
+    return max(
+        (f.stat().st_mtime for f in (p / "metrics.jsonl", p / "config.json", p / "last.pt", p) if f.exists()),
+        default=0.0,
+    )
 
 
 def read_metrics_lines(path: Path) -> tuple[list[dict], str | None]:
@@ -170,12 +175,20 @@ def run_record(folder: RunsFolder, name: str, full: bool = False) -> dict:
     else:
         status = "interrupted"
     rec = {
-        "name": name, "status": status, "live": holder, "preset": config.get("preset"), "model": train.get("model"),
+        "name": name,
+        "status": status,
+        "live": holder,
+        "preset": config.get("preset"),
+        "model": train.get("model"),
         "dataset": (config.get("data") or {}).get("dataset") if isinstance(config.get("data"), dict) else None,
-        "epochs": done, "epochs_planned": planned, "best_val_acc": max(accs) if accs else None,
-        "last_val_acc": last.get("val_acc"), "updated": _mtime(p), "problems": problems,
+        "epochs": done,
+        "epochs_planned": planned,
+        "best_val_acc": max(accs) if accs else None,
+        "last_val_acc": last.get("val_acc"),
+        "updated": _mtime(p),
+        "problems": problems,
         "checkpoint": (p / "last.pt").exists(),
-    }  # fmt: skip
+    }
     if full:
         rec.update(config=config, metrics=_finite(metrics))
     return rec
@@ -202,8 +215,9 @@ class Models:
         try:
             st = ck.stat()
         except FileNotFoundError:
-            raise BadRequest("the run has no checkpoint yet (the first one is written after its first epoch)",
-                             409) from None  # fmt: skip
+            raise BadRequest(
+                "the run has no checkpoint yet (the first one is written after its first epoch)", 409
+            ) from None
         key = (str(run), st.st_mtime_ns, st.st_size)
         with self.lock:
             if key in self.cache:
@@ -217,8 +231,13 @@ class Models:
             raise BadRequest(f"checkpoint unreadable: {e}", 409) from None
         from .imagenet import checkpoint_transform
 
-        entry = {"model": model.eval(), "ckpt": {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")},
-                 "transform": checkpoint_transform(ckpt), "file": ck.name, "eval": None}  # fmt: skip
+        entry = {
+            "model": model.eval(),
+            "ckpt": {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")},
+            "transform": checkpoint_transform(ckpt),
+            "file": ck.name,
+            "eval": None,
+        }
         with self.lock:
             for k in [k for k in self.cache if k[0] == str(run)]:
                 del self.cache[k]  # an older version of this run's checkpoint
@@ -257,19 +276,25 @@ def explain(entry: dict, x: torch.Tensor, maps: int) -> dict:
     probs = model(xin).float().softmax(1)[0]
     top = probs.topk(min(5, len(ckpt["classes"])))
     ranked = zip(top.values.tolist(), top.indices.tolist())
-    out = {"top": [{"class": ckpt["classes"][i], "p": round(p, 6)} for p, i in ranked],
-           "checkpoint": entry["file"], "epoch": ckpt["epoch"]}  # fmt: skip
+    out = {
+        "top": [{"class": ckpt["classes"][i], "p": round(p, 6)} for p, i in ranked],
+        "checkpoint": entry["file"],
+        "epoch": ckpt["epoch"],
+    }
     if maps:
         shown = contrast(xin[:1])[0]
         shown = shown if shown.shape[0] == 3 else shown[:1]  # colour, else the first channel in grey
-        out["input"] = {"shape": list(xin.shape[1:]),
-                        "png": png_uri(shown.permute(1, 2, 0), _scale_for(xin.shape[-1], 160))}  # fmt: skip
+        out["input"] = {
+            "shape": list(xin.shape[1:]),
+            "png": png_uri(shown.permute(1, 2, 0), _scale_for(xin.shape[-1], 160)),
+        }
         out["stages"] = []
         for name, m in stage_maps(model, xin):
             sel = contrast(strongest(m, maps)[:, None])
             s = _scale_for(m.shape[-1])
-            out["stages"].append({"name": name, "shape": list(m.shape),
-                                  "maps": [png_uri(c.permute(1, 2, 0), s) for c in sel]})  # fmt: skip
+            out["stages"].append(
+                {"name": name, "shape": list(m.shape), "maps": [png_uri(c.permute(1, 2, 0), s) for c in sel]}
+            )
     return out
 
 
@@ -294,13 +319,16 @@ def decode_upload(data: bytes, ckpt: dict, invert: bool) -> torch.Tensor:
             with Image.open(io.BytesIO(data)) as im:  # the header only: the size before any pixel is decoded
                 w, h = im.size
     except Image.DecompressionBombError:  # Pillow's own refusal, past twice its pixel limit
-        raise BadRequest(f"the image declares over {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb)",
-                         413) from None  # fmt: skip
+        raise BadRequest(
+            f"the image declares over {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb)", 413
+        ) from None
     except UNREADABLE as e:
         raise BadRequest(f"not an image Pillow can read ({e.__class__.__name__})", 415) from None
     if w * h > MAX_PIXELS:
-        raise BadRequest(f"image of {w}x{h} pixels is over the {MAX_PIXELS // 1_000_000} megapixel limit "
-                         "(a decompression bomb?)", 413)  # fmt: skip
+        raise BadRequest(
+            f"image of {w}x{h} pixels is over the {MAX_PIXELS // 1_000_000} megapixel limit (a decompression bomb?)",
+            413,
+        )
     try:
         return checkpoint_input(io.BytesIO(data), ckpt, invert)
     except UNREADABLE as e:
@@ -508,7 +536,7 @@ class Evaluation(Routes):
                         ev["done"] = stop
                         if stop < n:
                             worker.submit(chunk, stop)
-                    except Exception as e:  # noqa: BLE001 - shown on the page, the server goes on
+                    except Exception as e:
                         ev["error"] = f"{e.__class__.__name__}: {str(e)[:200]}"
 
                 worker.submit(chunk, 0)
@@ -529,9 +557,18 @@ class Evaluation(Routes):
         truth = ds.test.labels[:n].long()
         conf = torch.bincount(truth * k + ev["pred"], minlength=k * k).view(k, k)
         per = (conf.diag().double() / conf.sum(1).clamp_min(1)).tolist()
-        return json_response({"images": n, "of": len(ds.test), "classes": ds.classes, "confusion": conf.tolist(),
-                              "per_class": per, "accuracy": conf.diag().sum().item() / n,
-                              "checkpoint": entry["file"], "epoch": entry["ckpt"]["epoch"]})  # fmt: skip
+        return json_response(
+            {
+                "images": n,
+                "of": len(ds.test),
+                "classes": ds.classes,
+                "confusion": conf.tolist(),
+                "per_class": per,
+                "accuracy": conf.diag().sum().item() / n,
+                "checkpoint": entry["file"],
+                "epoch": entry["ckpt"]["epoch"],
+            }
+        )
 
 
 class TestImages(Routes):
@@ -565,8 +602,9 @@ class TestImages(Routes):
 
         _, _, ds, i = await self.item(request)
         uri = png_uri(ds.test.images[i].float().div(255).permute(1, 2, 0), 2)
-        return Response(base64.b64decode(uri.split(",", 1)[1]), media_type="image/png",
-                        headers={"cache-control": "max-age=3600"})  # fmt: skip
+        return Response(
+            base64.b64decode(uri.split(",", 1)[1]), media_type="image/png", headers={"cache-control": "max-age=3600"}
+        )
 
     async def listing(self, request):
         """Indices of test images: of one class (?class=NAME), or (?misclassified=1) the ones the run gets wrong."""
@@ -578,8 +616,14 @@ class TestImages(Routes):
             if ev["done"] < ev["images"]:
                 return json_response({"pending": True, **Evaluation.progress(ev)})
             wrong = (ev["pred"] != ds.test.labels[:n]).nonzero().flatten()[:48].tolist()
-            return json_response({"indices": wrong, "labels": [ds.classes[int(ds.test.labels[i])] for i in wrong],
-                                  "predicted": [ds.classes[int(ev["pred"][i])] for i in wrong], "of": n})  # fmt: skip
+            return json_response(
+                {
+                    "indices": wrong,
+                    "labels": [ds.classes[int(ds.test.labels[i])] for i in wrong],
+                    "predicted": [ds.classes[int(ev["pred"][i])] for i in wrong],
+                    "of": n,
+                }
+            )
         cls = request.query_params.get("class") or ds.classes[0]
         if cls not in ds.classes:
             raise BadRequest(f"class {cls!r} is not one of: {', '.join(ds.classes)}")
@@ -611,7 +655,7 @@ class Reports(Routes):
         try:
             body = render_html_body(path, device="cpu", level=2)
             self.rendered[str(path)] = {"key": key, "html": body, "error": None}
-        except Exception as e:  # noqa: BLE001 - a run the report cannot read: said on the page
+        except Exception as e:
             self.rendered[str(path)] = {"key": key, "html": None, "error": f"{e.__class__.__name__}: {str(e)[:300]}"}
 
     async def body(self, request):
@@ -636,8 +680,9 @@ class Figures(Routes):
         _, _, entry = await self.server.loaded(request)
         w = first_conv(entry["model"]).weight.detach().float()
         image, rows, cols = mosaic(filter_cells(w), gap=1)
-        return json_response({"shape": list(w.shape), "rows": rows, "cols": cols,
-                              "png": png_uri(image, _scale_for(image.shape[0], 360))})  # fmt: skip
+        return json_response(
+            {"shape": list(w.shape), "rows": rows, "cols": cols, "png": png_uri(image, _scale_for(image.shape[0], 360))}
+        )
 
     async def layers(self, request):
         from .tracing import trace
@@ -646,9 +691,22 @@ class Figures(Routes):
         ck = entry["ckpt"]
         shape = (1, int(ck["in_channels"]), int(ck["resolution"]), int(ck["resolution"]))
         rows = await self.server.compute(trace, entry["model"], shape)
-        return json_response({"input": list(shape), "layers": [
-            {"index": r.index, "name": r.name, "path": r.path, "shape": list(r.output_shape), "params": r.params,
-             "flops": r.flops} for r in rows]})  # fmt: skip
+        return json_response(
+            {
+                "input": list(shape),
+                "layers": [
+                    {
+                        "index": r.index,
+                        "name": r.name,
+                        "path": r.path,
+                        "shape": list(r.output_shape),
+                        "params": r.params,
+                        "flops": r.flops,
+                    }
+                    for r in rows
+                ],
+            }
+        )
 
 
 async def not_found(request, exc):
@@ -656,8 +714,9 @@ async def not_found(request, exc):
 
     if request.url.path.startswith("/api/"):
         return error(404, "no such run" if isinstance(exc, NotFound) else "not found")
-    return HTMLResponse("<!doctype html><title>not found</title><p>No such run or page. <a href='/'>Runs</a>",
-                        status_code=404)  # fmt: skip
+    return HTMLResponse(
+        "<!doctype html><title>not found</title><p>No such run or page. <a href='/'>Runs</a>", status_code=404
+    )
 
 
 async def bad_request(request, exc: BadRequest):
@@ -678,26 +737,28 @@ def create_app(runs_dir: str | os.PathLike = "runs", threads: int = 1):
     server = Server(runs_dir, threads)
     pages, runs, evaluation, figures = Pages(server), RunsApi(server), Evaluation(server), Figures(server)
     tests, reports, uploads = TestImages(server, evaluation), Reports(server), Uploads(server)
-    app = Starlette(routes=[
-        Route("/", pages.runs),
-        Route("/compare", pages.compare),
-        Route("/favicon.ico", pages.favicon),
-        Route("/runs/{name:path}/explore", pages.explore),
-        Route("/runs/{name:path}", pages.run),
-        Route("/api/runs", runs.listing),
-        Route("/api/compare", runs.compare),
-        Route("/api/runs/{name:path}/predict", uploads.predict, methods=["POST"]),
-        Route("/api/runs/{name:path}/test/{index:int}/png", tests.png),
-        Route("/api/runs/{name:path}/test/{index:int}", tests.image),
-        Route("/api/runs/{name:path}/test", tests.listing),
-        Route("/api/runs/{name:path}/evaluation", evaluation.confusion),
-        Route("/api/runs/{name:path}/filters", figures.filters),
-        Route("/api/runs/{name:path}/report", reports.body),
-        Route("/api/runs/{name:path}/layers", figures.layers),
-        Route("/api/runs/{name:path}", runs.one),
-        Mount("/static", StaticFiles(directory=STATIC)),
-    ], exception_handlers={NotFound: not_found, 404: not_found, BadRequest: bad_request,
-                           Exception: unexpected})  # fmt: skip
+    app = Starlette(
+        routes=[
+            Route("/", pages.runs),
+            Route("/compare", pages.compare),
+            Route("/favicon.ico", pages.favicon),
+            Route("/runs/{name:path}/explore", pages.explore),
+            Route("/runs/{name:path}", pages.run),
+            Route("/api/runs", runs.listing),
+            Route("/api/compare", runs.compare),
+            Route("/api/runs/{name:path}/predict", uploads.predict, methods=["POST"]),
+            Route("/api/runs/{name:path}/test/{index:int}/png", tests.png),
+            Route("/api/runs/{name:path}/test/{index:int}", tests.image),
+            Route("/api/runs/{name:path}/test", tests.listing),
+            Route("/api/runs/{name:path}/evaluation", evaluation.confusion),
+            Route("/api/runs/{name:path}/filters", figures.filters),
+            Route("/api/runs/{name:path}/report", reports.body),
+            Route("/api/runs/{name:path}/layers", figures.layers),
+            Route("/api/runs/{name:path}", runs.one),
+            Mount("/static", StaticFiles(directory=STATIC)),
+        ],
+        exception_handlers={NotFound: not_found, 404: not_found, BadRequest: bad_request, Exception: unexpected},
+    )
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD)
     app.state.worker, app.state.folder = server.worker, server.folder
     return app
@@ -756,13 +817,20 @@ async def _send_json(send, status: int, message: bytes) -> None:
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("serve", help="web app over a runs folder: runs, live curves, explore a network, compare",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    s = sub.add_parser(
+        "serve",
+        help="web app over a runs folder: runs, live curves, explore a network, compare",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     s.add_argument("--runs", default="runs", help="the runs folder to serve")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface; there is no login)")
-    s.add_argument("--threads", type=int, default=1,
-                   help="torch threads for inference (1 leaves the other cores to a training run)")  # fmt: skip
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for inference (1 leaves the other cores to a training run)",
+    )
     s.set_defaults(func=cmd_serve)
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import csv as _csv
 import io
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,10 @@ def csv(rows: list[dict], columns: Iterable[Column | str] | None = None) -> str:
     w = _csv.writer(out, lineterminator="\n")
     w.writerow([c.key for c in cols])
     for r in rows:
-        w.writerow(["" if r.get(c.key) is None else f"{r[c.key]:.6g}" if isinstance(r[c.key], float) else r[c.key]
-                    for c in cols])  # fmt: skip
+        w.writerow(
+            [
+                "" if r.get(c.key) is None else f"{r[c.key]:.6g}" if isinstance(r[c.key], float) else r[c.key]
+                for c in cols
+            ]
+        )
     return out.getvalue()

@@ -29,8 +29,9 @@ class Board:
         except ImportError:
             from .config import ConfigError
 
-            raise ConfigError("--tensorboard needs the tensorboard package: "
-                              "pip install 'alexnet[tensorboard]'") from None
+            raise ConfigError(
+                "--tensorboard needs the tensorboard package: pip install 'alexnet[tensorboard]'"
+            ) from None
         self._writer_class, self.writer = SummaryWriter, None
 
     def open(self, run_dir: Path) -> None:

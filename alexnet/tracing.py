@@ -67,8 +67,11 @@ class Call:
 
 def is_view(layer: nn.Module, in_shape, out_shape) -> bool:
     """Whether the layer's output is its input's memory (flatten, identity, dropout with p = 0, a PadTo that pads nothing)."""
-    return (isinstance(layer, (nn.Flatten, nn.Identity)) or (isinstance(layer, nn.Dropout) and layer.p == 0)
-            or (out_shape == in_shape and layer.__class__.__name__ == "PadTo"))  # fmt: skip
+    return (
+        isinstance(layer, (nn.Flatten, nn.Identity))
+        or (isinstance(layer, nn.Dropout) and layer.p == 0)
+        or (out_shape == in_shape and layer.__class__.__name__ == "PadTo")
+    )
 
 
 def _too_small(input_shape, i: int, layer: nn.Module, shape) -> InputTooSmall:
@@ -76,10 +79,14 @@ def _too_small(input_shape, i: int, layer: nn.Module, shape) -> InputTooSmall:
     if isinstance(layer, nn.Linear) and shape[-1] != layer.in_features:
         # The classifier's width is fixed: an input of another size reaches it with the wrong width.
         what = "too large" if shape[-1] > layer.in_features else "too small"
-        return InputTooSmall(f"input {size} is {what} for this network: layer {i} (Linear) takes "
-                             f"{layer.in_features} features but would receive {got}")  # fmt: skip
-    return InputTooSmall(f"input {size} is too small for this network: layer {i} ({layer.__class__.__name__}) "
-                         f"receives {got} and its output would be empty")  # fmt: skip
+        return InputTooSmall(
+            f"input {size} is {what} for this network: layer {i} (Linear) takes "
+            f"{layer.in_features} features but would receive {got}"
+        )
+    return InputTooSmall(
+        f"input {size} is too small for this network: layer {i} ({layer.__class__.__name__}) "
+        f"receives {got} and its output would be empty"
+    )
 
 
 class _CallRecorder:
@@ -117,8 +124,20 @@ class _CallRecorder:
             self.keep.append(y)
             params = 0 if id(layer) in self.seen_modules else sum(p.numel() for p in layer.parameters())
             self.seen_modules.add(id(layer))
-            self.calls.append(Call(i, path, layer, tuple(x.shape), tuple(y.shape), in_id, out_id, x.requires_grad,
-                                   layer_flops(layer, x, y), params))  # fmt: skip
+            self.calls.append(
+                Call(
+                    i,
+                    path,
+                    layer,
+                    tuple(x.shape),
+                    tuple(y.shape),
+                    in_id,
+                    out_id,
+                    x.requires_grad,
+                    layer_flops(layer, x, y),
+                    params,
+                )
+            )
             self.current.clear()  # an error between modules (a residual sum) is not this layer's
 
         return hook
@@ -135,8 +154,9 @@ def walk(model: nn.Module, input_shape: tuple[int, ...], device="cpu") -> list[C
     """
     leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
     rec = _CallRecorder(input_shape)
-    handles = [h for path, m in leaves
-               for h in (m.register_forward_pre_hook(rec.pre), m.register_forward_hook(rec.post(path)))]  # fmt: skip
+    handles = [
+        h for path, m in leaves for h in (m.register_forward_pre_hook(rec.pre), m.register_forward_hook(rec.post(path)))
+    ]
     modes = {m: m.training for m in model.modules()}
     x = torch.zeros(*input_shape, device=device)
     rec.names[id(x)] = "input"
@@ -158,8 +178,10 @@ def walk(model: nn.Module, input_shape: tuple[int, ...], device="cpu") -> list[C
 
 def trace(model: nn.Module, input_shape: tuple[int, ...], device="cpu") -> list[LayerRow]:
     """The layer summary: each leaf module's output shape, parameters and FLOPs, in call order."""
-    return [LayerRow(c.index, c.layer.__class__.__name__, c.output_shape, c.params, c.flops, c.path)
-            for c in walk(model, input_shape, device)]  # fmt: skip
+    return [
+        LayerRow(c.index, c.layer.__class__.__name__, c.output_shape, c.params, c.flops, c.path)
+        for c in walk(model, input_shape, device)
+    ]
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -190,8 +212,10 @@ def format_summary(rows: list[LayerRow]) -> str:
         lines.append(f"{r.index:>2}  {r.name:<{w}} {shape(r.output_shape):<18} {r.params:>12,} {r.flops:>16,}")
     params, flops = sum(r.params for r in rows), sum(r.flops for r in rows)
     lines.append(f"{'':>2}  {'total':<{w}} {'':<18} {params:>12,} {flops:>16,}")
-    lines.append(f"    ({params * 4 / 2**20:.1f} MiB of fp32 weights; {flops / 1e9:.3f} GFLOPs forward, "
-                 f"1 multiply-add = 2 FLOPs)")  # fmt: skip
+    lines.append(
+        f"    ({params * 4 / 2**20:.1f} MiB of fp32 weights; {flops / 1e9:.3f} GFLOPs forward, "
+        f"1 multiply-add = 2 FLOPs)"
+    )
     return "\n".join(lines)
 
 

@@ -37,14 +37,24 @@ from . import budget as B
 from . import data as D
 from . import finetune
 from . import imagenet as I
-from .tracing import InputTooSmall, trace
 from .config import RESUMABLE, Config, ConfigError, Schedule, parse_choices, parse_duration
-from .device import (CompiledOrEager, autocast, bf16_autocast, channels_last_on, describe, free_memory,
-                     init_distributed, reduce_means, select_device, use_compile)  # fmt: skip
+from .device import (
+    CompiledOrEager,
+    autocast,
+    bf16_autocast,
+    channels_last_on,
+    describe,
+    free_memory,
+    init_distributed,
+    reduce_means,
+    select_device,
+    use_compile,
+)
 from .measure import machine, time_turns
 from .models import Frozen, TwoTowers, WhiteningConv, build_model
 from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, load_weights, say, warn
 from .seeds import Seeds
+from .tracing import InputTooSmall, trace
 
 
 class TrainingError(RunError):
@@ -72,8 +82,15 @@ def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch
         from .finetune import is_pretrained
 
         old = is_pretrained(model)
-        groups = [{**g, "params": [p for p in g["params"] if old[id(p)] == pre], "lr_scale": t.pretrained_lr_scale if pre
-                   else 1.0} for g in groups for pre in (True, False)]  # fmt: skip
+        groups = [
+            {
+                **g,
+                "params": [p for p in g["params"] if old[id(p)] == pre],
+                "lr_scale": t.pretrained_lr_scale if pre else 1.0,
+            }
+            for g in groups
+            for pre in (True, False)
+        ]
         groups = [g for g in groups if g["params"]]
     # One fused kernel per step on CUDA and on the CPU: on the 2-core CPU alexnet28's 1 M parameters
     # step in 0.19 ms fused against 0.62 ms foreach (alone; inside a profiled training step the
@@ -167,7 +184,7 @@ class Tally:
     steps: int = 0  # steps taken in this epoch
 
     @classmethod
-    def start(cls, device, saved: tuple | None = None) -> "Tally":
+    def start(cls, device, saved: tuple | None = None) -> Tally:
         ls, c, n, s = saved or (0.0, 0, 0, 0)
         f32 = torch.float32
         return cls(torch.tensor(ls, device=device, dtype=f32), torch.tensor(c, device=device), int(n), int(s))
@@ -205,8 +222,23 @@ def train_step(model, optimizer, x, y, *, device, amp: bool, label_smoothing: fl
     return loss, logits
 
 
-def train_one_epoch(model, optimizer, batches, *, device, amp, label_smoothing=0.0, lr_fn=None, step0=0,
-                    log_every=25, bar=None, tally=None, dropout_seed=None, stop=None, on_log=None) -> dict:  # fmt: skip
+def train_one_epoch(
+    model,
+    optimizer,
+    batches,
+    *,
+    device,
+    amp,
+    label_smoothing=0.0,
+    lr_fn=None,
+    step0=0,
+    log_every=25,
+    bar=None,
+    tally=None,
+    dropout_seed=None,
+    stop=None,
+    on_log=None,
+) -> dict:
     """Train over ``batches``; returns {'loss', 'acc', 'images', 'steps'} of the epoch.
 
     ``tally`` holds the epoch's running totals (resumed ones included) and is updated in place.
@@ -252,8 +284,9 @@ MAX_CONFUSION = 1000
 
 
 @torch.inference_mode()
-def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool = False, stop=None,
-             flip_tta: bool = False) -> dict:  # fmt: skip
+def evaluate(
+    model, batches, *, device, amp, num_classes: int, confusion: bool = False, stop=None, flip_tta: bool = False
+) -> dict:
     """Mean loss, accuracy and top-5 accuracy, and each class's images and correct predictions
     (with ``confusion``, the confusion matrix too, rows = true class, up to MAX_CONFUSION classes).
 
@@ -289,26 +322,43 @@ def evaluate(model, batches, *, device, amp, num_classes: int, confusion: bool =
         top5 += (scores.topk(min(5, num_classes), 1).indices == y[:, None]).any(1).sum()
         seen += len(y)
     per_class = per_class.cpu()
-    out = {"loss": (loss_sum / max(seen, 1)).item(), "acc": (per_class[1].sum() / max(seen, 1)).item(),
-           "top5": (top5 / max(seen, 1)).item(), "images": seen, "class_images": per_class[0],
-           "class_correct": per_class[1]}  # fmt: skip
+    out = {
+        "loss": (loss_sum / max(seen, 1)).item(),
+        "acc": (per_class[1].sum() / max(seen, 1)).item(),
+        "top5": (top5 / max(seen, 1)).item(),
+        "images": seen,
+        "class_images": per_class[0],
+        "class_correct": per_class[1],
+    }
     if confusion:
         out["confusion"] = matrix.view(num_classes, num_classes).cpu() if dense else None
     return out
 
 
-def evaluate_run(model, ckpt: dict, device: torch.device, data_dir: str | None = None, batch_size: int = 256,
-                 ten_crop: bool | None = None) -> dict:  # fmt: skip
+def evaluate_run(
+    model,
+    ckpt: dict,
+    device: torch.device,
+    data_dir: str | None = None,
+    batch_size: int = 256,
+    ten_crop: bool | None = None,
+) -> dict:
     """An image-folder checkpoint's top-1 / top-5 on its validation split, with the run's own colour
     statistics and precision."""
     cfg = ckpt["cfg"]
     changes = {"data_dir": data_dir or cfg.data.data_dir}
     if ten_crop is not None:
         changes["ten_crop"] = ten_crop
-    pipe = I.ImagePipeline(cfg.replace(**changes), device, ckpt["resolution"], 1, batch_size,
-                           stats=ckpt.get("stats"), channels_last=False)  # fmt: skip
-    ev = evaluate(model.to(device), pipe.val(), device=device, amp=bf16_autocast(cfg.system.amp, device),
-                  num_classes=len(pipe.classes))  # fmt: skip
+    pipe = I.ImagePipeline(
+        cfg.replace(**changes), device, ckpt["resolution"], 1, batch_size, stats=ckpt.get("stats"), channels_last=False
+    )
+    ev = evaluate(
+        model.to(device),
+        pipe.val(),
+        device=device,
+        amp=bf16_autocast(cfg.system.amp, device),
+        num_classes=len(pipe.classes),
+    )
     if ev["images"] == 0:
         raise TrainingError(f"{cfg.data.data_dir}: no readable validation image ({pipe.skipped} unreadable)")
     return {**ev, "skipped": pipe.skipped, "ten_crop": changes.get("ten_crop", cfg.data.ten_crop)}
@@ -334,12 +384,18 @@ class Position:
         return max((m["val_acc"] for m in self.metrics), default=-1.0)
 
     @classmethod
-    def of(cls, ckpt: dict) -> "Position":
+    def of(cls, ckpt: dict) -> Position:
         tally = ckpt.get("tally")
         train_s = ckpt.get("epoch_train_s")
         train_s = float(train_s) if isinstance(train_s, (int, float)) and 0 <= train_s < 1e9 else 0.0
-        return cls(int(ckpt["epoch"]), int(ckpt["step"]), tuple(tally) if tally else None, list(ckpt["metrics"]),
-                   list(ckpt.get("changes", [])), train_s)  # fmt: skip
+        return cls(
+            int(ckpt["epoch"]),
+            int(ckpt["step"]),
+            tuple(tally) if tally else None,
+            list(ckpt["metrics"]),
+            list(ckpt.get("changes", [])),
+            train_s,
+        )
 
 
 def resume_config(ckpt: dict, overrides: dict) -> tuple[Config, list[dict]]:
@@ -350,8 +406,10 @@ def resume_config(ckpt: dict, overrides: dict) -> tuple[Config, list[dict]]:
     refused = sorted(k for k, v in overrides.items() if k not in RESUMABLE and current.get(k) != v)
     if refused:
         k = refused[0]
-        raise TrainingError(f"--resume keeps the run's recorded settings: --{k.replace('_', '-')} cannot change "
-                            f"({current.get(k)!r} -> {overrides[k]!r}); start a new run for that")  # fmt: skip
+        raise TrainingError(
+            f"--resume keeps the run's recorded settings: --{k.replace('_', '-')} cannot change "
+            f"({current.get(k)!r} -> {overrides[k]!r}); start a new run for that"
+        )
     done = int(ckpt["epoch"])
     if "epochs" in overrides and overrides["epochs"] < done + (1 if ckpt["step"] else 0):
         raise TrainingError(f"--epochs {overrides['epochs']}: the run has already trained {done} epochs")
@@ -368,8 +426,10 @@ def resume_config(ckpt: dict, overrides: dict) -> tuple[Config, list[dict]]:
 def _resolved(cfg: Config, device: torch.device) -> Config:
     """Record what 'auto' meant on this machine, so the run says how it was trained and a resume
     keeps that precision (and compilation) rather than re-deciding."""
-    return cfg.replace(amp="bf16" if bf16_autocast(cfg.system.amp, device) else "off",
-                       compile="on" if use_compile(cfg.system.compile, device) else "off")  # fmt: skip
+    return cfg.replace(
+        amp="bf16" if bf16_autocast(cfg.system.amp, device) else "off",
+        compile="on" if use_compile(cfg.system.compile, device) else "off",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,8 +447,16 @@ class RunResult:
         return self.metrics[-1] if self.metrics else {}
 
 
-def fit(cfg: Config, run_dir=None, *, resume: bool = False, overrides: dict | None = None, progress: bool = True,
-        quiet: bool = False, replan: bool = False) -> RunResult:  # fmt: skip
+def fit(
+    cfg: Config,
+    run_dir=None,
+    *,
+    resume: bool = False,
+    overrides: dict | None = None,
+    progress: bool = True,
+    quiet: bool = False,
+    replan: bool = False,
+) -> RunResult:
     """Train ``cfg`` into ``run_dir`` (a fresh, uniquely named one under runs/ when None), or, with
     ``resume``, continue the run there with its own settings changed only by ``overrides`` (and a
     budgeted run's steps re-planned on this machine with ``replan``).
@@ -409,8 +477,9 @@ def fit(cfg: Config, run_dir=None, *, resume: bool = False, overrides: dict | No
         device, rank, world = init_distributed(cfg.system.device)
         main = rank == 0
         try:
-            with Session(cfg, device, rank, world, quiet=quiet or not main, progress=progress and main,
-                         replan=replan) as s:
+            with Session(
+                cfg, device, rank, world, quiet=quiet or not main, progress=progress and main, replan=replan
+            ) as s:
                 s.prepare(run_dir, ckpt, changes if resume else [], held)
                 result = s.run()
             if world > 1:  # leave the group together: a rank exiting while rank 0 still writes can abort Gloo
@@ -478,8 +547,10 @@ class Session:
         self.model = build_model(cfg.train.model, self.data.channels, len(self.data.classes), seed=cfg.train.seed)
         _check_input_fits(self.model, self.data.channels, self.data.resolution)
         if any(isinstance(m, WhiteningConv) for m in self.model.modules()) and not self.data.resident:
-            raise TrainingError(f"--model {cfg.train.model}: its whitening conv is fitted to an in-memory dataset "
-                                f"(fashion-mnist, mnist, cifar10), not to {cfg.data.dataset}")  # fmt: skip
+            raise TrainingError(
+                f"--model {cfg.train.model}: its whitening conv is fitted to an in-memory dataset "
+                f"(fashion-mnist, mnist, cifar10), not to {cfg.data.dataset}"
+            )
         self.pos = Position.of(ckpt) if ckpt else Position()
         self.pos.changes = changes
         if ckpt is not None:
@@ -540,20 +611,24 @@ class Session:
     def _announce(self, ckpt) -> None:
         cfg, pos, d = self.cfg, self.pos, self.device
         res = self.data.resolution
-        say(f"preset {cfg.preset} · model {cfg.train.model} · {self.data.name} {res}x{res} · device {describe(d)} · "
+        say(
+            f"preset {cfg.preset} · model {cfg.train.model} · {self.data.name} {res}x{res} · device {describe(d)} · "
             f"bf16 {cfg.system.amp == 'bf16' and 'on' or 'off'} · compile {cfg.system.compile} · channels_last "
             f"{'on' if channels_last_on(cfg.system.channels_last, d) else 'off'} · "
             + (B.describe(self.plan) if self.plan else f"{cfg.train.epochs} epochs x {self.steps} steps")
-            + (f" · data-parallel over {self.world} ranks ({dist.get_backend()})"
-                                     if self.world > 1 else ""), self.quiet)  # fmt: skip
+            + (f" · data-parallel over {self.world} ranks ({dist.get_backend()})" if self.world > 1 else ""),
+            self.quiet,
+        )
         if ckpt is not None:
             where = self.run_dir.path if self.run_dir else ""
             say(f"resuming {where} at epoch {pos.epoch + 1}" + (f", step {pos.step}" if pos.step else ""), self.quiet)
             for c in pos.changes:
                 if c["epoch"] == pos.epoch + 1:
-                    extra = ("; the learning-rate schedule is recomputed for the new length"
-                             if c["setting"] == "epochs" and (cfg.train.schedule != "constant" or
-                                                              cfg.train.warmup_epochs) else "")  # fmt: skip
+                    extra = (
+                        "; the learning-rate schedule is recomputed for the new length"
+                        if c["setting"] == "epochs" and (cfg.train.schedule != "constant" or cfg.train.warmup_epochs)
+                        else ""
+                    )
                     say(f"changed from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}{extra}", self.quiet)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -633,8 +708,10 @@ class Session:
         self.prepare_frozen()
         spent = time.perf_counter() - self.started
         if spent >= B.parse_duration(cfg.train.time_budget):  # no use measuring: nothing can fit any more
-            raise ConfigError(f"--time-budget {cfg.train.time_budget} holds no training: the start-up (the frozen "
-                              f"stem, choosing the network) took {spent:.1f} s of it on this machine as loaded now")
+            raise ConfigError(
+                f"--time-budget {cfg.train.time_budget} holds no training: the start-up (the frozen "
+                f"stem, choosing the network) took {spent:.1f} s of it on this machine as loaded now"
+            )
         step_s, eval_s = self._time_step(), self._time_evaluation()
         each = cfg.train.evaluate == "epoch"
         if self.plan is None:
@@ -679,21 +756,38 @@ class Session:
 
     def _steps(self, model, optimizer, x, y, k: int) -> None:
         for _ in range(k):
-            train_step(model, optimizer, x, y, device=self.device, amp=self.cfg.system.amp == "bf16",
-                       label_smoothing=self.cfg.train.label_smoothing)  # fmt: skip
+            train_step(
+                model,
+                optimizer,
+                x,
+                y,
+                device=self.device,
+                amp=self.cfg.system.amp == "bf16",
+                label_smoothing=self.cfg.train.label_smoothing,
+            )
 
     def _time_step(self) -> float:
         """Seconds per training step of this run's own step, network and data, with the weights,
         optimiser and random state put back afterwards (the steps take lr 0 as well)."""
-        saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
-                 torch.get_rng_state())  # fmt: skip
+        saved = (
+            copy.deepcopy(self.model.state_dict()),
+            copy.deepcopy(self.optimizer.state_dict()),
+            torch.get_rng_state(),
+        )
         batches = itertools.chain.from_iterable(self.data.train(e) for e in itertools.count())
         cfg = self.cfg
 
         def run(n: int) -> None:
-            train_one_epoch(self.train_net, self.optimizer, itertools.islice(batches, n), device=self.device,
-                            amp=cfg.system.amp == "bf16", label_smoothing=cfg.train.label_smoothing,
-                            lr_fn=lambda s: 0.0, log_every=n)  # fmt: skip
+            train_one_epoch(
+                self.train_net,
+                self.optimizer,
+                itertools.islice(batches, n),
+                device=self.device,
+                amp=cfg.system.amp == "bf16",
+                label_smoothing=cfg.train.label_smoothing,
+                lr_fn=lambda s: 0.0,
+                log_every=n,
+            )
 
         try:  # the median: one step that another job stalled does not stretch the plan (the clock follows the load)
             return time_turns({"step": run}, self.device, rounds=B.TIMED_STEPS, warmup=B.WARMUP_STEPS)["step"].median
@@ -708,9 +802,14 @@ class Session:
         data = self.data
 
         def run(k: int) -> None:  # the first k batches, or a whole evaluation
-            evaluate(self.net, data.val(k if data.uniform_batches else None), device=self.device,
-                     amp=self.cfg.system.amp == "bf16", num_classes=len(data.classes),
-                     flip_tta=self.cfg.data.flip_tta)  # fmt: skip
+            evaluate(
+                self.net,
+                data.val(k if data.uniform_batches else None),
+                device=self.device,
+                amp=self.cfg.system.amp == "bf16",
+                num_classes=len(data.classes),
+                flip_tta=self.cfg.data.flip_tta,
+            )
 
         if not data.uniform_batches:
             return time_turns({"evaluation": run}, self.device, rounds=1, warmup=0)["evaluation"].median
@@ -737,8 +836,12 @@ class Session:
     def _stem_once(self, model: nn.Module) -> bool:
         """Whether the network's frozen leading layers can run once per image rather than every step."""
         # One process: the layers after the stem train outside DistributedDataParallel.
-        return (isinstance(model, nn.Sequential) and isinstance(model[0], Frozen) and self.data.precomputable
-                and self.world == 1)  # fmt: skip
+        return (
+            isinstance(model, nn.Sequential)
+            and isinstance(model[0], Frozen)
+            and self.data.precomputable
+            and self.world == 1
+        )
 
     def train_epoch(self, epoch: int) -> dict:
         t0 = time.perf_counter()
@@ -760,15 +863,26 @@ class Session:
             batches = self.clock.steps(batches, epoch * steps + skip)
         try:
             tr = train_one_epoch(
-                self.train_net, self.optimizer, batches, device=self.device,
-                amp=cfg.system.amp == "bf16", label_smoothing=cfg.train.label_smoothing,
-                lr_fn=lr_fn, step0=epoch * steps + skip, log_every=cfg.system.log_every, bar=bar, tally=self.tally,
-                dropout_seed=lambda s: seeds.dropout(epoch, s, self.rank), stop=self.stop,
+                self.train_net,
+                self.optimizer,
+                batches,
+                device=self.device,
+                amp=cfg.system.amp == "bf16",
+                label_smoothing=cfg.train.label_smoothing,
+                lr_fn=lr_fn,
+                step0=epoch * steps + skip,
+                log_every=cfg.system.log_every,
+                bar=bar,
+                tally=self.tally,
+                dropout_seed=lambda s: seeds.dropout(epoch, s, self.rank),
+                stop=self.stop,
                 on_log=self.board.interval if self.board else None,
-            )  # fmt: skip
+            )
         except NonFiniteLoss as e:
             good = self.run_dir.last if self.run_dir and self.run_dir.last.exists() else "none yet"
-            raise TrainingError(f"epoch {epoch + 1}: {e}; stopping (lower --lr?). Last good checkpoint: {good}") from None
+            raise TrainingError(
+                f"epoch {epoch + 1}: {e}; stopping (lower --lr?). Last good checkpoint: {good}"
+            ) from None
         finally:
             self.epoch_train_s = before + time.perf_counter() - t0
             if bar is not None:
@@ -777,10 +891,18 @@ class Session:
         return reduce_means(tr, ("loss", "acc"), self.device, self.world)
 
     def evaluate(self) -> dict:
-        ev = evaluate(self.net, self.data.val(), device=self.device, amp=self.cfg.system.amp == "bf16",
-                      num_classes=len(self.data.classes), stop=self.stop, flip_tta=self.cfg.data.flip_tta)  # fmt: skip
-        ev = reduce_means({**ev, "skipped": self.data.skipped}, ("loss", "acc", "top5"), self.device, self.world,
-                          ("skipped",))  # fmt: skip
+        ev = evaluate(
+            self.net,
+            self.data.val(),
+            device=self.device,
+            amp=self.cfg.system.amp == "bf16",
+            num_classes=len(self.data.classes),
+            stop=self.stop,
+            flip_tta=self.cfg.data.flip_tta,
+        )
+        ev = reduce_means(
+            {**ev, "skipped": self.data.skipped}, ("loss", "acc", "top5"), self.device, self.world, ("skipped",)
+        )
         if ev["images"] == 0:
             raise TrainingError(f"no readable validation image ({ev['skipped']} unreadable): nothing to evaluate")
         return ev
@@ -795,9 +917,18 @@ class Session:
         """One metrics row. Times and images/s cover the training since the previous row (one
         epoch, or all of them under --evaluate end); epoch_time_s adds the evaluation."""
         pos = self.pos
-        row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": ev["loss"],
-               "val_acc": ev["acc"], "lr": tr["lr"], "train_images_per_s": tr["images"] / train_time,
-               "train_time_s": train_time, "eval_time_s": ev.get("time_s", 0.0), "epoch_time_s": epoch_time}  # fmt: skip
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": tr["loss"],
+            "train_acc": tr["acc"],
+            "val_loss": ev["loss"],
+            "val_acc": ev["acc"],
+            "lr": tr["lr"],
+            "train_images_per_s": tr["images"] / train_time,
+            "train_time_s": train_time,
+            "eval_time_s": ev.get("time_s", 0.0),
+            "epoch_time_s": epoch_time,
+        }
         row.update(self.data.epoch_metrics(ev))
         improved = row["val_acc"] > pos.best_acc
         pos.metrics.append(row)
@@ -807,10 +938,13 @@ class Session:
             self.run_dir.write_metrics(pos.metrics, self.title)
         if self.board is not None:
             self.board.epoch(row, self.model)
-        say(f"epoch {self.epoch_label(epoch, 3)}  train loss {row['train_loss']:.4f}  "
+        say(
+            f"epoch {self.epoch_label(epoch, 3)}  train loss {row['train_loss']:.4f}  "
             f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
             + (f"top-5 err {row['val_top5_err']:.4f}  " if "val_top5_err" in row else "")
-            + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s", self.quiet)  # fmt: skip
+            + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s",
+            self.quiet,
+        )
 
     def save_interrupted(self, abort: bool) -> None:
         pos, tally = self.pos, self.tally
@@ -833,23 +967,37 @@ class Session:
         except KeyboardInterrupt:  # a second Ctrl-C during the save: atomic_write kept the old file
             say(f"\nstopped while saving; {last} holds the last checkpoint", self.quiet)
             return
-        say(f"\ninterrupted: saved {last} (epoch {pos.epoch + 1}, step {pos.step}); "
-            f"continue with: alexnet train --resume {self.run_dir.path}", self.quiet)  # fmt: skip
+        say(
+            f"\ninterrupted: saved {last} (epoch {pos.epoch + 1}, step {pos.step}); "
+            f"continue with: alexnet train --resume {self.run_dir.path}",
+            self.quiet,
+        )
 
     def checkpoint(self) -> dict:
         pos, data, model = self.pos, self.data, self.model
         weights = model.grouped_state_dict() if isinstance(model, TwoTowers) else model.state_dict()
         return {
-            "model": weights, "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
-            "epoch": pos.epoch, "step": pos.step, "tally": pos.tally, "metrics": pos.metrics,
+            "model": weights,
+            "optimizer": self.optimizer.state_dict(),
+            "config": self.cfg.to_dict(),
+            "epoch": pos.epoch,
+            "step": pos.step,
+            "tally": pos.tally,
+            "metrics": pos.metrics,
             "epoch_train_s": pos.train_s if pos.step else 0.0,
-            "best_epoch": best_epoch_of(pos.metrics), "changes": pos.changes, "classes": data.classes,
-            "dataset": data.name, "in_channels": data.channels, "num_classes": len(data.classes),
-            "resolution": data.resolution, "normalization": data.normalization,
-            "stats": data.stats, "torch": str(torch.__version__),
+            "best_epoch": best_epoch_of(pos.metrics),
+            "changes": pos.changes,
+            "classes": data.classes,
+            "dataset": data.name,
+            "in_channels": data.channels,
+            "num_classes": len(data.classes),
+            "resolution": data.resolution,
+            "normalization": data.normalization,
+            "stats": data.stats,
+            "torch": str(torch.__version__),
             "machine": machine(self.device).asdict(),
             **({"plan": self._spent(self.plan).to_dict()} if self.plan else {}),
-        }  # fmt: skip
+        }
 
     def _spent(self, plan: B.Plan) -> B.Plan:
         plan.spent_s = time.perf_counter() - self.started
@@ -868,8 +1016,17 @@ def load_data(cfg: Config, device, run_dir: Path | None, ckpt: dict | None, rank
         return D.InMemory(cfg, device, batch, eval_batch, rank, world)
     # The colour statistics are part of the run: a resumed run reuses them rather than resampling.
     stats = (ckpt or {}).get("stats") or (I.load_stats(run_dir / I.STATS_FILE) if run_dir else None)
-    return I.ImagePipeline(cfg, device, cfg.resolution(), batch, eval_batch, rank, world, stats,
-                           channels_last=channels_last_on(cfg.system.channels_last, device))  # fmt: skip
+    return I.ImagePipeline(
+        cfg,
+        device,
+        cfg.resolution(),
+        batch,
+        eval_batch,
+        rank,
+        world,
+        stats,
+        channels_last=channels_last_on(cfg.system.channels_last, device),
+    )
 
 
 def _check_input_fits(model: nn.Module, channels: int, resolution: int) -> None:

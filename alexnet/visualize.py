@@ -28,8 +28,13 @@ def _imshow(image: torch.Tensor, path: Path, title: str, scale: float = 0.12) ->
 
     h, w, c = image.shape
     fig, ax = plt.subplots(figsize=(max(3.0, min(8.0, w * scale)), max(2.5, min(8.0, h * scale)) + 0.4))
-    ax.imshow(image.squeeze(-1).numpy() if c == 1 else image.numpy(), cmap="gray" if c == 1 else None,
-              vmin=0, vmax=1, interpolation="nearest")  # fmt: skip
+    ax.imshow(
+        image.squeeze(-1).numpy() if c == 1 else image.numpy(),
+        cmap="gray" if c == 1 else None,
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
     ax.set_axis_off()
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
@@ -45,14 +50,30 @@ def plot_filters(model: nn.Module, path: str | Path, title: str = "") -> dict:
     image, rows, cols = mosaic(filter_cells(w))
     colour = "RGB" if w.shape[1] == 3 else "grey" if w.shape[1] == 1 else f"mean of {w.shape[1]} channels"
     label = f"{title} · " if title else ""
-    _imshow(image, Path(path), f"{label}first layer: {w.shape[0]} kernels {w.shape[2]}x{w.shape[3]}x{w.shape[1]} "
-            f"({colour}, each scaled to its own range)", scale=0.25 if w.shape[-1] <= 5 else 0.07)  # fmt: skip
+    _imshow(
+        image,
+        Path(path),
+        f"{label}first layer: {w.shape[0]} kernels {w.shape[2]}x{w.shape[3]}x{w.shape[1]} "
+        f"({colour}, each scaled to its own range)",
+        scale=0.25 if w.shape[-1] <= 5 else 0.07,
+    )
     return {"path": Path(path), "kernels": w.shape[0], "rows": rows, "cols": cols, "shape": tuple(w.shape)}
 
 
 # Element-wise layers that belong to the convolution before them: they keep its output's shape.
-_ELEMENTWISE = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.BatchNorm2d,
-                nn.LocalResponseNorm, nn.GroupNorm, nn.Identity)  # fmt: skip
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.GELU,
+    nn.SiLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.BatchNorm2d,
+    nn.LocalResponseNorm,
+    nn.GroupNorm,
+    nn.Identity,
+)
 
 
 @torch.inference_mode()
@@ -91,26 +112,37 @@ def strongest(maps: torch.Tensor, n: int) -> torch.Tensor:
     return maps[order[:n]]
 
 
-def plot_activations(model: nn.Module, x: torch.Tensor, out_dir: str | Path, stem: str = "image",
-                     max_channels: int = 32, title: str = "") -> list[dict]:  # fmt: skip
+def plot_activations(
+    model: nn.Module, x: torch.Tensor, out_dir: str | Path, stem: str = "image", max_channels: int = 32, title: str = ""
+) -> list[dict]:
     """One PNG per convolutional stage, its ``max_channels`` strongest maps in a grid (each map scaled
     to its own range), and the input as the network saw it; returns one record per file written."""
     out_dir = Path(out_dir)
     written = []
     shown = contrast(x[:1].detach().float().cpu())[0]
     path = out_dir / f"{stem}-input.png"
-    _imshow(shown.permute(1, 2, 0) if shown.shape[0] in (1, 3) else shown[:1].permute(1, 2, 0), path,
-            f"{title} input {tuple(x.shape[1:])}", scale=0.05)  # fmt: skip
+    _imshow(
+        shown.permute(1, 2, 0) if shown.shape[0] in (1, 3) else shown[:1].permute(1, 2, 0),
+        path,
+        f"{title} input {tuple(x.shape[1:])}",
+        scale=0.05,
+    )
     written.append({"path": path, "stage": "input", "channels": x.shape[1], "shown": 1})
     for k, (name, maps) in enumerate(stage_maps(model, x), 1):
         top = strongest(maps, max_channels)
         image, rows, cols = mosaic(contrast(top[:, None]), gap=max(1, maps.shape[-1] // 14))
         path = out_dir / f"{stem}-stage{k}.png"
         label = f"{title} · " if title else ""
-        _imshow(image, path, f"{label}stage {k}: {name}, {maps.shape[0]} maps {maps.shape[1]}x{maps.shape[2]}; "
-                f"the {len(top)} strongest (mean activation), strongest first", scale=0.06)  # fmt: skip
-        written.append({"path": path, "stage": name, "channels": maps.shape[0], "shown": len(top),
-                        "rows": rows, "cols": cols})  # fmt: skip
+        _imshow(
+            image,
+            path,
+            f"{label}stage {k}: {name}, {maps.shape[0]} maps {maps.shape[1]}x{maps.shape[2]}; "
+            f"the {len(top)} strongest (mean activation), strongest first",
+            scale=0.06,
+        )
+        written.append(
+            {"path": path, "stage": name, "channels": maps.shape[0], "shown": len(top), "rows": rows, "cols": cols}
+        )
     return written
 
 
@@ -171,8 +203,13 @@ def orientation_strength(weight: torch.Tensor) -> torch.Tensor:
 def _panel(ax, weight: torch.Tensor, title: str) -> None:
     image, _, _ = mosaic(filter_cells(weight.detach().cpu().float()))
     c = image.shape[-1]
-    ax.imshow(image.squeeze(-1).numpy() if c == 1 else image.numpy(), cmap="gray" if c == 1 else None,
-              vmin=0, vmax=1, interpolation="nearest")  # fmt: skip
+    ax.imshow(
+        image.squeeze(-1).numpy() if c == 1 else image.numpy(),
+        cmap="gray" if c == 1 else None,
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
     ax.set_axis_off()
     ax.set_title(title, fontsize=8)
 
@@ -196,20 +233,28 @@ def filter_panels_figure(panels: list, cols: int | None = None, cutoff: float = 
             continue
         title, w = panel
         share = low_frequency_share(w, cutoff)
-        _panel(ax, w, f"{title}\nlow-frequency share: median {share.median():.2f} "
-                      f"(IQR {share.quantile(0.25):.2f}-{share.quantile(0.75):.2f})\n"
-                      f"orientation: median {orientation_strength(w).median():.2f}")  # fmt: skip
+        _panel(
+            ax,
+            w,
+            f"{title}\nlow-frequency share: median {share.median():.2f} "
+            f"(IQR {share.quantile(0.25):.2f}-{share.quantile(0.75):.2f})\n"
+            f"orientation: median {orientation_strength(w).median():.2f}",
+        )
     o, c, kh, kw = next(p for p in panels if p is not None)[1].shape
-    fig.suptitle(f"first layer: {o} kernels {kh}x{kw}x{c}, each scaled to its own range; low-frequency share = "
-                 f"energy at <= {cutoff:g} cycles/pixel (white noise: {chance_share(kh, kw, cutoff):.2f})", fontsize=8)
+    fig.suptitle(
+        f"first layer: {o} kernels {kh}x{kw}x{c}, each scaled to its own range; low-frequency share = "
+        f"energy at <= {cutoff:g} cycles/pixel (white noise: {chance_share(kh, kw, cutoff):.2f})",
+        fontsize=8,
+    )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     if rows > 1:  # tight_layout leaves a lower row's three-line title over the grid above it
         fig.subplots_adjust(hspace=0.32)
     return fig
 
 
-def class_activations_figure(model: nn.Module, images: torch.Tensor, labels: list[str], maps: int = 16,
-                             cell: int = 128):  # fmt: skip
+def class_activations_figure(
+    model: nn.Module, images: torch.Tensor, labels: list[str], maps: int = 16, cell: int = 128
+):
     """One row per image (say, one test image per class): the input as the network saw it, then
     each convolutional stage's ``maps`` strongest feature maps (by mean activation) as a mosaic,
     each map scaled to its own range. Returns the figure.
@@ -239,18 +284,25 @@ def class_activations_figure(model: nn.Module, images: torch.Tensor, labels: lis
         for _, m in stages:
             row.append(fit(mosaic(contrast(strongest(m, maps)[:, None]), gap=max(1, m.shape[-1] // 14))[0]))
         panels.append(row)
-    canvas, _, cols = mosaic(torch.stack([p.permute(2, 0, 1) for row in panels for p in row]), cols=len(panels[0]), gap=gap)
+    canvas, _, cols = mosaic(
+        torch.stack([p.permute(2, 0, 1) for row in panels for p in row]), cols=len(panels[0]), gap=gap
+    )
     fig, ax = plt.subplots(figsize=(1.25 * cols + 1.2, 1.25 * len(rows) + 0.7))
     ax.imshow(canvas.numpy(), interpolation="nearest")
-    ax.set_xticks([(cell + gap) * k + cell / 2 for k in range(cols)],
-                  [f"input {images.shape[-2]}x{images.shape[-1]}"]
-                  + [f"{name.split(' ')[0]}\n{m.shape[0]}x{m.shape[1]}x{m.shape[2]}" for name, m in rows[0]], fontsize=7)  # fmt: skip
+    ax.set_xticks(
+        [(cell + gap) * k + cell / 2 for k in range(cols)],
+        [f"input {images.shape[-2]}x{images.shape[-1]}"]
+        + [f"{name.split(' ')[0]}\n{m.shape[0]}x{m.shape[1]}x{m.shape[2]}" for name, m in rows[0]],
+        fontsize=7,
+    )
     ax.xaxis.tick_top()
     ax.set_yticks([(cell + gap) * k + cell / 2 for k in range(len(rows))], labels, fontsize=7)
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
-    ax.set_xlabel(f"each stage's {maps} strongest maps (mean activation), strongest first; each map scaled to its "
-                  "own range", fontsize=7)  # fmt: skip
+    ax.set_xlabel(
+        f"each stage's {maps} strongest maps (mean activation), strongest first; each map scaled to its own range",
+        fontsize=7,
+    )
     fig.tight_layout()
     return fig

@@ -103,7 +103,9 @@ def _torchvision_stub() -> types.ModuleType:
 
 def import_d2l_package():
     tv = _torchvision_stub()
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.datasets": tv.datasets})
+    sys.modules.update(
+        {"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.datasets": tv.datasets}
+    )
     from d2l import torch as theirs
 
     return theirs
@@ -118,18 +120,44 @@ def chapters(d2l):
 
     def lenet():
         return nn.Sequential(
-            nn.LazyConv2d(6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2, stride=2),
-            nn.LazyConv2d(16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(2, stride=2), nn.Flatten(),
-            nn.LazyLinear(120), nn.Sigmoid(), nn.LazyLinear(84), nn.Sigmoid(), nn.LazyLinear(10))  # fmt: skip
+            nn.LazyConv2d(6, kernel_size=5, padding=2),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, stride=2),
+            nn.LazyConv2d(16, kernel_size=5),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, stride=2),
+            nn.Flatten(),
+            nn.LazyLinear(120),
+            nn.Sigmoid(),
+            nn.LazyLinear(84),
+            nn.Sigmoid(),
+            nn.LazyLinear(10),
+        )
 
     def alexnet():
         return nn.Sequential(
-            nn.LazyConv2d(96, kernel_size=11, stride=4, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-            nn.LazyConv2d(256, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-            nn.LazyConv2d(384, kernel_size=3, padding=1), nn.ReLU(), nn.LazyConv2d(384, kernel_size=3, padding=1),
-            nn.ReLU(), nn.LazyConv2d(256, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-            nn.Flatten(), nn.LazyLinear(4096), nn.ReLU(), nn.Dropout(0.5), nn.LazyLinear(4096), nn.ReLU(),
-            nn.Dropout(0.5), nn.LazyLinear(10))  # fmt: skip
+            nn.LazyConv2d(96, kernel_size=11, stride=4, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2),
+            nn.LazyConv2d(256, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2),
+            nn.LazyConv2d(384, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.LazyConv2d(384, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.LazyConv2d(256, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2),
+            nn.Flatten(),
+            nn.LazyLinear(4096),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.LazyLinear(4096),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.LazyLinear(10),
+        )
 
     def vgg(arch=((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))):
         blocks = []
@@ -137,17 +165,36 @@ def chapters(d2l):
             for _ in range(convs):
                 blocks += [nn.LazyConv2d(channels, kernel_size=3, padding=1), nn.ReLU()]
             blocks.append(nn.MaxPool2d(2, stride=2))
-        return nn.Sequential(*blocks, nn.Flatten(), nn.LazyLinear(4096), nn.ReLU(), nn.Dropout(0.5),
-                             nn.LazyLinear(4096), nn.ReLU(), nn.Dropout(0.5), nn.LazyLinear(10))  # fmt: skip
+        return nn.Sequential(
+            *blocks,
+            nn.Flatten(),
+            nn.LazyLinear(4096),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.LazyLinear(4096),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.LazyLinear(10),
+        )
 
     def nin():
         def block(c, k, s, p):
-            return nn.Sequential(nn.LazyConv2d(c, k, s, p), nn.ReLU(), nn.LazyConv2d(c, 1), nn.ReLU(),
-                                 nn.LazyConv2d(c, 1), nn.ReLU())  # fmt: skip
+            return nn.Sequential(
+                nn.LazyConv2d(c, k, s, p), nn.ReLU(), nn.LazyConv2d(c, 1), nn.ReLU(), nn.LazyConv2d(c, 1), nn.ReLU()
+            )
 
-        return nn.Sequential(block(96, 11, 4, 0), nn.MaxPool2d(3, stride=2), block(256, 5, 1, 2),
-                             nn.MaxPool2d(3, stride=2), block(384, 3, 1, 1), nn.MaxPool2d(3, stride=2),
-                             nn.Dropout(0.5), block(10, 3, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())  # fmt: skip
+        return nn.Sequential(
+            block(96, 11, 4, 0),
+            nn.MaxPool2d(3, stride=2),
+            block(256, 5, 1, 2),
+            nn.MaxPool2d(3, stride=2),
+            block(384, 3, 1, 1),
+            nn.MaxPool2d(3, stride=2),
+            nn.Dropout(0.5),
+            block(10, 3, 1, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
 
     class Inception(nn.Module):
         def __init__(self, c1, c2, c3, c4):
@@ -166,19 +213,42 @@ def chapters(d2l):
             nn.Sequential(nn.LazyConv2d(64, 7, stride=2, padding=3), nn.ReLU(), pool()),
             nn.Sequential(nn.LazyConv2d(64, 1), nn.ReLU(), nn.LazyConv2d(192, 3, padding=1), nn.ReLU(), pool()),
             nn.Sequential(Inception(64, (96, 128), (16, 32), 32), Inception(128, (128, 192), (32, 96), 64), pool()),
-            nn.Sequential(Inception(192, (96, 208), (16, 48), 64), Inception(160, (112, 224), (24, 64), 64),
-                          Inception(128, (128, 256), (24, 64), 64), Inception(112, (144, 288), (32, 64), 64),
-                          Inception(256, (160, 320), (32, 128), 128), pool()),
-            nn.Sequential(Inception(256, (160, 320), (32, 128), 128), Inception(384, (192, 384), (48, 128), 128),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-            nn.LazyLinear(10))  # fmt: skip
+            nn.Sequential(
+                Inception(192, (96, 208), (16, 48), 64),
+                Inception(160, (112, 224), (24, 64), 64),
+                Inception(128, (128, 256), (24, 64), 64),
+                Inception(112, (144, 288), (32, 64), 64),
+                Inception(256, (160, 320), (32, 128), 128),
+                pool(),
+            ),
+            nn.Sequential(
+                Inception(256, (160, 320), (32, 128), 128),
+                Inception(384, (192, 384), (48, 128), 128),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+            ),
+            nn.LazyLinear(10),
+        )
 
     def bn_lenet():
         return nn.Sequential(
-            nn.LazyConv2d(6, kernel_size=5), nn.LazyBatchNorm2d(), nn.Sigmoid(), nn.AvgPool2d(2, stride=2),
-            nn.LazyConv2d(16, kernel_size=5), nn.LazyBatchNorm2d(), nn.Sigmoid(), nn.AvgPool2d(2, stride=2),
-            nn.Flatten(), nn.LazyLinear(120), nn.LazyBatchNorm1d(), nn.Sigmoid(),
-            nn.LazyLinear(84), nn.LazyBatchNorm1d(), nn.Sigmoid(), nn.LazyLinear(10))  # fmt: skip
+            nn.LazyConv2d(6, kernel_size=5),
+            nn.LazyBatchNorm2d(),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, stride=2),
+            nn.LazyConv2d(16, kernel_size=5),
+            nn.LazyBatchNorm2d(),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, stride=2),
+            nn.Flatten(),
+            nn.LazyLinear(120),
+            nn.LazyBatchNorm1d(),
+            nn.Sigmoid(),
+            nn.LazyLinear(84),
+            nn.LazyBatchNorm1d(),
+            nn.Sigmoid(),
+            nn.LazyLinear(10),
+        )
 
     def stem(channels, k, s, p, pool):
         layers = [nn.LazyConv2d(channels, k, stride=s, padding=p), nn.LazyBatchNorm2d(), nn.ReLU()]
@@ -188,17 +258,27 @@ def chapters(d2l):
         arch = ((2, 64), (2, 128), (2, 256), (2, 512))
         net = nn.Sequential(stem(64, 7, 2, 3, True))
         for i, (n, c) in enumerate(arch):
-            net.add_module(f"b{i + 2}", nn.Sequential(*(
-                d2l.Residual(c, use_1x1conv=True, strides=2) if j == 0 and i > 0 else d2l.Residual(c)
-                for j in range(n))))  # fmt: skip
+            net.add_module(
+                f"b{i + 2}",
+                nn.Sequential(
+                    *(
+                        d2l.Residual(c, use_1x1conv=True, strides=2) if j == 0 and i > 0 else d2l.Residual(c)
+                        for j in range(n)
+                    )
+                ),
+            )
         net.add_module("last", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(10)))
         return net
 
     class DenseBlock(nn.Module):
         def __init__(self, convs, growth):
             super().__init__()
-            self.net = nn.Sequential(*(nn.Sequential(nn.LazyBatchNorm2d(), nn.ReLU(), nn.LazyConv2d(growth, 3, padding=1))
-                                       for _ in range(convs)))  # fmt: skip
+            self.net = nn.Sequential(
+                *(
+                    nn.Sequential(nn.LazyBatchNorm2d(), nn.ReLU(), nn.LazyConv2d(growth, 3, padding=1))
+                    for _ in range(convs)
+                )
+            )
 
         def forward(self, X):
             for blk in self.net:
@@ -212,18 +292,32 @@ def chapters(d2l):
             channels += convs * growth
             if i != len(arch) - 1:
                 channels //= 2
-                net.add_module(f"tran_blk{i + 1}", nn.Sequential(nn.LazyBatchNorm2d(), nn.ReLU(),
-                               nn.LazyConv2d(channels, 1), nn.AvgPool2d(2, stride=2)))  # fmt: skip
-        net.add_module("last", nn.Sequential(nn.LazyBatchNorm2d(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                             nn.LazyLinear(10)))  # fmt: skip
+                net.add_module(
+                    f"tran_blk{i + 1}",
+                    nn.Sequential(
+                        nn.LazyBatchNorm2d(), nn.ReLU(), nn.LazyConv2d(channels, 1), nn.AvgPool2d(2, stride=2)
+                    ),
+                )
+        net.add_module(
+            "last",
+            nn.Sequential(nn.LazyBatchNorm2d(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(10)),
+        )
         return net
 
     def regnetx32():
         net = nn.Sequential(stem(32, 3, 2, 1, False))
         for i, (depth, c) in enumerate(((4, 32), (6, 80))):
-            net.add_module(f"stage{i + 1}", nn.Sequential(*(
-                d2l.ResNeXtBlock(c, 16, 1, use_1x1conv=True, strides=2) if j == 0 else d2l.ResNeXtBlock(c, 16, 1)
-                for j in range(depth))))  # fmt: skip
+            net.add_module(
+                f"stage{i + 1}",
+                nn.Sequential(
+                    *(
+                        d2l.ResNeXtBlock(c, 16, 1, use_1x1conv=True, strides=2)
+                        if j == 0
+                        else d2l.ResNeXtBlock(c, 16, 1)
+                        for j in range(depth)
+                    )
+                ),
+            )
         net.add_module("head", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(10)))
         return net
 
@@ -318,9 +412,15 @@ def epochs(d2l, name, n_train, n_val, fast: bool = False):
 
 def speeds(theirs, name, n_train, n_val, rounds) -> dict:
     """images/s of one epoch: ours fp32, ours with fast_mode(), d2l, in alternating turns."""
-    timings = time_turns({"ours_fp32": epochs(ours, name, n_train, n_val),
-                          "ours_fast": epochs(ours, name, n_train, n_val, fast=True),
-                          "d2l": epochs(theirs, name, n_train, n_val)}, "cpu", rounds=rounds)  # fmt: skip
+    timings = time_turns(
+        {
+            "ours_fp32": epochs(ours, name, n_train, n_val),
+            "ours_fast": epochs(ours, name, n_train, n_val, fast=True),
+            "d2l": epochs(theirs, name, n_train, n_val),
+        },
+        "cpu",
+        rounds=rounds,
+    )
     return {k: t.per_second(n_train) for k, t in timings.items()}
 
 
@@ -337,11 +437,17 @@ def accuracy_after(name, n_train, n_val, working_init: bool) -> float:
     return trainer.history[-1]["val_acc"]
 
 
-COLUMNS = [Column("chapter", left=True), Column("init_ours", "init correct: ours", left=True),
-           Column("init_d2l", "init correct: d2l", left=True), Column("ours_fp32", "images/s ours fp32", "{:.0f}"),
-           Column("ours_fast", "ours fast", "{:.0f}"), Column("d2l", "d2l", "{:.0f}"),
-           Column("acc_xavier", "acc, working init", "{:.3f}"), Column("acc_default", "acc, d2l 1.0 init", "{:.3f}"),
-           Column("error", left=True)]  # fmt: skip
+COLUMNS = [
+    Column("chapter", left=True),
+    Column("init_ours", "init correct: ours", left=True),
+    Column("init_d2l", "init correct: d2l", left=True),
+    Column("ours_fp32", "images/s ours fp32", "{:.0f}"),
+    Column("ours_fast", "ours fast", "{:.0f}"),
+    Column("d2l", "d2l", "{:.0f}"),
+    Column("acc_xavier", "acc, working init", "{:.3f}"),
+    Column("acc_default", "acc, d2l 1.0 init", "{:.3f}"),
+    Column("error", left=True),
+]
 
 
 def main(argv=None):
@@ -374,16 +480,21 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), flush=True)
     for name in filter(None, args.acc_chapters.split(",")):
-        row = {"chapter": name, "acc_train": args.acc_train, "acc_val": args.acc_val,
-               "acc_xavier": accuracy_after(name, args.acc_train, args.acc_val, True),
-               "acc_default": accuracy_after(name, args.acc_train, args.acc_val, False)}  # fmt: skip
+        row = {
+            "chapter": name,
+            "acc_train": args.acc_train,
+            "acc_val": args.acc_val,
+            "acc_xavier": accuracy_after(name, args.acc_train, args.acc_val, True),
+            "acc_default": accuracy_after(name, args.acc_train, args.acc_val, False),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(markdown(rows, present(COLUMNS, rows)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "args": vars(args) | {"json": str(args.json)},
-                                         "rows": rows}, indent=1))  # fmt: skip
+        args.json.write_text(
+            json.dumps({"machine": machine, "args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1)
+        )
     return rows
 
 

@@ -18,8 +18,8 @@ parallel workers, so a batch's own wait says nothing), images/s at the median ep
 from __future__ import annotations
 
 import argparse
-import os
 import itertools
+import os
 import tempfile
 from pathlib import Path
 
@@ -70,16 +70,26 @@ def main() -> None:
         kb = np.mean([os.path.getsize(p) for p in paths]) / 1e3
         images = ImageList(paths, [0] * len(paths), ["x"])
         print(f"{len(paths)} JPEGs 500x375 q90, mean {kb:.0f} kB; {machine('cpu').line()}, Pillow {Image.__version__}")
-        decoders = {f"{mode:<6} {crop}": decoder(ImageDataset(images, 256, crop, mode, lighting=0.1), len(paths))
-                  for mode, crop in (("train", 227), ("center", 227), ("ten", 227), ("train", 224))}  # fmt: skip
+        decoders = {
+            f"{mode:<6} {crop}": decoder(ImageDataset(images, 256, crop, mode, lighting=0.1), len(paths))
+            for mode, crop in (("train", 227), ("center", 227), ("ten", 227), ("train", 224))
+        }
         # 20 warm-up images each: the page cache and Pillow's first-call setup
         for label, t in time_turns(decoders, "cpu", rounds=args.rounds, block=len(paths), warmup=20).items():
-            print(f"one core, {label}: {t.per_second():6.0f} images/s  ({1e3 * t.median:.2f} ms/image at the median, "
-                  f"best {1e3 * t.best:.2f})")  # fmt: skip
+            print(
+                f"one core, {label}: {t.per_second():6.0f} images/s  ({1e3 * t.median:.2f} ms/image at the median, "
+                f"best {1e3 * t.best:.2f})"
+            )
         ds = ImageDataset(images, 256, 227, "train", lighting=0.1)
         sampler = EpochBatches(len(ds), 32, True, seed=0)
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=args.workers, collate_fn=collate,
-                                             persistent_workers=True, prefetch_factor=4)  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_sampler=sampler,
+            num_workers=args.workers,
+            collate_fn=collate,
+            persistent_workers=True,
+            prefetch_factor=4,
+        )
         epochs = itertools.count()
 
         def run_epochs(k):

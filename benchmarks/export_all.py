@@ -33,25 +33,47 @@ def main() -> None:
     for name in names:
         run = out / name
         if not (run / "last.pt").exists():
-            cfg = PRESETS["cpu"].replace(model=name, epochs=1, batch_size=32, limit_train=args.train_images,
-                                         limit_test=args.check_images, amp="off")  # fmt: skip
+            cfg = PRESETS["cpu"].replace(
+                model=name,
+                epochs=1,
+                batch_size=32,
+                limit_train=args.train_images,
+                limit_test=args.check_images,
+                amp="off",
+            )
             fit(cfg, run, progress=False, quiet=True)
         for fmt in FORMATS:
             row = {"network": name, "format": fmt}
             try:
                 dest = out / f"{name}{FORMATS[fmt]}"
-                r, seconds = timed(lambda: export(run, fmt, dest, check_images=args.check_images, say=lambda s: None),
-                                   "cpu")  # fmt: skip
-                row.update(max_diff=r.parity.max_abs_diff, tolerance=r.parity.tolerance, agree=r.parity.top1_agree,
-                           images=r.parity.images, MB=r.bytes / 1e6, seconds=seconds, result="ok")  # fmt: skip
+                r, seconds = timed(
+                    lambda: export(run, fmt, dest, check_images=args.check_images, say=lambda s: None),  # noqa: B023
+                    "cpu",
+                )
+                row.update(
+                    max_diff=r.parity.max_abs_diff,
+                    tolerance=r.parity.tolerance,
+                    agree=r.parity.top1_agree,
+                    images=r.parity.images,
+                    MB=r.bytes / 1e6,
+                    seconds=seconds,
+                    result="ok",
+                )
             except ExportError as e:
                 row.update(result=str(e))
             rows.append(row)
             print(json.dumps(row), flush=True)
-    cols = [Column("network", left=True), Column("format", left=True), Column("max_diff", "max abs logit diff", "{:.1e}"),
-            Column("tolerance", "tolerance", "{:.1e}"), Column("agree", "top-1 agreement", "{:.4f}"),
-            Column("images", "test images"), Column("MB", "file MB", "{:.1f}"), Column("seconds", "export + check s", "{:.0f}"),
-            Column("result", left=True)]  # fmt: skip
+    cols = [
+        Column("network", left=True),
+        Column("format", left=True),
+        Column("max_diff", "max abs logit diff", "{:.1e}"),
+        Column("tolerance", "tolerance", "{:.1e}"),
+        Column("agree", "top-1 agreement", "{:.4f}"),
+        Column("images", "test images"),
+        Column("MB", "file MB", "{:.1f}"),
+        Column("seconds", "export + check s", "{:.0f}"),
+        Column("result", left=True),
+    ]
     table = markdown(rows, cols)
     (out / "parity.md").write_text(table + "\n")
     print(table)

@@ -81,7 +81,10 @@ def main() -> None:
     pre_run = out / "pretrain"
     if not (pre_run / "last.pt").exists():
         pre = train(old, pre_run, model=args.model, epochs=args.pretrain_epochs)
-        print(f"pretrained {args.model} on classes 0-4: test accuracy {pre['acc']:.4f} in {pre['train_s']:.0f} s", flush=True)
+        print(
+            f"pretrained {args.model} on classes 0-4: test accuracy {pre['acc']:.4f} in {pre['train_s']:.0f} s",
+            flush=True,
+        )
     rows = []
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
@@ -89,8 +92,17 @@ def main() -> None:
         new = write_subset(ds, out / f"data-5-9-seed{seed}", np.sort(few), np.flatnonzero(te >= 5))
         for arm, extra in ARMS.items():
             init = {"init_from": str(pre_run)} if arm != "scratch" else {}
-            r = train(new, out / f"{arm}-seed{seed}", model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                      seed=seed, evaluate="end", **init, **extra)  # fmt: skip
+            r = train(
+                new,
+                out / f"{arm}-seed{seed}",
+                model=args.model,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                seed=seed,
+                evaluate="end",
+                **init,
+                **extra,
+            )
             rows.append({"arm": arm, "seed": seed, **r})
             print(json.dumps(rows[-1]), flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
@@ -99,10 +111,26 @@ def main() -> None:
         rs = [r for r in rows if r["arm"] == arm]
         accs = [r["acc"] for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        cells.append([arm, f"{statistics.mean(accs):.4f} ± {sd:.4f}", ", ".join(f"{a:.4f}" for a in accs),
-                      f"{statistics.mean(r['train_s'] for r in rs):.1f}", f"{statistics.mean(r['wall_s'] for r in rs):.1f}"])
-    table = grid(["arm", f"test accuracy on classes 5-9 (mean ± sd, {args.seeds} seeds)", "per seed",
-                  "training s (mean)", "wall s (mean)"], cells, left=(0, 1, 2))  # fmt: skip
+        cells.append(
+            [
+                arm,
+                f"{statistics.mean(accs):.4f} ± {sd:.4f}",
+                ", ".join(f"{a:.4f}" for a in accs),
+                f"{statistics.mean(r['train_s'] for r in rs):.1f}",
+                f"{statistics.mean(r['wall_s'] for r in rs):.1f}",
+            ]
+        )
+    table = grid(
+        [
+            "arm",
+            f"test accuracy on classes 5-9 (mean ± sd, {args.seeds} seeds)",
+            "per seed",
+            "training s (mean)",
+            "wall s (mean)",
+        ],
+        cells,
+        left=(0, 1, 2),
+    )
     (out / "table.md").write_text(table + "\n")
     print(table)
 

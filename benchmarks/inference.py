@@ -58,8 +58,13 @@ def runners(model: torch.nn.Module, sessions: dict) -> dict:
     def ort(sess):
         return lambda x: torch.from_numpy(sess.run(None, {"image": x.contiguous().numpy()})[0])
 
-    return {"eager fp32": eager, "eager bf16": eager_bf16, "eager bf16 weights": bf16_weights, "onnx fp32": ort(sessions["fp32"]),
-            "onnx int8": ort(sessions["int8"])}  # fmt: skip
+    return {
+        "eager fp32": eager,
+        "eager bf16": eager_bf16,
+        "eager bf16 weights": bf16_weights,
+        "onnx fp32": ort(sessions["fp32"]),
+        "onnx int8": ort(sessions["int8"]),
+    }
 
 
 def accuracy(run, split, transform, batch: int = 250, limit: int | None = None) -> tuple[float, torch.Tensor]:
@@ -78,13 +83,18 @@ def bench_network(name: str, ckpt_path: str, out: Path, args, ds, limit: int | N
     model.eval()
     meta = describe(ckpt)
     mean, std = meta["mean"], meta["std"]
-    transform = D.Transform(meta["resolution"], tuple(mean) if mean else None, tuple(std) if std else None,
-                            channels_last=False)  # fmt: skip
+    transform = D.Transform(
+        meta["resolution"], tuple(mean) if mean else None, tuple(std) if std else None, channels_last=False
+    )
     fp32, int8 = out / f"{name}.onnx", out / f"{name}.int8.onnx"
     fp32.write_bytes(to_onnx(model, meta))
     # Once, as `alexnet export --int8` runs it, on the same training images (calibration included).
-    quant_s = time_once(lambda: int8.write_bytes(quantize_int8(
-        fp32.read_bytes(), check_batch(ckpt, meta, None, args.calibration, split="train"))), "cpu")  # fmt: skip
+    quant_s = time_once(
+        lambda: int8.write_bytes(
+            quantize_int8(fp32.read_bytes(), check_batch(ckpt, meta, None, args.calibration, split="train"))
+        ),
+        "cpu",
+    )
     sessions = {"fp32": onnx_session(str(fp32), args.threads), "int8": onnx_session(str(int8), args.threads)}
     run = runners(model, sessions)
     n_test = min(len(ds.test), limit or len(ds.test))
@@ -94,36 +104,65 @@ def bench_network(name: str, ckpt_path: str, out: Path, args, ds, limit: int | N
     for p in PATHS:
         acc, logits = accuracy(run[p], ds.test, transform, limit=limit)
         ref = logits if ref is None else ref
-        rows[p].update(acc=acc, agree=float((logits.argmax(1) == ref.argmax(1)).float().mean()),
-                       max_diff=float((logits - ref).abs().max()))  # fmt: skip
+        rows[p].update(
+            acc=acc,
+            agree=float((logits.argmax(1) == ref.argmax(1)).float().mean()),
+            max_diff=float((logits - ref).abs().max()),
+        )
         print(f"{name} {p}: accuracy {acc:.4f}", flush=True)
     x1 = transform(ds.test.images[:1], train=False)
     x64 = transform(ds.test.images[:64], train=False)
-    lat = time_turns({p: (lambda k, f=run[p]: [f(x1) for _ in range(k)]) for p in PATHS}, "cpu",
-                     rounds=args.rounds, block=args.latency_block, warmup=3)  # fmt: skip
-    thr = time_turns({p: (lambda k, f=run[p]: [f(x64) for _ in range(k)]) for p in PATHS}, "cpu",
-                     rounds=args.rounds, block=args.throughput_block, warmup=1)  # fmt: skip
+    lat = time_turns(
+        {p: (lambda k, f=run[p]: [f(x1) for _ in range(k)]) for p in PATHS},
+        "cpu",
+        rounds=args.rounds,
+        block=args.latency_block,
+        warmup=3,
+    )
+    thr = time_turns(
+        {p: (lambda k, f=run[p]: [f(x64) for _ in range(k)]) for p in PATHS},
+        "cpu",
+        rounds=args.rounds,
+        block=args.throughput_block,
+        warmup=1,
+    )
     base = thr["eager fp32"].median
     for p in PATHS:
         s = sorted(lat[p].seconds)
-        rows[p].update(p50_ms=1e3 * lat[p].median, p99_ms=1e3 * float(np.quantile(s, 0.99)), samples=len(s),
-                       img_per_s=thr[p].per_second(64), speedup=base / thr[p].median,
-                       loss_points=100 * (rows["eager fp32"]["acc"] - rows[p]["acc"]))  # fmt: skip
+        rows[p].update(
+            p50_ms=1e3 * lat[p].median,
+            p99_ms=1e3 * float(np.quantile(s, 0.99)),
+            samples=len(s),
+            img_per_s=thr[p].per_second(64),
+            speedup=base / thr[p].median,
+            loss_points=100 * (rows["eager fp32"]["acc"] - rows[p]["acc"]),
+        )
     rows["onnx int8"]["note"] = f"quantised in {quant_s:.0f} s on {args.calibration} training images"
     return list(rows.values())
 
 
-COLUMNS = [Column("network", left=True), Column("path", left=True), Column("test_images", "test images"),
-           Column("acc", "test accuracy", "{:.4f}"),
-           Column("loss_points", "loss (points)", "{:+.2f}"), Column("agree", "top-1 = fp32", "{:.4f}"),
-           Column("p50_ms", "batch-1 p50 ms", "{:.2f}"), Column("p99_ms", "batch-1 p99 ms", "{:.2f}"),
-           Column("img_per_s", "batch-64 img/s", "{:.0f}"), Column("speedup", "x eager fp32", "{:.2f}")]  # fmt: skip
+COLUMNS = [
+    Column("network", left=True),
+    Column("path", left=True),
+    Column("test_images", "test images"),
+    Column("acc", "test accuracy", "{:.4f}"),
+    Column("loss_points", "loss (points)", "{:+.2f}"),
+    Column("agree", "top-1 = fp32", "{:.4f}"),
+    Column("p50_ms", "batch-1 p50 ms", "{:.2f}"),
+    Column("p99_ms", "batch-1 p99 ms", "{:.2f}"),
+    Column("img_per_s", "batch-64 img/s", "{:.0f}"),
+    Column("speedup", "x eager fp32", "{:.2f}"),
+]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("networks", nargs="+", metavar="NAME=CHECKPOINT[@N]",
-                   help="@N: accuracy on the first N test images only (default: all 10,000)")
+    p.add_argument(
+        "networks",
+        nargs="+",
+        metavar="NAME=CHECKPOINT[@N]",
+        help="@N: accuracy on the first N test images only (default: all 10,000)",
+    )
     p.add_argument("--out", default="runs/inference")
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (1: the CPU is shared)")
     p.add_argument("--rounds", type=int, default=5)

@@ -52,7 +52,8 @@ from alexnet.costs import training_flops
 from alexnet.hardware import Peak, measure_peak
 from alexnet.measure import PeakMemory, machine, time_once, time_turns
 from alexnet.models import build_model, get_spec
-from alexnet.tables import Column, markdown as markdown_table
+from alexnet.tables import Column
+from alexnet.tables import markdown as markdown_table
 from alexnet.tracing import trace
 
 NETWORK = "network.forward"  # the profiler label of the forward pass; backward has the engine's own
@@ -150,8 +151,17 @@ class ReferenceFashionMNIST(torch.utils.data.Dataset):
 class Reference:
     """The chapter's training loop: d2l.Trainer.fit_epoch's body, without the plotting."""
 
-    def __init__(self, model_name: str, split: D.Split, channels: int, classes: int, resolution: int,
-                 batch_size: int, workers: int, device: torch.device):  # fmt: skip
+    def __init__(
+        self,
+        model_name: str,
+        split: D.Split,
+        channels: int,
+        classes: int,
+        resolution: int,
+        batch_size: int,
+        workers: int,
+        device: torch.device,
+    ):
         self.device = device
         self.model = build_model(model_name, channels, classes, seed=0).to(device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
@@ -190,7 +200,7 @@ class Project:
     net: nn.Module
 
     @classmethod
-    def build(cls, cfg, ds_cpu: D.Dataset) -> "Project":
+    def build(cls, cfg, ds_cpu: D.Dataset) -> Project:
         # These lines follow T.fit's set-up, in its order; the step itself is T.train_one_epoch.
         device = V.select_device(cfg.system.device)
         amp, compiled = V.bf16_autocast(cfg.system.amp, device), V.use_compile(cfg.system.compile, device)
@@ -209,15 +219,21 @@ class Project:
         cfg = self.cfg
         steps = D.steps_per_epoch(len(self.ds.train), cfg.train.batch_size)
         return T.train_one_epoch(
-            Labelled(self.net) if labelled else self.net, self.optimizer, itertools.islice(self.batches, n),
-            device=self.device, amp=self.amp, label_smoothing=cfg.train.label_smoothing,
-            lr_fn=lambda s: T.lr_at(s, steps * cfg.train.epochs, steps, cfg), log_every=cfg.system.log_every,
-        )  # fmt: skip
+            Labelled(self.net) if labelled else self.net,
+            self.optimizer,
+            itertools.islice(self.batches, n),
+            device=self.device,
+            amp=self.amp,
+            label_smoothing=cfg.train.label_smoothing,
+            lr_fn=lambda s: T.lr_at(s, steps * cfg.train.epochs, steps, cfg),
+            log_every=cfg.system.log_every,
+        )
 
     def evaluate(self, n: int) -> dict:
         batches = D.loader(self.ds.test, self.transform, self.cfg.train.eval_batch_size, False)
-        return T.evaluate(self.net, itertools.islice(batches, n), device=self.device, amp=self.amp,
-                          num_classes=len(self.ds.classes))  # fmt: skip
+        return T.evaluate(
+            self.net, itertools.islice(batches, n), device=self.device, amp=self.amp, num_classes=len(self.ds.classes)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,15 +259,17 @@ class Row:
     note: str = ""
 
 
-def run_model(args, model_name: str, preset: str, batch: int, measure_compile: bool, ds_cpu: D.Dataset,
-              mem: PeakMemory, log) -> tuple[list[Row], dict]:  # fmt: skip
+def run_model(
+    args, model_name: str, preset: str, batch: int, measure_compile: bool, ds_cpu: D.Dataset, mem: PeakMemory, log
+) -> tuple[list[Row], dict]:
     """One model's rows: reference and project (training and evaluation), the layout flipped, the
     precision flipped and,
     if asked, compilation flipped. Memory and the profiler's split come from each pipeline run
     alone; speeds from all of them run in turns (alexnet.measure.time_turns)."""
     res = get_spec(model_name).resolution
-    cfg = PRESETS[preset].replace(model=model_name, batch_size=batch, device=args.device,
-                                  eval_batch_size=args.eval_batch_size)  # fmt: skip
+    cfg = PRESETS[preset].replace(
+        model=model_name, batch_size=batch, device=args.device, eval_batch_size=args.eval_batch_size
+    )
     device = V.select_device(args.device)
     channels, classes = ds_cpu.channels, len(ds_cpu.classes)
     probe = build_model(model_name, channels, classes).to(device)
@@ -276,7 +294,9 @@ def run_model(args, model_name: str, preset: str, batch: int, measure_compile: b
     mem.reset()
     ref = reference()
     ref.steps(w)
-    ref_outside, extra["reference_outside_ms"] = outside_fraction(functools.partial(ref.steps, args.profile_steps, True), device)
+    ref_outside, extra["reference_outside_ms"] = outside_fraction(
+        functools.partial(ref.steps, args.profile_steps, True), device
+    )
     ref_mem = mem.peak_bytes()
     del ref
     gc.collect()
@@ -289,7 +309,8 @@ def run_model(args, model_name: str, preset: str, batch: int, measure_compile: b
         p = Project.build(cfg, ds_cpu)
         p.train_steps(w)
         proj_outside, extra["project_outside_ms"] = outside_fraction(
-            functools.partial(p.train_steps, args.profile_steps, labelled=True), device)  # fmt: skip
+            functools.partial(p.train_steps, args.profile_steps, labelled=True), device
+        )
         proj_mem = mem.peak_bytes()
         mem.reset()
         p.evaluate(1)
@@ -301,8 +322,11 @@ def run_model(args, model_name: str, preset: str, batch: int, measure_compile: b
     shipped = f"project (alexnet train --preset {preset})"
     layout = not cfg.system.channels_last
     amp = "off" if V.bf16_autocast(cfg.system.amp, device) else "bf16"
-    variants = [(shipped, cfg), (f"project --{'' if layout else 'no-'}channels-last", cfg.replace(channels_last=layout)),
-                (f"project --amp {amp}", cfg.replace(amp=amp))]  # fmt: skip
+    variants = [
+        (shipped, cfg),
+        (f"project --{'' if layout else 'no-'}channels-last", cfg.replace(channels_last=layout)),
+        (f"project --amp {amp}", cfg.replace(amp=amp)),
+    ]
     if measure_compile:
         on = not V.use_compile(cfg.system.compile, device)
         variants.append((f"project --compile {'on' if on else 'off'}", cfg.replace(compile="on" if on else "off")))
@@ -323,10 +347,13 @@ def run_model(args, model_name: str, preset: str, batch: int, measure_compile: b
         evaluation = projects[shipped]
         evaluation.evaluate(1)
         contestants["evaluation"] = evaluation.evaluate
-        log(f"{model_name}: timing {', '.join(contestants)}: {rounds} rounds of {args.block} steps "
-            f"(evaluation: 1 batch of {args.eval_batch_size} per round)")  # fmt: skip
-        times = {name: t.median for name, t in time_turns(contestants, device, rounds=rounds, block=blocks,
-                                                            warmup=0).items()}  # fmt: skip
+        log(
+            f"{model_name}: timing {', '.join(contestants)}: {rounds} rounds of {args.block} steps "
+            f"(evaluation: 1 batch of {args.eval_batch_size} per round)"
+        )
+        times = {
+            name: t.median for name, t in time_turns(contestants, device, rounds=rounds, block=blocks, warmup=0).items()
+        }
         compiled = {name: p.net.compiled is not None for name, p in projects.items()}
         nhwc = {name: p.transform.channels_last for name, p in projects.items()}
         del ref, projects, contestants, evaluation, p
@@ -335,32 +362,85 @@ def run_model(args, model_name: str, preset: str, batch: int, measure_compile: b
     log(f"{model_name}: peaks after the pipelines")
     after = peaks(probe, (b, channels, res, res), device)
     best = {k: max(before[k], after[k], key=lambda p: p.flops) for k in DTYPES}
-    extra["peaks"] = {k: {"flops": best[k].flops, "gemm": best[k].gemm, "gemm_shape": best[k].gemm_shape,
-                          "conv": best[k].conv, "conv_label": best[k].conv_label,
-                          "flops_before": before[k].flops, "flops_after": after[k].flops} for k in DTYPES}  # fmt: skip
+    extra["peaks"] = {
+        k: {
+            "flops": best[k].flops,
+            "gemm": best[k].gemm,
+            "gemm_shape": best[k].gemm_shape,
+            "conv": best[k].conv,
+            "conv_label": best[k].conv_label,
+            "flops_before": before[k].flops,
+            "flops_after": after[k].flops,
+        }
+        for k in DTYPES
+    }
     del probe
 
     def row(pipeline, mode, step_s, batch, outside=None, memory=None, compile_s=None, note="", c=cfg):
         per_image = step_flops if mode == "train" else fwd
         dt = dtype(c) if pipeline != "reference" else "fp32"
-        return Row(pipeline, model_name, res, mode, batch, dt, params, per_image / 1e9, batch / step_s, 1e3 * step_s,
-                   per_image * batch / step_s / best[dt].flops, outside, None if memory is None else memory / 2**20,
-                   compile_s, note)  # fmt: skip
+        return Row(
+            pipeline,
+            model_name,
+            res,
+            mode,
+            batch,
+            dt,
+            params,
+            per_image / 1e9,
+            batch / step_s,
+            1e3 * step_s,
+            per_image * batch / step_s / best[dt].flops,
+            outside,
+            None if memory is None else memory / 2**20,
+            compile_s,
+            note,
+        )
 
-    rows = [row("reference", "train", times["reference"], b, ref_outside, ref_mem,
-                note=f"Pillow resize in {args.workers} DataLoader workers, NCHW, eager")]  # fmt: skip
+    rows = [
+        row(
+            "reference",
+            "train",
+            times["reference"],
+            b,
+            ref_outside,
+            ref_mem,
+            note=f"Pillow resize in {args.workers} DataLoader workers, NCHW, eager",
+        )
+    ]
     for name, c in variants:
-        setup = (f"{'channels_last' if nhwc[name] else 'NCHW'}, {'compiled' if compiled[name] else 'eager'}, "
-                 f"device-side resize")  # fmt: skip
+        setup = (
+            f"{'channels_last' if nhwc[name] else 'NCHW'}, {'compiled' if compiled[name] else 'eager'}, "
+            f"device-side resize"
+        )
         compile_s = max(0.0, first[name] - times[name]) if V.use_compile(c.system.compile, device) else None
         if V.use_compile(c.system.compile, device) and not compiled[name]:
             setup += " (compile failed: ran eager)"
         alone = name == shipped
-        rows.append(row(name, "train", times[name], b, proj_outside if alone else None, proj_mem if alone else None,
-                        compile_s, setup, c))  # fmt: skip
+        rows.append(
+            row(
+                name,
+                "train",
+                times[name],
+                b,
+                proj_outside if alone else None,
+                proj_mem if alone else None,
+                compile_s,
+                setup,
+                c,
+            )
+        )
         if alone:
-            rows.append(row(name, "eval", times["evaluation"], args.eval_batch_size, memory=eval_mem,
-                            note="inference_mode, alexnet.train.evaluate"))  # fmt: skip
+            rows.append(
+                row(
+                    name,
+                    "eval",
+                    times["evaluation"],
+                    args.eval_batch_size,
+                    memory=eval_mem,
+                    note="inference_mode, alexnet.train.evaluate",
+                )
+            )
     ship, flipped = times[shipped], times[variants[1][0]]
     extra["channels_last_speedup"] = flipped / ship if not layout else ship / flipped
     fp32 = times[variants[2][0]] if amp == "off" else ship
@@ -379,21 +459,34 @@ def compile_verdict(compile_s: float, eager_step_s: float, compiled_step_s: floa
     """Whether compiling pays for itself within a run of ``run_steps`` training steps."""
     saved = eager_step_s - compiled_step_s
     break_even = math.ceil(compile_s / saved) if saved > 0 else None
-    return {"compile_s": compile_s, "eager_step_s": eager_step_s, "compiled_step_s": compiled_step_s,
-            "break_even_steps": break_even, "typical_run_steps": run_steps,
-            "net_saving_s": run_steps * saved - compile_s,
-            "pays": break_even is not None and break_even <= run_steps}  # fmt: skip
+    return {
+        "compile_s": compile_s,
+        "eager_step_s": eager_step_s,
+        "compiled_step_s": compiled_step_s,
+        "break_even_steps": break_even,
+        "typical_run_steps": run_steps,
+        "net_saving_s": run_steps * saved - compile_s,
+        "pays": break_even is not None and break_even <= run_steps,
+    }
 
 
 ROW_COLUMNS = [
-    Column("pipeline", left=True), Column("model", left=True),
-    Column("resolution", "input", lambda r: f"{r}x{r}"), Column("mode", left=True), Column("batch_size", "batch"),
-    Column("dtype", left=True), Column("params", "params", lambda n: f"{n / 1e6:.2f} M"),
-    Column("gflops_per_image", "GFLOPs/img", "{:.3f}"), Column("images_per_s", "img/s", "{:.1f}"),
-    Column("step_ms", "step ms", "{:.1f}"), Column("mfu", "MFU", "{:.1%}"),
-    Column("outside_network", "outside net", "{:.1%}"), Column("peak_memory_mib", "peak MiB", "{:.0f}"),
-    Column("compile_s", "compile s", "{:.1f}"), Column("note", "notes", left=True),
-]  # fmt: skip
+    Column("pipeline", left=True),
+    Column("model", left=True),
+    Column("resolution", "input", lambda r: f"{r}x{r}"),
+    Column("mode", left=True),
+    Column("batch_size", "batch"),
+    Column("dtype", left=True),
+    Column("params", "params", lambda n: f"{n / 1e6:.2f} M"),
+    Column("gflops_per_image", "GFLOPs/img", "{:.3f}"),
+    Column("images_per_s", "img/s", "{:.1f}"),
+    Column("step_ms", "step ms", "{:.1f}"),
+    Column("mfu", "MFU", "{:.1%}"),
+    Column("outside_network", "outside net", "{:.1%}"),
+    Column("peak_memory_mib", "peak MiB", "{:.0f}"),
+    Column("compile_s", "compile s", "{:.1f}"),
+    Column("note", "notes", left=True),
+]
 
 
 def markdown(result: dict) -> str:
@@ -403,10 +496,14 @@ def markdown(result: dict) -> str:
         "",
         f"{m['line']}; 1-min load average {m['load_average_1m_start']:.2f} at start, "
         f"{m['load_average_1m_end']:.2f} at end.",
-        "Peaks (GFLOP/s; each the better of a measurement before the pipelines and one after): " + "; ".join(
+        "Peaks (GFLOP/s; each the better of a measurement before the pipelines and one after): "
+        + "; ".join(
             f"{model} {k}: {g['flops'] / 1e9:.1f} = max(best GEMM {'x'.join(map(str, g['gemm_shape']))} "
             f"{g['gemm'] / 1e9:.1f}, dominant conv {g['conv_label']} {g['conv'] / 1e9:.1f})"
-            for model, e in result["extras"].items() for k, g in e["peaks"].items()) + ". "
+            for model, e in result["extras"].items()
+            for k, g in e["peaks"].items()
+        )
+        + ". "
         "Training FLOPs: the step's exact count (forward, input and weight gradients; alexnet.costs); "
         "MFU = achieved FLOP/s / the peak of the row's model and dtype. "
         f"Step ms: the median over the turns ({'single steps' if m['gpu'] is None else 'per-step mean of each block'}). "
@@ -423,24 +520,39 @@ def summarise(rows: list[Row], extras: dict) -> list[str]:
     for model, extra in extras.items():
         mine = [r for r in rows if r.model == model]
         ref = next(r for r in mine if r.pipeline == "reference")
-        proj, ev = (next(r for r in mine if r.pipeline.startswith("project (") and r.mode == m) for m in ("train", "eval"))
+        proj, ev = (
+            next(r for r in mine if r.pipeline.startswith("project (") and r.mode == m) for m in ("train", "eval")
+        )
         res = f"{model} {proj.resolution}x{proj.resolution}"
-        out.append(f"- {res} training: project {proj.images_per_s:.1f} img/s vs reference {ref.images_per_s:.1f} img/s "
-                   f"= {proj.images_per_s / ref.images_per_s:.2f}x.")  # fmt: skip
+        out.append(
+            f"- {res} training: project {proj.images_per_s:.1f} img/s vs reference {ref.images_per_s:.1f} img/s "
+            f"= {proj.images_per_s / ref.images_per_s:.2f}x."
+        )
         pk = extra["peaks"][proj.dtype]
-        out.append(f"- {res} MFU: {proj.images_per_s * proj.gflops_per_image:.1f} GFLOP/s achieved ({proj.dtype}) / "
-                   f"{pk['flops'] / 1e9:.1f} GFLOP/s peak (GEMM {pk['gemm'] / 1e9:.1f}, {pk['conv_label']} "
-                   f"{pk['conv'] / 1e9:.1f}) = {100 * proj.mfu:.1f}% (reference, fp32: {100 * ref.mfu:.1f}%).")
-        out.append(f"- {res} time outside the network: project {100 * proj.outside_network:.1f}%, "
-                   f"reference {100 * ref.outside_network:.1f}% of step time.")  # fmt: skip
-        out.append(f"- {res} evaluation {ev.images_per_s:.1f} img/s (batch {ev.batch_size}) vs training "
-                   f"{proj.images_per_s:.1f} img/s: {ev.images_per_s / proj.images_per_s:.2f}x.")  # fmt: skip
-        out.append(f"- {res} channels_last speed-up over NCHW: {extra['channels_last_speedup']:.2f}x; "
-                   f"bf16 autocast over fp32: {extra['bf16_speedup']:.2f}x.")
+        out.append(
+            f"- {res} MFU: {proj.images_per_s * proj.gflops_per_image:.1f} GFLOP/s achieved ({proj.dtype}) / "
+            f"{pk['flops'] / 1e9:.1f} GFLOP/s peak (GEMM {pk['gemm'] / 1e9:.1f}, {pk['conv_label']} "
+            f"{pk['conv'] / 1e9:.1f}) = {100 * proj.mfu:.1f}% (reference, fp32: {100 * ref.mfu:.1f}%)."
+        )
+        out.append(
+            f"- {res} time outside the network: project {100 * proj.outside_network:.1f}%, "
+            f"reference {100 * ref.outside_network:.1f}% of step time."
+        )
+        out.append(
+            f"- {res} evaluation {ev.images_per_s:.1f} img/s (batch {ev.batch_size}) vs training "
+            f"{proj.images_per_s:.1f} img/s: {ev.images_per_s / proj.images_per_s:.2f}x."
+        )
+        out.append(
+            f"- {res} channels_last speed-up over NCHW: {extra['channels_last_speedup']:.2f}x; "
+            f"bf16 autocast over fp32: {extra['bf16_speedup']:.2f}x."
+        )
         c = extra.get("compile")
         if c:
-            pays = (f"pays after {c['break_even_steps']} steps" if c["break_even_steps"] is not None
-                    else "never pays (compiled steps are not faster)")  # fmt: skip
+            pays = (
+                f"pays after {c['break_even_steps']} steps"
+                if c["break_even_steps"] is not None
+                else "never pays (compiled steps are not faster)"
+            )
             out.append(
                 f"- {res} torch.compile: {c['compile_s']:.1f} s to compile, step {1e3 * c['compiled_step_s']:.0f} ms "
                 f"vs {1e3 * c['eager_step_s']:.0f} ms eager: {pays}; a 10-epoch run at this batch size is "
@@ -451,9 +563,13 @@ def summarise(rows: list[Row], extras: dict) -> list[str]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per pipeline (evaluation: one batch per --block)")
+    p.add_argument(
+        "--steps", type=int, default=10, help="timed training steps per pipeline (evaluation: one batch per --block)"
+    )
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--profile-steps", type=int, default=3, help="steps run under torch.profiler")
     p.add_argument("--batch-size", type=int, default=128, help="training batch size (the chapter's is 128)")
@@ -463,10 +579,16 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="d2l", help="the first network's recipe")
     p.add_argument("--native-model", default="alexnet28", help="second network, at its own resolution ('none': skip)")
     p.add_argument("--native-preset", default="cpu", help="the second network's recipe (speedrun for speednet)")
-    p.add_argument("--native-batch-size", type=int, help="the second network's training batch size (default: --batch-size)")
+    p.add_argument(
+        "--native-batch-size", type=int, help="the second network's training batch size (default: --batch-size)"
+    )
     p.add_argument("--workers", type=int, default=4, help="reference DataLoader workers (the chapter's 4)")
-    p.add_argument("--compile", choices=["native", "both", "none"], default="native",
-                   help="which models get the torch.compile measurement (compiling alexnet on a CPU takes minutes)")
+    p.add_argument(
+        "--compile",
+        choices=["native", "both", "none"],
+        default="native",
+        help="which models get the torch.compile measurement (compiling alexnet on a CPU takes minutes)",
+    )
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: as alexnet train finds it)")
     p.add_argument("--out", default="runs/benchmark", help="directory for results.md and results.json")
     args = p.parse_args(argv)
@@ -494,17 +616,22 @@ def main(argv=None) -> dict:
     rows, extras = [], {}
     plan = [(args.model, args.preset, args.batch_size, args.compile == "both")]
     if args.native_model != "none":
-        plan.append((args.native_model, args.native_preset, args.native_batch_size or args.batch_size,
-                     args.compile != "none"))  # fmt: skip
+        plan.append(
+            (args.native_model, args.native_preset, args.native_batch_size or args.batch_size, args.compile != "none")
+        )
     for model_name, preset, batch, measure_compile in plan:
         r, extra = run_model(args, model_name, preset, batch, measure_compile, ds, mem, log)
         rows += r
         extras[model_name] = extra
     stamp["load_average_1m_end"] = machine(device).load_average_1m
     result = {
-        "machine": stamp, "args": vars(args), "memory": mem.what,
-        "rows": [asdict(r) for r in rows], "extras": extras, "summary": summarise(rows, extras),
-    }  # fmt: skip
+        "machine": stamp,
+        "args": vars(args),
+        "memory": mem.what,
+        "rows": [asdict(r) for r in rows],
+        "extras": extras,
+        "summary": summarise(rows, extras),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     R.atomic_write(out / "results.json", json.dumps(result, indent=2) + "\n")

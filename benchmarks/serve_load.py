@@ -49,15 +49,33 @@ def env(threads: int | None = None) -> dict:
 
 
 def alexnet(*args, threads=None, **kw):
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], env=env(threads), check=True,
-                          capture_output=True, text=True, **kw)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet", *map(str, args)],
+        env=env(threads),
+        check=True,
+        capture_output=True,
+        text=True,
+        **kw,
+    )
 
 
 def make_run(runs: Path, name: str, epochs: int = 1, limit_train: int = 2000) -> Path:
     run = runs / name
     if not (run / "last.pt").exists():
-        alexnet("train", "--preset", "cpu", "--epochs", epochs, "--limit-train", limit_train, "--limit-test", 500,
-                "--run-dir", run, "--no-progress")  # fmt: skip
+        alexnet(
+            "train",
+            "--preset",
+            "cpu",
+            "--epochs",
+            epochs,
+            "--limit-train",
+            limit_train,
+            "--limit-test",
+            500,
+            "--run-dir",
+            run,
+            "--no-progress",
+        )
     return run
 
 
@@ -73,16 +91,31 @@ class Server:
     def __init__(self, runs: Path, threads: int = 1):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", "--runs", str(runs), "--port",
-                                      str(self.port), "--threads", str(threads)], env=env(),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "alexnet",
+                "serve",
+                "--runs",
+                str(runs),
+                "--port",
+                str(self.port),
+                "--threads",
+                str(threads),
+            ],
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(600):
             try:
                 urllib.request.urlopen(self.url + "/api/runs", timeout=2)
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise SystemExit(f"alexnet serve exited: {self.proc.stderr.read()}")
+                    raise SystemExit(f"alexnet serve exited: {self.proc.stderr.read()}") from None
                 time.sleep(0.1)
         raise SystemExit("alexnet serve did not answer in 60 s")
 
@@ -112,8 +145,13 @@ def png_bytes() -> bytes:
 
 def multipart(data: bytes) -> tuple[bytes, str]:
     b = uuid.uuid4().hex
-    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\nContent-Type: image/png"
-            f"\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()  # fmt: skip
+    body = (
+        (
+            f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + data
+        + f"\r\n--{b}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={b}"
 
 
@@ -128,7 +166,7 @@ def predict_once(url: str, body: bytes, ctype: str) -> tuple[float, str | None]:
                 out = json.loads(r.read())
                 if len(out.get("top", [])) != 5:
                     errors.append(f"answer without a top-5: {out}")
-        except Exception as e:  # noqa: BLE001 - counted, not fatal
+        except Exception as e:
             errors.append(f"{e.__class__.__name__}: {e}")
 
     return time_once(ask, "cpu"), (errors[0] if errors else None)
@@ -150,17 +188,37 @@ def load(runs: Path, run: str, requests: int, clients: int, maps: int) -> dict:
         wall = time_once(burst, "cpu")
         lat = Timing("predict", [r[0] for r in results])
         errors = [r[1] for r in results if r[1]]
-        return {"requests": requests, "clients": clients, "maps": maps, "errors": len(errors),
-                "first_error": errors[0] if errors else None, "p50_ms": 1000 * lat.percentile(50),
-                "p90_ms": 1000 * lat.percentile(90), "p99_ms": 1000 * lat.percentile(99),
-                "max_ms": 1000 * lat.percentile(100), "best_ms": 1000 * lat.best, "requests_per_s": requests / wall,
-                "wall_s": wall, "server_peak_rss_mib": server.peak_rss_mib()}  # fmt: skip
+        return {
+            "requests": requests,
+            "clients": clients,
+            "maps": maps,
+            "errors": len(errors),
+            "first_error": errors[0] if errors else None,
+            "p50_ms": 1000 * lat.percentile(50),
+            "p90_ms": 1000 * lat.percentile(90),
+            "p99_ms": 1000 * lat.percentile(99),
+            "max_ms": 1000 * lat.percentile(100),
+            "best_ms": 1000 * lat.best,
+            "requests_per_s": requests / wall,
+            "wall_s": wall,
+            "server_peak_rss_mib": server.peak_rss_mib(),
+        }
     finally:
         server.stop()
 
 
-def training(runs: Path, run: str, turns: int, clients: int, interval: float, limit_train: int, work: Path,
-             threads: int, busy_with: str = "predict", warmup: int = 1) -> dict:  # fmt: skip
+def training(
+    runs: Path,
+    run: str,
+    turns: int,
+    clients: int,
+    interval: float,
+    limit_train: int,
+    work: Path,
+    threads: int,
+    busy_with: str = "predict",
+    warmup: int = 1,
+) -> dict:
     """Alternating turns of a 1-epoch training run on ``threads`` torch threads, the server idle or busy
     (``clients`` each sending a request, waiting ``interval`` s after each answer), through
     measure.reported_turns: each turn returns the run's own seconds per training image (metrics.jsonl)."""
@@ -191,8 +249,20 @@ def training(runs: Path, run: str, turns: int, clients: int, interval: float, li
                 t.start()
             before, cpu0, own0, k = served[0], server.cpu_s(), time.process_time(), len(rows)
             out = work / f"turn{k}"
-            cmd = ("train", "--preset", "cpu", "--epochs", 1, "--limit-train", limit_train, "--limit-test", 500,
-                   "--run-dir", out, "--no-progress")  # fmt: skip
+            cmd = (
+                "train",
+                "--preset",
+                "cpu",
+                "--epochs",
+                1,
+                "--limit-train",
+                limit_train,
+                "--limit-test",
+                500,
+                "--run-dir",
+                out,
+                "--no-progress",
+            )
             trained, wall = timed(lambda: alexnet(*cmd, threads=threads), "cpu")
             server_cores, client_cores = (server.cpu_s() - cpu0) / wall, (time.process_time() - own0) / wall
             stop.set()
@@ -200,11 +270,19 @@ def training(runs: Path, run: str, turns: int, clients: int, interval: float, li
                 t.join()
             stop.clear()
             m = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-            rows.append({"turn": k, "warm_up": k < 2 * warmup, "server": "busy" if busy else "idle",
-                         "images_per_s": m["train_images_per_s"], "train_s": m["train_time_s"],
-                         "requests_served": served[0] - before, "server_cores": server_cores,
-                         "client_cores": client_cores,
-                         "threads": trained.stdout.split("(", 1)[1].split(" threads", 1)[0]})  # fmt: skip
+            rows.append(
+                {
+                    "turn": k,
+                    "warm_up": k < 2 * warmup,
+                    "server": "busy" if busy else "idle",
+                    "images_per_s": m["train_images_per_s"],
+                    "train_s": m["train_time_s"],
+                    "requests_served": served[0] - before,
+                    "server_cores": server_cores,
+                    "client_cores": client_cores,
+                    "threads": trained.stdout.split("(", 1)[1].split(" threads", 1)[0],
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             return 1 / m["train_images_per_s"]
 
@@ -215,23 +293,44 @@ def training(runs: Path, run: str, turns: int, clients: int, interval: float, li
     finally:
         server.stop()
     idle, busy = by_kind["idle"], by_kind["busy"]  # seconds per training image
-    return {"turns": rows, "idle_median": idle.per_second(), "busy_median": busy.per_second(),
-            "idle_best": 1 / idle.best, "busy_best": 1 / busy.best, "busy_over_idle": idle.median / busy.median,
-            "pairwise_ratios": [i / b for i, b in zip(idle.seconds, busy.seconds)], "clients": clients,
-            "interval_s": interval, "limit_train": limit_train, "train_threads": threads, "busy_with": busy_with,
-            "warmup_turns": warmup}  # fmt: skip
+    return {
+        "turns": rows,
+        "idle_median": idle.per_second(),
+        "busy_median": busy.per_second(),
+        "idle_best": 1 / idle.best,
+        "busy_best": 1 / busy.best,
+        "busy_over_idle": idle.median / busy.median,
+        "pairwise_ratios": [i / b for i, b in zip(idle.seconds, busy.seconds)],
+        "clients": clients,
+        "interval_s": interval,
+        "limit_train": limit_train,
+        "train_threads": threads,
+        "busy_with": busy_with,
+        "warmup_turns": warmup,
+    }
 
 
-LOAD_COLUMNS = [Column("maps", "maps per stage"), Column("requests"), Column("clients"), Column("errors"),
-                Column("p50_ms", "p50 ms", "{:,.0f}"), Column("p90_ms", "p90 ms", "{:,.0f}"),
-                Column("p99_ms", "p99 ms", "{:,.0f}"), Column("max_ms", "max ms", "{:,.0f}"),
-                Column("requests_per_s", "requests/s", "{:.1f}"),
-                Column("server_peak_rss_mib", "server peak RSS (MiB)", "{:.0f}")]  # fmt: skip
-TURN_COLUMNS = [Column("turn"), Column("server", left=True),
-                Column("warm_up", "warm-up", lambda w: "yes" if w else "", left=True),
-                Column("images_per_s", "training images/s", "{:.0f}"), Column("requests_served", "requests answered"),
-                Column("server_cores", "server cores", "{:.3f}"),
-                Column("client_cores", "client cores", "{:.3f}")]  # fmt: skip
+LOAD_COLUMNS = [
+    Column("maps", "maps per stage"),
+    Column("requests"),
+    Column("clients"),
+    Column("errors"),
+    Column("p50_ms", "p50 ms", "{:,.0f}"),
+    Column("p90_ms", "p90 ms", "{:,.0f}"),
+    Column("p99_ms", "p99 ms", "{:,.0f}"),
+    Column("max_ms", "max ms", "{:,.0f}"),
+    Column("requests_per_s", "requests/s", "{:.1f}"),
+    Column("server_peak_rss_mib", "server peak RSS (MiB)", "{:.0f}"),
+]
+TURN_COLUMNS = [
+    Column("turn"),
+    Column("server", left=True),
+    Column("warm_up", "warm-up", lambda w: "yes" if w else "", left=True),
+    Column("images_per_s", "training images/s", "{:.0f}"),
+    Column("requests_served", "requests answered"),
+    Column("server_cores", "server cores", "{:.3f}"),
+    Column("client_cores", "client cores", "{:.3f}"),
+]
 
 
 def report(results: dict) -> str:
@@ -242,29 +341,45 @@ def report(results: dict) -> str:
     if "training" in results:
         t = results["training"]
         parts.append(markdown(t["turns"], TURN_COLUMNS))
-        parts.append(f"Training images/s, median of {len(t['pairwise_ratios'])} turns: idle {t['idle_median']:.0f}, "
-                     f"busy {t['busy_median']:.0f}; busy / idle {t['busy_over_idle']:.2f} (per pair: "
-                     + ", ".join(f"{r:.2f}" for r in t["pairwise_ratios"]) + ")")  # fmt: skip
+        parts.append(
+            f"Training images/s, median of {len(t['pairwise_ratios'])} turns: idle {t['idle_median']:.0f}, "
+            f"busy {t['busy_median']:.0f}; busy / idle {t['busy_over_idle']:.2f} (per pair: "
+            + ", ".join(f"{r:.2f}" for r in t["pairwise_ratios"])
+            + ")"
+        )
     return "\n\n".join(parts) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["load", "training", "all"], default="all")
-    p.add_argument("--out", default="runs/serve-load",
-                   help="folder for the served run, the turns, results.json and results.md")  # fmt: skip
+    p.add_argument(
+        "--out", default="runs/serve-load", help="folder for the served run, the turns, results.json and results.md"
+    )
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--turns", type=int, default=3, help="training turns of each kind (idle, busy)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up training turns of each kind, not counted")
     p.add_argument("--busy-clients", type=int, default=4, help="clients keeping the server busy in a busy turn")
-    p.add_argument("--busy-interval", type=float, default=0.0,
-                   help="seconds each busy client waits after an answer (0: flat out; 1: a person clicking)")
-    p.add_argument("--train-threads", type=int, default=1,
-                   help="torch threads of the training run (1: on a CPU shared with other jobs, 2 threads on 2 "
-                        "busy cores lose most of their time in OpenMP barriers)")
-    p.add_argument("--busy-with", choices=["predict", "json"], default="predict",
-                   help="what busy clients ask: predict (an upload through the network) or json (GET /api/runs/NAME)")
+    p.add_argument(
+        "--busy-interval",
+        type=float,
+        default=0.0,
+        help="seconds each busy client waits after an answer (0: flat out; 1: a person clicking)",
+    )
+    p.add_argument(
+        "--train-threads",
+        type=int,
+        default=1,
+        help="torch threads of the training run (1: on a CPU shared with other jobs, 2 threads on 2 "
+        "busy cores lose most of their time in OpenMP barriers)",
+    )
+    p.add_argument(
+        "--busy-with",
+        choices=["predict", "json"],
+        default="predict",
+        help="what busy clients ask: predict (an upload through the network) or json (GET /api/runs/NAME)",
+    )
     p.add_argument("--limit-train", type=int, default=6000, help="training images of each turn's epoch")
     args = p.parse_args()
     out = Path(args.out).resolve()
@@ -279,9 +394,18 @@ def main() -> None:
             results.setdefault("load", []).append(r)
             print(json.dumps(r), flush=True)
     if args.part in ("training", "all"):
-        results["training"] = training(runs, "served", args.turns, args.busy_clients, args.busy_interval,
-                                       args.limit_train, out / "turns", args.train_threads, args.busy_with,
-                                       args.warmup)  # fmt: skip
+        results["training"] = training(
+            runs,
+            "served",
+            args.turns,
+            args.busy_clients,
+            args.busy_interval,
+            args.limit_train,
+            out / "turns",
+            args.train_threads,
+            args.busy_with,
+            args.warmup,
+        )
         print(json.dumps({k: v for k, v in results["training"].items() if k != "turns"}), flush=True)
     results["machine_after"] = machine("cpu").line()
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -35,8 +35,9 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", "--runs", args.runs, "--port", str(port)],
-                              env=env)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "alexnet", "serve", "--runs", args.runs, "--port", str(port)], env=env
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):

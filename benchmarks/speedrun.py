@@ -28,36 +28,72 @@ ROOT = Path(__file__).resolve().parent.parent  # the runs start here, as a reade
 
 
 def run_seed(preset: str, seed: int, run_dir: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "alexnet", "train", "--preset", preset, "--seed", str(seed), "--run-dir",
-           str(run_dir), "--no-progress", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "alexnet",
+        "train",
+        "--preset",
+        preset,
+        "--seed",
+        str(seed),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        *extra,
+    ]
     proc, wall = timed(lambda: subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False), "cpu")
     if proc.returncode:
         sys.exit(f"speedrun.py: seed {seed} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = sum(m["train_time_s"] for m in metrics)
     evaluation = sum(m.get("eval_time_s", 0.0) for m in metrics)
-    return {"seed": seed, "acc": metrics[-1]["val_acc"], "epochs": metrics[-1]["epoch"], "train_s": train,
-            "train_eval_s": train + evaluation, "wall_s": wall}  # fmt: skip
+    return {
+        "seed": seed,
+        "acc": metrics[-1]["val_acc"],
+        "epochs": metrics[-1]["epoch"],
+        "train_s": train,
+        "train_eval_s": train + evaluation,
+        "wall_s": wall,
+    }
 
 
 def summarise(preset: str, runs: list[dict], extra: list[str]) -> dict:
     accs = [r["acc"] for r in runs]
-    return {"preset": preset, "flags": " ".join(extra), "seeds": [r["seed"] for r in runs], "mean": statistics.mean(accs),
-            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs), "max": max(accs),
-            "train_s": statistics.mean(r["train_s"] for r in runs),
-            "train_eval_s": statistics.mean(r["train_eval_s"] for r in runs),
-            "max_train_eval_s": max(r["train_eval_s"] for r in runs),
-            "wall_s": statistics.mean(r["wall_s"] for r in runs)}  # fmt: skip
+    return {
+        "preset": preset,
+        "flags": " ".join(extra),
+        "seeds": [r["seed"] for r in runs],
+        "mean": statistics.mean(accs),
+        "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "min": min(accs),
+        "max": max(accs),
+        "train_s": statistics.mean(r["train_s"] for r in runs),
+        "train_eval_s": statistics.mean(r["train_eval_s"] for r in runs),
+        "max_train_eval_s": max(r["train_eval_s"] for r in runs),
+        "wall_s": statistics.mean(r["wall_s"] for r in runs),
+    }
 
 
 def report(s: dict, runs: list[dict], machine: str) -> str:
     command = " ".join(filter(None, ["alexnet train --preset", s["preset"], s["flags"]]))
-    cols = [Column("seed"), Column("acc", "test acc", "{:.4f}"), Column("epochs"), Column("train_s", "train s", "{:.1f}"),
-            Column("train_eval_s", "train + eval s", "{:.1f}"), Column("wall_s", "command wall s", "{:.1f}")]  # fmt: skip
+    cols = [
+        Column("seed"),
+        Column("acc", "test acc", "{:.4f}"),
+        Column("epochs"),
+        Column("train_s", "train s", "{:.1f}"),
+        Column("train_eval_s", "train + eval s", "{:.1f}"),
+        Column("wall_s", "command wall s", "{:.1f}"),
+    ]
     lines = [f"`{command}`, seeds {','.join(map(str, s['seeds']))}; {machine}", "", markdown(runs, cols)]
-    lines += ["", (f"test accuracy mean {s['mean']:.4f}, std {s['std']:.4f}, min {s['min']:.4f}, max {s['max']:.4f}; "
-                   f"training + evaluation {s['train_eval_s']:.1f} s mean ({s['max_train_eval_s']:.1f} s max), "
-                   f"whole command {s['wall_s']:.1f} s mean")]  # fmt: skip
+    lines += [
+        "",
+        (
+            f"test accuracy mean {s['mean']:.4f}, std {s['std']:.4f}, min {s['min']:.4f}, max {s['max']:.4f}; "
+            f"training + evaluation {s['train_eval_s']:.1f} s mean ({s['max_train_eval_s']:.1f} s max), "
+            f"whole command {s['wall_s']:.1f} s mean"
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -76,8 +112,10 @@ def main(argv=None) -> dict:
     for seed in seeds:
         runs.append(run_seed(args.preset, seed, out / f"seed{seed}-{int(time.time())}", args.extra))
         r = runs[-1]
-        print(f"seed {seed}: test acc {r['acc']:.4f}, train + eval {r['train_eval_s']:.1f} s, wall {r['wall_s']:.1f} s",
-              flush=True)  # fmt: skip
+        print(
+            f"seed {seed}: test acc {r['acc']:.4f}, train + eval {r['train_eval_s']:.1f} s, wall {r['wall_s']:.1f} s",
+            flush=True,
+        )
     s = summarise(args.preset, runs, args.extra)
     text = report(s, runs, machine)
     (out / "results.md").write_text(text)

@@ -58,10 +58,15 @@ def stepper(model, x, cfg, threads: int):
 
 
 COLUMNS = [
-    Column("model", "network (trained part)", left=True), Column("threads"), Column("step_ms", "step ms", "{:.1f}"),
-    Column("images_per_s", "img/s", "{:,.0f}"), Column("gflop_per_step", "GFLOP/step", "{:.3f}"),
-    Column("gflop_per_s", "GFLOP/s", "{:.1f}"), Column("peak", left=True), Column("mfu", "MFU", "{:.1%}"),
-]  # fmt: skip
+    Column("model", "network (trained part)", left=True),
+    Column("threads"),
+    Column("step_ms", "step ms", "{:.1f}"),
+    Column("images_per_s", "img/s", "{:,.0f}"),
+    Column("gflop_per_step", "GFLOP/step", "{:.3f}"),
+    Column("gflop_per_s", "GFLOP/s", "{:.1f}"),
+    Column("peak", left=True),
+    Column("mfu", "MFU", "{:.1%}"),
+]
 
 
 def main(argv=None) -> dict:
@@ -87,10 +92,21 @@ def main(argv=None) -> dict:
         n, th = name.rsplit("@", 1)
         peak = max(before[n], after[n], key=lambda q: q.flops)
         rate = flops[n] / t.median
-        rows.append({"model": n, "threads": int(th), "batch_size": args.batch_size, "step_ms": t.median * 1e3,
-                     "best_step_ms": t.best * 1e3, "images_per_s": args.batch_size / t.median,
-                     "gflop_per_step": flops[n] / 1e9, "gflop_per_s": rate / 1e9, "peak": peak.describe(),
-                     "peak_gflop_per_s": peak.flops / 1e9, "mfu": rate / peak.flops})  # fmt: skip
+        rows.append(
+            {
+                "model": n,
+                "threads": int(th),
+                "batch_size": args.batch_size,
+                "step_ms": t.median * 1e3,
+                "best_step_ms": t.best * 1e3,
+                "images_per_s": args.batch_size / t.median,
+                "gflop_per_step": flops[n] / 1e9,
+                "gflop_per_s": rate / 1e9,
+                "peak": peak.describe(),
+                "peak_gflop_per_s": peak.flops / 1e9,
+                "mfu": rate / peak.flops,
+            }
+        )
     m = machine(CPU)
     lines = [f"Training steps, batch {args.batch_size}, bf16, channels_last; {m.line()}", "", markdown(rows, COLUMNS)]
     text = "\n".join(lines) + "\n"

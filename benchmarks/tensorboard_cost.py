@@ -27,12 +27,18 @@ from alexnet.tables import Column, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 # A fresh interpreter with torch already imported times the import of TensorBoard's writer alone.
-IMPORT = ("import importlib, torch; from alexnet.measure import time_once; "
-          "print(time_once(lambda: importlib.import_module('torch.utils.tensorboard'), 'cpu'))")  # fmt: skip
-COLUMNS = [Column("turn"), Column("tensorboard", "--tensorboard", lambda on: "on" if on else "off", left=True),
-           Column("warm_up", "warm-up", lambda w: "yes" if w else "", left=True),
-           Column("images_per_s", "training images/s", "{:.0f}"), Column("epoch_s", "epoch s", "{:.2f}"),
-           Column("event_bytes_per_epoch", "event bytes per epoch", "{:,.0f}")]  # fmt: skip
+IMPORT = (
+    "import importlib, torch; from alexnet.measure import time_once; "
+    "print(time_once(lambda: importlib.import_module('torch.utils.tensorboard'), 'cpu'))"
+)
+COLUMNS = [
+    Column("turn"),
+    Column("tensorboard", "--tensorboard", lambda on: "on" if on else "off", left=True),
+    Column("warm_up", "warm-up", lambda w: "yes" if w else "", left=True),
+    Column("images_per_s", "training images/s", "{:.0f}"),
+    Column("epoch_s", "epoch s", "{:.2f}"),
+    Column("event_bytes_per_epoch", "event bytes per epoch", "{:,.0f}"),
+]
 
 
 def main() -> None:
@@ -52,8 +58,11 @@ def main() -> None:
     print(stamp, flush=True)
 
     def import_once() -> float:
-        return float(subprocess.run([sys.executable, "-c", IMPORT], env=env, capture_output=True, text=True,
-                                    check=True).stdout.strip())  # fmt: skip
+        return float(
+            subprocess.run(
+                [sys.executable, "-c", IMPORT], env=env, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
 
     rows = []
 
@@ -61,17 +70,43 @@ def main() -> None:
         def run_turn() -> float:
             k = len(rows)
             run = out / f"turn{k}"
-            subprocess.run([sys.executable, "-m", "alexnet", "train", "--preset", args.preset, "--epochs",
-                            str(args.epochs), "--limit-train", str(args.limit_train), "--limit-test", "1000",
-                            "--run-dir", str(run), "--no-progress", "--tensorboard" if on else "--no-tensorboard"],
-                           env=env, check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "alexnet",
+                    "train",
+                    "--preset",
+                    args.preset,
+                    "--epochs",
+                    str(args.epochs),
+                    "--limit-train",
+                    str(args.limit_train),
+                    "--limit-test",
+                    "1000",
+                    "--run-dir",
+                    str(run),
+                    "--no-progress",
+                    "--tensorboard" if on else "--no-tensorboard",
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             ms = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             events = sum(f.stat().st_size for f in run.glob("events.out.tfevents.*"))
             seconds = sum(m["train_time_s"] for m in ms)
             images = sum(m["train_time_s"] * m["train_images_per_s"] for m in ms)
-            rows.append({"turn": k, "tensorboard": on, "warm_up": k < 2 * args.warmup,
-                         "images_per_s": images / seconds, "epoch_s": statistics.median(m["epoch_time_s"] for m in ms),
-                         "event_bytes_per_epoch": events / len(ms)})  # fmt: skip
+            rows.append(
+                {
+                    "turn": k,
+                    "tensorboard": on,
+                    "warm_up": k < 2 * args.warmup,
+                    "images_per_s": images / seconds,
+                    "epoch_s": statistics.median(m["epoch_time_s"] for m in ms),
+                    "event_bytes_per_epoch": events / len(ms),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             return seconds / images
 
@@ -82,19 +117,30 @@ def main() -> None:
     off, on = by_kind["off"], by_kind["on"]  # seconds per training image
     counted = [r for r in rows if not r["warm_up"]]
     result = {
-        "machine": stamp, "import_s": imported.median, "import_s_best": imported.best, "turns": rows,
-        "preset": args.preset, "limit_train": args.limit_train, "epochs": args.epochs, "warmup_turns": args.warmup,
-        "images_per_s_off": off.per_second(), "images_per_s_on": on.per_second(),
-        "on_over_off": off.median / on.median, "pairwise_on_over_off": [a / b for a, b in zip(off.seconds, on.seconds)],
+        "machine": stamp,
+        "import_s": imported.median,
+        "import_s_best": imported.best,
+        "turns": rows,
+        "preset": args.preset,
+        "limit_train": args.limit_train,
+        "epochs": args.epochs,
+        "warmup_turns": args.warmup,
+        "images_per_s_off": off.per_second(),
+        "images_per_s_on": on.per_second(),
+        "on_over_off": off.median / on.median,
+        "pairwise_on_over_off": [a / b for a, b in zip(off.seconds, on.seconds)],
         "epoch_s_off": statistics.median(r["epoch_s"] for r in counted if not r["tensorboard"]),
         "epoch_s_on": statistics.median(r["epoch_s"] for r in counted if r["tensorboard"]),
         "event_bytes_per_epoch": statistics.median(r["event_bytes_per_epoch"] for r in counted if r["tensorboard"]),
-    }  # fmt: skip
+    }
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    summary = (f"Training images/s, median of {args.turns} turns: off {result['images_per_s_off']:.0f}, on "
-               f"{result['images_per_s_on']:.0f}; on / off {result['on_over_off']:.2f} (per pair: "
-               + ", ".join(f"{r:.2f}" for r in result["pairwise_on_over_off"]) + f"). Importing "
-               f"torch.utils.tensorboard: {result['import_s']:.2f} s (median of 3, fresh interpreters).")  # fmt: skip
+    summary = (
+        f"Training images/s, median of {args.turns} turns: off {result['images_per_s_off']:.0f}, on "
+        f"{result['images_per_s_on']:.0f}; on / off {result['on_over_off']:.2f} (per pair: "
+        + ", ".join(f"{r:.2f}" for r in result["pairwise_on_over_off"])
+        + f"). Importing "
+        f"torch.utils.tensorboard: {result['import_s']:.2f} s (median of 3, fresh interpreters)."
+    )
     (out / "results.md").write_text(f"Machine: {stamp}\n\n{markdown(rows, COLUMNS)}\n\n{summary}\n")
     print(json.dumps({k: v for k, v in result.items() if k != "turns"}))
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")

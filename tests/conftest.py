@@ -50,8 +50,11 @@ def write_cifar(root, n=20, corrupt=None, replace=None):
     d.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [int(v) for v in rng.integers(0, 10, n)],
-                 b"batch_label": name.encode()}  # fmt: skip
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"batch_label": name.encode(),
+        }
         batch.update((replace or {}).get(name, {}))
         with open(d / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
@@ -60,8 +63,15 @@ def write_cifar(root, n=20, corrupt=None, replace=None):
     return d
 
 
-FORMATS = [("RGB", "jpg"), ("RGBA", "png"), ("L", "png"), ("CMYK", "jpg"), ("I;16", "png"), ("P", "gif"),
-           ("RGB", "png")]  # fmt: skip
+FORMATS = [
+    ("RGB", "jpg"),
+    ("RGBA", "png"),
+    ("L", "png"),
+    ("CMYK", "jpg"),
+    ("I;16", "png"),
+    ("P", "gif"),
+    ("RGB", "png"),
+]
 
 
 def picture(k: int, rng, w: int, h: int) -> np.ndarray:
@@ -101,8 +111,14 @@ def make_image_folder(root, per_class=(14, 5), seed=0, corrupt=True):
 
 def alexnet(*args, cwd, env_extra=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def one_error_line(result):
@@ -165,8 +181,25 @@ def _isolated_env(tmp_path, monkeypatch):
 @pytest.fixture
 def trained_run(idx_dir, tmp_path):
     """A LeNet-ReLU run of 2 epochs on the tiny MNIST files, made by the command line: (run dir, result)."""
-    r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", idx_dir,
-                "--epochs", 2, "--batch-size", 16, "--run-dir", "run", "--no-progress", cwd=tmp_path)  # fmt: skip
+    r = alexnet(
+        "train",
+        "--preset",
+        "cpu",
+        "--model",
+        "lenet-relu",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        idx_dir,
+        "--epochs",
+        2,
+        "--batch-size",
+        16,
+        "--run-dir",
+        "run",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     return tmp_path / "run", r
 
@@ -225,6 +258,8 @@ def resize_reference(images, size: tuple[int, int], antialias: bool):
             return m
 
         return torch.from_numpy(taps(h, size[0]) @ images.double().numpy() @ taps(w, size[1]).T).float()
-    planes = [np.asarray(Image.fromarray(p.numpy()).resize(size[::-1], Image.BILINEAR))
-              for p in images.float().reshape(-1, h, w)]  # fmt: skip
+    planes = [
+        np.asarray(Image.fromarray(p.numpy()).resize(size[::-1], Image.BILINEAR))
+        for p in images.float().reshape(-1, h, w)
+    ]
     return torch.from_numpy(np.stack(planes)).view(b, c, *size)

@@ -22,8 +22,11 @@ H100 = DEVICES["h100"]
 def _leaf_order(model, x) -> dict[str, int]:
     """Each leaf module's qualified name -> the position of its call in a forward pass."""
     order: list[str] = []
-    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: order.append(name))
-             for name, m in model.named_modules() if not list(m.children())]  # fmt: skip
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a, name=name: order.append(name))
+        for name, m in model.named_modules()
+        if not list(m.children())
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -68,15 +71,20 @@ def test_flops_of_both_passes_agree_exactly_with_torch_flop_counter(name):
     model = build_model(name).to("meta")
     x = torch.zeros(2, 1, res, res, device="meta")
     costs = layer_costs(build_model(name), (2, 1, res, res))
-    groups = {c.index: getattr(layer, "groups", 1) if _counter_ignores_groups() else 1
-              for c, layer in zip(costs, _leaves_in_order(model, x))}
+    groups = {
+        c.index: getattr(layer, "groups", 1) if _counter_ignores_groups() else 1
+        for c, layer in zip(costs, _leaves_in_order(model, x))
+    }
     fwd, bwd = _counted(model, x)
     assert {c.index: c.fwd_flops for c in costs if c.fwd_flops} == fwd
     assert {c.index: c.bwd_input_flops + c.bwd_weight_flops * groups[c.index] for c in costs if c.bwd_flops} == bwd
 
     # In training the image needs no gradient, nor anything before the first trained layer.
-    first = next(c.index for c, layer in zip(costs, _leaves_in_order(model, x))
-                 if any(p.requires_grad for p in layer.parameters()))  # fmt: skip
+    first = next(
+        c.index
+        for c, layer in zip(costs, _leaves_in_order(model, x))
+        if any(p.requires_grad for p in layer.parameters())
+    )
     # Input gradients alone: freeze the weights, ask for the image's gradient.
     for p in model.parameters():
         p.requires_grad_(False)
@@ -202,19 +210,58 @@ def test_alexnet_costs_thousands_of_lenets_in_compute_and_hundreds_in_parameters
 
 
 def test_analyze_prints_layers_totals_memory_and_answers(capsys, tmp_path):
-    assert main(["analyze", "--model", "alexnet", "--input", "1,224,224", "--batch", "128",
-                 "--plot", str(tmp_path / "roofline.png")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                "alexnet",
+                "--input",
+                "1,224,224",
+                "--batch",
+                "128",
+                "--plot",
+                str(tmp_path / "roofline.png"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    for text in ("conv1", "fc3", "128x6400", "training adam, batch 128", "fully connected layers hold 92.0%",
-                 "memory-bound", "compute-bound"):  # fmt: skip
+    for text in (
+        "conv1",
+        "fc3",
+        "128x6400",
+        "training adam, batch 128",
+        "fully connected layers hold 92.0%",
+        "memory-bound",
+        "compute-bound",
+    ):
         assert text in out, text
     assert (tmp_path / "roofline.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "markdown"])
 def test_analyze_formats_carry_the_same_numbers(fmt, capsys):
-    assert main(["analyze", "--model", "lenet", "--input", "1,28,28", "--batch", "4", "--format", fmt,
-                 "--device", "a100", "--dtype", "bf16"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                "lenet",
+                "--input",
+                "1,28,28",
+                "--batch",
+                "4",
+                "--format",
+                fmt,
+                "--device",
+                "a100",
+                "--dtype",
+                "bf16",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     flops = 4 * 833_040
     if fmt == "json":
@@ -232,8 +279,26 @@ def test_analyze_chapter_explains_164_MB_and_81_MFLOPs(capsys):
 
 
 def test_bench_writes_table_and_plot(capsys, tmp_path):
-    assert main(["bench", "--model", "lenet", "--batch-sizes", "8,4", "--steps", "1", "--warmup", "1",
-                 "--device", "cpu", "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "lenet",
+                "--batch-sizes",
+                "8,4",
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((tmp_path / "bench.csv").read_text().splitlines()))
     assert [int(r["batch"]) for r in rows] == [4, 8]
     assert all(float(r["images_per_s"]) > 0 and r["peak_source"] == "process peak RSS" for r in rows)
@@ -242,9 +307,34 @@ def test_bench_writes_table_and_plot(capsys, tmp_path):
 
 
 def test_bench_accuracy_epochs_trains_each_batch_with_linearly_scaled_lr(capsys, tmp_path, idx_dir):
-    assert main(["bench", "--model", "lenet-relu", "--batch-sizes", "16,32", "--steps", "1", "--warmup", "0",
-                 "--device", "cpu", "--accuracy-epochs", "1", "--preset", "cpu", "--dataset", "mnist",
-                 "--data-dir", str(idx_dir), "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "lenet-relu",
+                "--batch-sizes",
+                "16,32",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--device",
+                "cpu",
+                "--accuracy-epochs",
+                "1",
+                "--preset",
+                "cpu",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(idx_dir),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((tmp_path / "bench.csv").read_text().splitlines()))
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.05 * 16 / 128, 0.05 * 32 / 128])
     # Each row's accuracy is its own training run's: that batch size, that rate, its last epoch.
@@ -260,8 +350,26 @@ def test_bench_refuses_a_batch_that_cannot_fit_before_allocating_it(capsys, tmp_
     from conftest import memory_cap
 
     with memory_cap(3 * 2**30):  # were the check gone, the allocation fails here, not the machine
-        assert main(["bench", "--model", "alexnet", "--batch-sizes", "8,30000", "--steps", "1", "--warmup", "0",
-                     "--device", "cpu", "--out", str(tmp_path)]) == 2  # fmt: skip
+        assert (
+            main(
+                [
+                    "bench",
+                    "--model",
+                    "alexnet",
+                    "--batch-sizes",
+                    "8,30000",
+                    "--steps",
+                    "1",
+                    "--warmup",
+                    "0",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(tmp_path),
+                ]
+            )
+            == 2
+        )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "batch 30000: training alexnet at 224x224 needs about" in err[0], err
     assert "more than the" in err[0] and not (tmp_path / "bench.csv").exists()
@@ -274,8 +382,26 @@ def test_an_allocation_failure_anywhere_is_one_line(capsys, tmp_path, monkeypatc
 
     monkeypatch.setattr(bench, "refuse_what_cannot_fit", lambda *a, **k: None)  # as if the estimate were low
     with memory_cap(1 * 2**30):
-        assert main(["bench", "--model", "alexnet", "--batch-sizes", "30000", "--steps", "1", "--warmup", "0",
-                     "--device", "cpu", "--out", str(tmp_path)]) == 2  # fmt: skip
+        assert (
+            main(
+                [
+                    "bench",
+                    "--model",
+                    "alexnet",
+                    "--batch-sizes",
+                    "30000",
+                    "--steps",
+                    "1",
+                    "--warmup",
+                    "0",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(tmp_path),
+                ]
+            )
+            == 2
+        )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("alexnet: error: out of memory (") and "Traceback" not in err[0]
 
@@ -290,8 +416,10 @@ def test_an_allocation_failure_anywhere_is_one_line(capsys, tmp_path, monkeypatc
         (["bench", "--model", "vgg"], "unknown model 'vgg'"),
         (["bench", "--model", "lenet", "--batch-sizes", "8,x"], "malformed batch sizes"),
         (["bench", "--model", "alexnet", "--resolution", "28", "--batch-sizes", "2"], "layer 5 (MaxPool2d)"),
-        (["analyze", "--input", "1,100000,100000"], "input 1x100000x100000 is too large for this network: layer 14 "
-                                                    "(Linear) takes 6400 features"),
+        (
+            ["analyze", "--input", "1,100000,100000"],
+            "input 1x100000x100000 is too large for this network: layer 14 (Linear) takes 6400 features",
+        ),
         (["bench", "--model", "alexnet", "--resolution", "100000", "--batch-sizes", "1"], "is too large for this"),
     ],
 )

@@ -26,11 +26,36 @@ def pipeline():
 
 
 def test_tiny_benchmark_reports_every_figure_finite(pipeline, fashion_dir, tmp_path):
-    result = pipeline.main([
-        "--model", "alexnet-small", "--native-model", "lenet-relu", "--batch-size", "4", "--eval-batch-size", "8",
-        "--steps", "2", "--block", "2", "--warmup", "1", "--profile-steps", "1", "--workers", "0",
-        "--compile", "none", "--device", "cpu", "--data-dir", str(fashion_dir), "--out", str(tmp_path),
-    ])  # fmt: skip
+    result = pipeline.main(
+        [
+            "--model",
+            "alexnet-small",
+            "--native-model",
+            "lenet-relu",
+            "--batch-size",
+            "4",
+            "--eval-batch-size",
+            "8",
+            "--steps",
+            "2",
+            "--block",
+            "2",
+            "--warmup",
+            "1",
+            "--profile-steps",
+            "1",
+            "--workers",
+            "0",
+            "--compile",
+            "none",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(fashion_dir),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     assert (tmp_path / "results.md").read_text().startswith("# Pipeline benchmark")
@@ -43,10 +68,16 @@ def test_tiny_benchmark_reports_every_figure_finite(pipeline, fashion_dir, tmp_p
     rows = saved["rows"]
     # Per model: reference, the shipped project pipeline (train and eval), the layout flipped, bf16 flipped.
     assert [(r["model"], r["pipeline"].split(" ")[0], r["mode"]) for r in rows] == [
-        (m, p, mode) for m in ("alexnet-small", "lenet-relu")
-        for p, mode in (("reference", "train"), ("project", "train"), ("project", "eval"), ("project", "train"),
-                        ("project", "train"))
-    ]  # fmt: skip
+        (m, p, mode)
+        for m in ("alexnet-small", "lenet-relu")
+        for p, mode in (
+            ("reference", "train"),
+            ("project", "train"),
+            ("project", "eval"),
+            ("project", "train"),
+            ("project", "train"),
+        )
+    ]
     for r in rows:
         for key in ("images_per_s", "step_ms", "mfu", "gflops_per_image"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["pipeline"], r["mode"], key)
@@ -81,10 +112,26 @@ def test_step_benchmark_times_the_trained_part_on_each_thread_count_with_mfu_und
     from alexnet.costs import training_flops
     from alexnet.models import build_model
 
-    result = steps.main(["--models", "speednet-white,speednet", "--batch-size", "4", "--threads", "1,2",
-                         "--block", "2", "--rounds", "1", "--out", str(tmp_path)])  # fmt: skip
+    result = steps.main(
+        [
+            "--models",
+            "speednet-white,speednet",
+            "--batch-size",
+            "4",
+            "--threads",
+            "1,2",
+            "--block",
+            "2",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     rows = result["rows"]
-    assert [(r["model"], r["threads"]) for r in rows] == [(m, t) for m in ("speednet-white", "speednet") for t in (1, 2)]
+    assert [(r["model"], r["threads"]) for r in rows] == [
+        (m, t) for m in ("speednet-white", "speednet") for t in (1, 2)
+    ]
     for r in rows:
         for key in ("step_ms", "images_per_s", "gflop_per_s", "peak_gflop_per_s"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["model"], key)
@@ -92,6 +139,7 @@ def test_step_benchmark_times_the_trained_part_on_each_thread_count_with_mfu_und
     # After the frozen stem only the rest trains: its FLOPs, on the stem's 18 maps of 14x14.
     white = build_model("speednet-white")
     assert rows[0]["gflop_per_step"] * 1e9 == pytest.approx(training_flops(white[1:], (4, 18, 14, 14)), rel=1e-9)
-    assert rows[2]["gflop_per_step"] * 1e9 == pytest.approx(training_flops(build_model("speednet"), (4, 1, 28, 28)),
-                                                           rel=1e-9)
+    assert rows[2]["gflop_per_step"] * 1e9 == pytest.approx(
+        training_flops(build_model("speednet"), (4, 1, 28, 28)), rel=1e-9
+    )
     assert (tmp_path / "results.md").read_text().count("| speednet") == 4

@@ -13,9 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageStat
-
 from conftest import make_idx_dataset
+from PIL import Image, ImageStat
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -51,7 +50,7 @@ def server(tmp_path_factory):
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "alexnet", "serve", "--runs", str(root / "runs"), "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -124,8 +123,11 @@ def test_run_page_redraws_its_curves_as_a_live_run_writes_epochs(server, page):
         first = page.locator("#curves svg polyline.series").first
         assert len(first.get_attribute("points").split()) == 1
         (live / "metrics.jsonl").write_text("".join(rows))  # two more epochs land, no reload
-        page.wait_for_function("document.querySelector('#curves svg polyline.series').getAttribute('points')"
-                               ".trim().split(' ').length === 3", timeout=15_000)  # fmt: skip
+        page.wait_for_function(
+            "document.querySelector('#curves svg polyline.series').getAttribute('points')"
+            ".trim().split(' ').length === 3",
+            timeout=15_000,
+        )
     finally:
         shutil.rmtree(live)
 

@@ -16,13 +16,35 @@ from alexnet.config import PRESETS, Config, ConfigError, parse_duration
 
 
 def tiny(data_dir, **kw) -> Config:
-    base = dict(model="lenet-relu", dataset="mnist", data_dir=str(data_dir), epochs=4, warmup_epochs=1.0,
-                batch_size=16, lr=0.05, momentum=0.9, schedule="linear", evaluate="end", log_every=2)  # fmt: skip
+    base = dict(
+        model="lenet-relu",
+        dataset="mnist",
+        data_dir=str(data_dir),
+        epochs=4,
+        warmup_epochs=1.0,
+        batch_size=16,
+        lr=0.05,
+        momentum=0.9,
+        schedule="linear",
+        evaluate="end",
+        log_every=2,
+    )
     return Config(preset="test").replace(**{**base, **kw})
 
 
-@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5min", 300), ("5m", 300), ("1h", 3600), ("1h30m", 5400),
-                                           ("2.5min", 150), ("1h0m30s", 3630), (" 60S ", 60)])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("90s", 90),
+        ("5min", 300),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("2.5min", 150),
+        ("1h0m30s", 3630),
+        (" 60S ", 60),
+    ],
+)
 def test_durations_read_as_seconds(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -66,7 +88,9 @@ def _no_start_up(monkeypatch, eval_s: float = 0.01) -> None:
     """Plan as if start-up took no time and an evaluation ``eval_s``: on a loaded machine a tiny run's
     start-up alone can take seconds, and these tests are about the steps, not the load."""
     real_plan = B.first_plan
-    monkeypatch.setattr(B, "first_plan", lambda cfg, step_s, _eval_s, startup, spe: real_plan(cfg, step_s, eval_s, 0.0, spe))
+    monkeypatch.setattr(
+        B, "first_plan", lambda cfg, step_s, _eval_s, startup, spe: real_plan(cfg, step_s, eval_s, 0.0, spe)
+    )
     monkeypatch.setattr(T.Session, "_time_evaluation", lambda self: eval_s)
 
 
@@ -101,13 +125,26 @@ def test_the_plan_shrinks_when_the_measured_step_is_slower(idx_dir, tmp_path, mo
         assert plan["warmup_epochs"] == pytest.approx(plan["steps"] / plan["steps_per_epoch"] / 4)
 
 
-def test_a_budget_that_holds_no_useful_run_is_one_line_before_anything_trains(idx_dir, tmp_path, capsys,
-                                                                             monkeypatch):  # fmt: skip
+def test_a_budget_that_holds_no_useful_run_is_one_line_before_anything_trains(idx_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.5)  # a 0.5 s step: 1 s holds at most 2
     trained = []
     monkeypatch.setattr(T, "train_one_epoch", lambda *a, **k: trained.append(1))
-    args = ["train", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", str(idx_dir), "--time-budget", "1s",
-            "--batch-size", "16", "--run-dir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    args = [
+        "train",
+        "--model",
+        "lenet-relu",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(idx_dir),
+        "--time-budget",
+        "1s",
+        "--batch-size",
+        "16",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--time-budget 1s holds" in err and "10 steps needs at least" in err
@@ -117,8 +154,22 @@ def test_a_budget_that_holds_no_useful_run_is_one_line_before_anything_trains(id
 def test_a_start_up_that_eats_the_budget_is_one_line_without_measuring(idx_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(T.Session, "prepare_frozen", lambda self: T.time.sleep(1.1))  # a loaded machine's stem
     monkeypatch.setattr(T.Session, "_time_step", lambda self: pytest.fail("measured after the budget was spent"))
-    args = ["train", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", str(idx_dir), "--time-budget", "1s",
-            "--batch-size", "16", "--run-dir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    args = [
+        "train",
+        "--model",
+        "lenet-relu",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(idx_dir),
+        "--time-budget",
+        "1s",
+        "--batch-size",
+        "16",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--time-budget 1s holds no training: the start-up" in err
@@ -130,8 +181,16 @@ def test_a_start_up_that_eats_the_budget_is_one_line_without_measuring(idx_dir, 
 
 
 def _plan(steps=100, spe=30, warmup=0.5) -> B.Plan:
-    return B.Plan(budget_s=10.0, step_s=0.1, eval_s=0.0, startup_s=0.0, steps=steps, steps_per_epoch=spe,
-                  schedule_steps=steps, warmup_epochs=warmup)  # fmt: skip
+    return B.Plan(
+        budget_s=10.0,
+        step_s=0.1,
+        eval_s=0.0,
+        startup_s=0.0,
+        steps=steps,
+        steps_per_epoch=spe,
+        schedule_steps=steps,
+        warmup_epochs=warmup,
+    )
 
 
 def test_a_re_plan_stretches_what_is_left_of_the_schedule_without_a_jump():
@@ -269,7 +328,8 @@ def test_replan_without_resume_is_one_line(capsys):
 
 @pytest.mark.parametrize("wide_step_s, chosen", [(0.5, "speednet-white-2x"), (2.0, "speednet-white")])
 def test_a_speedrun_preset_takes_the_wide_network_only_where_enough_of_its_epochs_fit(
-        idx_dir, tmp_path, monkeypatch, capsys, wide_step_s, chosen):  # fmt: skip
+    idx_dir, tmp_path, monkeypatch, capsys, wide_step_s, chosen
+):
     from alexnet.measure import Timing
 
     timed, real = {}, T.time_turns
@@ -280,8 +340,10 @@ def test_a_speedrun_preset_takes_the_wide_network_only_where_enough_of_its_epoch
         for run in runs.values():
             run(1)  # each one's training step runs
         timed.update(runs)
-        return {"speednet-white-2x": Timing("speednet-white-2x", [wide_step_s]),
-                "speednet-white": Timing("speednet-white", [0.1])}
+        return {
+            "speednet-white-2x": Timing("speednet-white-2x", [wide_step_s]),
+            "speednet-white": Timing("speednet-white", [0.1]),
+        }
 
     monkeypatch.setattr(T, "time_turns", fake_turns)
     monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.01)
@@ -291,7 +353,8 @@ def test_a_speedrun_preset_takes_the_wide_network_only_where_enough_of_its_epoch
         s.prepare(tmp_path / "run", None, [])
         s.run_dir.release()
         assert s.model is not None and sum(p.numel() for p in s.model.parameters()) == sum(
-            p.numel() for p in T.build_model(chosen).parameters())
+            p.numel() for p in T.build_model(chosen).parameters()
+        )
     assert set(timed) == {"speednet-white-2x", "speednet-white"}
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert saved["model"] == chosen and saved["choose_from"] == cfg.train.choose_from
@@ -306,8 +369,9 @@ def test_a_network_named_on_the_command_line_is_the_one_trained():
         Config().replace(choose_from="speednet-white-2x:twelve")
 
 
-def test_a_budgeted_runs_epoch_count_reads_as_an_estimate_while_the_clock_may_re_plan(idx_dir, tmp_path, monkeypatch,
-                                                                                       capsys):
+def test_a_budgeted_runs_epoch_count_reads_as_an_estimate_while_the_clock_may_re_plan(
+    idx_dir, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.05)
     _no_start_up(monkeypatch, eval_s=0.01)
     T.fit(tiny(idx_dir, time_budget="2s", evaluate="epoch"), tmp_path / "run", progress=False, quiet=False)
@@ -315,8 +379,9 @@ def test_a_budgeted_runs_epoch_count_reads_as_an_estimate_while_the_clock_may_re
     assert lines and all(re.match(r"epoch +\d+/~\d+  ", line) for line in lines), lines
 
 
-def test_budgeted_runs_read_as_finished_and_their_report_draws_accuracy_against_the_budget(idx_dir, tmp_path,
-                                                                                             monkeypatch):  # fmt: skip
+def test_budgeted_runs_read_as_finished_and_their_report_draws_accuracy_against_the_budget(
+    idx_dir, tmp_path, monkeypatch
+):
     # A slow machine: 0.1 s a step leaves 3 s for about 29 steps, 8 of the 20 epochs the recipe names.
     monkeypatch.setattr(T.Session, "_time_step", lambda self: 0.1)
     monkeypatch.setattr(B.Clock, "look", lambda self, step: None)  # hold the first plan

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import alexnet, one_error_line
+from PIL import Image
 
 
 def test_train_reports_preset_device_accuracy_and_run_directory(trained_run):
@@ -95,14 +94,17 @@ def test_corrupt_checkpoint_is_named(tmp_path):
     assert "last.pt: not a readable checkpoint" in line
 
 
-@pytest.mark.parametrize("args, message", [
-    (["evaluate", "run", "--batch-size", "0"], "argument --batch-size: 0 is outside 1..1048576"),
-    (["evaluate", "run", "--batch-size", "-1"], "argument --batch-size: -1 is outside 1..1048576"),
-    (["summary", "--num-classes", "1000000000"], "argument --num-classes: 1000000000 is outside 1..100000"),
-    (["summary", "--num-classes", "0"], "argument --num-classes: 0 is outside 1..100000"),
-    (["analyze", "--num-classes", "0"], "argument --num-classes: 0 is outside 1..100000"),
-    (["activations", "run", "x.png", "--max-channels", "-5"], "argument --max-channels: -5 is outside 1..4096"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "run", "--batch-size", "0"], "argument --batch-size: 0 is outside 1..1048576"),
+        (["evaluate", "run", "--batch-size", "-1"], "argument --batch-size: -1 is outside 1..1048576"),
+        (["summary", "--num-classes", "1000000000"], "argument --num-classes: 1000000000 is outside 1..100000"),
+        (["summary", "--num-classes", "0"], "argument --num-classes: 0 is outside 1..100000"),
+        (["analyze", "--num-classes", "0"], "argument --num-classes: 0 is outside 1..100000"),
+        (["activations", "run", "x.png", "--max-channels", "-5"], "argument --max-channels: -5 is outside 1..4096"),
+    ],
+)
 def test_evaluation_and_visualisation_flags_are_bounded_as_the_configuration_is(args, message, capsys):
     from alexnet.cli import main
 

@@ -10,12 +10,12 @@ import types
 import numpy as np
 import pytest
 import torch
+from conftest import resize_reference
 from PIL import Image
 from torch import nn
 
 from alexnet import d2l
 from alexnet.device import bf16_autocast
-from conftest import resize_reference
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +30,9 @@ def xavier_bound(weight):
 
 
 def lazy_net():
-    net = nn.Sequential(nn.LazyConv2d(64, kernel_size=3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(),
-                        nn.LazyLinear(32))  # fmt: skip
+    net = nn.Sequential(
+        nn.LazyConv2d(64, kernel_size=3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(32)
+    )
     net.apply(d2l.init_cnn)
     return net
 
@@ -111,7 +112,9 @@ def test_train_and_val_are_datasets(fmnist):
         fmnist.val[10000]
 
 
-@pytest.mark.parametrize("resize, shape", [(32, (32, 32)), ((28, 56), (28, 56)), ([40, 24], (40, 24)), ((16, 16), (16, 16))])
+@pytest.mark.parametrize(
+    "resize, shape", [(32, (32, 32)), ((28, 56), (28, 56)), ([40, 24], (40, 24)), ((16, 16), (16, 16))]
+)
 def test_resize_as_int_or_any_pair(fashion_dir, resize, shape):
     data = d2l.FashionMNIST(batch_size=8, resize=resize)
     assert data.train[3][0].shape == (1, *shape)
@@ -371,11 +374,20 @@ def test_plot_and_the_board_draw_without_a_kernel(tmp_path):
     d2l.plt.close("all")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: d2l.FashionMNIST(batch_size=0), r"FashionMNIST\(batch_size=0\): batch_size must be a whole number of at least 1"),
-    (lambda: d2l.Trainer(max_epochs=-1), r"Trainer\(max_epochs=-1\): max_epochs must be a whole number of at least 1"),
-    (lambda: d2l.Trainer(max_epochs=2.5), r"max_epochs must be a whole number"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: d2l.FashionMNIST(batch_size=0),
+            r"FashionMNIST\(batch_size=0\): batch_size must be a whole number of at least 1",
+        ),
+        (
+            lambda: d2l.Trainer(max_epochs=-1),
+            r"Trainer\(max_epochs=-1\): max_epochs must be a whole number of at least 1",
+        ),
+        (lambda: d2l.Trainer(max_epochs=2.5), r"max_epochs must be a whole number"),
+    ],
+)
 def test_a_batch_size_or_epoch_count_that_cannot_train_is_refused_where_it_is_given(make, message):
     with pytest.raises(ValueError, match=message):
         make()

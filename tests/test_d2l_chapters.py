@@ -92,9 +92,19 @@ def test_lenet_chapter(monkeypatch, capsys):
             super().__init__()
             self.save_hyperparameters()
             self.net = nn.Sequential(
-                nn.LazyConv2d(6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2, stride=2),
-                nn.LazyConv2d(16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(2, stride=2), nn.Flatten(),
-                nn.LazyLinear(120), nn.Sigmoid(), nn.LazyLinear(84), nn.Sigmoid(), nn.LazyLinear(num_classes))  # fmt: skip
+                nn.LazyConv2d(6, kernel_size=5, padding=2),
+                nn.Sigmoid(),
+                nn.AvgPool2d(2, stride=2),
+                nn.LazyConv2d(16, kernel_size=5),
+                nn.Sigmoid(),
+                nn.AvgPool2d(2, stride=2),
+                nn.Flatten(),
+                nn.LazyLinear(120),
+                nn.Sigmoid(),
+                nn.LazyLinear(84),
+                nn.Sigmoid(),
+                nn.LazyLinear(num_classes),
+            )
 
     monkeypatch.setattr(d2l.Classifier, "layer_summary", d2l.Classifier.layer_summary)  # restored afterwards
 
@@ -127,15 +137,28 @@ class AlexNet(d2l.Classifier):
         self.save_hyperparameters()
         c = [96 // width, 256 // width, 384 // width, 4096 // width]
         self.net = nn.Sequential(
-            nn.LazyConv2d(c[0], kernel_size=11, stride=4, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-            nn.LazyConv2d(c[1], kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-            nn.LazyConv2d(c[2], kernel_size=3, padding=1), nn.ReLU(),
-            nn.LazyConv2d(c[2], kernel_size=3, padding=1), nn.ReLU(),
-            nn.LazyConv2d(c[1], kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2),
+            nn.LazyConv2d(c[0], kernel_size=11, stride=4, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2),
+            nn.LazyConv2d(c[1], kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2),
+            nn.LazyConv2d(c[2], kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.LazyConv2d(c[2], kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.LazyConv2d(c[1], kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2),
             nn.Flatten(),
-            nn.LazyLinear(c[3]), nn.ReLU(), nn.Dropout(0.5),
-            nn.LazyLinear(c[3]), nn.ReLU(), nn.Dropout(0.5),
-            nn.LazyLinear(num_classes))  # fmt: skip
+            nn.LazyLinear(c[3]),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.LazyLinear(c[3]),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.LazyLinear(num_classes),
+        )
         self.net.apply(d2l.init_cnn)
 
 
@@ -171,10 +194,16 @@ class VGG(d2l.Classifier):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(
-            *(vgg_block(*a) for a in arch), nn.Flatten(),
-            nn.LazyLinear(256), nn.ReLU(), nn.Dropout(0.5),
-            nn.LazyLinear(256), nn.ReLU(), nn.Dropout(0.5),
-            nn.LazyLinear(num_classes))  # fmt: skip
+            *(vgg_block(*a) for a in arch),
+            nn.Flatten(),
+            nn.LazyLinear(256),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.LazyLinear(256),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.LazyLinear(num_classes),
+        )
         self.net.apply(d2l.init_cnn)
 
 
@@ -195,9 +224,13 @@ def test_vgg_chapter():
 
 def nin_block(out_channels, kernel_size, strides, padding):
     return nn.Sequential(
-        nn.LazyConv2d(out_channels, kernel_size, strides, padding), nn.ReLU(),
-        nn.LazyConv2d(out_channels, kernel_size=1), nn.ReLU(),
-        nn.LazyConv2d(out_channels, kernel_size=1), nn.ReLU())  # fmt: skip
+        nn.LazyConv2d(out_channels, kernel_size, strides, padding),
+        nn.ReLU(),
+        nn.LazyConv2d(out_channels, kernel_size=1),
+        nn.ReLU(),
+        nn.LazyConv2d(out_channels, kernel_size=1),
+        nn.ReLU(),
+    )
 
 
 class NiN(d2l.Classifier):
@@ -205,12 +238,17 @@ class NiN(d2l.Classifier):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(
-            nin_block(24, kernel_size=11, strides=4, padding=0), nn.MaxPool2d(3, stride=2),
-            nin_block(64, kernel_size=5, strides=1, padding=2), nn.MaxPool2d(3, stride=2),
-            nin_block(96, kernel_size=3, strides=1, padding=1), nn.MaxPool2d(3, stride=2),
+            nin_block(24, kernel_size=11, strides=4, padding=0),
+            nn.MaxPool2d(3, stride=2),
+            nin_block(64, kernel_size=5, strides=1, padding=2),
+            nn.MaxPool2d(3, stride=2),
+            nin_block(96, kernel_size=3, strides=1, padding=1),
+            nn.MaxPool2d(3, stride=2),
             nn.Dropout(0.5),
             nin_block(num_classes, kernel_size=3, strides=1, padding=1),
-            nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())  # fmt: skip
+            nn.AdaptiveAvgPool2d((1, 1)),
+            nn.Flatten(),
+        )
         self.net.apply(d2l.init_cnn)
 
 
@@ -242,28 +280,40 @@ class Inception(nn.Module):
 
 class GoogleNet(d2l.Classifier):
     def b1(self):
-        return nn.Sequential(nn.LazyConv2d(16, kernel_size=7, stride=2, padding=3), nn.ReLU(),
-                             nn.MaxPool2d(kernel_size=3, stride=2, padding=1))  # fmt: skip
+        return nn.Sequential(
+            nn.LazyConv2d(16, kernel_size=7, stride=2, padding=3),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        )
 
 
 @d2l.add_to_class(GoogleNet)
 def b2(self):
-    return nn.Sequential(nn.LazyConv2d(16, kernel_size=1), nn.ReLU(), nn.LazyConv2d(48, kernel_size=3, padding=1),
-                         nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1))  # fmt: skip
+    return nn.Sequential(
+        nn.LazyConv2d(16, kernel_size=1),
+        nn.ReLU(),
+        nn.LazyConv2d(48, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
 
 
 @d2l.add_to_class(GoogleNet)
 def b3(self):
-    return nn.Sequential(Inception(16, (24, 32), (4, 8), 8), Inception(32, (32, 48), (8, 24), 16),
-                         nn.MaxPool2d(kernel_size=3, stride=2, padding=1))  # fmt: skip
+    return nn.Sequential(
+        Inception(16, (24, 32), (4, 8), 8),
+        Inception(32, (32, 48), (8, 24), 16),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
 
 
 @d2l.add_to_class(GoogleNet)
 def __init__(self, lr=0.1, num_classes=10):
     super(GoogleNet, self).__init__()
     self.save_hyperparameters()
-    self.net = nn.Sequential(self.b1(), self.b2(), self.b3(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
-                             nn.LazyLinear(num_classes))  # fmt: skip
+    self.net = nn.Sequential(
+        self.b1(), self.b2(), self.b3(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes)
+    )
     self.net.apply(d2l.init_cnn)
 
 
@@ -309,10 +359,23 @@ class BNLeNetScratch(d2l.Classifier):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(
-            nn.LazyConv2d(6, kernel_size=5), BatchNormScratch(6, 4), nn.Sigmoid(), nn.AvgPool2d(2, stride=2),
-            nn.LazyConv2d(16, kernel_size=5), BatchNormScratch(16, 4), nn.Sigmoid(), nn.AvgPool2d(2, stride=2),
-            nn.Flatten(), nn.LazyLinear(120), BatchNormScratch(120, 2), nn.Sigmoid(),
-            nn.LazyLinear(84), BatchNormScratch(84, 2), nn.Sigmoid(), nn.LazyLinear(num_classes))  # fmt: skip
+            nn.LazyConv2d(6, kernel_size=5),
+            BatchNormScratch(6, 4),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, stride=2),
+            nn.LazyConv2d(16, kernel_size=5),
+            BatchNormScratch(16, 4),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, stride=2),
+            nn.Flatten(),
+            nn.LazyLinear(120),
+            BatchNormScratch(120, 2),
+            nn.Sigmoid(),
+            nn.LazyLinear(84),
+            BatchNormScratch(84, 2),
+            nn.Sigmoid(),
+            nn.LazyLinear(num_classes),
+        )
 
 
 class BNLeNet(d2l.Classifier):
@@ -320,10 +383,23 @@ class BNLeNet(d2l.Classifier):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(
-            nn.LazyConv2d(6, kernel_size=5), nn.LazyBatchNorm2d(), nn.Sigmoid(), nn.AvgPool2d(2, stride=2),
-            nn.LazyConv2d(16, kernel_size=5), nn.LazyBatchNorm2d(), nn.Sigmoid(), nn.AvgPool2d(2, stride=2),
-            nn.Flatten(), nn.LazyLinear(120), nn.LazyBatchNorm1d(), nn.Sigmoid(),
-            nn.LazyLinear(84), nn.LazyBatchNorm1d(), nn.Sigmoid(), nn.LazyLinear(num_classes))  # fmt: skip
+            nn.LazyConv2d(6, kernel_size=5),
+            nn.LazyBatchNorm2d(),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, stride=2),
+            nn.LazyConv2d(16, kernel_size=5),
+            nn.LazyBatchNorm2d(),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, stride=2),
+            nn.Flatten(),
+            nn.LazyLinear(120),
+            nn.LazyBatchNorm1d(),
+            nn.Sigmoid(),
+            nn.LazyLinear(84),
+            nn.LazyBatchNorm1d(),
+            nn.Sigmoid(),
+            nn.LazyLinear(num_classes),
+        )
 
 
 @pytest.mark.parametrize("Net", [BNLeNetScratch, BNLeNet])
@@ -349,14 +425,24 @@ Residual = d2l.Residual
 
 class ResNet(d2l.Classifier):
     def b1(self):
-        return nn.Sequential(nn.LazyConv2d(16, kernel_size=7, stride=2, padding=3), nn.LazyBatchNorm2d(),
-                             nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1))  # fmt: skip
+        return nn.Sequential(
+            nn.LazyConv2d(16, kernel_size=7, stride=2, padding=3),
+            nn.LazyBatchNorm2d(),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        )
 
 
 @d2l.add_to_class(ResNet)
 def block(self, num_residuals, num_channels, first_block=False):
-    return nn.Sequential(*(Residual(num_channels, use_1x1conv=True, strides=2) if i == 0 and not first_block
-                           else Residual(num_channels) for i in range(num_residuals)))  # fmt: skip
+    return nn.Sequential(
+        *(
+            Residual(num_channels, use_1x1conv=True, strides=2)
+            if i == 0 and not first_block
+            else Residual(num_channels)
+            for i in range(num_residuals)
+        )
+    )
 
 
 @d2l.add_to_class(ResNet)
@@ -405,14 +491,22 @@ class DenseBlock(nn.Module):
 
 
 def transition_block(num_channels):
-    return nn.Sequential(nn.LazyBatchNorm2d(), nn.ReLU(), nn.LazyConv2d(num_channels, kernel_size=1),
-                         nn.AvgPool2d(kernel_size=2, stride=2))  # fmt: skip
+    return nn.Sequential(
+        nn.LazyBatchNorm2d(),
+        nn.ReLU(),
+        nn.LazyConv2d(num_channels, kernel_size=1),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+    )
 
 
 class DenseNet(d2l.Classifier):
     def b1(self):
-        return nn.Sequential(nn.LazyConv2d(16, kernel_size=7, stride=2, padding=3), nn.LazyBatchNorm2d(),
-                             nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1))  # fmt: skip
+        return nn.Sequential(
+            nn.LazyConv2d(16, kernel_size=7, stride=2, padding=3),
+            nn.LazyBatchNorm2d(),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        )
 
 
 @d2l.add_to_class(DenseNet)
@@ -426,8 +520,12 @@ def __init__(self, num_channels=16, growth_rate=8, arch=(2, 2), lr=0.1, num_clas
         if i != len(arch) - 1:
             num_channels //= 2
             self.net.add_module(f"tran_blk{i + 1}", transition_block(num_channels))
-    self.net.add_module("last", nn.Sequential(nn.LazyBatchNorm2d(), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)),
-                                              nn.Flatten(), nn.LazyLinear(num_classes)))  # fmt: skip
+    self.net.add_module(
+        "last",
+        nn.Sequential(
+            nn.LazyBatchNorm2d(), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes)
+        ),
+    )
     self.net.apply(d2l.init_cnn)
 
 
@@ -449,14 +547,21 @@ def test_densenet_chapter():
 
 class AnyNet(d2l.Classifier):
     def stem(self, num_channels):
-        return nn.Sequential(nn.LazyConv2d(num_channels, kernel_size=3, stride=2, padding=1),
-                             nn.LazyBatchNorm2d(), nn.ReLU())  # fmt: skip
+        return nn.Sequential(
+            nn.LazyConv2d(num_channels, kernel_size=3, stride=2, padding=1), nn.LazyBatchNorm2d(), nn.ReLU()
+        )
 
 
 @d2l.add_to_class(AnyNet)
 def stage(self, depth, num_channels, groups, bot_mul):
-    return nn.Sequential(*(d2l.ResNeXtBlock(num_channels, groups, bot_mul, use_1x1conv=True, strides=2) if i == 0
-                           else d2l.ResNeXtBlock(num_channels, groups, bot_mul) for i in range(depth)))  # fmt: skip
+    return nn.Sequential(
+        *(
+            d2l.ResNeXtBlock(num_channels, groups, bot_mul, use_1x1conv=True, strides=2)
+            if i == 0
+            else d2l.ResNeXtBlock(num_channels, groups, bot_mul)
+            for i in range(depth)
+        )
+    )
 
 
 @d2l.add_to_class(AnyNet)

@@ -20,7 +20,9 @@ def test_alexnet_notebook_trains_and_the_board_draws(fashion_dir, tmp_path, monk
     # The kernel imports this checkout's alexnet, whatever is installed, and starts in tmp_path.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
 
     fit = next(c for c in nb.cells if "trainer.fit" in c.source)

@@ -6,11 +6,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import make_idx_dataset, resize_reference, write_cifar, write_idx
 from PIL import Image
 
 from alexnet import data as D
 from alexnet.config import Config
-from conftest import make_idx_dataset, resize_reference, write_cifar, write_idx
 
 
 def test_real_fashion_mnist_is_read_and_verified(fashion):
@@ -61,7 +61,9 @@ def test_truncated_gzip_stream_is_a_clear_error(idx_dir):
 def test_wrong_magic_is_named(idx_dir):
     raw = gzip.decompress((idx_dir / "train-labels-idx1-ubyte.gz").read_bytes())
     _corrupt(idx_dir, "train-labels-idx1-ubyte", b"\x00\x00\x08\x03" + raw[4:])
-    with pytest.raises(D.DataError, match=r"train-labels-idx1-ubyte.gz: wrong magic number 0x00000803, expected 0x00000801"):
+    with pytest.raises(
+        D.DataError, match=r"train-labels-idx1-ubyte.gz: wrong magic number 0x00000803, expected 0x00000801"
+    ):
         D.load_dataset("mnist", idx_dir)
 
 
@@ -74,8 +76,11 @@ def test_images_and_labels_of_different_counts(idx_dir):
 def test_wrong_checksum_is_named_for_fashion_mnist(idx_dir):
     # Well-formed IDX files that are not Fashion-MNIST are refused by its known shapes (before the
     # payload is read) or, of the right shape, by its sha256 (test_inputs checks that path).
-    with pytest.raises(D.DataError, match=r"train-images-idx3-ubyte.gz: header declares 64x28x28, but this "
-                                          r"dataset's file holds 60000x28x28"):  # fmt: skip
+    with pytest.raises(
+        D.DataError,
+        match=r"train-images-idx3-ubyte.gz: header declares 64x28x28, but this "
+        r"dataset's file holds 60000x28x28",
+    ):
         D.load_dataset("fashion-mnist", idx_dir)
 
 
@@ -100,7 +105,6 @@ def test_no_data_and_no_network_names_the_three_ways(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "download failed" in msg and "--data-dir" in msg and "$ALEXNET_DATA" in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "\n" not in msg
-
 
 
 def test_cifar10_python_batches_load(tmp_path):
@@ -133,16 +137,22 @@ def _pixels(value, dtype, n=20):
     return {b"data": data}
 
 
-@pytest.mark.parametrize("fields, message", [
-    (_pixels(300, np.int64), r"data_batch_2: pixel value 300 \(image 3\) is outside 0..255"),  # would wrap to 44
-    (_pixels(-1, np.int16), r"data_batch_2: pixel value -1 \(image 3\) is outside 0..255"),  # would wrap to 255
-    (_pixels(0.5, np.float64), r"data_batch_2: pixel values are float64, expected integers 0..255"),
-    ({b"labels": [1.7] * 20}, r"data_batch_2: labels are float64, expected integers 0..9"),  # would become 1
-    ({b"labels": [3] * 19 + [10]}, r"data_batch_2: label 10 \(image 19\) is outside 0..9"),
-    ({b"labels": [[3]] * 20}, r"data_batch_2: expected N x 3072 pixel values and N labels, .* \(20, 3072\), \(20, 1\)"),
-    ({b"labels": [3] * 19}, r"data_batch_2: expected N x 3072 .* got \(20, 3072\), \(19,\)"),
-    ({b"data": np.zeros((20, 3071), np.uint8)}, r"data_batch_2: expected N x 3072 .* got \(20, 3071\)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (_pixels(300, np.int64), r"data_batch_2: pixel value 300 \(image 3\) is outside 0..255"),  # would wrap to 44
+        (_pixels(-1, np.int16), r"data_batch_2: pixel value -1 \(image 3\) is outside 0..255"),  # would wrap to 255
+        (_pixels(0.5, np.float64), r"data_batch_2: pixel values are float64, expected integers 0..255"),
+        ({b"labels": [1.7] * 20}, r"data_batch_2: labels are float64, expected integers 0..9"),  # would become 1
+        ({b"labels": [3] * 19 + [10]}, r"data_batch_2: label 10 \(image 19\) is outside 0..9"),
+        (
+            {b"labels": [[3]] * 20},
+            r"data_batch_2: expected N x 3072 pixel values and N labels, .* \(20, 3072\), \(20, 1\)",
+        ),
+        ({b"labels": [3] * 19}, r"data_batch_2: expected N x 3072 .* got \(20, 3072\), \(19,\)"),
+        ({b"data": np.zeros((20, 3071), np.uint8)}, r"data_batch_2: expected N x 3072 .* got \(20, 3071\)"),
+    ],
+)
 def test_cifar_batch_that_does_not_fit_bytes_and_ten_labels_is_refused_not_cast(fields, message, tmp_path):
     write_cifar(tmp_path, replace={"data_batch_2": fields})
     with pytest.raises(D.DataError, match=message) as e:
@@ -154,8 +164,9 @@ def test_cifar_batch_of_wider_integers_within_a_byte_loads_unchanged(tmp_path):
     wide = np.random.default_rng(2).integers(0, 256, (20, 3072))  # int64, as a re-pickled batch may hold
     write_cifar(tmp_path, replace={"test_batch": {b"data": wide, b"labels": np.arange(20) % 10}})
     ds = D.load_dataset("cifar10", tmp_path)
-    assert ds.test.images.dtype == torch.uint8 and torch.equal(ds.test.images.reshape(20, -1).long(),
-                                                               torch.from_numpy(wide))  # fmt: skip
+    assert ds.test.images.dtype == torch.uint8 and torch.equal(
+        ds.test.images.reshape(20, -1).long(), torch.from_numpy(wide)
+    )
     assert ds.test.labels.tolist() == [i % 10 for i in range(20)]
 
 
@@ -196,15 +207,19 @@ def test_batched_resize_matches_pillow_bilinear():
     assert np.abs(ours.numpy() - pil).mean() < 0.01
 
 
-@pytest.mark.parametrize("dataset, channels, side, resolution", [("fashion-mnist", 1, 28, 64), ("cifar10", 3, 32, 20)],
-                         ids=["upsampled", "shrunk"])  # fmt: skip
+@pytest.mark.parametrize(
+    "dataset, channels, side, resolution",
+    [("fashion-mnist", 1, 28, 64), ("cifar10", 3, 32, 20)],
+    ids=["upsampled", "shrunk"],
+)
 def test_a_runs_transform_is_crop_flip_scale_resize_normalise(dataset, channels, side, resolution):
     """A run's transform (data.make_transform) against its steps written out one image at a time:
     the crop offsets, then the flips, drawn from the batch's generator in that order (a resumed
     run redraws them); bilinear without antialiasing even when shrinking, as runs have always been
     trained (d2l's loaders antialias); then (x - mean) / std; channels last."""
-    cfg = Config(preset="test").replace(dataset=dataset, resolution=resolution, normalize=True, crop_padding=3,
-                                        flip=True)  # fmt: skip
+    cfg = Config(preset="test").replace(
+        dataset=dataset, resolution=resolution, normalize=True, crop_padding=3, flip=True
+    )
     t = D.make_transform(cfg, dataset, torch.device("cpu"))
     b, pad = 6, 3
     x = torch.randint(0, 256, (b, channels, side, side), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)

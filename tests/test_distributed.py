@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from conftest import make_idx_dataset, make_image_folder
 
 from alexnet import runs as R
-from conftest import make_image_folder, make_idx_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # lenet has no dropout, and no augmentation is asked for: with the same global batch, the only
@@ -17,17 +17,43 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # autocast (the default on CPUs with bf16 units) rounds each half-batch's products apart, which
 # is a difference of 1e-3, not of the algorithm. A constant rate, because a cosine schedule is
 # laid over --epochs, which a resumed run extends.
-RECIPE = ["--preset", "cpu", "--model", "lenet", "--dataset", "mnist", "--batch-size", 16, "--lr", 0.1,
-          "--warmup-epochs", 0, "--schedule", "constant", "--amp", "off",
-          "--crop-padding", 0, "--no-flip", "--no-progress"]  # fmt: skip
+RECIPE = [
+    "--preset",
+    "cpu",
+    "--model",
+    "lenet",
+    "--dataset",
+    "mnist",
+    "--batch-size",
+    16,
+    "--lr",
+    0.1,
+    "--warmup-epochs",
+    0,
+    "--schedule",
+    "constant",
+    "--amp",
+    "off",
+    "--crop-padding",
+    0,
+    "--no-flip",
+    "--no-progress",
+]
 
 
 def train(nproc: int, cwd, *args):
     # --standalone: a rendezvous on localhost only; one thread per process on this 2-core machine.
     launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    r = subprocess.run([sys.executable, *launch, "-m", "alexnet", "train", *map(str, RECIPE), *map(str, args)],
-                       cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, *launch, "-m", "alexnet", "train", *map(str, RECIPE), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -82,8 +108,26 @@ def test_image_folder_augmentation_does_not_depend_on_the_number_of_processes(tm
     # Crops, flips and lighting noise are drawn per (seed, epoch, image): 2 ranks draw what 1 draws.
 
     folder = make_image_folder(tmp_path / "images", corrupt=False)
-    args = ["--dataset", "imagefolder", "--data-dir", folder, "--resize", 32, "--resolution", 28, "--lighting", 0.1,
-            "--flip", "--normalize", "--workers", 0, "--stats-images", 50, "--epochs", 2]  # fmt: skip
+    args = [
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        folder,
+        "--resize",
+        32,
+        "--resolution",
+        28,
+        "--lighting",
+        0.1,
+        "--flip",
+        "--normalize",
+        "--workers",
+        0,
+        "--stats-images",
+        50,
+        "--epochs",
+        2,
+    ]
     train(1, tmp_path, *args, "--run-dir", "one")
     train(2, tmp_path, *args, "--run-dir", "two")
     assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"))

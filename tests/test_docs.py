@@ -42,8 +42,10 @@ def links(page: Path) -> list[str]:
 
 def test_the_link_checker_sees_links_images_and_anchors(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text('# The 224×224 recipes\n[a](x.md#top) ![b](fig.png) <img src="y.png">\n'
-                    "```\n[not](a-link.md)\n```\n`[nor](this.md)` [web](https://example.com)\n")
+    page.write_text(
+        '# The 224×224 recipes\n[a](x.md#top) ![b](fig.png) <img src="y.png">\n'
+        "```\n[not](a-link.md)\n```\n`[nor](this.md)` [web](https://example.com)\n"
+    )
     assert links(page) == ["x.md#top", "fig.png", "y.png", "https://example.com"]
     assert anchors(page) == {"the-224224-recipes"}
 
@@ -66,7 +68,7 @@ def test_every_relative_link_and_image_exists(page):
 def code_map() -> list[list[str]]:
     """The README code map's rows, top room first: each row's modules (`train.py` → train, `exercises/` → exercises)."""
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("## Code map"):].split("\n## ")[0]
+    table = text[text.index("## Code map") :].split("\n## ")[0]
     rows = []
     for line in table.splitlines():
         cells = line.split("|")

@@ -22,8 +22,7 @@ def tiny_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_idx_dataset(root / "data")
-    cfg = Config(preset="test").replace(model="alexnet28", dataset="mnist", data_dir=str(data), epochs=1,
-                                        batch_size=16)  # fmt: skip
+    cfg = Config(preset="test").replace(model="alexnet28", dataset="mnist", data_dir=str(data), epochs=1, batch_size=16)
     T.fit(cfg, root / "run", progress=False, quiet=True)
     return root / "run"
 
@@ -85,12 +84,14 @@ def test_spread_is_mean_and_sample_std_and_says_when_a_difference_is_real():
 def test_compare_shows_mean_and_std_over_seeds_of_one_configuration(idx_dir, tmp_path, capsys):
     dirs = []
     for seed in (0, 1, 2):
-        cfg = Config(preset="test").replace(model="lenet", dataset="mnist", data_dir=str(idx_dir), epochs=1,
-                                            batch_size=16, seed=seed)  # fmt: skip
+        cfg = Config(preset="test").replace(
+            model="lenet", dataset="mnist", data_dir=str(idx_dir), epochs=1, batch_size=16, seed=seed
+        )
         T.fit(cfg, tmp_path / f"s{seed}", progress=False, quiet=True)
         dirs.append(str(tmp_path / f"s{seed}"))
-    other = Config(preset="test").replace(model="lenet-relu", dataset="mnist", data_dir=str(idx_dir), epochs=1,
-                                          batch_size=16)  # fmt: skip
+    other = Config(preset="test").replace(
+        model="lenet-relu", dataset="mnist", data_dir=str(idx_dir), epochs=1, batch_size=16
+    )
     T.fit(other, tmp_path / "relu", progress=False, quiet=True)
     assert main(["compare", *dirs, str(tmp_path / "relu"), "--out", str(tmp_path / "c.png")]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| s0", "| relu"))]
@@ -118,13 +119,30 @@ def test_smoke_budget_writes_every_table_and_figure(idx_dir, tmp_path, capsys):
     out = tmp_path / "docs" / "exercises.md"
     result = run_exercises("smoke", out, tmp_path / "runs", data_dir=str(idx_dir), dataset="mnist")
     text = out.read_text()
-    for heading in ("In one table", "Exercises 1–3", "Exercise 4", "Exercise 5", "Exercise 6", "Exercise 7",
-                    "Exercise 8", "Figure 8.1.2"):  # fmt: skip
+    for heading in (
+        "In one table",
+        "Exercises 1–3",
+        "Exercise 4",
+        "Exercise 5",
+        "Exercise 6",
+        "Exercise 7",
+        "Exercise 8",
+        "Figure 8.1.2",
+    ):
         assert heading in text
     figs = tmp_path / "docs" / "figures" / "exercises"
-    for name in ("ex4-224.png", "ex4-28.png", "ex4-whole.png", "ex5.png", "ex7.png", "ex8-overfit.png", "ex8-gap.png",
-                 "ex8-break.png", "filters-alexnet28.png",
-                 "activations-alexnet28-stage1.png"):  # fmt: skip
+    for name in (
+        "ex4-224.png",
+        "ex4-28.png",
+        "ex4-whole.png",
+        "ex5.png",
+        "ex7.png",
+        "ex8-overfit.png",
+        "ex8-gap.png",
+        "ex8-break.png",
+        "filters-alexnet28.png",
+        "activations-alexnet28-stage1.png",
+    ):
         assert (figs / name).stat().st_size > 1000, name
         assert f"figures/exercises/{name}" in text, name
     assert "—" not in text.split("## Exercise 6")[0].split("## Exercise 4")[1]  # every ex. 4/5 cell measured

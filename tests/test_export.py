@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_idx_dataset
 from PIL import Image
 
 from alexnet import export as E
 from alexnet.cli import main
-from alexnet.models import MODELS, build_model
-from conftest import make_idx_dataset
+from alexnet.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,26 @@ def run28(tmp_path_factory):
     """A one-epoch alexnet28 run on the tiny MNIST-format files, made in-process (fast)."""
     root = tmp_path_factory.mktemp("export")
     data = make_idx_dataset(root / "mnist-like")
-    code = main(["train", "--preset", "cpu", "--model", "alexnet28", "--dataset", "mnist", "--data-dir", str(data),
-                 "--epochs", "1", "--batch-size", "16", "--run-dir", str(root / "run"), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--preset",
+            "cpu",
+            "--model",
+            "alexnet28",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(data),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--run-dir",
+            str(root / "run"),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     img = root / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(img)
@@ -129,16 +147,31 @@ def _unusual_layers() -> torch.nn.Module:
     torch.manual_seed(0)
     stem = M.Frozen(M.WhiteningConv(2), M.MaxPool2x2(), torch.nn.ReLU())  # (B, 36, 16, 16)
     stem[0].fit(torch.randn(8, 2, 16, 16))
-    features = torch.nn.Sequential(M.PadTo(34), stem, M.Residual(36), torch.nn.Conv2d(36, 8, 3, padding=1, groups=2),
-                                   M.GroupedLRN(groups=2), torch.nn.AdaptiveAvgPool2d((3, 3)))  # fmt: skip
-    return M.Blocks(OrderedDict(features=features, flatten=torch.nn.Flatten(), classifier=torch.nn.Linear(72, 5))).eval()
+    features = torch.nn.Sequential(
+        M.PadTo(34),
+        stem,
+        M.Residual(36),
+        torch.nn.Conv2d(36, 8, 3, padding=1, groups=2),
+        M.GroupedLRN(groups=2),
+        torch.nn.AdaptiveAvgPool2d((3, 3)),
+    )
+    return M.Blocks(
+        OrderedDict(features=features, flatten=torch.nn.Flatten(), classifier=torch.nn.Linear(72, 5))
+    ).eval()
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 def test_the_registered_networks_unusual_layers_export_with_parity(fmt):
     model = _unusual_layers()
-    meta = {"model": "toy", "in_channels": 2, "num_classes": 5, "classes": list("abcde"), "resolution": 32, "native": 32,
-            "dataset": "toy"}
+    meta = {
+        "model": "toy",
+        "in_channels": 2,
+        "num_classes": 5,
+        "classes": list("abcde"),
+        "resolution": 32,
+        "native": 32,
+        "dataset": "toy",
+    }
     x = torch.randn(3, 2, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         ref = model(x)

@@ -3,16 +3,29 @@ exactly as loaded, --pretrained-lr-scale steps the pretrained layers slower, and
 
 import pytest
 import torch
+from conftest import make_idx_dataset
 
 from alexnet.cli import main
 from alexnet.finetune import init_from, last_layer
 from alexnet.models import build_model
-from conftest import make_idx_dataset
 
 
 def _train(*extra):
-    return main(["train", "--preset", "cpu", "--model", "alexnet28", "--dataset", "mnist", "--batch-size", "16",
-                 "--no-progress", *map(str, extra)])  # fmt: skip
+    return main(
+        [
+            "train",
+            "--preset",
+            "cpu",
+            "--model",
+            "alexnet28",
+            "--dataset",
+            "mnist",
+            "--batch-size",
+            "16",
+            "--no-progress",
+            *map(str, extra),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +42,21 @@ def _weights(run):
 
 def test_freeze_features_trains_only_the_classifier_and_replaces_the_head(source, tmp_path):
     root, data = source
-    assert _train("--data-dir", data, "--epochs", 1, "--init-from", root / "source", "--freeze", "features",
-                  "--run-dir", tmp_path / "ft") == 0  # fmt: skip
+    assert (
+        _train(
+            "--data-dir",
+            data,
+            "--epochs",
+            1,
+            "--init-from",
+            root / "source",
+            "--freeze",
+            "features",
+            "--run-dir",
+            tmp_path / "ft",
+        )
+        == 0
+    )
     before, after = _weights(root / "source")["model"], _weights(tmp_path / "ft")["model"]
     convs = [k for k in before if int(k.split(".")[0]) < 13]  # alexnet28: layers 0-12 are the features
     assert convs and all(torch.equal(before[k], after[k]) for k in convs)
@@ -52,8 +78,21 @@ def test_init_from_loads_every_tensor_but_the_last_layers(source):
 def test_pretrained_layers_step_at_the_scaled_rate_and_the_run_resumes(source, tmp_path):
     root, data = source
     run = tmp_path / "ft"
-    assert _train("--data-dir", data, "--epochs", 1, "--init-from", root / "source", "--pretrained-lr-scale", 0.1,
-                  "--run-dir", run) == 0  # fmt: skip
+    assert (
+        _train(
+            "--data-dir",
+            data,
+            "--epochs",
+            1,
+            "--init-from",
+            root / "source",
+            "--pretrained-lr-scale",
+            0.1,
+            "--run-dir",
+            run,
+        )
+        == 0
+    )
     groups = _weights(run)["optimizer"]["param_groups"]
     head_lr = {g["lr"] for g in groups if g["lr_scale"] == 1.0}
     pre_lr = {g["lr"] for g in groups if g["lr_scale"] == 0.1}
@@ -77,8 +116,27 @@ def test_fine_tuning_mistakes_are_one_line(source, tmp_path, capsys):
     root, data = source
     assert _train("--data-dir", data, "--freeze", "features", "--run-dir", tmp_path / "a") == 2
     assert "give --init-from" in capsys.readouterr().err
-    assert main(["train", "--preset", "cpu", "--model", "lenet", "--dataset", "mnist", "--data-dir", str(data),
-                 "--init-from", str(root / "source"), "--run-dir", str(tmp_path / "b"), "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "cpu",
+                "--model",
+                "lenet",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(data),
+                "--init-from",
+                str(root / "source"),
+                "--run-dir",
+                str(tmp_path / "b"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds alexnet28, not --model lenet" in err[0]
     assert not (tmp_path / "b").exists()  # checked before the run directory is made
@@ -87,7 +145,22 @@ def test_fine_tuning_mistakes_are_one_line(source, tmp_path, capsys):
 def test_an_image_folder_without_dataset_imagefolder_is_one_line_that_says_so(tmp_path, capsys):
     for split in ("train", "val"):
         (tmp_path / "photos" / split / "cat").mkdir(parents=True)
-    assert main(["train", "--model", "alexnet-owt", "--init-from", str(tmp_path / "w.pth"), "--data-dir",
-                 str(tmp_path / "photos"), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "alexnet-owt",
+                "--init-from",
+                str(tmp_path / "w.pth"),
+                "--data-dir",
+                str(tmp_path / "photos"),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "give --dataset imagefolder" in err[0]

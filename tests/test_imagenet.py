@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FORMATS, make_image_folder, picture, save_image
 from PIL import Image
 from torch import nn
 
@@ -15,11 +16,10 @@ from alexnet import data as D
 from alexnet import imagenet as I
 from alexnet import runs as R
 from alexnet import train as T
-from alexnet.tracing import summary
 from alexnet.cli import main
 from alexnet.config import PRESETS, Config
 from alexnet.models import GroupedLRN, TwoTowers, build_model
-from conftest import FORMATS, make_image_folder, picture, save_image
+from alexnet.tracing import summary
 
 # ---------------------------------------------------------------------------------------------
 # The networks
@@ -63,15 +63,23 @@ def test_alexnet2012_has_the_papers_initialisation():
 
 
 TORCHVISION_ALEXNET = {  # torchvision.models.alexnet().state_dict(): names and shapes, written out by hand
-    "features.0.weight": (64, 3, 11, 11), "features.0.bias": (64,),
-    "features.3.weight": (192, 64, 5, 5), "features.3.bias": (192,),
-    "features.6.weight": (384, 192, 3, 3), "features.6.bias": (384,),
-    "features.8.weight": (256, 384, 3, 3), "features.8.bias": (256,),
-    "features.10.weight": (256, 256, 3, 3), "features.10.bias": (256,),
-    "classifier.1.weight": (4096, 9216), "classifier.1.bias": (4096,),
-    "classifier.4.weight": (4096, 4096), "classifier.4.bias": (4096,),
-    "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,),
-}  # fmt: skip
+    "features.0.weight": (64, 3, 11, 11),
+    "features.0.bias": (64,),
+    "features.3.weight": (192, 64, 5, 5),
+    "features.3.bias": (192,),
+    "features.6.weight": (384, 192, 3, 3),
+    "features.6.bias": (384,),
+    "features.8.weight": (256, 384, 3, 3),
+    "features.8.bias": (256,),
+    "features.10.weight": (256, 256, 3, 3),
+    "features.10.bias": (256,),
+    "classifier.1.weight": (4096, 9216),
+    "classifier.1.bias": (4096,),
+    "classifier.4.weight": (4096, 4096),
+    "classifier.4.bias": (4096,),
+    "classifier.6.weight": (1000, 4096),
+    "classifier.6.bias": (1000,),
+}
 
 
 def test_torchvision_alexnet_checkpoint_loads_into_alexnet_owt(tmp_path):
@@ -118,15 +126,31 @@ def test_two_towers_on_two_devices_compute_the_grouped_network():
 # ---------------------------------------------------------------------------------------------
 # Generated image folders: 3 classes, every image mode, sizes from 36 to 64 pixels, one corrupt file
 
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("images"))
 
 
 def tiny_images(folder, **kw) -> Config:
-    base = dict(model="lenet-relu", dataset="imagefolder", data_dir=str(folder), resize=32, resolution=28,
-                epochs=2, batch_size=8, eval_batch_size=16, lr=0.02, momentum=0.9, workers=0, log_every=2,
-                stats_images=50, flip=True, lighting=0.1, normalize=True)  # fmt: skip
+    base = dict(
+        model="lenet-relu",
+        dataset="imagefolder",
+        data_dir=str(folder),
+        resize=32,
+        resolution=28,
+        epochs=2,
+        batch_size=8,
+        eval_batch_size=16,
+        lr=0.02,
+        momentum=0.9,
+        workers=0,
+        log_every=2,
+        stats_images=50,
+        flip=True,
+        lighting=0.1,
+        normalize=True,
+    )
     return Config(preset="test").replace(**{**base, **kw})
 
 
@@ -165,8 +189,16 @@ def test_lighting_noise_follows_the_pca_of_the_training_pixels(folder):
     vec, val = np.array(stats["eigvec"]), np.array(stats["eigval"])
     assert stats["images"] == 42  # the corrupt file is passed over
     # The eigen-decomposition reproduces the covariance of the pixels it was computed from.
-    pixels = np.concatenate([np.asarray(I.resize_shorter(I.open_rgb(p, 64), 64), dtype=np.float64).reshape(-1, 3)
-                             for p in images.paths if "truncated" not in p]) / 255  # fmt: skip
+    pixels = (
+        np.concatenate(
+            [
+                np.asarray(I.resize_shorter(I.open_rgb(p, 64), 64), dtype=np.float64).reshape(-1, 3)
+                for p in images.paths
+                if "truncated" not in p
+            ]
+        )
+        / 255
+    )
     np.testing.assert_allclose(vec @ np.diag(val) @ vec.T, np.cov(pixels, rowvar=False), atol=1e-9)
     # Per-image alphas drawn in the workers have the paper's std 0.1 ...
     ds = I.ImageDataset(images, 32, 28, "train", lighting=0.1)
@@ -187,14 +219,19 @@ def test_an_image_folder_batch_is_scaled_lit_and_normalised_not_resized(folder):
     resolution, so nothing is resized."""
     g = torch.Generator().manual_seed(0)
     vec = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))[0]
-    stats = {"mean": [0.48, 0.45, 0.40], "std": [0.23, 0.22, 0.21], "eigval": [0.2, 0.02, 0.005],
-             "eigvec": vec.tolist()}  # fmt: skip
+    stats = {
+        "mean": [0.48, 0.45, 0.40],
+        "std": [0.23, 0.22, 0.21],
+        "eigval": [0.2, 0.02, 0.005],
+        "eigvec": vec.tolist(),
+    }
     t = I.ImagePipeline(tiny_images(folder), torch.device("cpu"), 28, 8, 16, stats=stats).transform
     x = torch.randint(0, 256, (4, 3, 28, 28), generator=g, dtype=torch.uint8)
     alpha = 0.1 * torch.randn(4, 3, generator=g)
     mean, std = torch.tensor(stats["mean"]).view(3, 1, 1), torch.tensor(stats["std"]).view(3, 1, 1)
-    shift = [(vec @ (alpha[i].double() * torch.tensor(stats["eigval"], dtype=torch.float64))).view(3, 1, 1)
-             for i in range(4)]  # fmt: skip
+    shift = [
+        (vec @ (alpha[i].double() * torch.tensor(stats["eigval"], dtype=torch.float64))).view(3, 1, 1) for i in range(4)
+    ]
     lit = torch.stack([((x[i].double() / 255 + shift[i]) - mean) / std for i in range(4)]).float()
     out = t(x, train=True, alpha=alpha)
     assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
@@ -279,8 +316,9 @@ def test_list_file_variant_reads_the_same_images(folder, tmp_path):
         I.find_images("imagelist", str(tmp_path))
 
 
-@pytest.mark.parametrize("layout, message", [({"train": [], "val": []}, "train: no images found"),
-                                             ({"train": ["a"]}, "val: no such folder")])  # fmt: skip
+@pytest.mark.parametrize(
+    "layout, message", [({"train": [], "val": []}, "train: no images found"), ({"train": ["a"]}, "val: no such folder")]
+)
 def test_empty_or_missing_folders_give_one_clear_line(layout, message, tmp_path):
     for split, classes in layout.items():
         (tmp_path / "data" / split).mkdir(parents=True)
@@ -288,8 +326,9 @@ def test_empty_or_missing_folders_give_one_clear_line(layout, message, tmp_path)
             (tmp_path / "data" / split / c).mkdir()
             Image.new("RGB", (8, 8)).save(tmp_path / "data" / split / c / "x.png")
     args = ["train", "--dataset", "imagefolder", "--data-dir", tmp_path / "data", "--no-progress"]
-    r = subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=tmp_path,
-                       check=False)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
 
@@ -301,11 +340,18 @@ def test_empty_or_missing_folders_give_one_clear_line(layout, message, tmp_path)
 def test_paper_presets_hold_the_papers_recipe():
     p = PRESETS["paper"]
     assert (p.train.model, p.train.batch_size, p.train.lr, p.train.momentum, p.train.weight_decay, p.train.epochs) == (
-        "alexnet2012", 128, 0.01, 0.9, 5e-4, 90)
+        "alexnet2012",
+        128,
+        0.01,
+        0.9,
+        5e-4,
+        90,
+    )
     assert (p.data.resize, p.data.lighting, p.data.flip, p.train.schedule) == (256, 0.1, True, "plateau")
     step = PRESETS["paper-step"]
     assert [T.lr_at(e * 100, 9000, 100, step) for e in (0, 29, 30, 60, 89)] == pytest.approx(
-        [0.01, 0.01, 0.001, 0.0001, 0.0001])
+        [0.01, 0.01, 0.001, 0.0001, 0.0001]
+    )
     fast = PRESETS["imagenet-fast"]
     assert fast.system.amp == "bf16" and fast.system.channels_last and fast.train.warmup_epochs > 0
 
@@ -317,9 +363,17 @@ def test_plateau_schedule_divides_by_ten_when_validation_error_stalls():
 
 
 def test_model_parallel_run_checkpoints_in_the_grouped_layout(idx_dir, tmp_path):
-    cfg = Config(preset="test").replace(model="alexnet2012", dataset="mnist", data_dir=str(idx_dir), epochs=1,
-                                        batch_size=4, limit_train=8, limit_test=4, model_parallel="cpu,cpu",
-                                        channels_last=False)  # fmt: skip
+    cfg = Config(preset="test").replace(
+        model="alexnet2012",
+        dataset="mnist",
+        data_dir=str(idx_dir),
+        epochs=1,
+        batch_size=4,
+        limit_train=8,
+        limit_test=4,
+        model_parallel="cpu,cpu",
+        channels_last=False,
+    )
     T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
     model, _ = R.model_from_checkpoint(R.load_checkpoint(tmp_path / "run"))  # loads into the grouped network
     assert isinstance(model, nn.Sequential) and model[5].groups == 2
@@ -328,8 +382,16 @@ def test_model_parallel_run_checkpoints_in_the_grouped_layout(idx_dir, tmp_path)
 
 
 def test_plateau_run_lowers_the_rate_after_the_epochs_that_stalled(idx_dir, tmp_path):
-    cfg = Config(preset="test").replace(model="lenet", dataset="mnist", data_dir=str(idx_dir), epochs=4, batch_size=16,
-                                        lr=0.5, schedule="plateau", lr_patience=1)  # fmt: skip
+    cfg = Config(preset="test").replace(
+        model="lenet",
+        dataset="mnist",
+        data_dir=str(idx_dir),
+        epochs=4,
+        batch_size=16,
+        lr=0.5,
+        schedule="plateau",
+        lr_patience=1,
+    )
     m = T.fit(cfg, tmp_path / "run", progress=False, quiet=True).metrics
     errors = [1 - r["val_acc"] for r in m]
     assert [r["lr"] for r in m] == pytest.approx([0.5 * 0.1 ** T.plateau_drops(errors[:i], 1) for i in range(4)])

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import alexnet, make_idx_dataset, no_hang, one_error_line, write_cifar, write_idx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -21,7 +22,6 @@ from alexnet import data as D
 from alexnet import imagenet as I
 from alexnet import runs as R
 from alexnet.config import Config
-from conftest import alexnet, make_idx_dataset, no_hang, one_error_line, write_cifar, write_idx
 
 MB = 10**6
 
@@ -47,7 +47,7 @@ def peak_memory(fn) -> tuple[int, BaseException | None]:
     try:
         fn()
         err = None
-    except Exception as e:  # noqa: BLE001 - returned to the test
+    except Exception as e:
         err = e
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -94,8 +94,9 @@ def test_a_header_a_known_dataset_cannot_have_is_refused_before_a_byte_of_the_pa
     gzip_bomb(path, idx_header(65536, 256, 256), 100 * MB)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(10))
     peak, err = peak_memory(lambda: D.read_idx_split(tmp_path, "train", None))
-    assert isinstance(err, D.DataError) and f"{path}: header declares 65536x256x256, but this dataset's file " \
-        "holds at most 60000x28x28" in str(err), err
+    assert isinstance(
+        err, D.DataError
+    ) and f"{path}: header declares 65536x256x256, but this dataset's file holds at most 60000x28x28" in str(err), err
     assert peak < 4 * MB, peak
     # Fashion-MNIST's files are checksummed: their counts are exact.
     write_idx(path, np.zeros((59999, 28, 28)))
@@ -113,7 +114,9 @@ def test_a_gzip_declaring_more_than_it_can_hold_is_refused_before_inflating(tmp_
 def test_truncated_payload_and_empty_arrays_are_named(tmp_path):
     path = tmp_path / "labels"
     path.write_bytes(idx_header(100) + bytes(40))
-    with pytest.raises(D.DataError, match=r"labels: truncated: header declares 100 \(108 bytes\) but the file holds 48"):
+    with pytest.raises(
+        D.DataError, match=r"labels: truncated: header declares 100 \(108 bytes\) but the file holds 48"
+    ):
         D.read_idx(path, 1)
     path.write_bytes(idx_header(0, 28, 28))
     with pytest.raises(D.DataError, match=r"labels: header declares an empty array \(0x28x28\)"):
@@ -143,8 +146,23 @@ def test_label_out_of_range_is_refused_at_load_time(split, idx_dir):
 
 def test_label_out_of_range_stops_train_before_the_run_directory(idx_dir, tmp_path):
     write_idx(idx_dir / "train-labels-idx1-ubyte.gz", np.full(64, 10))
-    r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", idx_dir,
-                "--epochs", 1, "--run-dir", "run", "--no-progress", cwd=tmp_path)  # fmt: skip
+    r = alexnet(
+        "train",
+        "--preset",
+        "cpu",
+        "--model",
+        "lenet-relu",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        idx_dir,
+        "--epochs",
+        1,
+        "--run-dir",
+        "run",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     line = one_error_line(r)
     assert "train-labels-idx1-ubyte.gz: label 10 at index 0 is outside 0..9 (64 such labels)" in line, line
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
@@ -162,7 +180,9 @@ def write_png_header(path: Path, width: int, height: int) -> None:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
 
 
 def test_sixteen_bit_grey_is_rescaled_not_clipped(tmp_path):
@@ -263,9 +283,31 @@ def test_a_constant_colour_channel_does_not_normalise_to_nan(tmp_path):
 def test_validation_set_with_no_readable_image_fails_the_run(tmp_path):
     _folder(tmp_path / "data" / "train", {"a": 4, "b": 4})
     _folder(tmp_path / "data" / "val", {"a": 2, "b": 2}, broken=True)
-    r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "imagefolder", "--data-dir",
-                tmp_path / "data", "--resize", 32, "--resolution", 28, "--workers", 0, "--epochs", 1,
-                "--batch-size", 4, "--run-dir", "run", "--no-progress", cwd=tmp_path)  # fmt: skip
+    r = alexnet(
+        "train",
+        "--preset",
+        "cpu",
+        "--model",
+        "lenet-relu",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        tmp_path / "data",
+        "--resize",
+        32,
+        "--resolution",
+        28,
+        "--workers",
+        0,
+        "--epochs",
+        1,
+        "--batch-size",
+        4,
+        "--run-dir",
+        "run",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert r.returncode != 0 and "val_acc 0.0" not in r.stdout, r.stdout
     assert "no readable validation image" in [ln for ln in r.stderr.splitlines() if "skipping" not in ln][-1]
     assert "Traceback" not in r.stderr
@@ -280,9 +322,25 @@ def test_cifar_pixels_outside_a_byte_stop_train_with_one_line(tmp_path):
     data = np.random.default_rng(0).integers(0, 256, (20, 3072))
     data[0, 0] = 300
     write_cifar(tmp_path / "data", replace={"data_batch_2": {b"data": data}})
-    r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "cifar10", "--data-dir",
-                tmp_path / "data", "--epochs", 1, "--batch-size", 16, "--run-dir", "run", "--no-progress",
-                cwd=tmp_path)  # fmt: skip
+    r = alexnet(
+        "train",
+        "--preset",
+        "cpu",
+        "--model",
+        "lenet-relu",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        tmp_path / "data",
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+        "--run-dir",
+        "run",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     line = one_error_line(r)
     assert "data_batch_2: pixel value 300 (image 0) is outside 0..255" in line, line
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
@@ -301,23 +359,32 @@ def test_list_paths_are_absolute_or_stay_inside_the_lists_folder(tmp_path):
     (tmp_path / "data" / "linked").symlink_to(outside)  # a symlinked folder inside is inside
     path = _image_list(tmp_path / "data", f"{outside / 'a.png'} 0", "sub/../b.png 1", "linked/c.png 0", "# note")
     listed = I.read_list(path)
-    assert listed.paths == [str(outside / "a.png"), str(tmp_path / "data/sub/../b.png"),
-                            str(tmp_path / "data/linked/c.png")]  # fmt: skip
+    assert listed.paths == [
+        str(outside / "a.png"),
+        str(tmp_path / "data/sub/../b.png"),
+        str(tmp_path / "data/linked/c.png"),
+    ]
     assert listed.labels == [0, 1, 0] and listed.classes == ["0", "1"]
     # A relative path that climbs out is refused with its line: it would read what --data-dir
     # does not hold, and break when the folder moves. Written absolute, it is accepted.
     path = _image_list(tmp_path / "data", "x/a.png 0", "", "x/../../elsewhere/a.png 0")
-    with pytest.raises(D.DataError, match=r"train.txt:3: 'x/../../elsewhere/a.png' climbs out of .*/data; "
-                                          r"write it relative to that folder or as an absolute path"):  # fmt: skip
+    with pytest.raises(
+        D.DataError,
+        match=r"train.txt:3: 'x/../../elsewhere/a.png' climbs out of .*/data; "
+        r"write it relative to that folder or as an absolute path",
+    ):
         I.read_list(path)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"a.png 0\n" + b"x" * 9000 + b".png 1\n", r"train.txt:2: line longer than 8192 bytes"),
-    (b"a.png 0\n\xff\xfe\x00b.png 1\n", r"train.txt:2: not UTF-8 text"),
-    ("a.png \u00b2\n".encode(), r"train.txt:1: expected 'relative/path label' with an integer label >= 0"),
-    (b"a.png 0\nb.png 100000\n", r"train.txt:2: label 100000 is not below 100000"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"a.png 0\n" + b"x" * 9000 + b".png 1\n", r"train.txt:2: line longer than 8192 bytes"),
+        (b"a.png 0\n\xff\xfe\x00b.png 1\n", r"train.txt:2: not UTF-8 text"),
+        ("a.png \u00b2\n".encode(), r"train.txt:1: expected 'relative/path label' with an integer label >= 0"),
+        (b"a.png 0\nb.png 100000\n", r"train.txt:2: label 100000 is not below 100000"),
+    ],
+)
 def test_a_list_that_is_not_a_list_of_path_label_lines_is_one_line(content, message, tmp_path):
     (tmp_path / "train.txt").write_bytes(content)
     with pytest.raises(D.DataError, match=message) as e:
@@ -332,8 +399,11 @@ def test_a_byte_order_mark_is_not_part_of_the_first_path(tmp_path):
 
 def test_a_list_of_missing_files_names_the_first_one(tmp_path):
     listed = I.read_list(_image_list(tmp_path / "data", "gone/a.png 0", "gone/b.png 1"))
-    with pytest.raises(D.DataError, match=r"none of the 2 training images .* could be read; the first: "
-                                          r".*/data/gone/[ab].png \(FileNotFoundError"):  # fmt: skip
+    with pytest.raises(
+        D.DataError,
+        match=r"none of the 2 training images .* could be read; the first: "
+        r".*/data/gone/[ab].png \(FileNotFoundError",
+    ):
         I.channel_stats(listed)
 
 
@@ -355,9 +425,31 @@ def test_a_list_entry_climbing_out_stops_train_with_one_line(tmp_path):
     entries = [f"../img/{c}/{i}.png {c == 'b':d}" for c in "ab" for i in range(2)]
     _image_list(tmp_path / "data", *entries)
     _image_list(tmp_path / "data", *entries, name="val.txt")
-    r = alexnet("train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "imagelist", "--data-dir",
-                tmp_path / "data", "--resize", 32, "--resolution", 28, "--workers", 0, "--epochs", 1, "--batch-size", 4,
-                "--run-dir", "run", "--no-progress", cwd=tmp_path)  # fmt: skip
+    r = alexnet(
+        "train",
+        "--preset",
+        "cpu",
+        "--model",
+        "lenet-relu",
+        "--dataset",
+        "imagelist",
+        "--data-dir",
+        tmp_path / "data",
+        "--resize",
+        32,
+        "--resolution",
+        28,
+        "--workers",
+        0,
+        "--epochs",
+        1,
+        "--batch-size",
+        4,
+        "--run-dir",
+        "run",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert "train.txt:1: '../img/a/0.png' climbs out of" in one_error_line(r)
 
 
@@ -391,8 +483,11 @@ def test_fuzz_any_bytes_as_idx_file(payload, compress, ndim):
 
 
 @FUZZ
-@given(st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 40), min_size=3, max_size=3),
-       st.integers(-50, 50), st.booleans())  # fmt: skip
+@given(
+    st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 40), min_size=3, max_size=3),
+    st.integers(-50, 50),
+    st.booleans(),
+)
 def test_fuzz_valid_header_with_random_dims_and_payload_length(dims, extra, compress):
     size = int(np.prod(dims, dtype=object)) if all(d <= 40 for d in dims) else 100
     payload = idx_header(*dims) + bytes(max(0, size + extra))
@@ -420,8 +515,9 @@ def checkpoint_bytes(tmp_path_factory) -> bytes:
 
     root = tmp_path_factory.mktemp("ckpt")
     data = make_idx_dataset(root / "data", n_train=32, n_test=16)
-    cfg = Config(preset="test").replace(model="lenet-relu", dataset="mnist", data_dir=str(data), epochs=1,
-                                        batch_size=16, log_every=1)  # fmt: skip
+    cfg = Config(preset="test").replace(
+        model="lenet-relu", dataset="mnist", data_dir=str(data), epochs=1, batch_size=16, log_every=1
+    )
     T.fit(cfg, root / "run", progress=False, quiet=True)
     return (root / "run" / "last.pt").read_bytes()
 
@@ -487,8 +583,9 @@ def tiny_checkpoint(tmp_path_factory):
     from alexnet import train as T
 
     root = tmp_path_factory.mktemp("tiny")
-    cfg = Config(preset="test").replace(model="lenet-relu", dataset="mnist", data_dir=str(make_idx_dataset(root / "d")),
-                                        epochs=1, batch_size=16)  # fmt: skip
+    cfg = Config(preset="test").replace(
+        model="lenet-relu", dataset="mnist", data_dir=str(make_idx_dataset(root / "d")), epochs=1, batch_size=16
+    )
     T.fit(cfg, root / "run", progress=False, quiet=True)
     return root / "run"
 
@@ -514,8 +611,9 @@ def test_a_fifo_given_to_predict_is_one_line_and_the_others_are_predicted(tiny_c
     assert out.startswith(f"{plain}: ")
     with no_hang():
         assert main(["activations", str(tiny_checkpoint), str(fifo), "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"alexnet: error: {fifo}: cannot read image "
-                                                           f"(OSError: {fifo}: {FIFO})"]  # fmt: skip
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"alexnet: error: {fifo}: cannot read image (OSError: {fifo}: {FIFO})"
+    ]
 
 
 def test_a_fifo_in_an_image_list_is_skipped_as_unreadable(tmp_path):
@@ -543,8 +641,11 @@ def test_a_checkpoint_holding_code_says_so_and_never_suggests_the_unsafe_load(tm
 
     torch.save({"model": Payload()}, tmp_path / "evil.pt")
     (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(5000))
-    with pytest.raises(R.RunError, match=r"evil.pt: not a readable checkpoint \(it holds Python code or objects "
-                                         r"\(posix.system\), not only tensors; refused without running it\)$"):
+    with pytest.raises(
+        R.RunError,
+        match=r"evil.pt: not a readable checkpoint \(it holds Python code or objects "
+        r"\(posix.system\), not only tensors; refused without running it\)$",
+    ):
         R.load_checkpoint(tmp_path / "evil.pt")
     with pytest.raises(R.RunError) as e:
         R.load_checkpoint(tmp_path / "random.pt")

@@ -30,9 +30,13 @@ def test_every_random_stream_is_distinct_across_purpose_epoch_step_and_rank():
 
 def test_a_runs_streams_are_distinct_through_its_seeds_object():
     s = Seeds(3)
-    drawn = ([s.order(e) for e in range(10)] + [s.augment(e, i) for e in range(10) for i in range(50)]
-             + [s.dropout(e, t, r) for e in range(2) for t in range(200) for r in range(2)]
-             + [s.image(e, i) for e in range(3) for i in range(50)] + [s.stats()])  # fmt: skip
+    drawn = (
+        [s.order(e) for e in range(10)]
+        + [s.augment(e, i) for e in range(10) for i in range(50)]
+        + [s.dropout(e, t, r) for e in range(2) for t in range(200) for r in range(2)]
+        + [s.image(e, i) for e in range(3) for i in range(50)]
+        + [s.stats()]
+    )
     assert len(set(drawn)) == len(drawn)
 
 
@@ -84,15 +88,22 @@ def test_candidates_warm_up_then_alternate_with_the_device_synchronised_around_e
     assert events[:3] == ["ax2", "bx2", "sync"]  # warm-up first, each candidate in turn
     assert [e for e in events[3:] if e != "sync"] == ["ax1", "bx1"] * 3  # then alternating turns
     assert events[3:] == [e for pair in zip(["sync"] * 6, ["ax1", "bx1"] * 3, ["sync"] * 6) for e in pair]
-    assert out["a"].seconds == pytest.approx([0.30, 0.20, 0.40]) and out["b"].seconds == pytest.approx([0.10, 0.50, 0.60])
+    assert out["a"].seconds == pytest.approx([0.30, 0.20, 0.40]) and out["b"].seconds == pytest.approx(
+        [0.10, 0.50, 0.60]
+    )
     assert out["a"].median == pytest.approx(0.30) and out["a"].best == pytest.approx(0.20)
     assert out["b"].median == pytest.approx(0.50) and out["b"].best == pytest.approx(0.10)
 
 
 def test_a_block_per_candidate_and_best_time_for_peaks(monkeypatch):
     calls = []
-    out = measure.time_turns({"train": lambda k: calls.append(("train", k)), "eval": lambda k: calls.append(("eval", k))},
-                             "cpu", rounds=2, block={"train": 3, "eval": 1}, warmup=0)  # fmt: skip
+    out = measure.time_turns(
+        {"train": lambda k: calls.append(("train", k)), "eval": lambda k: calls.append(("eval", k))},
+        "cpu",
+        rounds=2,
+        block={"train": 3, "eval": 1},
+        warmup=0,
+    )
     assert len(out["train"].seconds) == 6 and len(out["eval"].seconds) == 2
     assert calls == [("train", 1)] * 3 + [("eval", 1)] + [("train", 1)] * 3 + [("eval", 1)]
     n = []
@@ -144,15 +155,25 @@ def test_the_machine_is_described_with_its_bf16_flags_threads_and_torch():
 
 def test_one_table_writer_for_markdown_text_and_csv():
     rows = [{"name": "alexnet", "acc": 0.91234, "ms": 12.0}, {"name": "lenet", "acc": 0.8, "note": "slow"}]
-    cols = [tables.Column("name", left=True), tables.Column("acc", "test acc", "{:.3f}"), tables.Column("ms"),
-            tables.Column("note", fmt=str.upper, left=True), tables.Column("unused")]  # fmt: skip
+    cols = [
+        tables.Column("name", left=True),
+        tables.Column("acc", "test acc", "{:.3f}"),
+        tables.Column("ms"),
+        tables.Column("note", fmt=str.upper, left=True),
+        tables.Column("unused"),
+    ]
     cols = tables.present(cols, rows)
     assert tables.markdown(rows, cols).splitlines() == [
-        "| name | test acc | ms | note |", "|---|---:|---:|---|",
-        "| alexnet | 0.912 | 12.0 |  |", "| lenet | 0.800 |  | SLOW |",
-    ]  # fmt: skip
+        "| name | test acc | ms | note |",
+        "|---|---:|---:|---|",
+        "| alexnet | 0.912 | 12.0 |  |",
+        "| lenet | 0.800 |  | SLOW |",
+    ]
     assert tables.text(rows, cols).splitlines() == [
-        "name     test acc    ms  note", "alexnet     0.912  12.0", "lenet       0.800        SLOW"]  # fmt: skip
+        "name     test acc    ms  note",
+        "alexnet     0.912  12.0",
+        "lenet       0.800        SLOW",
+    ]
     parsed = list(csvlib.DictReader(io.StringIO(tables.csv(rows, cols))))
     assert parsed[0] == {"name": "alexnet", "acc": "0.91234", "ms": "12", "note": ""}  # raw values, not formatted
 
@@ -168,8 +189,17 @@ def test_bench_times_the_step_and_optimizer_that_train_runs(monkeypatch, idx_dir
 
     def recording(model, optimizer, x, y, **kw):
         g = optimizer.param_groups[0]
-        seen.append((type(optimizer).__name__, g["lr"], g["momentum"], g["nesterov"], g["weight_decay"],
-                     g.get("fused"), kw["label_smoothing"]))  # fmt: skip
+        seen.append(
+            (
+                type(optimizer).__name__,
+                g["lr"],
+                g["momentum"],
+                g["nesterov"],
+                g["weight_decay"],
+                g.get("fused"),
+                kw["label_smoothing"],
+            )
+        )
         return real(model, optimizer, x, y, **kw)
 
     monkeypatch.setattr(T, "train_step", recording)
@@ -181,7 +211,13 @@ def test_bench_times_the_step_and_optimizer_that_train_runs(monkeypatch, idx_dir
     ds = D.load_dataset("mnist", idx_dir)
     model = build_model("lenet-relu", seed=0)
     opt = T.make_optimizer(model, cfg, cpu)
-    T.train_one_epoch(model, opt, D.loader(ds.train, D.make_transform(cfg, ds.name, cpu), 16, True), device=cpu,
-                      amp=False, label_smoothing=cfg.train.label_smoothing)  # fmt: skip
+    T.train_one_epoch(
+        model,
+        opt,
+        D.loader(ds.train, D.make_transform(cfg, ds.name, cpu), 16, True),
+        device=cpu,
+        amp=False,
+        label_smoothing=cfg.train.label_smoothing,
+    )
     assert timed == set(seen) and len(timed) == 1
     assert next(iter(timed)) == ("SGD", 0.05, 0.9, True, 5e-4, True, 0.1)  # the cpu preset's recipe

@@ -7,20 +7,32 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from alexnet.tracing import InputTooSmall, summary, trace
 from alexnet.models import MODELS, UnknownModel, build_model, get_spec
+from alexnet.tracing import InputTooSmall, summary, trace
 
 CHAPTER_LISTING = [  # D2L 8.1, layer_summary((1, 1, 224, 224)), layers with parameters or a new shape
-    ("Conv2d", (1, 96, 54, 54)), ("ReLU", (1, 96, 54, 54)), ("MaxPool2d", (1, 96, 26, 26)),
-    ("Conv2d", (1, 256, 26, 26)), ("ReLU", (1, 256, 26, 26)), ("MaxPool2d", (1, 256, 12, 12)),
-    ("Conv2d", (1, 384, 12, 12)), ("ReLU", (1, 384, 12, 12)),
-    ("Conv2d", (1, 384, 12, 12)), ("ReLU", (1, 384, 12, 12)),
-    ("Conv2d", (1, 256, 12, 12)), ("ReLU", (1, 256, 12, 12)), ("MaxPool2d", (1, 256, 5, 5)),
+    ("Conv2d", (1, 96, 54, 54)),
+    ("ReLU", (1, 96, 54, 54)),
+    ("MaxPool2d", (1, 96, 26, 26)),
+    ("Conv2d", (1, 256, 26, 26)),
+    ("ReLU", (1, 256, 26, 26)),
+    ("MaxPool2d", (1, 256, 12, 12)),
+    ("Conv2d", (1, 384, 12, 12)),
+    ("ReLU", (1, 384, 12, 12)),
+    ("Conv2d", (1, 384, 12, 12)),
+    ("ReLU", (1, 384, 12, 12)),
+    ("Conv2d", (1, 256, 12, 12)),
+    ("ReLU", (1, 256, 12, 12)),
+    ("MaxPool2d", (1, 256, 5, 5)),
     ("Flatten", (1, 6400)),
-    ("Linear", (1, 4096)), ("ReLU", (1, 4096)), ("Dropout", (1, 4096)),
-    ("Linear", (1, 4096)), ("ReLU", (1, 4096)), ("Dropout", (1, 4096)),
+    ("Linear", (1, 4096)),
+    ("ReLU", (1, 4096)),
+    ("Dropout", (1, 4096)),
+    ("Linear", (1, 4096)),
+    ("ReLU", (1, 4096)),
+    ("Dropout", (1, 4096)),
     ("Linear", (1, 10)),
-]  # fmt: skip
+]
 
 
 def test_alexnet_output_shapes_match_chapter():

@@ -15,15 +15,23 @@ from alexnet.export import read_image
 
 # torchvision's alexnet: (key, shape) in its state_dict order (torchvision/models/alexnet.py).
 TORCHVISION_LAYOUT = [
-    ("features.0.weight", (64, 3, 11, 11)), ("features.0.bias", (64,)),
-    ("features.3.weight", (192, 64, 5, 5)), ("features.3.bias", (192,)),
-    ("features.6.weight", (384, 192, 3, 3)), ("features.6.bias", (384,)),
-    ("features.8.weight", (256, 384, 3, 3)), ("features.8.bias", (256,)),
-    ("features.10.weight", (256, 256, 3, 3)), ("features.10.bias", (256,)),
-    ("classifier.1.weight", (4096, 9216)), ("classifier.1.bias", (4096,)),
-    ("classifier.4.weight", (4096, 4096)), ("classifier.4.bias", (4096,)),
-    ("classifier.6.weight", (1000, 4096)), ("classifier.6.bias", (1000,)),
-]  # fmt: skip
+    ("features.0.weight", (64, 3, 11, 11)),
+    ("features.0.bias", (64,)),
+    ("features.3.weight", (192, 64, 5, 5)),
+    ("features.3.bias", (192,)),
+    ("features.6.weight", (384, 192, 3, 3)),
+    ("features.6.bias", (384,)),
+    ("features.8.weight", (256, 384, 3, 3)),
+    ("features.8.bias", (256,)),
+    ("features.10.weight", (256, 256, 3, 3)),
+    ("features.10.bias", (256,)),
+    ("classifier.1.weight", (4096, 9216)),
+    ("classifier.1.bias", (4096,)),
+    ("classifier.4.weight", (4096, 4096)),
+    ("classifier.4.bias", (4096,)),
+    ("classifier.6.weight", (1000, 4096)),
+    ("classifier.6.bias", (1000,)),
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +39,12 @@ def weights(tmp_path_factory):
     """A state dict in torchvision's layout with random values, saved under torchvision's naming
     (NAME-<sha256 prefix>.pth)."""
     g = torch.Generator().manual_seed(0)
-    state = {k: torch.randn(s, generator=g) * (2.0 / np.prod(s[1:])) ** 0.5 if len(s) > 1 else
-             torch.randn(s, generator=g) * 0.01 for k, s in TORCHVISION_LAYOUT}  # fmt: skip
+    state = {
+        k: torch.randn(s, generator=g) * (2.0 / np.prod(s[1:])) ** 0.5
+        if len(s) > 1
+        else torch.randn(s, generator=g) * 0.01
+        for k, s in TORCHVISION_LAYOUT
+    }
     tmp = tmp_path_factory.mktemp("tv") / "raw.pth"
     torch.save(state, tmp)
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
@@ -59,7 +71,13 @@ def test_class_names_ship_in_torchvision_order():
     assert len(names) == len(set(names)) == 1000
     # Indices every ImageNet user knows, and torchvision's two disambiguated duplicates.
     assert (names[0], names[1], names[281], names[409], names[954], names[999]) == (
-        "tench", "goldfish", "tabby", "analog clock", "banana", "toilet tissue")
+        "tench",
+        "goldfish",
+        "tabby",
+        "analog clock",
+        "banana",
+        "toilet tissue",
+    )
     assert (names[134], names[517], names[638], names[639]) == ("crane bird", "crane", "maillot", "maillot tank suit")
 
 
@@ -78,8 +96,10 @@ def test_preprocessing_is_torchvisions_shorter_side_256_centre_crop_224(tmp_path
     x = read_image(photo, P.describe_torchvision("alexnet-owt"))
     # By hand: 300x500 -> 256x427 (bilinear), crop rows 16..240 and columns 101..325.
     im = Image.open(photo).resize((427, 256), Image.BILINEAR).crop((101, 16, 325, 240))
-    want = (torch.tensor(np.asarray(im), dtype=torch.float32).permute(2, 0, 1) / 255 - torch.tensor(P.IMAGENET_MEAN)[:, None, None]) \
-        / torch.tensor(P.IMAGENET_STD)[:, None, None]  # fmt: skip
+    want = (
+        torch.tensor(np.asarray(im), dtype=torch.float32).permute(2, 0, 1) / 255
+        - torch.tensor(P.IMAGENET_MEAN)[:, None, None]
+    ) / torch.tensor(P.IMAGENET_STD)[:, None, None]
     assert x.shape == (1, 3, 224, 224)
     torch.testing.assert_close(x[0], want, rtol=0, atol=1e-5)
 
@@ -111,10 +131,10 @@ def test_a_truncated_or_wrong_file_is_one_line(weights, tmp_path, capsys):
     img = tmp_path / "x.png"
     Image.new("RGB", (64, 64)).save(img)
     truncated = tmp_path / path.name  # the same name, so the hash in it is checked
-    truncated.write_bytes(path.read_bytes()[: 10_000_000])
+    truncated.write_bytes(path.read_bytes()[:10_000_000])
     assert "sha256 starts" in _one_error(capsys, "predict", "--weights", truncated, img)
     renamed = tmp_path / "alexnet-owt.pth"  # no hash in the name: the load itself must fail cleanly
-    renamed.write_bytes(path.read_bytes()[: 10_000_000])
+    renamed.write_bytes(path.read_bytes()[:10_000_000])
     assert "not a readable PyTorch weights file" in _one_error(capsys, "predict", "--weights", renamed, img)
     other = tmp_path / "chapter-alexnet.pth"  # another network's weights
     torch.save({"0.weight": torch.zeros(96, 1, 11, 11)}, other)

@@ -1,17 +1,32 @@
 """`alexnet compare`: the exercises' side-by-side table and curves from finished runs."""
 
+import base64
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
 
+import pytest
+import torch
+
+from alexnet import report as P
+from alexnet import runs as R
 from alexnet import train as T
 from alexnet.cli import main
 from alexnet.config import Config
+from alexnet.models import build_model
+from alexnet.visualize import chance_share, low_frequency_share, orientation_strength
 
 
 def test_compare_tables_lenet_against_alexnet28(idx_dir, tmp_path, capsys):
     for model in ("lenet", "alexnet28"):
-        cfg = Config(preset="test").replace(model=model, dataset="mnist", data_dir=str(idx_dir), epochs=1,
-                                            batch_size=16)  # fmt: skip
+        cfg = Config(preset="test").replace(
+            model=model, dataset="mnist", data_dir=str(idx_dir), epochs=1, batch_size=16
+        )
         T.fit(cfg, tmp_path / model, progress=False, quiet=True)
-    assert main(["compare", str(tmp_path / "lenet"), str(tmp_path / "alexnet28"), "--out", str(tmp_path / "c.png")]) == 0
+    assert (
+        main(["compare", str(tmp_path / "lenet"), str(tmp_path / "alexnet28"), "--out", str(tmp_path / "c.png")]) == 0
+    )
     out = capsys.readouterr().out
     lenet_row = next(line for line in out.splitlines() if line.startswith("| lenet"))
     # LeNet-5 has 61,706 parameters and 0.85 MFLOPs per 28x28 image.
@@ -27,23 +42,18 @@ def test_compare_names_a_directory_that_is_not_a_run(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # `alexnet report`: one page per run, or several runs compared
 
-import base64
-import json
-import shutil
-from html.parser import HTMLParser
-from pathlib import Path
-
-import pytest
-import torch
-
-from alexnet import report as P
-from alexnet import runs as R
-from alexnet.models import build_model
-from alexnet.visualize import chance_share, low_frequency_share, orientation_strength
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ["What ran", "Curves", "Per-class accuracy", "Confusion matrix", "Most confused pairs",
-            "First-layer filters", "Activations, one test image per class", "Layers"]  # fmt: skip
+SECTIONS = [
+    "What ran",
+    "Curves",
+    "Per-class accuracy",
+    "Confusion matrix",
+    "Most confused pairs",
+    "First-layer filters",
+    "Activations, one test image per class",
+    "Layers",
+]
 FIGURES = ["curves", "confusion", "misclassified", "filters", "activations"]
 
 
@@ -77,8 +87,16 @@ class Page(HTMLParser):
 
 
 def _tiny_cfg(data_dir, **kw):
-    base = dict(model="alexnet28", dataset="mnist", data_dir=str(data_dir), epochs=2, batch_size=16, lr=0.05,
-                momentum=0.9, log_every=2)  # fmt: skip
+    base = dict(
+        model="alexnet28",
+        dataset="mnist",
+        data_dir=str(data_dir),
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        momentum=0.9,
+        log_every=2,
+    )
     return Config(preset="test").replace(**{**base, **kw})
 
 
@@ -281,8 +299,10 @@ def test_chapter_224_writeup_reads_copies_and_publishes_no_checkpoint(runs, tmp_
 
 def test_chapter_224_counts_a_resumed_epochs_training_that_old_rows_left_out_of_its_wall_time():
     script = chapter_224_script()
-    rows = [{"epoch": 1, "train_time_s": 900.0, "eval_time_s": 50.0, "epoch_time_s": 960.0},  # whole: kept
-            {"epoch": 2, "train_time_s": 1504.0, "eval_time_s": 31.1, "epoch_time_s": 31.1}]  # resumed in evaluation
+    rows = [
+        {"epoch": 1, "train_time_s": 900.0, "eval_time_s": 50.0, "epoch_time_s": 960.0},  # whole: kept
+        {"epoch": 2, "train_time_s": 1504.0, "eval_time_s": 31.1, "epoch_time_s": 31.1},
+    ]  # resumed in evaluation
     fixed, repaired = script.epoch_times_repaired(rows)
     assert repaired == [2] and fixed[0] == rows[0] and fixed[1]["epoch_time_s"] == pytest.approx(1535.1)
     assert rows[1]["epoch_time_s"] == 31.1  # the run's own rows are not touched

@@ -25,8 +25,9 @@ KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 def recipe(data_dir, **kw):
     """The cpu preset's recipe (crop, flip, dropout, warm-up, cosine, label smoothing) on a tiny
     dataset, in fp32 so that a resumed run can be bit-identical."""
-    base = dict(model="lenet-relu", dataset="mnist", data_dir=str(data_dir), epochs=3, batch_size=16, amp="off",
-                log_every=1)  # fmt: skip
+    base = dict(
+        model="lenet-relu", dataset="mnist", data_dir=str(data_dir), epochs=3, batch_size=16, amp="off", log_every=1
+    )
     return PRESETS["cpu"].replace(**{**base, **kw})
 
 
@@ -107,10 +108,12 @@ def _signal_at_batch(monkeypatch, n, sig=signal.SIGINT):
 
 # 4 training batches and 1 evaluation batch per epoch: 2 and 3 are mid-epoch, 5 the evaluation,
 # 7 the second epoch, 13 the third.
-@pytest.mark.parametrize("at,sig", [(2, signal.SIGINT), (3, signal.SIGTERM), (5, signal.SIGINT),
-                                    (7, signal.SIGINT), (13, signal.SIGTERM)])  # fmt: skip
-def test_interrupted_at_any_step_resumes_to_bit_identical_weights_and_metrics(data, straight, tmp_path,
-                                                                               monkeypatch, at, sig):  # fmt: skip
+@pytest.mark.parametrize(
+    "at,sig", [(2, signal.SIGINT), (3, signal.SIGTERM), (5, signal.SIGINT), (7, signal.SIGINT), (13, signal.SIGTERM)]
+)
+def test_interrupted_at_any_step_resumes_to_bit_identical_weights_and_metrics(
+    data, straight, tmp_path, monkeypatch, at, sig
+):
     restore = _signal_at_batch(monkeypatch, at, sig)
     assert quiet_fit(recipe(data), tmp_path / "run").interrupted
     restore()
@@ -129,8 +132,9 @@ def test_interrupted_twice_still_resumes_exactly(data, straight, tmp_path, monke
     assert_identical(straight, tmp_path / "run")
 
 
-def test_sigterm_during_evaluation_resumes_with_no_repair_line_and_the_epochs_own_rate(data, tmp_path, monkeypatch,
-                                                                                       capsys):  # fmt: skip
+def test_sigterm_during_evaluation_resumes_with_no_repair_line_and_the_epochs_own_rate(
+    data, tmp_path, monkeypatch, capsys
+):
     restore = _signal_at_batch(monkeypatch, 5, signal.SIGTERM)  # the first epoch's evaluation
     assert quiet_fit(recipe(data), tmp_path / "run").interrupted
     restore()
@@ -147,8 +151,9 @@ def test_sigterm_during_evaluation_resumes_with_no_repair_line_and_the_epochs_ow
     assert first["epoch_time_s"] >= first["train_time_s"] + first["eval_time_s"]
 
 
-def test_a_second_ctrl_c_inside_the_interrupted_save_ends_cleanly_and_keeps_the_last_checkpoint(data, tmp_path,
-                                                                                                monkeypatch):  # fmt: skip
+def test_a_second_ctrl_c_inside_the_interrupted_save_ends_cleanly_and_keeps_the_last_checkpoint(
+    data, tmp_path, monkeypatch
+):
     run = tmp_path / "run"
     quiet_fit(recipe(data, epochs=1), run)
     before = (run / "last.pt").read_bytes()
@@ -193,9 +198,14 @@ def test_a_ctrl_c_after_the_run_has_ended_is_one_line_and_exit_130(data, tmp_pat
 @pytest.mark.parametrize("gap_ms", [3, 20])
 def test_a_second_ctrl_c_ends_the_process_cleanly_wherever_it_lands(data, tmp_path, gap_ms):
     run = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-m", "alexnet", *map(str, cli_recipe(data)), "--epochs", "40",
-                          "--run-dir", "run"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    p = subprocess.Popen(
+        [sys.executable, "-m", "alexnet", *map(str, cli_recipe(data)), "--epochs", "40", "--run-dir", "run"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not (run / "last.pt").exists() and time.time() < deadline:  # training, and saving every epoch
@@ -220,13 +230,37 @@ def test_a_second_ctrl_c_ends_the_process_cleanly_wherever_it_lands(data, tmp_pa
 
 def cli(*args, cwd, env_extra=None, timeout=240):
     env = {**os.environ, "PYTHONPATH": ROOT, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def cli_recipe(data):
-    return ["train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", data,
-            "--epochs", 3, "--batch-size", 16, "--amp", "off", "--log-every", 1, "--no-progress"]  # fmt: skip
+    return [
+        "train",
+        "--preset",
+        "cpu",
+        "--model",
+        "lenet-relu",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        data,
+        "--epochs",
+        3,
+        "--batch-size",
+        16,
+        "--amp",
+        "off",
+        "--log-every",
+        1,
+        "--no-progress",
+    ]
 
 
 @pytest.mark.parametrize("kill_at", ["last.pt:2", "best.pt:1", "metrics.jsonl:3", "curves.png:1", "config.json:1"])
@@ -274,8 +308,12 @@ def small_disk(tmp_path, monkeypatch):
     where = tmp_path / "small"
     where.mkdir()
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(where)],
-                                 capture_output=True).returncode == 0  # fmt: skip
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(where)], capture_output=True
+            ).returncode
+            == 0
+        )
     except OSError:  # no mount(8)
         mounted = False
     if not mounted:
@@ -309,8 +347,11 @@ def small_disk(tmp_path, monkeypatch):
 def test_a_full_disk_under_torchs_zip_writer_is_one_line_and_keeps_the_old_checkpoint(small_disk):
     last = small_disk / "last.pt"
     R.save_checkpoint({"model": {"w": torch.ones(10)}}, last)
-    with pytest.raises(R.RunError, match=r"^no space left on the device holding .* while writing last.pt; the "
-                                         r"previous last.pt is kept$"):  # fmt: skip
+    with pytest.raises(
+        R.RunError,
+        match=r"^no space left on the device holding .* while writing last.pt; the "
+        r"previous last.pt is kept$",
+    ):
         R.save_checkpoint({"model": {"w": torch.zeros(10**6)}}, last)  # 4 MB of weights
     assert torch.equal(torch.load(last, weights_only=True)["model"]["w"], torch.ones(10))
     assert [p.name for p in small_disk.iterdir()] == ["last.pt"]
@@ -383,10 +424,18 @@ def test_default_run_names_are_unique_within_a_second(tmp_path):
 
 
 def test_a_live_run_directory_is_refused_naming_its_holder_and_a_dead_ones_lock_is_not(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from alexnet.runs import RunDir; "
-                               "RunDir.open(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
-                               str(tmp_path)], env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
-                              text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from alexnet.runs import RunDir; "
+            "RunDir.open(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(R.RunError, match=rf"in use by a live run \(pid {holder.pid} on "):
@@ -398,9 +447,13 @@ def test_a_live_run_directory_is_refused_naming_its_holder_and_a_dead_ones_lock_
 
 
 def test_two_runs_on_one_directory_the_second_is_refused(data, tmp_path):
-    first = subprocess.Popen([sys.executable, "-m", "alexnet", *map(str, cli_recipe(data)), "--epochs", "40",
-                              "--run-dir", "run"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "alexnet", *map(str, cli_recipe(data)), "--epochs", "40", "--run-dir", "run"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while not (tmp_path / "run" / "config.json").exists() and time.time() < deadline:
@@ -446,9 +499,13 @@ def test_a_resume_paused_between_lock_and_read_loses_no_epoch_of_a_run_that_over
     # its own training) from its stale copy. B pauses at the point between lock and read (SIGSTOP).
     run = tmp_path / "run"
     quiet_fit(recipe(data, epochs=1), run)
-    b = subprocess.Popen([sys.executable, "-m", "alexnet", "train", "--resume", run, "--epochs", "2",
-                          "--no-progress"], env={**os.environ, "PYTHONPATH": ROOT, "ALEXNET_PAUSE_AT": "resume"},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    b = subprocess.Popen(
+        [sys.executable, "-m", "alexnet", "train", "--resume", run, "--epochs", "2", "--no-progress"],
+        env={**os.environ, "PYTHONPATH": ROOT, "ALEXNET_PAUSE_AT": "resume"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_stopped(b)
         try:
@@ -525,15 +582,18 @@ def test_run_files_follow_the_umask(data, tmp_path):
 # 11, 12, 13: settings and checkpoints that cannot make a run are one line
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--amp", "foo"], "invalid choice: 'foo'"),
-    (["--compile", "foo"], "invalid choice: 'foo'"),
-    (["--schedule", "exponential"], "invalid choice: 'exponential'"),  # linear is one: the speedrun's
-    (["--warmup-epochs", "inf"], "--warmup-epochs must be a finite number"),
-    (["--crop-padding", "100000"], "--crop-padding must be at most 64"),
-    (["--resolution", "100000"], "--resolution must be at most 1024"),
-    (["--model", "vgg"], "--model 'vgg' is not one of"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--amp", "foo"], "invalid choice: 'foo'"),
+        (["--compile", "foo"], "invalid choice: 'foo'"),
+        (["--schedule", "exponential"], "invalid choice: 'exponential'"),  # linear is one: the speedrun's
+        (["--warmup-epochs", "inf"], "--warmup-epochs must be a finite number"),
+        (["--crop-padding", "100000"], "--crop-padding must be at most 64"),
+        (["--resolution", "100000"], "--resolution must be at most 1024"),
+        (["--model", "vgg"], "--model 'vgg' is not one of"),
+    ],
+)
 def test_invalid_settings_are_one_line(args, message, tmp_path):
     r = cli("train", *args, cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -552,13 +612,17 @@ def test_checkpoint_faults_name_the_file_and_the_reason(data, tmp_path):
     ckpt = {k: v for k, v in R.load_checkpoint(run / "last.pt").items() if k not in ("cfg", "path")}
     mismatched = {**ckpt, "in_channels": 3}
     R.save_checkpoint(mismatched, tmp_path / "mismatch.pt")
-    with pytest.raises(R.RunError, match=r"mismatch.pt: the weights do not fit lenet-relu \(in_channels 3, 10 classes\): size mismatch"):
+    with pytest.raises(
+        R.RunError, match=r"mismatch.pt: the weights do not fit lenet-relu \(in_channels 3, 10 classes\): size mismatch"
+    ):
         R.model_from_checkpoint(R.load_checkpoint(tmp_path / "mismatch.pt"))
     R.save_checkpoint({k: v for k, v in ckpt.items() if k != "in_channels"}, tmp_path / "old.pt")
     with pytest.raises(R.RunError, match="old.pt: checkpoint lacks 'in_channels'"):
         R.load_checkpoint(tmp_path / "old.pt")
     (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(R.RunError, match=r"junk.pt: not a readable checkpoint \(not a checkpoint file, or a damaged one \(.+\)\)"):
+    with pytest.raises(
+        R.RunError, match=r"junk.pt: not a readable checkpoint \(not a checkpoint file, or a damaged one \(.+\)\)"
+    ):
         R.load_checkpoint(tmp_path / "junk.pt")
 
 
@@ -568,8 +632,18 @@ def test_compare_counts_parameters_in_the_shape_the_checkpoint_records(tmp_path,
     from alexnet.cli import main
 
     folder = make_image_folder(tmp_path / "images", corrupt=False)
-    cfg = PRESETS["cpu"].replace(model="lenet-relu", dataset="imagefolder", data_dir=str(folder), resize=32,
-                                 resolution=28, workers=0, stats_images=20, epochs=1, batch_size=8, amp="off")
+    cfg = PRESETS["cpu"].replace(
+        model="lenet-relu",
+        dataset="imagefolder",
+        data_dir=str(folder),
+        resize=32,
+        resolution=28,
+        workers=0,
+        stats_images=20,
+        epochs=1,
+        batch_size=8,
+        amp="off",
+    )
     quiet_fit(cfg, tmp_path / "run")
     ckpt = R.load_checkpoint(tmp_path / "run")
     assert main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "c.png")]) == 0
@@ -582,16 +656,20 @@ def test_compare_counts_parameters_in_the_shape_the_checkpoint_records(tmp_path,
 def test_checkpoint_fields_of_the_wrong_type_are_one_line(data, tmp_path):
     quiet_fit(recipe(data, epochs=1), tmp_path / "run")
     ckpt = {k: v for k, v in R.load_checkpoint(tmp_path / "run" / "last.pt").items() if k not in ("cfg", "path")}
-    for field, value, message in (("in_channels", "x", "'in_channels' is 'x', not a count"),
-                                  ("classes", None, "class names do not match"),
-                                  ("metrics", "none", "metrics are not a list")):  # fmt: skip
+    for field, value, message in (
+        ("in_channels", "x", "'in_channels' is 'x', not a count"),
+        ("classes", None, "class names do not match"),
+        ("metrics", "none", "metrics are not a list"),
+    ):
         R.save_checkpoint({**ckpt, field: value}, tmp_path / "bad.pt")
         with pytest.raises(R.RunError, match=message):
             R.load_checkpoint(tmp_path / "bad.pt")
 
 
-@pytest.mark.parametrize("field, value", [("resolution", 12000), ("resolution", 0), ("in_channels", 0),
-                                          ("num_classes", 10**9), ("epoch", 10**9)])  # fmt: skip
+@pytest.mark.parametrize(
+    "field, value",
+    [("resolution", 12000), ("resolution", 0), ("in_channels", 0), ("num_classes", 10**9), ("epoch", 10**9)],
+)
 def test_checkpoint_counts_are_bounded_as_the_configuration_bounds_its_flags(data, tmp_path, field, value):
     quiet_fit(recipe(data, epochs=1), tmp_path / "run")
     ckpt = {k: v for k, v in R.load_checkpoint(tmp_path / "run" / "last.pt").items() if k not in ("cfg", "path")}

@@ -14,13 +14,14 @@ from PIL import Image
 pytest.importorskip("starlette")
 with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its test client; httpx works the same here
     warnings.simplefilter("ignore", DeprecationWarning)
-    from starlette.testclient import TestClient  # noqa: E402
+    from starlette.testclient import TestClient
 
-from alexnet import cli  # noqa: E402
-from alexnet.config import PRESETS  # noqa: E402
-from alexnet.runs import RunDir  # noqa: E402
-from alexnet.serve import MAX_UPLOAD, create_app  # noqa: E402
-from conftest import make_idx_dataset  # noqa: E402
+from conftest import make_idx_dataset
+
+from alexnet import cli
+from alexnet.config import PRESETS
+from alexnet.runs import RunDir
+from alexnet.serve import MAX_UPLOAD, create_app
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,13 @@ def test_runs_api_lists_every_run_newest_first_with_its_status(client, runs):
     listed = client.get("/api/runs").json()["runs"]
     assert [r["name"] for r in listed] == ["one", "two"]  # "one" was written last
     two = listed[1]
-    assert (two["status"], two["epochs"], two["epochs_planned"], two["model"], two["preset"]) == \
-           ("finished", 2, 2, "lenet-relu", "cpu")  # fmt: skip
+    assert (two["status"], two["epochs"], two["epochs_planned"], two["model"], two["preset"]) == (
+        "finished",
+        2,
+        2,
+        "lenet-relu",
+        "cpu",
+    )
     metrics = [json.loads(line) for line in (runs / "two" / "metrics.jsonl").read_text().splitlines()]
     assert two["best_val_acc"] == max(m["val_acc"] for m in metrics)
 
@@ -89,8 +95,11 @@ def test_predict_answers_what_alexnet_predict_prints(client, runs, tmp_path, cap
     image = tmp_path / "photo.png"
     image.write_bytes(png((57, 33)))
     for invert in (False, True):
-        r = client.post("/api/runs/two/predict", files={"file": ("photo.png", image.read_bytes(), "image/png")},
-                        data={"invert": "1" if invert else "0"})  # fmt: skip
+        r = client.post(
+            "/api/runs/two/predict",
+            files={"file": ("photo.png", image.read_bytes(), "image/png")},
+            data={"invert": "1" if invert else "0"},
+        )
         assert r.status_code == 200, r.text
         top = r.json()["top"]
         assert len(top) == 5 and sum(t["p"] for t in top) <= 1 + 1e-6
@@ -125,14 +134,17 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("upload, status, says", [
-    (b"just some text", 415, "not an image"),
-    (b"", 400, "empty"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, 415, "not an image"),  # a PNG signature and then garbage
-    (b"x" * (MAX_UPLOAD + 1), 413, "over 20 MB"),
-    (png_header(30000, 30000), 413, "decompression bomb"),  # over Pillow's own hard limit
-    (png_header(10000, 10000), 413, "megapixel"),  # 100 megapixels: under Pillow's limit, over the server's
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "upload, status, says",
+    [
+        (b"just some text", 415, "not an image"),
+        (b"", 400, "empty"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, 415, "not an image"),  # a PNG signature and then garbage
+        (b"x" * (MAX_UPLOAD + 1), 413, "over 20 MB"),
+        (png_header(30000, 30000), 413, "decompression bomb"),  # over Pillow's own hard limit
+        (png_header(10000, 10000), 413, "megapixel"),  # 100 megapixels: under Pillow's limit, over the server's
+    ],
+)
 def test_bad_uploads_get_a_json_4xx_and_the_server_serves_on(client, upload, status, says):
     r = predict(client, upload)
     assert r.status_code == status and says in r.json()["error"], r.text
@@ -141,7 +153,7 @@ def test_bad_uploads_get_a_json_4xx_and_the_server_serves_on(client, upload, sta
 
 def test_an_oversized_upload_without_a_length_is_cut_off_at_the_cap(client):
     def chunks():  # no Content-Length: the server counts as the bytes arrive
-        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
         for _ in range(22):
             yield b"\0" * 2**20
 
@@ -156,9 +168,21 @@ def test_a_request_that_is_not_multipart_is_a_400(client):
     assert client.post("/api/runs/two/predict", data={"other": "1"}).status_code == 400
 
 
-@pytest.mark.parametrize("name", ["%2E%2E", "two/%2E%2E/%2E%2E", "%2Fetc", "%2Fetc%2Fpasswd", "outside",
-                                  "inner/../../x", "nope", ".hidden", "two/%2E%2E",
-                                  "two%2F%2E%2E%2F%2E%2E%2Fx"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "%2E%2E",
+        "two/%2E%2E/%2E%2E",
+        "%2Fetc",
+        "%2Fetc%2Fpasswd",
+        "outside",
+        "inner/../../x",
+        "nope",
+        ".hidden",
+        "two/%2E%2E",
+        "two%2F%2E%2E%2F%2E%2E%2Fx",
+    ],
+)
 def test_names_that_leave_the_runs_folder_or_do_not_exist_are_404(client, runs, tmp_path, name):
     outside = tmp_path / "elsewhere"
     outside.mkdir()

@@ -1,7 +1,6 @@
 """The speedrun (docs/speedrun.md): its network, the analysis of networks that are not a plain
 ``nn.Sequential``, and MFU figures whose peak no layer of the network can beat."""
 
-
 import pytest
 import torch
 from torch import nn
@@ -60,8 +59,13 @@ def test_alexnet_training_step_is_2_96_forward_passes_not_3():
 
 
 def test_peak_is_at_least_what_the_networks_own_dominant_conv_reaches():
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.Flatten(),
-                          nn.Linear(16 * 6 * 6, 10))  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(16 * 6 * 6, 10),
+    )
     peak = measure_peak(model, (4, 1, 6, 6), "fp32", "cpu", repeats=1, shapes=((64, 64, 64), (256, 32, 16)))
     assert peak.conv_label == "conv2" and peak.conv > 0 and peak.gemm > 0
     assert peak.gemm_shape in ((64, 64, 64), (256, 32, 16))
@@ -145,8 +149,10 @@ def test_speedrun_benchmark_summarises_seeds_as_mean_std_min_and_time():
     spec = importlib.util.spec_from_file_location("bench_speedrun", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    runs = [{"seed": s, "acc": a, "epochs": 5, "train_s": 50.0, "train_eval_s": t, "wall_s": t + 4}
-            for s, a, t in ((0, 0.93, 55.0), (1, 0.92, 57.0), (2, 0.94, 59.0))]  # fmt: skip
+    runs = [
+        {"seed": s, "acc": a, "epochs": 5, "train_s": 50.0, "train_eval_s": t, "wall_s": t + 4}
+        for s, a, t in ((0, 0.93, 55.0), (1, 0.92, 57.0), (2, 0.94, 59.0))
+    ]
     s = bench.summarise("speedrun", runs, [])
     assert s["mean"] == pytest.approx(0.93) and s["std"] == pytest.approx(0.01) and s["min"] == 0.92
     assert s["train_eval_s"] == pytest.approx(57.0) and s["max_train_eval_s"] == 59.0
@@ -183,14 +189,16 @@ def test_speednet_white_trains_nothing_in_its_frozen_stem_and_counts_no_gradient
     assert costs[0].bwd_flops == 0 and costs[0].fwd_flops > 0
 
 
-def test_computing_the_frozen_stem_once_per_image_trains_exactly_as_running_it_every_step(idx_dir, tmp_path,
-                                                                                       monkeypatch):
+def test_computing_the_frozen_stem_once_per_image_trains_exactly_as_running_it_every_step(
+    idx_dir, tmp_path, monkeypatch
+):
     from alexnet import data as D
     from alexnet.config import PRESETS
     from alexnet.train import fit
 
-    cfg = PRESETS["speedrun"].replace(model="speednet-white", dataset="mnist", data_dir=str(idx_dir), epochs=2,
-                                      batch_size=16, log_every=2, amp="off")
+    cfg = PRESETS["speedrun"].replace(
+        model="speednet-white", dataset="mnist", data_dir=str(idx_dir), epochs=2, batch_size=16, log_every=2, amp="off"
+    )
     cached = fit(cfg, tmp_path / "cached", progress=False, quiet=True)
     calls = []
     monkeypatch.setattr(D.InMemory, "precompute", lambda self, *a, **k: calls.append(1))
@@ -205,8 +213,9 @@ def test_computing_the_frozen_stem_once_per_image_trains_exactly_as_running_it_e
     assert cached.final["val_acc"] == pytest.approx(live.final["val_acc"], abs=0.04)
 
 
-def test_a_stem_cache_that_would_not_fit_in_memory_is_not_made_and_the_run_trains_the_same(idx_dir, tmp_path,
-                                                                                          monkeypatch, capsys):
+def test_a_stem_cache_that_would_not_fit_in_memory_is_not_made_and_the_run_trains_the_same(
+    idx_dir, tmp_path, monkeypatch, capsys
+):
     from alexnet import data as D
     from alexnet.config import PRESETS
     from alexnet.train import fit
@@ -257,9 +266,10 @@ def test_precomputed_batches_are_the_frozen_layers_output_for_the_drawn_images_a
 
 
 def test_speednet_white_needs_an_in_memory_dataset(tmp_path):
+    from conftest import make_image_folder
+
     from alexnet.config import PRESETS
     from alexnet.train import TrainingError, fit
-    from conftest import make_image_folder
 
     root = make_image_folder(tmp_path / "folder", per_class=(2, 1), corrupt=False)
     cfg = PRESETS["speedrun"].replace(model="speednet-white", dataset="imagefolder", data_dir=str(root), workers=0)
@@ -287,8 +297,9 @@ def test_a_resumed_run_keeps_the_whitening_filters_of_its_checkpoint(idx_dir, tm
     from alexnet.models import WhiteningConv
     from alexnet.train import fit
 
-    cfg = PRESETS["speedrun"].replace(model="speednet-white", dataset="mnist", data_dir=str(idx_dir), epochs=1,
-                                      batch_size=16)
+    cfg = PRESETS["speedrun"].replace(
+        model="speednet-white", dataset="mnist", data_dir=str(idx_dir), epochs=1, batch_size=16
+    )
     fit(cfg, tmp_path / "run", progress=False, quiet=True)
     before = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]["0.0.weight"]
 

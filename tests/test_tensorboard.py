@@ -6,16 +6,16 @@ import json
 import pytest
 
 pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import (
     HISTOGRAMS,
     IMAGES,
     SCALARS,
     EventAccumulator,
 )
 
-from alexnet.config import PRESETS  # noqa: E402
-from alexnet.models import build_model  # noqa: E402
-from alexnet.train import fit  # noqa: E402
+from alexnet.config import PRESETS
+from alexnet.models import build_model
+from alexnet.train import fit
 
 
 def events(run):
@@ -25,8 +25,9 @@ def events(run):
 
 
 def tiny(idx_dir, **kw):
-    return PRESETS["cpu"].replace(model="lenet-relu", dataset="mnist", data_dir=str(idx_dir), epochs=2, batch_size=16,
-                                  log_every=2, **kw)  # fmt: skip
+    return PRESETS["cpu"].replace(
+        model="lenet-relu", dataset="mnist", data_dir=str(idx_dir), epochs=2, batch_size=16, log_every=2, **kw
+    )
 
 
 def test_tensorboard_events_hold_the_runs_scalars_filters_and_weights(idx_dir, tmp_path):

@@ -5,17 +5,25 @@ import math
 
 import pytest
 import torch
+from conftest import interrupt_at_batch
 
+from alexnet import device as V
 from alexnet import runs as R
 from alexnet import train as T
-from conftest import interrupt_at_batch
-from alexnet import device as V
 from alexnet.config import PRESETS, Config, ConfigError
 
 
 def tiny(data_dir, **kw) -> Config:
-    base = dict(model="lenet-relu", dataset="mnist", data_dir=str(data_dir), epochs=2, batch_size=16,
-                lr=0.05, momentum=0.9, log_every=2)  # fmt: skip
+    base = dict(
+        model="lenet-relu",
+        dataset="mnist",
+        data_dir=str(data_dir),
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        momentum=0.9,
+        log_every=2,
+    )
     return Config(preset="test").replace(**{**base, **kw})
 
 
@@ -39,8 +47,9 @@ def test_training_on_fashion_mnist_learns(fashion_dir, tmp_path):
     # 3 short epochs over 6000 real images (a 0.25-epoch warm-up); chance is 0.10. How far past
     # chance depends on the seed and the CPU's bf16 arithmetic: 0.66-0.74 over seeds 0-1 with and
     # without bf16 on a Xeon with AMX, above 0.70 on an EPYC; 0.5 says it learned, on any of them.
-    cfg = PRESETS["cpu"].replace(data_dir=str(fashion_dir), epochs=3, warmup_epochs=0.25, limit_train=6000,
-                                 limit_test=2000)
+    cfg = PRESETS["cpu"].replace(
+        data_dir=str(fashion_dir), epochs=3, warmup_epochs=0.25, limit_train=6000, limit_test=2000
+    )
     result = T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
     assert result.final["val_acc"] > 0.50
     assert result.metrics[1]["train_loss"] < result.metrics[0]["train_loss"]
@@ -112,7 +121,10 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     # Resume the run with a learning rate that makes the loss blow up.
     ckpt = R.load_checkpoint(tmp_path / "run" / "last.pt")
     ckpt["config"]["train"]["lr"] = 1e12
-    R.atomic_write(tmp_path / "run" / "last.pt", lambda f: torch.save({k: v for k, v in ckpt.items() if k not in ('cfg', 'path')}, f))
+    R.atomic_write(
+        tmp_path / "run" / "last.pt",
+        lambda f: torch.save({k: v for k, v in ckpt.items() if k not in ("cfg", "path")}, f),
+    )
     with pytest.raises(T.TrainingError, match=r"epoch 2: loss became (nan|inf).*Last good checkpoint: .*last.pt"):
         T.fit(tiny(idx_dir), tmp_path / "run", resume=True, overrides={"epochs": 2}, progress=False, quiet=True)
     kept = R.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
@@ -197,7 +209,13 @@ def test_evaluation_memory_is_linear_in_the_number_of_classes():
         ev = T.evaluate(model, [(x, y)], device=torch.device("cpu"), amp=False, num_classes=k, confusion=True)
     assert ev["images"] == 2 and ev["class_images"].sum() == 2 and ev["class_images"][k - 1] == 1
     assert ev["confusion"] is None  # above T.MAX_CONFUSION classes only the per-class counts are kept
-    small = T.evaluate(model[:1], [(x.view(2, 4, 1, 1), torch.tensor([0, 3]))], device=torch.device("cpu"),
-                       amp=False, num_classes=4, confusion=True)  # fmt: skip
+    small = T.evaluate(
+        model[:1],
+        [(x.view(2, 4, 1, 1), torch.tensor([0, 3]))],
+        device=torch.device("cpu"),
+        amp=False,
+        num_classes=4,
+        confusion=True,
+    )
     assert small["confusion"].shape == (4, 4) and small["confusion"].sum() == 2
     assert torch.equal(small["confusion"].diag(), small["class_correct"])

@@ -31,25 +31,44 @@ def cmd_exercises(args) -> int:
     only = {s.strip() for s in args.only.split(",")} if args.only else None
     unknown = sorted((only or set()) - set(EXERCISE_OF.values()))
     if unknown:
-        raise ConfigError(f"--only {','.join(unknown)}: no such training exercise "
-                          f"(these train: {', '.join(sorted(set(EXERCISE_OF.values())))})")  # fmt: skip
-    run_exercises(args.budget, Path(args.out), Path(args.runs) if args.runs else None, only=only,
-                  data_dir=args.data_dir, render_only=args.render_only, overwrite=args.overwrite)  # fmt: skip
+        raise ConfigError(
+            f"--only {','.join(unknown)}: no such training exercise "
+            f"(these train: {', '.join(sorted(set(EXERCISE_OF.values())))})"
+        )
+    run_exercises(
+        args.budget,
+        Path(args.out),
+        Path(args.runs) if args.runs else None,
+        only=only,
+        data_dir=args.data_dir,
+        render_only=args.render_only,
+        overwrite=args.overwrite,
+    )
     return 0
 
 
 def add_parser(sub) -> None:
-    x = sub.add_parser("exercises", help="rerun the training exercises at a budget; write docs/exercises.md",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    x.add_argument("--budget", choices=list(BUDGETS), default="small",
-                   help="about how long each takes on 2 CPU cores: "
-                        + ", ".join(f"{name}: ~{b.minutes} min" for name, b in BUDGETS.items())
-                        + " (smoke is the CI check; docs/exercises.md gives the measured times)")  # fmt: skip
+    x = sub.add_parser(
+        "exercises",
+        help="rerun the training exercises at a budget; write docs/exercises.md",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    x.add_argument(
+        "--budget",
+        choices=list(BUDGETS),
+        default="small",
+        help="about how long each takes on 2 CPU cores: "
+        + ", ".join(f"{name}: ~{b.minutes} min" for name, b in BUDGETS.items())
+        + " (smoke is the CI check; docs/exercises.md gives the measured times)",
+    )
     x.add_argument("--out", default="docs/exercises.md", help="the report; figures go to a folder beside it")
     x.add_argument("--runs", help="where the runs go (none: runs/exercises-BUDGET); finished runs are reused")
     x.add_argument("--only", help="comma-separated exercises to train, e.g. 7,8 (none: all)")
     x.add_argument("--data-dir", help="directory of Fashion-MNIST (none: found automatically)")
     x.add_argument("--render-only", action="store_true", help="train nothing; write the report from finished runs")
-    x.add_argument("--overwrite", action="store_true",
-                   help="replace the report even when it has fewer measured rows than the page already there")  # fmt: skip
+    x.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the report even when it has fewer measured rows than the page already there",
+    )
     x.set_defaults(func=cmd_exercises)

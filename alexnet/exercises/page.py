@@ -26,8 +26,9 @@ def measured_rows(text: str) -> int:
     return sum(1 for r in rows if "—" not in r and "not measured" not in r)
 
 
-def render(b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict, sweep_s: float,
-           overwrite: bool = False) -> dict:  # fmt: skip
+def render(
+    b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict, sweep_s: float, overwrite: bool = False
+) -> dict:
     """Write the report and its figures; a page with fewer measured rows than the one it would
     replace (runs missing from ``root``, a narrower --only) is refused unless ``overwrite``."""
     final = out.parent / "figures" / "exercises"
@@ -59,36 +60,60 @@ def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> d
         entries = Ledger(path.parent).entries if path.exists() else {}
         want = {f"{s.name}-s{seed}" for specs in plan(other).values() for s in specs for seed in other.seeds}
         got = [e for n, e in entries.items() if n in want and e.get("status") in ("done", "failed")]
-        whole = ("—" if not other.whole_epochs else
-                 f"{other.whole_train or 'all'}×{other.whole_epochs}")  # fmt: skip
-        costs.append([f"`{name}`", str(len(other.seeds)), f"{other.train224}×{other.epochs224}",
-                      f"{other.train28}×{other.epochs28}", whole, f"{other.train28}×{other.epochs7}",
-                      " and ".join(f"{n}×{e}" for n, e in zip(other.sizes8, other.epochs8)),
-                      f"{len(got)} of {len(want)} runs, {sum(e.get('wall_s', 0.0) for e in got) / 60:.1f} min"
-                      if got else "not run on this machine"])  # fmt: skip
-    sections.append("\n".join([
-        "## What the budgets cost",
-        "",
-        "Images × epochs per run (224: exercises 4 and 5 at 224×224; 28: exercise 4 at 28×28; 28 whole: "
-        "exercise 4 on the whole training set; 7: the LeNet family; 8: the two training-set sizes of "
-        "exercise 8), and the training wall time measured here, each run timed alone (under the team's CPU "
-        "lock) and summed:",
-        "",
-        grid(["budget", "seeds", "224", "28", "28 whole", "7", "8", "measured here"], costs,
-             left=(0, 2, 3, 4, 5, 6, 7)),
-        "",
-    ]))
+        whole = "—" if not other.whole_epochs else f"{other.whole_train or 'all'}×{other.whole_epochs}"
+        costs.append(
+            [
+                f"`{name}`",
+                str(len(other.seeds)),
+                f"{other.train224}×{other.epochs224}",
+                f"{other.train28}×{other.epochs28}",
+                whole,
+                f"{other.train28}×{other.epochs7}",
+                " and ".join(f"{n}×{e}" for n, e in zip(other.sizes8, other.epochs8)),
+                f"{len(got)} of {len(want)} runs, {sum(e.get('wall_s', 0.0) for e in got) / 60:.1f} min"
+                if got
+                else "not run on this machine",
+            ]
+        )
+    sections.append(
+        "\n".join(
+            [
+                "## What the budgets cost",
+                "",
+                "Images × epochs per run (224: exercises 4 and 5 at 224×224; 28: exercise 4 at 28×28; 28 whole: "
+                "exercise 4 on the whole training set; 7: the LeNet family; 8: the two training-set sizes of "
+                "exercise 8), and the training wall time measured here, each run timed alone (under the team's CPU "
+                "lock) and summed:",
+                "",
+                grid(
+                    ["budget", "seeds", "224", "28", "28 whole", "7", "8", "measured here"],
+                    costs,
+                    left=(0, 2, 3, 4, 5, 6, 7),
+                ),
+                "",
+            ]
+        )
+    )
     head = [
         "# The exercises of D2L §8.1, answered and measured",
         "",
         f"Written by `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on {machine().line()}. "
         f"Budget `{b.name}`: {done} of {len(names)} training runs finished, seeds {', '.join(map(str, b.seeds))}, "
         f"{locked / 60:.1f} minutes of training wall time in all (each run timed alone"
-        + (f"; this invocation {sweep_s / 60:.1f} min" if sweep_s >= 1 else "") + "). Fashion-MNIST"
-        + (f" ({data['dataset']})" if data.get("dataset") else "") + ", bf16 autocast where the CPU has it.",
+        + (f"; this invocation {sweep_s / 60:.1f} min" if sweep_s >= 1 else "")
+        + "). Fashion-MNIST"
+        + (f" ({data['dataset']})" if data.get("dataset") else "")
+        + ", bf16 autocast where the CPU has it.",
         "",
-        *([f"This report is the `{b.name}` budget; `--budget full` trains on larger subsets for more epochs "
-           "(see the last section for both and what each cost here).", ""] if b.name != "full" else []),
+        *(
+            [
+                f"This report is the `{b.name}` budget; `--budget full` trains on larger subsets for more epochs "
+                "(see the last section for both and what each cost here).",
+                "",
+            ]
+            if b.name != "full"
+            else []
+        ),
         "In the figures, *val* is the test set (its first N images, as each section says): Fashion-MNIST "
         "has no separate validation split, and nothing here is tuned on it.",
         "",
@@ -99,15 +124,20 @@ def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> d
         "",
         "## In one table",
         "",
-        grid(["exercise", "command", "answer (measured)", "figure"], [[e, f"`{c}`", a, f] for e, c, a, f in readme],
-             left=range(4)),
+        grid(
+            ["exercise", "command", "answer (measured)", "figure"],
+            [[e, f"`{c}`", a, f] for e, c, a, f in readme],
+            left=range(4),
+        ),
         "",
     ]
     text = "\n".join(head + sections) + "\n"
     had = measured_rows(out.read_text(errors="replace")) if not_regular(out) is None else 0
     if measured_rows(text) < had and not overwrite:
-        raise RunError(f"{out}: not rewritten: it has {had} measured rows, this report {measured_rows(text)} "
-                       f"(are runs missing from {root}?); --overwrite replaces it anyway")  # fmt: skip
+        raise RunError(
+            f"{out}: not rewritten: it has {had} measured rows, this report {measured_rows(text)} "
+            f"(are runs missing from {root}?); --overwrite replaces it anyway"
+        )
     final.mkdir(parents=True, exist_ok=True)
     for f in figs.iterdir():
         os.replace(f, final / f.name)

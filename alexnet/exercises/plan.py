@@ -41,16 +41,61 @@ class Budget:
 
 BUDGETS = {
     # CI: every table and figure is produced; the numbers mean nothing.
-    "smoke": Budget("smoke", 1, (0, 1), train224=64, epochs224=1, test224=32, batch224=32, train28=128, epochs28=2,
-                    epochs7=1, test28=64, sizes8=(64, 128), epochs8=(2, 1), overfit_epochs=2, batch=32,
-                    whole_epochs=2, whole_train=256, whole_test=64),
-    "small": Budget("small", 20, (0, 1, 2), train224=500, epochs224=8, test224=200, batch224=64, train28=5000,
-                    epochs28=10, epochs7=8, test28=2000, sizes8=(1000, 3000), epochs8=(20, 12), overfit_epochs=60),
+    "smoke": Budget(
+        "smoke",
+        1,
+        (0, 1),
+        train224=64,
+        epochs224=1,
+        test224=32,
+        batch224=32,
+        train28=128,
+        epochs28=2,
+        epochs7=1,
+        test28=64,
+        sizes8=(64, 128),
+        epochs8=(2, 1),
+        overfit_epochs=2,
+        batch=32,
+        whole_epochs=2,
+        whole_train=256,
+        whole_test=64,
+    ),
+    "small": Budget(
+        "small",
+        20,
+        (0, 1, 2),
+        train224=500,
+        epochs224=8,
+        test224=200,
+        batch224=64,
+        train28=5000,
+        epochs28=10,
+        epochs7=8,
+        test28=2000,
+        sizes8=(1000, 3000),
+        epochs8=(20, 12),
+        overfit_epochs=60,
+    ),
     # What docs/exercises.md reports; exercise 4 on the whole training set is almost half of it.
-    "full": Budget("full", 80, (0, 1, 2), train224=1000, epochs224=8, test224=400, batch224=64, train28=10000,
-                   epochs28=15, epochs7=10, test28=5000, sizes8=(1000, 5000), epochs8=(30, 20), overfit_epochs=80,
-                   whole_epochs=20),
-}  # fmt: skip
+    "full": Budget(
+        "full",
+        80,
+        (0, 1, 2),
+        train224=1000,
+        epochs224=8,
+        test224=400,
+        batch224=64,
+        train28=10000,
+        epochs28=15,
+        epochs7=10,
+        test28=5000,
+        sizes8=(1000, 5000),
+        epochs8=(30, 20),
+        overfit_epochs=80,
+        whole_epochs=20,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -89,45 +134,80 @@ def plan(b: Budget) -> dict[str, list[Spec]]:
     k10, k3 = LR_FACTORS
     lr10, lr3 = (round(k * PRESETS["cpu"].train.lr, 6) for k in LR_FACTORS)
     return {
-        "4-224": [Spec("ex4-alexnet224", "alexnet, 224x224", "fast", dict(model="alexnet", **s224)),
-                  Spec("ex4-lenet224set", "lenet (same images, 28x28)", "fast", dict(model="lenet", **s224))],
-        "5": [Spec("ex4-alexnet224", "alexnet", "fast", dict(model="alexnet", **s224)),
-              Spec("ex5-alexnet-small", "alexnet-small", "fast", dict(model="alexnet-small", **s224))],
-        "4-28": [Spec("ex4-alexnet28", "alexnet28", "cpu", dict(model="alexnet28", **s28)),
-                 Spec("ex4-lenet", "lenet", "cpu", dict(model="lenet", **s28))],
-        "4-whole": [Spec("ex4-whole-alexnet28", "alexnet28, whole set", "cpu", dict(model="alexnet28", **sw)),
-                    Spec("ex4-whole-lenet", "lenet, whole set", "cpu", dict(model="lenet", **sw))]
-                   if b.whole_epochs else [],
-        "7": [Spec("ex7-lenet", "LeNet (sigmoid)", "cpu", dict(model="lenet", **s7)),
-              Spec("ex7-relu", "+ ReLU", "cpu", dict(model="lenet-relu-nodrop", **s7)),
-              Spec("ex7-relu-dropout", "+ ReLU + dropout", "cpu", dict(model="lenet-relu", **s7)),
-              Spec("ex7-flip", "+ ReLU + dropout + flips", "cpu", dict(model="lenet-relu", **{**s7, "flip": True})),
-              Spec("ex7-crop", "+ ReLU + dropout + crops", "cpu",
-                   dict(model="lenet-relu", **{**s7, "crop_padding": CROP})),
-              Spec("ex7-both", "+ ReLU + dropout + flips + crops", "cpu",
-                   dict(model="lenet-relu", **{**s7, "flip": True, "crop_padding": CROP}))],
+        "4-224": [
+            Spec("ex4-alexnet224", "alexnet, 224x224", "fast", dict(model="alexnet", **s224)),
+            Spec("ex4-lenet224set", "lenet (same images, 28x28)", "fast", dict(model="lenet", **s224)),
+        ],
+        "5": [
+            Spec("ex4-alexnet224", "alexnet", "fast", dict(model="alexnet", **s224)),
+            Spec("ex5-alexnet-small", "alexnet-small", "fast", dict(model="alexnet-small", **s224)),
+        ],
+        "4-28": [
+            Spec("ex4-alexnet28", "alexnet28", "cpu", dict(model="alexnet28", **s28)),
+            Spec("ex4-lenet", "lenet", "cpu", dict(model="lenet", **s28)),
+        ],
+        "4-whole": [
+            Spec("ex4-whole-alexnet28", "alexnet28, whole set", "cpu", dict(model="alexnet28", **sw)),
+            Spec("ex4-whole-lenet", "lenet, whole set", "cpu", dict(model="lenet", **sw)),
+        ]
+        if b.whole_epochs
+        else [],
+        "7": [
+            Spec("ex7-lenet", "LeNet (sigmoid)", "cpu", dict(model="lenet", **s7)),
+            Spec("ex7-relu", "+ ReLU", "cpu", dict(model="lenet-relu-nodrop", **s7)),
+            Spec("ex7-relu-dropout", "+ ReLU + dropout", "cpu", dict(model="lenet-relu", **s7)),
+            Spec("ex7-flip", "+ ReLU + dropout + flips", "cpu", dict(model="lenet-relu", **{**s7, "flip": True})),
+            Spec(
+                "ex7-crop", "+ ReLU + dropout + crops", "cpu", dict(model="lenet-relu", **{**s7, "crop_padding": CROP})
+            ),
+            Spec(
+                "ex7-both",
+                "+ ReLU + dropout + flips + crops",
+                "cpu",
+                dict(model="lenet-relu", **{**s7, "flip": True, "crop_padding": CROP}),
+            ),
+        ],
         "8-overfit": [
             Spec("ex8-long-all", f"{n1} images × {eo}, all regularisers", "cpu", dict(model="alexnet28", **s8o)),
             Spec("ex8-long-nodrop", f"{n1} images × {eo}, no dropout", "cpu", dict(model="alexnet28-nodrop", **s8o)),
-            Spec("ex8-long-noaug", f"{n1} images × {eo}, no augmentation", "cpu",
-                 dict(model="alexnet28", **s8o, **NO_AUG)),
-            Spec("ex8-long-nowd", f"{n1} images × {eo}, no weight decay", "cpu",
-                 dict(model="alexnet28", **s8o, weight_decay=0.0)),
+            Spec(
+                "ex8-long-noaug",
+                f"{n1} images × {eo}, no augmentation",
+                "cpu",
+                dict(model="alexnet28", **s8o, **NO_AUG),
+            ),
+            Spec(
+                "ex8-long-nowd",
+                f"{n1} images × {eo}, no weight decay",
+                "cpu",
+                dict(model="alexnet28", **s8o, weight_decay=0.0),
+            ),
             Spec("ex8-long-none", f"{n1} images × {eo}, none", "cpu", dict(**s8o, **NO_REG)),
             Spec("ex8-all-n2", f"{n2} images × {e2}, all regularisers", "cpu", dict(model="alexnet28", **s8b)),
-            Spec("ex8-none-n2", f"{n2} images × {e2}, none", "cpu", dict(**s8b, **NO_REG))],
+            Spec("ex8-none-n2", f"{n2} images × {e2}, none", "cpu", dict(**s8b, **NO_REG)),
+        ],
         "8-break": [
             Spec("ex8-all", "the recipe (cpu preset)", "cpu", dict(model="alexnet28", **s8)),
             Spec("ex8-sigmoid", "sigmoid instead of ReLU", "cpu", dict(model="alexnet28-sigmoid", **s8)),
-            Spec("ex8-torchinit", "PyTorch default init (d2l 1.0's bug)", "cpu",
-                 dict(model="alexnet28-torchinit", **s8)),
+            Spec(
+                "ex8-torchinit", "PyTorch default init (d2l 1.0's bug)", "cpu", dict(model="alexnet28-torchinit", **s8)
+            ),
             Spec("ex8-lr10", f"lr {k10}x ({lr10:g}), with warm-up", "cpu", dict(model="alexnet28", **s8, lr=lr10)),
-            Spec("ex8-lr10-nowarm", f"lr {k10}x ({lr10:g}), no warm-up", "cpu",
-                 dict(model="alexnet28", **s8, lr=lr10, warmup_epochs=0.0)),
+            Spec(
+                "ex8-lr10-nowarm",
+                f"lr {k10}x ({lr10:g}), no warm-up",
+                "cpu",
+                dict(model="alexnet28", **s8, lr=lr10, warmup_epochs=0.0),
+            ),
             Spec("ex8-lr3", f"lr {k3}x ({lr3:g}), with warm-up", "cpu", dict(model="alexnet28", **s8, lr=lr3)),
-            Spec("ex8-lr3-nowarm", f"lr {k3}x ({lr3:g}), no warm-up", "cpu",
-                 dict(model="alexnet28", **s8, lr=lr3, warmup_epochs=0.0))],
-    }  # fmt: skip
+            Spec(
+                "ex8-lr3-nowarm",
+                f"lr {k3}x ({lr3:g}), no warm-up",
+                "cpu",
+                dict(model="alexnet28", **s8, lr=lr3, warmup_epochs=0.0),
+            ),
+        ],
+    }
 
 
 EXERCISE_OF = {"4-224": "4", "4-28": "4", "4-whole": "4", "5": "5", "7": "7", "8-overfit": "8", "8-break": "8"}

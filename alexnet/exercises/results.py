@@ -121,8 +121,11 @@ def versus(a: Group, b: Group, key: str = "val_acc", what: str = "test accuracy"
     if sa is None or sb is None:
         return f"{b.label} vs {a.label}: not measured (a configuration has no finished run)"
     d = sb.mean - sa.mean
-    verdict = ("larger than the seeds' spread" if sb.exceeds(sa)
-               else "within the seeds' spread: not a difference these seeds can resolve")  # fmt: skip
+    verdict = (
+        "larger than the seeds' spread"
+        if sb.exceeds(sa)
+        else "within the seeds' spread: not a difference these seeds can resolve"
+    )
     return f"{what} {d:+.4f} ({b.label} vs {a.label}; std {sa.std:.4f} and {sb.std:.4f}): {verdict}"
 
 
@@ -132,7 +135,10 @@ def trend(g: Group) -> str:
     if not runs:
         return "not measured"
     n = len(runs[0]["metrics"])
-    mean = lambda k, i: sum(r["metrics"][i][k] for r in runs) / len(runs)
+
+    def mean(k, i):
+        return sum(r["metrics"][i][k] for r in runs) / len(runs)
+
     losses = [mean("val_loss", i) for i in range(n)]
     k = min(range(n), key=losses.__getitem__)
     span = 3  # epochs over which the accuracy is called flat or still moving
@@ -142,6 +148,9 @@ def trend(g: Group) -> str:
         parts.append(f"test loss bottoms out at epoch {k + 1} ({losses[k]:.3f}) and turns up to {losses[-1]:.3f}")
     else:
         parts.append(f"test loss lowest at epoch {k + 1} ({losses[k]:.3f})")
-    parts.append(f"accuracy flat over the last {span} epochs" if abs(last) < 0.005
-                 else f"accuracy still moving over the last {span} epochs ({last:+.4f})")  # fmt: skip
+    parts.append(
+        f"accuracy flat over the last {span} epochs"
+        if abs(last) < 0.005
+        else f"accuracy still moving over the last {span} epochs ({last:+.4f})"
+    )
     return "; ".join(parts)

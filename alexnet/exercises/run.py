@@ -32,7 +32,7 @@ class CpuLock:
 
     def acquire(self) -> None:
         if self.path and self._file is None:
-            self._file = open(self.path, "a")  # noqa: SIM115 (held across calls, closed in release)
+            self._file = open(self.path, "a")
             fcntl.flock(self._file, fcntl.LOCK_EX)
             self._since = time.perf_counter()
 
@@ -82,9 +82,16 @@ def train_one(spec: Spec, seed: int, root: Path, data: dict, ledger: Ledger, loc
         raise KeyboardInterrupt
 
 
-def run_exercises(budget: str, out: Path, runs: Path | None = None, only: set[str] | None = None,
-                  data_dir: str | None = None, dataset: str | None = None, render_only: bool = False,
-                  overwrite: bool = False) -> dict:  # fmt: skip
+def run_exercises(
+    budget: str,
+    out: Path,
+    runs: Path | None = None,
+    only: set[str] | None = None,
+    data_dir: str | None = None,
+    dataset: str | None = None,
+    render_only: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Train what the budget's plan lacks, then write the report ``out`` and its figures."""
     b = BUDGETS[budget]
     root = Path(runs) if runs else Path("runs") / f"exercises-{budget}"

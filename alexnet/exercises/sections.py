@@ -99,50 +99,74 @@ these; `tests/test_analysis.py` checks them against `torch.utils.flop_counter` a
 The full tables, the roofline and every derivation are in [compute.md](compute.md). Units: a
 multiply-add is 2 FLOPs; MB = 10^6 bytes, MiB = 2^20.
 
-- **1.1 Memory.** The FC layers hold {fc_share:.1%} of the {t['all']['params']:,} parameters
-  ({t['fc']['weight_bytes'] / 1e6:.1f} of {t['all']['weight_bytes'] / 1e6:.1f} MB in fp32);
-  the chapter's "164 MB" is the two hidden FC layers' {f['fc_weights']:,} weights in MiB
-  ({f['fc_weight_MiB']:.2f} MiB = {f['fc_weight_MB']:.1f} MB). In training, activations dominate:
-  autograd keeps {t['all']['saved_bytes'] / 1e6:.1f} MB at batch {batch}.
-- **1.2 Compute.** The convolutions do {f['conv_flops_1ch']:,} FLOPs per 1×224×224 image against the FC
-  layers' {f['fc_flops_1ch']:,} ({f['conv_fc_ratio_1ch']:.1f}×; {f['conv_fc_ratio_3ch']:.1f}× with 3 channels).
-  The FC layers cost {f['fc_flops_1ch'] // 2:,} multiply-adds = {f['fc_flops_1ch']:,} FLOPs; the chapter's
-  "81 MFLOPs" matches no unit (the hidden layers are {f['fc_MFLOPs']:.1f} MFLOPs, {f['fc_binary_MFLOPs']:.1f} × 2^20).
+- **1.1 Memory.** The FC layers hold {fc_share:.1%} of the {t["all"]["params"]:,} parameters
+  ({t["fc"]["weight_bytes"] / 1e6:.1f} of {t["all"]["weight_bytes"] / 1e6:.1f} MB in fp32);
+  the chapter's "164 MB" is the two hidden FC layers' {f["fc_weights"]:,} weights in MiB
+  ({f["fc_weight_MiB"]:.2f} MiB = {f["fc_weight_MB"]:.1f} MB). In training, activations dominate:
+  autograd keeps {t["all"]["saved_bytes"] / 1e6:.1f} MB at batch {batch}.
+- **1.2 Compute.** The convolutions do {f["conv_flops_1ch"]:,} FLOPs per 1×224×224 image against the FC
+  layers' {f["fc_flops_1ch"]:,} ({f["conv_fc_ratio_1ch"]:.1f}×; {f["conv_fc_ratio_3ch"]:.1f}× with 3 channels).
+  The FC layers cost {f["fc_flops_1ch"] // 2:,} multiply-adds = {f["fc_flops_1ch"]:,} FLOPs; the chapter's
+  "81 MFLOPs" matches no unit (the hidden layers are {f["fc_MFLOPs"]:.1f} MFLOPs, {f["fc_binary_MFLOPs"]:.1f} × 2^20).
 - **1.3 Bandwidth, latency, size.** FC layers at batch 1 run at {fc1:.1f} FLOPs/byte, far below any
   accelerator's ridge point: inference is bandwidth- and latency-bound, training (batch {batch},
   {conv_range} FLOPs/byte in the convolutions) compute-bound; training memory grows with the batch.
 - **2. Chip design:** put the ridge point where the work is: area on matrix units for training,
-  on bandwidth or on-chip memory ({t['all']['weight_bytes'] / 1e6:.0f} MB of weights) for batch-1 inference.
+  on bandwidth or on-chip memory ({t["all"]["weight_bytes"] / 1e6:.0f} MB of weights) for batch-1 inference.
 - **3. Why no one benchmarks AlexNet any more:** a training step (batch {batch}) is ~{step_ms:.1f} ms of H100
   roofline time in bf16; its FC-heavy shape ({fc_share:.0%} of parameters memory-bound at small batch), LRN and 11×11 stems are
   unrepresentative of modern networks; MLPerf moved to ResNet-50, BERT and LLMs.
 
 **Where the published solutions are wrong.** A widely copied solution set
 (1) computes the convolution costs for a 3-channel input when the chapter's network takes 1 channel
-(it overstates conv1 by {extra} = {f['conv_flops_3ch'] - f['conv_flops_1ch']:,} FLOPs per image);
-(2) reports the FC layers' "cost" as their parameter count ({t['fc']['params']:,}) instead of their multiply-adds
-({f['fc_flops_1ch'] // 2:,}) or FLOPs ({f['fc_flops_1ch']:,}); and (3) for exercise 8 proposes a lower
+(it overstates conv1 by {extra} = {f["conv_flops_3ch"] - f["conv_flops_1ch"]:,} FLOPs per image);
+(2) reports the FC layers' "cost" as their parameter count ({t["fc"]["params"]:,}) instead of their multiply-adds
+({f["fc_flops_1ch"] // 2:,}) or FLOPs ({f["fc_flops_1ch"]:,}); and (3) for exercise 8 proposes a lower
 learning rate and fewer epochs as ways to overfit, both of which *underfit* (see exercise 8 below:
 overfitting needs more fitting — fewer images, no regularisers, enough epochs).
 """
-    return text, [("1–3", "alexnet analyze --chapter", f"convs do {f['conv_fc_ratio_1ch']:.1f}× the FC FLOPs; FC layers "
-                   f"hold {fc_share:.0%} of the parameters; '164 MB' is MiB, '81 MFLOPs' is {f['fc_MFLOPs']:.1f}",
-                   "[compute.md](compute.md)")]
+    return text, [
+        (
+            "1–3",
+            "alexnet analyze --chapter",
+            f"convs do {f['conv_fc_ratio_1ch']:.1f}× the FC FLOPs; FC layers "
+            f"hold {fc_share:.0%} of the parameters; '164 MB' is MiB, '81 MFLOPs' is {f['fc_MFLOPs']:.1f}",
+            "[compute.md](compute.md)",
+        )
+    ]
 
 
 def _ex4(b, g, figs, rel, cmd, root):
     a224, l224 = named(g["4-224"], "ex4-alexnet224", "ex4-lenet224set")
     a28, l28 = named(g["4-28"], "ex4-alexnet28", "ex4-lenet")
     whole = g["4-whole"]
-    f1 = _fig([a224, l224], figs / "ex4-224.png", f"exercise 4 at 224: {b.train224} training images, "
-              f"{b.epochs224} epochs, fast recipe, mean ± std over seeds")
-    f2 = _fig([a28, l28], figs / "ex4-28.png", f"exercise 4 at 28x28: {b.train28} training images, "
-              f"{b.epochs28} epochs, cpu recipe, mean ± std over seeds")
-    c = cols("test acc (last)", "best test acc", "epoch of best", "train acc (last)", "train loss (last)",
-             "test loss (last)", "epoch of min test loss", "s per run")
+    f1 = _fig(
+        [a224, l224],
+        figs / "ex4-224.png",
+        f"exercise 4 at 224: {b.train224} training images, {b.epochs224} epochs, fast recipe, mean ± std over seeds",
+    )
+    f2 = _fig(
+        [a28, l28],
+        figs / "ex4-28.png",
+        f"exercise 4 at 28x28: {b.train28} training images, {b.epochs28} epochs, cpu recipe, mean ± std over seeds",
+    )
+    c = cols(
+        "test acc (last)",
+        "best test acc",
+        "epoch of best",
+        "train acc (last)",
+        "train loss (last)",
+        "test loss (last)",
+        "epoch of min test loss",
+        "s per run",
+    )
     rate = a224.last("train_images_per_s")
-    speed = ("" if rate is None else f" at about {rate.mean:.0f} images/s here (a full epoch of {TRAIN_IMAGES:,} "
-             f"images is ~{TRAIN_IMAGES / rate.mean / 60:.0f} min)")  # fmt: skip
+    speed = (
+        ""
+        if rate is None
+        else f" at about {rate.mean:.0f} images/s here (a full epoch of {TRAIN_IMAGES:,} "
+        f"images is ~{TRAIN_IMAGES / rate.mean / 60:.0f} min)"
+    )
     lines = [
         "## Exercise 4: more epochs, AlexNet against LeNet",
         "",
@@ -155,14 +179,27 @@ def _ex4(b, g, figs, rel, cmd, root):
         f"LeNet, the first {b.train28} training images (not the full {TRAIN_IMAGES:,}: the CPU budget), {b.epochs28} "
         f"epochs, the `cpu` recipe, tested on the first {b.test28} test images.",
         "",
-        _table([a224, l224], c), "",
-        f"![exercise 4 at 224]({rel}/{f1})", "",
-        _table([a28, l28], c), "",
-        f"![exercise 4 at 28]({rel}/{f2})", "",
+        _table([a224, l224], c),
+        "",
+        f"![exercise 4 at 224]({rel}/{f1})",
+        "",
+        _table([a28, l28], c),
+        "",
+        f"![exercise 4 at 28]({rel}/{f2})",
+        "",
         *(_ex4_whole(b, g, figs, rel) if whole else []),
-        "What the curves show:", "",
-        *[f"- {grp.label} ({setting}): {trend(grp)}." for grp, setting in
-          ((a224, "224"), (l224, "224 subset"), (a28, "28"), (l28, "28"), *((w, "28") for w in whole))],
+        "What the curves show:",
+        "",
+        *[
+            f"- {grp.label} ({setting}): {trend(grp)}."
+            for grp, setting in (
+                (a224, "224"),
+                (l224, "224 subset"),
+                (a28, "28"),
+                (l28, "28"),
+                *((w, "28") for w in whole),
+            )
+        ],
         f"- {versus(l224, a224)}.",
         f"- {versus(l28, a28)}.",
         *([f"- {versus(whole[1], whole[0])}."] if whole else []),
@@ -183,15 +220,19 @@ def _ex4(b, g, figs, rel, cmd, root):
         "design: the flat end says the schedule ran out, not that the model could not learn more.",
         "",
     ]
-    ans = (f"alexnet28 {fmt(a28.last('val_acc'))} vs LeNet {fmt(l28.last('val_acc'))} after {b.epochs28} epochs "
-           f"({b.train28} images); AlexNet-224 {fmt(a224.last('val_acc'))} vs LeNet {fmt(l224.last('val_acc'))} "
-           f"on {b.train224} images")
+    ans = (
+        f"alexnet28 {fmt(a28.last('val_acc'))} vs LeNet {fmt(l28.last('val_acc'))} after {b.epochs28} epochs "
+        f"({b.train28} images); AlexNet-224 {fmt(a224.last('val_acc'))} vs LeNet {fmt(l224.last('val_acc'))} "
+        f"on {b.train224} images"
+    )
     fig = f"[ex4-28.png]({rel}/{f2})"
     if whole:
         aw, lw = whole
-        ans = (f"alexnet28 {fmt(aw.last('val_acc'))} vs LeNet {fmt(lw.last('val_acc'))} on {_images(b.whole_train)}, "
-               f"{b.whole_epochs} epochs (best epoch {fmt(aw.best_epoch(), '{:.1f}')} and "
-               f"{fmt(lw.best_epoch(), '{:.1f}')}); " + ans)
+        ans = (
+            f"alexnet28 {fmt(aw.last('val_acc'))} vs LeNet {fmt(lw.last('val_acc'))} on {_images(b.whole_train)}, "
+            f"{b.whole_epochs} epochs (best epoch {fmt(aw.best_epoch(), '{:.1f}')} and "
+            f"{fmt(lw.best_epoch(), '{:.1f}')}); " + ans
+        )
         fig = f"[ex4-whole.png]({rel}/ex4-whole.png), " + fig
     return "\n".join(lines), [("4", f"{cmd} --only 4", ans, fig)]
 
@@ -204,17 +245,30 @@ def _ex4_whole(b, g, figs, rel) -> list[str]:
     """Exercise 4's third setting: alexnet28 and LeNet on every training image, for longer."""
     (a28, l28), whole = named(g["4-28"], "ex4-alexnet28", "ex4-lenet"), g["4-whole"]
     aw, lw = whole
-    f = _fig(whole, figs / "ex4-whole.png", f"exercise 4 at 28x28: {_images(b.whole_train)}, "
-             f"{b.whole_epochs} epochs, cpu recipe, mean ± std over seeds")
+    f = _fig(
+        whole,
+        figs / "ex4-whole.png",
+        f"exercise 4 at 28x28: {_images(b.whole_train)}, {b.whole_epochs} epochs, cpu recipe, mean ± std over seeds",
+    )
     test = "the whole test set" if b.whole_test is None else f"the first {b.whole_test} test images"
-    c = cols("test acc (last)", "best test acc", "epoch of best", "train acc (last)", "train loss (last)",
-             "test loss (last)", "epoch of min test loss", "s per run")
+    c = cols(
+        "test acc (last)",
+        "best test acc",
+        "epoch of best",
+        "train acc (last)",
+        "train loss (last)",
+        "test loss (last)",
+        "epoch of min test loss",
+        "s per run",
+    )
     return [
         f"- **At 28×28 on {_images(b.whole_train)}**, for {b.whole_epochs} epochs (the `cpu` preset "
         f"trains {PRESETS['cpu'].train.epochs}), the same recipe, tested on {test}:",
         "",
-        _table(whole, c), "",
-        f"![exercise 4 on the whole training set]({rel}/{f})", "",
+        _table(whole, c),
+        "",
+        f"![exercise 4 on the whole training set]({rel}/{f})",
+        "",
         f"The gap in test accuracy, alexnet28 minus LeNet: {_gap(a28, l28)} on {b.train28} images × "
         f"{b.epochs28} epochs, {_gap(aw, lw)} here. LeNet's training loss ends at {fmt(lw.last('train_loss'))}, "
         f"alexnet28's at {fmt(aw.last('train_loss'))}.",
@@ -228,14 +282,17 @@ def _gap(a: Group, b: Group) -> str:
 
 
 def _ex5(b, g, figs, rel, cmd, root):
-    from ..tracing import trace
     from ..models import build_model
+    from ..tracing import trace
 
     rows28, rows224 = trace(build_model("alexnet28"), (1, 1, 28, 28)), trace(build_model("alexnet"), (1, 1, 224, 224))
     p28, f28, f224 = sum(r.params for r in rows28), sum(r.flops for r in rows28), sum(r.flops for r in rows224)
     big, small = named(g["5"], "ex4-alexnet224", "ex5-alexnet-small")
-    f = _fig([big, small], figs / "ex5.png", f"exercise 5: alexnet vs alexnet-small, {b.train224} images, "
-             f"{b.epochs224} epochs, mean ± std over seeds")
+    f = _fig(
+        [big, small],
+        figs / "ex5.png",
+        f"exercise 5: alexnet vs alexnet-small, {b.train224} images, {b.epochs224} epochs, mean ± std over seeds",
+    )
 
     def size(name):
         rows = trace(build_model(name, 1, 10), (1, 1, 224, 224))
@@ -248,30 +305,40 @@ def _ex5(b, g, figs, rel, cmd, root):
     tb, ts = big.time(), small.time()
     speed = f"{tb.mean / ts.mean:.2f}×" if tb and ts and ts.mean else "—"
     c = cols("test acc (last)", "best test acc", "train loss (last)", "s per run", "train img/s")
-    text = "\n".join([
-        "## Exercise 5: a simpler network for Fashion-MNIST",
-        "",
-        "**5.1 Simplify AlexNet.** `alexnet-small` halves every convolution's width and uses "
-        f"{hidden}-wide FC layers: {ps:.1f} M parameters and {fs:.2f} GFLOPs per image against {pb:.1f} M and {fb:.2f}. "
-        f"`{cmd} --only 5` trains both {b.epochs224} epochs on the first {b.train224} images at 224×224 "
-        f"(the `fast` recipe, batch {b.batch224}):",
-        "",
-        _table([big, small], c), "",
-        f"![exercise 5]({rel}/{f})", "",
-        f"- `alexnet-small` trains {speed} as fast per run; {versus(big, small)}.",
-        "",
-        f"**5.2 A network for 28×28.** `alexnet28` keeps AlexNet's design ({len(convs28)} conv + {len(fcs28)} FC, "
-        f"ReLU, overlapping max-pool, dropout) at native resolution with {kh}×{kw} convolutions: {p28 / 1e6:.2f} M parameters, "
-        f"{f28 / 1e9:.3f} GFLOPs per image ({f224 / f28:.0f}× fewer than `alexnet`), and needs no 224×224 "
-        "upsampling, which adds no information. Exercise 4's 28×28 table measures it over seeds; its "
-        f"full-data run (`alexnet train --preset cpu`, {PRESETS['cpu'].train.epochs} epochs on {TRAIN_IMAGES:,} "
-        "images) is in "
-        "[results.md](results.md#accuracy-and-time).",
-        "",
-    ])
-    return text, [("5", f"{cmd} --only 5", f"alexnet-small {fmt(small.last('val_acc'))} vs alexnet "
-                   f"{fmt(big.last('val_acc'))}, {speed} faster ({b.train224} images, {b.epochs224} epochs)",
-                   f"[ex5.png]({rel}/{f})")]
+    text = "\n".join(
+        [
+            "## Exercise 5: a simpler network for Fashion-MNIST",
+            "",
+            "**5.1 Simplify AlexNet.** `alexnet-small` halves every convolution's width and uses "
+            f"{hidden}-wide FC layers: {ps:.1f} M parameters and {fs:.2f} GFLOPs per image against {pb:.1f} M and {fb:.2f}. "
+            f"`{cmd} --only 5` trains both {b.epochs224} epochs on the first {b.train224} images at 224×224 "
+            f"(the `fast` recipe, batch {b.batch224}):",
+            "",
+            _table([big, small], c),
+            "",
+            f"![exercise 5]({rel}/{f})",
+            "",
+            f"- `alexnet-small` trains {speed} as fast per run; {versus(big, small)}.",
+            "",
+            f"**5.2 A network for 28×28.** `alexnet28` keeps AlexNet's design ({len(convs28)} conv + {len(fcs28)} FC, "
+            f"ReLU, overlapping max-pool, dropout) at native resolution with {kh}×{kw} convolutions: {p28 / 1e6:.2f} M parameters, "
+            f"{f28 / 1e9:.3f} GFLOPs per image ({f224 / f28:.0f}× fewer than `alexnet`), and needs no 224×224 "
+            "upsampling, which adds no information. Exercise 4's 28×28 table measures it over seeds; its "
+            f"full-data run (`alexnet train --preset cpu`, {PRESETS['cpu'].train.epochs} epochs on {TRAIN_IMAGES:,} "
+            "images) is in "
+            "[results.md](results.md#accuracy-and-time).",
+            "",
+        ]
+    )
+    return text, [
+        (
+            "5",
+            f"{cmd} --only 5",
+            f"alexnet-small {fmt(small.last('val_acc'))} vs alexnet "
+            f"{fmt(big.last('val_acc'))}, {speed} faster ({b.train224} images, {b.epochs224} epochs)",
+            f"[ex5.png]({rel}/{f})",
+        )
+    ]
 
 
 def _ex6(b, g, figs, rel, cmd, root):
@@ -288,22 +355,37 @@ exercise asks about) beside the estimate. **No GPU was available here, so every 
 measured on this machine is the process's peak resident set size (RSS)**, which also counts the
 Python interpreter, PyTorch's libraries and the allocator's caches; it is not GPU memory.
 """
-    return text, [("6", "alexnet bench --model alexnet --batch-sizes 8,16,32,64,128,256",
-                   "throughput rises with the batch, then levels off (CPU); memory linear in batch (CPU: RSS); "
-                   "the figures: compute.md",
-                   "[batch-size-alexnet.png](figures/batch-size-alexnet.png)")]
+    return text, [
+        (
+            "6",
+            "alexnet bench --model alexnet --batch-sizes 8,16,32,64,128,256",
+            "throughput rises with the batch, then levels off (CPU); memory linear in batch (CPU: RSS); "
+            "the figures: compute.md",
+            "[batch-size-alexnet.png](figures/batch-size-alexnet.png)",
+        )
+    ]
 
 
 def _ex7(b, g, figs, rel, cmd, root):
     rows = g["7"]
-    f = _fig(rows, figs / "ex7.png", f"exercise 7: the LeNet family, {b.train28} images, {b.epochs7} epochs, "
-             "mean ± std over seeds")
-    c = cols("test acc (last)", "best test acc", "train acc (last)", "gap (train − test)", "train loss (last)",
-             "s per run")
-    lenet, relu, drop, flip, crop, both = named(rows, "ex7-lenet", "ex7-relu", "ex7-relu-dropout", "ex7-flip",
-                                                "ex7-crop", "ex7-both")
-    steps = [(lenet, relu, "ReLU instead of sigmoid"), (relu, drop, "dropout"), (drop, flip, "horizontal flips"),
-             (drop, crop, "random crops"), (drop, both, "flips and crops")]
+    f = _fig(
+        rows,
+        figs / "ex7.png",
+        f"exercise 7: the LeNet family, {b.train28} images, {b.epochs7} epochs, mean ± std over seeds",
+    )
+    c = cols(
+        "test acc (last)", "best test acc", "train acc (last)", "gap (train − test)", "train loss (last)", "s per run"
+    )
+    lenet, relu, drop, flip, crop, both = named(
+        rows, "ex7-lenet", "ex7-relu", "ex7-relu-dropout", "ex7-flip", "ex7-crop", "ex7-both"
+    )
+    steps = [
+        (lenet, relu, "ReLU instead of sigmoid"),
+        (relu, drop, "dropout"),
+        (drop, flip, "horizontal flips"),
+        (drop, crop, "random crops"),
+        (drop, both, "flips and crops"),
+    ]
 
     def verdict(a, b2):
         sa, sb = a.last("val_acc"), b2.last("val_acc")
@@ -314,42 +396,54 @@ def _ex7(b, g, figs, rel, cmd, root):
         return "helps" if sb.mean > sa.mean else "hurts"
 
     (dropout,) = {m.p for m in _layers("lenet-relu", nn.Dropout)}
-    text = "\n".join([
-        "## Exercise 7: ReLU and dropout in LeNet, then the images' invariances",
-        "",
-        f"`{cmd} --only 7`: one change at a time, each over {len(b.seeds)} seeds, the `cpu` recipe "
-        f"(momentum {PRESETS['cpu'].train.momentum:g}, warm-up, cosine, label smoothing, normalised input) with "
-        "**augmentation off** "
-        f"unless the row adds it; the first {b.train28} training images, {b.epochs7} epochs, the first "
-        f"{b.test28} test images. `lenet-relu-nodrop` is LeNet with ReLU only; `lenet-relu` adds dropout "
-        f"(p = {dropout:g}) after the two hidden FC layers.",
-        "",
-        _table(rows, c), "",
-        f"![exercise 7]({rel}/{f})", "",
-        *[f"- **{what}**: {verdict(a, b2)}. {versus(a, b2)}." for a, b2, what in steps],
-        "",
-        "Why. ReLU does not saturate, so gradients reach LeNet's first layers undiminished and the same "
-        "number of steps goes much further. "
-        + ("Dropout regularises a network that is hardly overfitting: LeNet-ReLU's training accuracy is "
-           f"only {fmt(relu.gap(), '{:+.4f}')} above its test accuracy, so dropout's noise costs more fit "
-           "than it saves in generalisation, within this budget. " if verdict(relu, drop) == "hurts" else
-           f"Dropout: {verdict(relu, drop)} here (LeNet-ReLU's gap without it: {fmt(relu.gap(), '{:+.4f}')}). ")
-        + (f"Augmentation likewise fights an overfitting that a {_params('lenet'):,}-parameter network on this many "
-           "images barely has: in a fixed number of epochs it makes the training task harder (the training "
-           "accuracy falls with each added augmentation) and its benefit, invariance, pays only when the "
-           "model would otherwise memorise its training set." if "hurts" in (verdict(drop, crop), verdict(drop, both))
-           else "Augmentation pays when the model would otherwise memorise its training set."),
-        "",
-        "**Which invariances Fashion-MNIST has.** Clothes are photographed upright and centred, so a "
-        "horizontal flip yields another plausible garment (a left-facing shoe becomes a right-facing "
-        f"one) and a {CROP}-pixel shift another plausible framing. A **vertical flip** does not: an upside-down "
-        "shirt, dress or ankle boot never occurs in the test set, and flipping turns a sandal's sole to "
-        "the top, so it would teach the network invariances the data do not have and spend capacity on "
-        "them. It is therefore not offered as an option, nor measured.",
-        "",
-    ])
-    ans = (f"ReLU: {verdict(lenet, relu)} ({fmt(lenet.last('val_acc'))} → {fmt(relu.last('val_acc'))}); dropout: "
-           f"{verdict(relu, drop)}; flips: {verdict(drop, flip)}; crops: {verdict(drop, crop)}; both: {verdict(drop, both)}")
+    text = "\n".join(
+        [
+            "## Exercise 7: ReLU and dropout in LeNet, then the images' invariances",
+            "",
+            f"`{cmd} --only 7`: one change at a time, each over {len(b.seeds)} seeds, the `cpu` recipe "
+            f"(momentum {PRESETS['cpu'].train.momentum:g}, warm-up, cosine, label smoothing, normalised input) with "
+            "**augmentation off** "
+            f"unless the row adds it; the first {b.train28} training images, {b.epochs7} epochs, the first "
+            f"{b.test28} test images. `lenet-relu-nodrop` is LeNet with ReLU only; `lenet-relu` adds dropout "
+            f"(p = {dropout:g}) after the two hidden FC layers.",
+            "",
+            _table(rows, c),
+            "",
+            f"![exercise 7]({rel}/{f})",
+            "",
+            *[f"- **{what}**: {verdict(a, b2)}. {versus(a, b2)}." for a, b2, what in steps],
+            "",
+            "Why. ReLU does not saturate, so gradients reach LeNet's first layers undiminished and the same "
+            "number of steps goes much further. "
+            + (
+                "Dropout regularises a network that is hardly overfitting: LeNet-ReLU's training accuracy is "
+                f"only {fmt(relu.gap(), '{:+.4f}')} above its test accuracy, so dropout's noise costs more fit "
+                "than it saves in generalisation, within this budget. "
+                if verdict(relu, drop) == "hurts"
+                else f"Dropout: {verdict(relu, drop)} here (LeNet-ReLU's gap without it: {fmt(relu.gap(), '{:+.4f}')}). "
+            )
+            + (
+                f"Augmentation likewise fights an overfitting that a {_params('lenet'):,}-parameter network on this many "
+                "images barely has: in a fixed number of epochs it makes the training task harder (the training "
+                "accuracy falls with each added augmentation) and its benefit, invariance, pays only when the "
+                "model would otherwise memorise its training set."
+                if "hurts" in (verdict(drop, crop), verdict(drop, both))
+                else "Augmentation pays when the model would otherwise memorise its training set."
+            ),
+            "",
+            "**Which invariances Fashion-MNIST has.** Clothes are photographed upright and centred, so a "
+            "horizontal flip yields another plausible garment (a left-facing shoe becomes a right-facing "
+            f"one) and a {CROP}-pixel shift another plausible framing. A **vertical flip** does not: an upside-down "
+            "shirt, dress or ankle boot never occurs in the test set, and flipping turns a sandal's sole to "
+            "the top, so it would teach the network invariances the data do not have and spend capacity on "
+            "them. It is therefore not offered as an option, nor measured.",
+            "",
+        ]
+    )
+    ans = (
+        f"ReLU: {verdict(lenet, relu)} ({fmt(lenet.last('val_acc'))} → {fmt(relu.last('val_acc'))}); dropout: "
+        f"{verdict(relu, drop)}; flips: {verdict(drop, flip)}; crops: {verdict(drop, crop)}; both: {verdict(drop, both)}"
+    )
     return text, [("7", f"{cmd} --only 7", ans, f"[ex7.png]({rel}/{f})")]
 
 
@@ -391,74 +485,107 @@ def _why_training_breaks(brk, recipe) -> str:
         "infinity. A warm-up takes small steps while the weights are still random; whether it rescues a rate is the "
         f"comparison of the with/without pairs above, at {LR_FACTORS[0]}× and at {LR_FACTORS[1]}× the recipe's "
         f"{recipe.spec.config(0, {}).train.lr:g}."
-    )  # fmt: skip
+    )
 
 
 def _ex8(b, g, figs, rel, cmd, root):
     over = g["8-overfit"]
     brk = g["8-break"]
-    long_all, nodrop, noaug, nowd, none1, none2 = named(over, "ex8-long-all", "ex8-long-nodrop", "ex8-long-noaug",
-                                                        "ex8-long-nowd", "ex8-long-none", "ex8-none-n2")
+    long_all, nodrop, noaug, nowd, none1, none2 = named(
+        over, "ex8-long-all", "ex8-long-nodrop", "ex8-long-noaug", "ex8-long-nowd", "ex8-long-none", "ex8-none-n2"
+    )
     recipe = named(brk, "ex8-all")
     n1, n2 = b.sizes8
     e1, e2 = b.epochs8
     eo = b.overfit_epochs
-    f1 = _fig([long_all, nodrop, noaug, nowd, none1], figs / "ex8-overfit.png", f"exercise 8: alexnet28 on {n1} images, {eo} epochs, "
-              "regularisers removed",
-              keys=("train_acc", "val_acc", "val_loss"))
-    f3 = _fig(brk, figs / "ex8-break.png", f"exercise 8: breaking alexnet28 ({n1} images, {e1} epochs)",
-              keys=("train_loss", "val_loss", "val_acc"))
+    f1 = _fig(
+        [long_all, nodrop, noaug, nowd, none1],
+        figs / "ex8-overfit.png",
+        f"exercise 8: alexnet28 on {n1} images, {eo} epochs, regularisers removed",
+        keys=("train_acc", "val_acc", "val_loss"),
+    )
+    f3 = _fig(
+        brk,
+        figs / "ex8-break.png",
+        f"exercise 8: breaking alexnet28 ({n1} images, {e1} epochs)",
+        keys=("train_loss", "val_loss", "val_acc"),
+    )
     f2 = _gap_figure(over, b, figs / "ex8-gap.png")
-    c = cols("train acc (last)", "test acc (last)", "best test acc", "gap (train − test)", "test loss (last)",
-             "epoch of min test loss")
+    c = cols(
+        "train acc (last)",
+        "test acc (last)",
+        "best test acc",
+        "gap (train − test)",
+        "test loss (last)",
+        "epoch of min test loss",
+    )
     bacc = recipe.last("val_acc")
 
     def outcome(grp):
         return _break_outcome(grp, bacc, len(b.seeds))
 
     tr = none1.last("train_acc")
-    text = "\n".join([
-        "## Exercise 8: making AlexNet overfit, and breaking its training",
-        "",
-        f"`{cmd} --only 8`, all with `alexnet28` (AlexNet's design at 28×28; at 224×224 this sweep would "
-        "take hours here) and the `cpu` recipe, over seeds. Training accuracy is the running accuracy of "
-        "the epoch *as trained*, with dropout and augmentation on where they are.",
-        "",
-        f"**Overfitting.** Remove the regularisers one at a time and together on the first {n1} training "
-        f"images ({eo} epochs, {eo * (n1 // b.batch)} steps), and compare with {n2} images ({e2} epochs). "
-        "*None* means no dropout, no crops or flips, no weight decay and no label smoothing. Test accuracy "
-        f"here is on the first {max(32, b.test28 // 5)} test images.",
-        "",
-        _table(over, c), "",
-        f"![overfitting]({rel}/{f1})", "",
-        f"![generalisation gap against training-set size]({rel}/{f2})", "",
-        f"- With every regulariser removed on {n1} images, training accuracy reaches {fmt(tr)} while test "
-        f"accuracy is {fmt(none1.last('val_acc'))}: a gap of {fmt(none1.gap(), '{:+.4f}')}; {trend(none1)}.",
-        f"- {versus(long_all, none1, 'val_acc')}.",
-        *[f"- {grp.label}: {versus(long_all, grp)}." for grp in (nodrop, noaug, nowd)],
-        f"- {n2} images, none: gap {fmt(none2.gap(), '{:+.4f}')} against {fmt(none1.gap(), '{:+.4f}')} at {n1}"
-        + (": more data closes the gap beyond the seeds' spread" if none2.gap() and none1.gap()
-           and none2.gap().exceeds(none1.gap()) and none2.gap().mean < none1.gap().mean
-           else ": not a difference these seeds resolve") + ".",
-        "",
-        "So to overfit: *more* fitting, not less — fewer images, no regularisers, and enough epochs for "
-        "the training accuracy to approach 1.0"
-        + ("" if tr is None else f" (here {tr.mean:.4f} after {eo} epochs"
-           + (")" if tr.mean >= 0.99 else "; more epochs would take it further)"))
-        + ". A lower learning rate or fewer epochs (the published "
-        "solution's suggestion) make the network fit its training set *less*: they underfit.",
-        "",
-        f"**Breaking training.** One change each to the recipe, on the same {n1} images and {e1} epochs:",
-        "",
-        _table(brk, cols("test acc (last)", "best test acc", "train loss (last)", "epoch of best")), "",
-        f"![breaking training]({rel}/{f3})", "",
-        *[f"- {grp.label}: {outcome(grp)}." for grp in brk if grp is not recipe],
-        "",
-        _why_training_breaks(brk, recipe),
-        "",
-    ])
-    ans = (f"overfits with no regularisers on {n1} images: train {fmt(tr)}, test {fmt(none1.last('val_acc'))}; "
-           + "; ".join(f"{grp.label}: {outcome(grp).split(':')[0].replace('*', '')}" for grp in brk if grp is not recipe))
+    text = "\n".join(
+        [
+            "## Exercise 8: making AlexNet overfit, and breaking its training",
+            "",
+            f"`{cmd} --only 8`, all with `alexnet28` (AlexNet's design at 28×28; at 224×224 this sweep would "
+            "take hours here) and the `cpu` recipe, over seeds. Training accuracy is the running accuracy of "
+            "the epoch *as trained*, with dropout and augmentation on where they are.",
+            "",
+            f"**Overfitting.** Remove the regularisers one at a time and together on the first {n1} training "
+            f"images ({eo} epochs, {eo * (n1 // b.batch)} steps), and compare with {n2} images ({e2} epochs). "
+            "*None* means no dropout, no crops or flips, no weight decay and no label smoothing. Test accuracy "
+            f"here is on the first {max(32, b.test28 // 5)} test images.",
+            "",
+            _table(over, c),
+            "",
+            f"![overfitting]({rel}/{f1})",
+            "",
+            f"![generalisation gap against training-set size]({rel}/{f2})",
+            "",
+            f"- With every regulariser removed on {n1} images, training accuracy reaches {fmt(tr)} while test "
+            f"accuracy is {fmt(none1.last('val_acc'))}: a gap of {fmt(none1.gap(), '{:+.4f}')}; {trend(none1)}.",
+            f"- {versus(long_all, none1, 'val_acc')}.",
+            *[f"- {grp.label}: {versus(long_all, grp)}." for grp in (nodrop, noaug, nowd)],
+            f"- {n2} images, none: gap {fmt(none2.gap(), '{:+.4f}')} against {fmt(none1.gap(), '{:+.4f}')} at {n1}"
+            + (
+                ": more data closes the gap beyond the seeds' spread"
+                if none2.gap()
+                and none1.gap()
+                and none2.gap().exceeds(none1.gap())
+                and none2.gap().mean < none1.gap().mean
+                else ": not a difference these seeds resolve"
+            )
+            + ".",
+            "",
+            "So to overfit: *more* fitting, not less — fewer images, no regularisers, and enough epochs for "
+            "the training accuracy to approach 1.0"
+            + (
+                ""
+                if tr is None
+                else f" (here {tr.mean:.4f} after {eo} epochs"
+                + (")" if tr.mean >= 0.99 else "; more epochs would take it further)")
+            )
+            + ". A lower learning rate or fewer epochs (the published "
+            "solution's suggestion) make the network fit its training set *less*: they underfit.",
+            "",
+            f"**Breaking training.** One change each to the recipe, on the same {n1} images and {e1} epochs:",
+            "",
+            _table(brk, cols("test acc (last)", "best test acc", "train loss (last)", "epoch of best")),
+            "",
+            f"![breaking training]({rel}/{f3})",
+            "",
+            *[f"- {grp.label}: {outcome(grp)}." for grp in brk if grp is not recipe],
+            "",
+            _why_training_breaks(brk, recipe),
+            "",
+        ]
+    )
+    ans = (
+        f"overfits with no regularisers on {n1} images: train {fmt(tr)}, test {fmt(none1.last('val_acc'))}; "
+        + "; ".join(f"{grp.label}: {outcome(grp).split(':')[0].replace('*', '')}" for grp in brk if grp is not recipe)
+    )
     return text, [("8", f"{cmd} --only 8", ans, f"[ex8-gap.png]({rel}/{f2}), [ex8-break.png]({rel}/{f3})")]
 
 
@@ -470,14 +597,22 @@ def _gap_figure(over: list[Group], b: Budget, path: Path) -> str:
 
     n1, n2 = b.sizes8
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    pairs = (("all regularisers", named(over, "ex8-long-all", "ex8-all-n2")),
-             ("none", named(over, "ex8-long-none", "ex8-none-n2")))
+    pairs = (
+        ("all regularisers", named(over, "ex8-long-all", "ex8-all-n2")),
+        ("none", named(over, "ex8-long-none", "ex8-none-n2")),
+    )
     for label, pair in pairs:
         pts = [(n, grp.gap()) for n, grp in zip((n1, n2), pair) if grp.gap() is not None]
         label = f"{label} ({b.overfit_epochs} and {b.epochs8[1]} epochs)"
         if pts:
-            ax.errorbar([n for n, _ in pts], [s.mean for _, s in pts], yerr=[s.std for _, s in pts], fmt="-o",
-                        capsize=3, label=label)  # fmt: skip
+            ax.errorbar(
+                [n for n, _ in pts],
+                [s.mean for _, s in pts],
+                yerr=[s.std for _, s in pts],
+                fmt="-o",
+                capsize=3,
+                label=label,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("training images")
     ax.set_ylabel("train acc − test acc (last epoch)")
@@ -493,8 +628,8 @@ def _gap_figure(over: list[Group], b: Budget, path: Path) -> str:
 
 def _pictures(b, g, figs, rel, cmd, root):
     """The chapter's Figure 8.1.2 from this sweep's own runs, and one image's feature maps."""
-    from ..runs import load_checkpoint, model_from_checkpoint
     from ..models import MODELS, build_model
+    from ..runs import load_checkpoint, model_from_checkpoint
     from ..visualize import first_conv, plot_activations, plot_filters, stage_maps
 
     lines = ["## What the networks learned: first-layer filters (the chapter's Figure 8.1.2) and feature maps", ""]
@@ -503,11 +638,15 @@ def _pictures(b, g, figs, rel, cmd, root):
     # them for docs/report.md), not after this sweep's 1,000 images, whose kernels are still noise.
     chapter = figs.parent / "report" / "filters-224.png"
     if chapter.exists():
-        lines += ["`alexnet` at 224×224 after the chapter's own runs (`d2l` and `fast`, all "
-                  f"{TRAIN_IMAGES:,} training images, seed 0), next to the kernels both started from; "
-                  "[report.md](report.md#figure-812-the-first-layer-"
-                  "trained-and-at-initialisation) says with a number how smooth they became:", "",
-                  f"![filters]({Path(rel).parent.as_posix()}/report/{chapter.name})", ""]
+        lines += [
+            "`alexnet` at 224×224 after the chapter's own runs (`d2l` and `fast`, all "
+            f"{TRAIN_IMAGES:,} training images, seed 0), next to the kernels both started from; "
+            "[report.md](report.md#figure-812-the-first-layer-"
+            "trained-and-at-initialisation) says with a number how smooth they became:",
+            "",
+            f"![filters]({Path(rel).parent.as_posix()}/report/{chapter.name})",
+            "",
+        ]
         shown = f"{Path(rel).parent.as_posix()}/report/{chapter.name}"
     for grp, name in ((named(g["4-28"], "ex4-alexnet28"), "filters-alexnet28.png"),):
         if not grp.finished:
@@ -522,10 +661,14 @@ def _pictures(b, g, figs, rel, cmd, root):
         w = first_conv(model).weight.detach()
         moved = float((w - w0).norm() / w0.norm()) if w0.norm() > 0 else 0.0
         moved_by[cfg.train.model], moved_kh[cfg.train.model] = moved, kh
-        lines += [f"`alexnet filters {run}` — {o} kernels {kh}×{kw} on {c} channel(s), after "
-                  f"{len(grp.finished[0]['metrics'])} epochs on {cfg.data.limit_train or 'all'} images; training "
-                  f"moved them by {moved:.0%} of their initial norm (‖W − W₀‖ / ‖W₀‖):", "",
-                  f"![filters]({rel}/{name})", ""]
+        lines += [
+            f"`alexnet filters {run}` — {o} kernels {kh}×{kw} on {c} channel(s), after "
+            f"{len(grp.finished[0]['metrics'])} epochs on {cfg.data.limit_train or 'all'} images; training "
+            f"moved them by {moved:.0%} of their initial norm (‖W − W₀‖ / ‖W₀‖):",
+            "",
+            f"![filters]({rel}/{name})",
+            "",
+        ]
         shown = shown or f"{rel}/{name}"
     big = MODELS["alexnet"].resolution
     (k224, _) = _layers("alexnet", nn.Conv2d)[0].kernel_size  # conv1's
@@ -533,12 +676,20 @@ def _pictures(b, g, figs, rel, cmd, root):
         "The chapter's figure shows AlexNet's ImageNet filters: oriented edges, gratings and colour blobs "
         "learned from 1.2 M photographs over 90 epochs. Here the networks trained for minutes on a few "
         "hundred or thousand grey 28×28 clothes. "
-        + " ".join(f"`{m}`'s kernels " + (f"moved {x:.0%} of their initial norm: they keep most of their random "
-                                          "initialisation and look like noise with faint structure."
-                                          if x < 0.5 else f"moved {x:.0%} of their initial norm: training has "
-                                          f"rewritten them, though {moved_kh[m]}×{moved_kh[m]} leaves room "
-                                          "for little more than local contrast." if moved_kh[m] <= 5
-                                          else f"moved {x:.0%}: training has rewritten them.") for m, x in moved_by.items())
+        + " ".join(
+            f"`{m}`'s kernels "
+            + (
+                f"moved {x:.0%} of their initial norm: they keep most of their random "
+                "initialisation and look like noise with faint structure."
+                if x < 0.5
+                else f"moved {x:.0%} of their initial norm: training has "
+                f"rewritten them, though {moved_kh[m]}×{moved_kh[m]} leaves room "
+                "for little more than local contrast."
+                if moved_kh[m] <= 5
+                else f"moved {x:.0%}: training has rewritten them."
+            )
+            for m, x in moved_by.items()
+        )
         + f" At {big}×{big} the upsampled images hold no detail finer than {big // D.IDX_SIDE} pixels for "
         f"{k224}×{k224} kernels to tune to; filters like the chapter's need the chapter's data and epochs."
     )
@@ -551,18 +702,33 @@ def _pictures(b, g, figs, rel, cmd, root):
         ds = D.load_dataset(cfg.data.dataset, cfg.data.data_dir)
         x = D.make_transform(cfg, ds.name, torch.device("cpu"))(ds.test.images[:1], train=False)
         label = ds.classes[int(ds.test.labels[0])]
-        written = plot_activations(model, x, figs, "activations-alexnet28", MAPS,
-                                   f"alexnet28 · test image 0 ({label})")  # fmt: skip
+        written = plot_activations(model, x, figs, "activations-alexnet28", MAPS, f"alexnet28 · test image 0 ({label})")
         last_h, last_w = stage_maps(model, x)[-1][1].shape[-2:]
-        lines += [f"`alexnet activations {run} test:0` — the feature maps of each stage for the first test "
-                  f"image ({label}), the {MAPS} strongest channels per stage:", ""]
+        lines += [
+            f"`alexnet activations {run} test:0` — the feature maps of each stage for the first test "
+            f"image ({label}), the {MAPS} strongest channels per stage:",
+            "",
+        ]
         lines += [f"![{w['stage']}]({rel}/{w['path'].name})" for w in written]
-        lines += ["", "The first stages respond to the garment's edges and its bright and dark regions at full "
-                  "resolution; after each pooling the maps get coarser and more selective, and in the last "
-                  f"stage ({last_h}×{last_w}) a few channels carry most of the activation.", ""]
-    return "\n".join(lines), ([("Fig. 8.1.2", "alexnet filters RUN; alexnet activations RUN test:0",
-                                 "first-layer kernels as an image grid; each stage's strongest feature maps",
-                                 f"[{Path(shown).name}]({shown})")] if shown else [])
+        lines += [
+            "",
+            "The first stages respond to the garment's edges and its bright and dark regions at full "
+            "resolution; after each pooling the maps get coarser and more selective, and in the last "
+            f"stage ({last_h}×{last_w}) a few channels carry most of the activation.",
+            "",
+        ]
+    return "\n".join(lines), (
+        [
+            (
+                "Fig. 8.1.2",
+                "alexnet filters RUN; alexnet activations RUN test:0",
+                "first-layer kernels as an image grid; each stage's strongest feature maps",
+                f"[{Path(shown).name}]({shown})",
+            )
+        ]
+        if shown
+        else []
+    )
 
 
 SECTIONS = (_ex123, _ex4, _ex5, _ex6, _ex7, _ex8, _pictures)
