@@ -1,9 +1,10 @@
-"""The `alexnet` command: train, evaluate, predict, summary, models."""
+"""The `alexnet` command: its subcommands' parsers and their one-line errors (`alexnet --help` lists them)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import os
 import signal
 import sys
@@ -11,6 +12,7 @@ import time
 import typing
 from pathlib import Path
 
+from . import __version__
 from .config import PRESETS, SECTIONS, Config, ConfigError, choices
 
 
@@ -549,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import add_export_parser
 
     p = _Parser(prog="alexnet", description="AlexNet (D2L 8.1): train, evaluate and measure.")
+    # torch's version from its metadata: `alexnet --version` answers without importing torch
+    versions = f"alexnet {__version__} (torch {importlib.metadata.version('torch')})"
+    p.add_argument("--version", action="version", version=versions)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     from .exercises import add_parser as _add_exercises  # its parser and command live with it
     from .report import add_report_parser

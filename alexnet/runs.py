@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import __version__
 from .config import Config, ConfigError, DataConfig, TrainConfig
 from .models import build_model
 
@@ -416,6 +417,7 @@ class RunDir:
 
     def write_config(self, cfg: Config, changes: list[dict], plan: dict | None = None) -> None:
         record = {**cfg.to_dict(), "changes": changes} if changes else cfg.to_dict()
+        record["versions"] = {"alexnet": __version__, "torch": str(torch.__version__)}  # what wrote the run
         if plan:  # a --time-budget run's plan (budget.Plan)
             record["plan"] = plan
         atomic_write(self.path / "config.json", json.dumps(record, indent=2) + "\n")

@@ -1,9 +1,14 @@
 """The command line end to end, as a user runs it, in a temporary directory."""
 
+import json
+
 import numpy as np
 import pytest
+import torch
 from conftest import alexnet, one_error_line
 from PIL import Image
+
+from alexnet import __version__
 
 
 def test_train_reports_preset_device_accuracy_and_run_directory(trained_run):
@@ -13,6 +18,13 @@ def test_train_reports_preset_device_accuracy_and_run_directory(trained_run):
     assert {"config.json", "metrics.jsonl", "metrics.csv", "curves.png", "last.pt", "best.pt"} <= {
         p.name for p in run.iterdir()
     }
+    versions = json.loads((run / "config.json").read_text())["versions"]  # what wrote the run, beside torch
+    assert versions == {"alexnet": __version__, "torch": str(torch.__version__)}
+
+
+def test_version_is_the_packages_one(tmp_path):
+    r = alexnet("--version", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith(f"alexnet {__version__} (torch {torch.__version__}")
 
 
 def test_evaluate_prints_per_class_accuracy_and_writes_confusion_matrix(trained_run, idx_dir):

@@ -93,6 +93,8 @@ def upward_imports(package: Path, rows: list[list[str]]) -> tuple[list[str], set
             if not (isinstance(node, ast.ImportFrom) and node.level) or node.level < len(parts):
                 continue  # absolute, or a sibling inside the same sub-package
             for target in [node.module.split(".")[0]] if node.module else [a.name for a in node.names]:
+                if target == "__version__":  # the package's front, which imports nothing
+                    continue
                 if me not in row or target not in row:
                     unplaced.add(me if me not in row else target)
                 elif row[target] < row[me]:
