@@ -4,6 +4,7 @@ the plan (the configurations each exercise compares, the same at every budget)."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import PRESETS, Config
 
@@ -96,6 +97,16 @@ BUDGETS = {
         whole_epochs=20,
     ),
 }
+
+
+# The budget docs/exercises.md reports: only its page and figures go to docs/ by default; the others
+# write beside their runs (runs/exercises-BUDGET/exercises.md), so a first smoke run touches no docs.
+PUBLISHED = "full"
+
+
+def default_page(budget: str, root: Path) -> Path:
+    """Where `alexnet exercises --budget BUDGET` writes its page when --out is not given."""
+    return Path("docs/exercises.md") if budget == PUBLISHED else root / "exercises.md"
 
 
 @dataclass(frozen=True)
