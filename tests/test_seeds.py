@@ -1,5 +1,5 @@
-"""Every random stream of a run, keyed by (seed, purpose, epoch, step, rank): distinct streams, and
-the earlier offsets kept for old runs."""
+"""Every random stream of a run, keyed by (seed, purpose, epoch, step, rank): distinct streams, the
+earlier offsets kept for old runs, and a run's initial weights rebuilt from its seed."""
 
 import itertools
 
@@ -59,3 +59,56 @@ def test_a_config_saved_before_keyed_streams_keeps_offsets_so_it_resumes_exactly
 def test_an_unknown_stream_is_refused():
     with pytest.raises(ValueError, match="unknown random stream"):
         derive(0, "weights")
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's initial weights, and how far training moved them
+
+
+def test_a_runs_first_layer_before_its_first_step_is_rebuilt_from_its_seed(tmp_path, idx_dir, monkeypatch):
+    from conftest import interrupt_at_batch
+
+    from alexnet import runs as R
+    from alexnet import train as T
+    from alexnet.seeds import initial_first_conv
+
+    interrupt_at_batch(monkeypatch, 1)  # stopped before the first step: last.pt holds the untrained network
+    cfg = Config(preset="test").replace(
+        model="alexnet28", dataset="mnist", data_dir=str(idx_dir), epochs=1, batch_size=16, seed=7
+    )
+    assert T.fit(cfg, tmp_path / "run", progress=False, quiet=True).interrupted
+    ckpt = R.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 0)
+    torch.testing.assert_close(initial_first_conv(ckpt["cfg"], 1, 10), ckpt["model"]["0.weight"], rtol=0, atol=0)
+    assert not torch.equal(initial_first_conv(cfg.replace(seed=8), 1, 10), ckpt["model"]["0.weight"])
+
+
+def test_rebuilding_the_initial_weights_leaves_the_callers_random_stream_as_it_was():
+    from alexnet.seeds import initial_first_conv
+
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    initial_first_conv(PRESETS["cpu"].replace(model="alexnet28", seed=5), 1, 10)
+    assert torch.equal(torch.rand(4), expected)  # build_model(seed=...) reseeds torch; the caller never sees it
+
+
+def test_a_first_layer_fitted_to_the_data_has_no_initial_weights_to_rebuild():
+    from alexnet.seeds import initial_first_conv
+
+    assert initial_first_conv(PRESETS["cpu"].replace(model="speednet-white"), 1, 10) is None
+
+
+def test_how_far_training_moved_is_relative_to_the_initial_norm_and_defined_at_zero():
+    import math
+
+    from alexnet.seeds import moved
+
+    w0 = torch.randn(8, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert moved(w0, w0) == 0.0
+    assert moved(3 * w0, w0) == pytest.approx(2.0)
+    step = 1e-3 * math.sqrt(w0.numel()) / float(w0.double().norm())
+    assert moved(w0 + 1e-3, w0) == pytest.approx(step, rel=1e-4)  # w0 + 1e-3 is rounded to fp32
+    zero = torch.zeros_like(w0)
+    assert moved(zero, zero) == 0.0  # nothing to move and nothing moved
+    assert moved(w0, zero) == math.inf  # started at zero: every bit of W is training's (not 0.0, not NaN)
