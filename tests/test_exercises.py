@@ -297,3 +297,17 @@ def test_a_file_that_is_not_an_exercises_page_is_left_alone_in_one_line(what, tm
     else:
         assert ("a FIFO" if what == "fifo" else "a directory") in err[0]
         assert not out.is_file()
+
+
+def test_the_plans_comments_hold_no_measured_figure():
+    """A measured number typed into a comment goes stale on the next run: the page measures, the plan plans."""
+    import importlib
+    import io
+    import re
+    import tokenize
+    from pathlib import Path
+
+    source = Path(importlib.import_module("alexnet.exercises.plan").__file__).read_text()
+    comments = [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT]
+    measured = re.compile(r"\d[\d.,]*\s*(images/s|img/s|%|min\b|minutes|seconds)|acc(uracy)?\s+[01]\.\d|\bhalf of it")
+    assert comments and not [c for c in comments if measured.search(c)]

@@ -21,7 +21,7 @@ from .results import Ledger, collect
 from .sections import SECTIONS
 
 TITLE = "# The exercises of D2L §8.1, answered and measured"
-PAGE_BYTES = 4 * 2**20  # the full page is ~40 kB; a larger file is not one of these pages
+PAGE_BYTES = 4 * 2**20  # far above any page this command writes: a larger file is not one of them
 _BUDGET = re.compile(r"\bBudget `([^`\n]{1,40})`:")  # the head's "Budget `full`: 81 of 81 training runs"
 
 
