@@ -44,13 +44,20 @@ class BenchError(ValueError):
     pass
 
 
+MAX_BATCH = 1 << 20  # as the configuration bounds --batch-size (tests/test_analysis.py checks they agree)
+
+
 def parse_batch_sizes(text: str) -> list[int]:
+    """``--batch-sizes``: distinct integers in 1..MAX_BATCH, smallest first. The other integer flags
+    are bounded where the parser is built (cli's ``_int_in``); this one is a list."""
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise BenchError(f"malformed batch sizes {text!r}: expected positive integers such as 16,32,64") from None
     if not sizes or min(sizes) <= 0:
         raise BenchError(f"malformed batch sizes {text!r}: expected positive integers such as 16,32,64")
+    if max(sizes) > MAX_BATCH:
+        raise BenchError(f"--batch-sizes: {max(sizes)} is outside 1..{MAX_BATCH}")
     return sorted(set(sizes))
 
 
@@ -233,16 +240,13 @@ def sweep(
     from .device import bf16_autocast, select_device
     from .measure import machine
 
+    # steps, warmup, threads and the other integers arrive bounded: the parser checks every flag.
     if threads is not None:
-        if threads <= 0:
-            raise BenchError(f"--threads must be positive, not {threads}")
         # On a CPU shared with other jobs, fewer threads than cores avoids OpenMP barriers that
         # wait for a descheduled thread: 2 threads on 2 busy cores measured ~50x slower LeNet steps.
         torch.set_num_threads(threads)
 
     get_spec(model_name)
-    if steps <= 0 or warmup < 0:
-        raise BenchError("--steps must be positive and --warmup not negative")
     dev = select_device(device)
     use_amp = bf16_autocast(amp, dev)
     res = resolution or get_spec(model_name).resolution

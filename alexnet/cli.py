@@ -514,11 +514,13 @@ def _add_bench(sub) -> None:
     )
     b.add_argument("--model", default="alexnet")
     b.add_argument("--batch-sizes", default="16,32,64,128,256,512")
-    b.add_argument("--steps", type=int, default=10, help="timed training steps per batch size")
-    b.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    # Every integer flag bounded by _int_in, as train's are by the configuration: a typo is one line,
+    # never a traceback, a silent default (--resolution 0) or an allocation the machine cannot hold.
+    b.add_argument("--steps", type=_int_in(1, 100_000), default=10, help="timed training steps per batch size")
+    b.add_argument("--warmup", type=_int_in(0, 100_000), default=3, help="untimed steps first")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    b.add_argument("--in-channels", type=int, default=1)
-    b.add_argument("--resolution", type=int, help="input side (default: the model's own)")
+    b.add_argument("--in-channels", type=_int_in(1, 64), default=1)
+    b.add_argument("--resolution", type=_int_in(1, 1024), help="input side (default: the model's own)")
     b.add_argument(
         "--amp",
         default="auto",
@@ -527,7 +529,7 @@ def _add_bench(sub) -> None:
     )
     b.add_argument(
         "--accuracy-epochs",
-        type=int,
+        type=_int_in(0, 100_000),
         default=0,
         help="also train each batch size this many epochs, lr = preset lr x B / 128, and report accuracy",
     )
@@ -540,10 +542,12 @@ def _add_bench(sub) -> None:
     )
     b.add_argument("--dataset", default="fashion-mnist")
     b.add_argument("--data-dir")
-    b.add_argument("--limit-train", type=int, help="use only the first N training images")
-    b.add_argument("--limit-test", type=int, help="use only the first N test images")
+    b.add_argument("--limit-train", type=_int_in(1, 1 << 31), help="use only the first N training images")
+    b.add_argument("--limit-test", type=_int_in(1, 1 << 31), help="use only the first N test images")
     b.add_argument("--out", help="directory for bench.csv, bench.md, bench.png (default runs/bench-MODEL-TIME)")
-    b.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 on a CPU shared with other jobs")
+    b.add_argument(
+        "--threads", type=_int_in(1, 1024), help="CPU threads (default: torch's); 1 on a CPU shared with other jobs"
+    )
     b.set_defaults(func=cmd_bench)
 
 

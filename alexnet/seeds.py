@@ -12,7 +12,8 @@ stream you need; never add an offset to a seed by hand.
 A new purpose is one more name in PURPOSES; ``derive`` hashes the whole key, so two streams are
 equal only if their keys are (tests/test_seeds.py checks every purpose against every other).
 Model initialisation is the one stream that is not keyed: ``build_model(name, seed=seed)`` seeds
-torch with the run's seed itself, so any run's initial weights can be rebuilt from config.json.
+torch with the run's seed itself, so any run's initial weights can be rebuilt from config.json
+(``initial_first_conv``), and ``moved`` says how far training took the weights from them.
 
 Why keyed, not offsets: the earlier derivations (``seed * 1_000_003 + epoch`` for the order,
 ``... + index + 7_777`` for augmentation, ``seed * 1_000_003 + 7 * step`` for dropout) collided:
@@ -24,6 +25,7 @@ here as ``style="offsets"`` so that a run started before keyed streams (its conf
 from __future__ import annotations
 
 import hashlib
+import math
 import typing
 
 import torch
@@ -92,3 +94,29 @@ class Seeds:
 def as_seeds(seed: int | Seeds) -> Seeds:
     """Functions that take a seed accept a plain int (keyed streams) or a run's ``Seeds``."""
     return seed if isinstance(seed, Seeds) else Seeds(seed)
+
+
+def initial_first_conv(cfg, in_channels: int, num_classes: int) -> torch.Tensor | None:
+    """A run's first-layer weights before its first step, rebuilt from its seed: ``train`` builds the
+    network with ``build_model(..., seed=cfg.train.seed)`` before anything else draws from torch's
+    stream, so the same call gives them exactly (tests/test_report.py checks this against a checkpoint
+    taken at step 0). The caller's random stream is left as it was. None for a first layer that is
+    fitted to the data rather than drawn (a whitening conv): it has no initial state to rebuild."""
+    from .filters import first_conv
+    from .models import WhiteningConv, build_model
+
+    with torch.random.fork_rng(devices=[]):
+        conv = first_conv(build_model(cfg.train.model, in_channels, num_classes, seed=cfg.train.seed))
+    return None if isinstance(conv, WhiteningConv) else conv.weight.detach().clone()
+
+
+def moved(w: torch.Tensor, w0: torch.Tensor) -> float:
+    """How far training moved weights ``w`` from their initial ``w0``: ||W - W0|| / ||W0|| (Frobenius
+    norms, in float64). Initial weights of norm zero give no scale, so the value is defined by the
+    limit: 0.0 when training left them at zero, ``math.inf`` when it moved them at all (all of W is
+    training's). Never NaN, and never 0.0 for weights that did move."""
+    w, w0 = w.detach().double().cpu(), w0.detach().double().cpu()
+    change, scale = float((w - w0).norm()), float(w0.norm())
+    if scale == 0.0:
+        return 0.0 if change == 0.0 else math.inf
+    return change / scale

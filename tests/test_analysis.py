@@ -420,10 +420,49 @@ def test_an_allocation_failure_anywhere_is_one_line(capsys, tmp_path, monkeypatc
             ["analyze", "--input", "1,100000,100000"],
             "input 1x100000x100000 is too large for this network: layer 14 (Linear) takes 6400 features",
         ),
-        (["bench", "--model", "alexnet", "--resolution", "100000", "--batch-sizes", "1"], "is too large for this"),
+        (["bench", "--model", "lenet", "--batch-sizes", "8,2000000"], "--batch-sizes: 2000000 is outside 1..1048576"),
     ],
 )
 def test_bad_input_gives_one_clear_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize(
+    "flag, value, bounds",
+    [
+        ("--steps", "0", "1..100000"),
+        ("--steps", "1000000000", "1..100000"),
+        ("--warmup", "-1", "0..100000"),
+        ("--in-channels", "0", "1..64"),
+        ("--resolution", "0", "1..1024"),  # was: silently the model's own side
+        ("--resolution", "100000", "1..1024"),
+        ("--accuracy-epochs", "-1", "0..100000"),
+        ("--limit-train", "0", "1..2147483648"),
+        ("--limit-test", "-5", "1..2147483648"),
+        ("--threads", "0", "1..1024"),
+        ("--threads", "x", None),
+    ],
+)
+def test_every_integer_flag_of_bench_is_bounded_in_one_line(flag, value, bounds, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--model", "lenet", "--batch-sizes", "2", "--device", "cpu", flag, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = f"argument {flag}: " + (
+        f"{value} is outside {bounds}" if bounds else f"expected an integer, not {value!r}"
+    )
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_bench_bounds_resolution_epochs_and_batch_as_the_configuration_does():
+    from alexnet.bench import MAX_BATCH
+    from alexnet.cli import build_parser
+    from alexnet.config import Config, ConfigError
+
+    bench = build_parser().parse_args(["bench", "--resolution", "1024", "--accuracy-epochs", "100000"])
+    cfg = Config(preset="test").replace(resolution=bench.resolution, epochs=bench.accuracy_epochs, batch_size=MAX_BATCH)
+    for too_big in (dict(resolution=1025), dict(epochs=100_001), dict(batch_size=MAX_BATCH + 1)):
+        with pytest.raises(ConfigError):
+            cfg.replace(**too_big)

@@ -130,7 +130,7 @@ def test_smoke_budget_writes_every_table_and_figure(idx_dir, tmp_path, capsys):
         "Figure 8.1.2",
     ):
         assert heading in text
-    figs = tmp_path / "docs" / "figures" / "exercises"
+    figs = tmp_path / "docs" / "figures" / "exercises-smoke"  # a budget's own folder: never the full page's
     for name in (
         "ex4-224.png",
         "ex4-28.png",
@@ -144,7 +144,7 @@ def test_smoke_budget_writes_every_table_and_figure(idx_dir, tmp_path, capsys):
         "activations-alexnet28-stage1.png",
     ):
         assert (figs / name).stat().st_size > 1000, name
-        assert f"figures/exercises/{name}" in text, name
+        assert f"figures/exercises-smoke/{name}" in text, name
     assert "—" not in text.split("## Exercise 6")[0].split("## Exercise 4")[1]  # every ex. 4/5 cell measured
     assert " ± " in text
     assert [r[0] for r in result["readme"]] == ["1–3", "4", "5", "6", "7", "8", "Fig. 8.1.2"]
@@ -192,8 +192,8 @@ def test_a_measured_page_is_not_replaced_by_one_with_fewer_measured_rows_unless_
     out.write_text(page)
     figure = tmp_path / "docs" / "figures" / "exercises" / "ex7.png"
     figure.write_bytes(b"measured")
-    args = ["exercises", "--render-only", "--out", str(out), "--runs", str(tmp_path / "no-runs")]
-    assert main(args) == 2  # no finished run under --runs: every table would say "—"
+    args = ["exercises", "--budget", "full", "--render-only", "--out", str(out), "--runs", str(tmp_path / "no-runs")]
+    assert main(args) == 2  # the same budget, but no finished run under --runs: every table would say "—"
     assert out.read_text() == page and figure.read_bytes() == b"measured"
     from alexnet.exercises import measured_rows
 
@@ -219,3 +219,95 @@ def test_exercise_8s_learning_rates_are_the_cpu_recipes_taken_10x_and_3x_and_the
         lr = specs[name].config(0, {}).train.lr
         assert lr == pytest.approx(k * recipe)
         assert specs[name].label.startswith(f"lr {k}x ({lr:g})")
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def full_page(tmp_path):
+    """A `full` budget's page as the code writes it (rendered from no runs), and figures beside it."""
+    out = tmp_path / "docs" / "exercises.md"
+    run_exercises("full", out, tmp_path / "full-runs", render_only=True)
+    figs = tmp_path / "docs" / "figures" / "exercises"
+    for name in ("ex7.png", "ex8-gap.png"):  # ex8-gap.png: a figure a smoke render draws too
+        (figs / name).write_bytes(b"the full budget's figure")
+    return out
+
+
+def test_a_smoke_run_never_replaces_the_full_budgets_page_or_figures(full_page, idx_dir, tmp_path, capsys):
+    from alexnet.exercises import page_budget
+
+    docs = full_page.parent
+    assert page_budget(full_page.read_text()) == "full"
+    before = _snapshot(docs)
+    capsys.readouterr()
+    runs = tmp_path / "runs"
+    args = ["exercises", "--budget", "smoke", "--out", str(full_page), "--runs", str(runs), "--data-dir", str(idx_dir)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "larger `full` budget's page" in err[0] and "--overwrite" in err[0], err
+    assert _snapshot(docs) == before  # the page and every figure byte for byte
+    assert not runs.exists()  # refused before anything trained
+
+
+def test_a_smaller_budgets_figures_never_replace_a_larger_budgets(full_page, capsys):
+    docs = full_page.parent
+    full_figures = _snapshot(docs / "figures" / "exercises")
+    other = docs / "smoke.md"  # another page in the same folder: its figures must not land on the full page's
+    assert main(["exercises", "--budget", "smoke", "--render-only", "--out", str(other)]) == 0
+    assert _snapshot(docs / "figures" / "exercises") == full_figures
+    assert (docs / "figures" / "exercises-smoke" / "ex8-gap.png").read_bytes() != b"the full budget's figure"
+    assert "figures/exercises-smoke/ex8-gap.png" in other.read_text()
+
+
+def test_smoke_and_small_write_beside_their_runs_by_default_and_touch_no_docs(tmp_path, monkeypatch, capsys):
+    from alexnet.exercises.plan import default_page
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["exercises", "--budget", "smoke", "--render-only"]) == 0
+    page = tmp_path / "runs" / "exercises-smoke" / "exercises.md"
+    assert page.read_text().startswith("# The exercises of D2L")
+    assert (page.parent / "figures" / "exercises-smoke").is_dir()
+    assert not (tmp_path / "docs").exists()
+    assert default_page("small", tmp_path / "r") == tmp_path / "r" / "exercises.md"
+    assert str(default_page("full", tmp_path / "r")) == "docs/exercises.md"
+
+
+@pytest.mark.parametrize("what", ["notes", "fifo", "directory"])
+def test_a_file_that_is_not_an_exercises_page_is_left_alone_in_one_line(what, tmp_path, capsys):
+    import os
+
+    out = tmp_path / "exercises.md"
+    if what == "notes":
+        out.write_text("my own notes\n")
+    elif what == "fifo":
+        os.mkfifo(out)  # opened without blocking: no writer needed, no hang
+    else:
+        out.mkdir()
+    args = ["exercises", "--budget", "smoke", "--render-only", "--out", str(out), "--runs", str(tmp_path / "runs")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"alexnet: error: {out}: "), err
+    if what == "notes":
+        assert "not a page `alexnet exercises` wrote; --overwrite replaces it anyway" in err[0]
+        assert out.read_text() == "my own notes\n"
+        assert main([*args, "--overwrite"]) == 0 and out.read_text().startswith("# The exercises")
+    else:
+        assert ("a FIFO" if what == "fifo" else "a directory") in err[0]
+        assert not out.is_file()
+
+
+def test_the_plans_comments_hold_no_measured_figure():
+    """A measured number typed into a comment goes stale on the next run: the page measures, the plan plans."""
+    import importlib
+    import io
+    import re
+    import tokenize
+    from pathlib import Path
+
+    source = Path(importlib.import_module("alexnet.exercises.plan").__file__).read_text()
+    comments = [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT]
+    measured = re.compile(r"\d[\d.,]*\s*(images/s|img/s|%|min\b|minutes|seconds)|acc(uracy)?\s+[01]\.\d|\bhalf of it")
+    assert comments and not [c for c in comments if measured.search(c)]

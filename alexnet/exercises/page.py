@@ -1,21 +1,28 @@
 """docs/exercises.md: the page's head and one-table summary, each exercise's section (sections.py),
-what each budget cost, and the rule that a page with fewer measured rows is not written over one
-with more."""
+what each budget cost, and the rules for writing over a page already there: never over a file that
+is not such a page, never over a larger budget's page, never with fewer measured rows; ``--overwrite``
+lifts all three. Figures go to a folder of their budget's own, so no budget replaces another's."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
 
 from ..measure import machine
-from ..runs import RunError, atomic_write, not_regular
+from ..runs import RunError, atomic_write
 from ..tables import grid
-from .plan import BUDGETS, Budget, plan
+from .plan import BUDGETS, PUBLISHED, Budget, plan
 from .results import Ledger, collect
 from .sections import SECTIONS
+
+TITLE = "# The exercises of D2L §8.1, answered and measured"
+PAGE_BYTES = 4 * 2**20  # far above any page this command writes: a larger file is not one of them
+_BUDGET = re.compile(r"\bBudget `([^`\n]{1,40})`:")  # the head's "Budget `full`: 81 of 81 training runs"
 
 
 def measured_rows(text: str) -> int:
@@ -26,12 +33,67 @@ def measured_rows(text: str) -> int:
     return sum(1 for r in rows if "—" not in r and "not measured" not in r)
 
 
+def figures_folder(out: Path, b: Budget) -> Path:
+    """Where budget ``b``'s figures go beside the page ``out``: ``figures/exercises`` for the budget
+    docs/exercises.md publishes, ``figures/exercises-NAME`` for the others, so a smaller budget's
+    figures never replace a larger one's, whatever --out says."""
+    return out.parent / "figures" / ("exercises" if b.name == PUBLISHED else f"exercises-{b.name}")
+
+
+def page_budget(text: str) -> str | None:
+    """The budget a page was written at, from its head (None: the head names none)."""
+    head = text.split("\n## ", 1)[0]
+    found = _BUDGET.search(head)
+    return found.group(1) if found else None
+
+
+def existing_page(out: Path) -> str | None:
+    """The text of the file at ``out`` (None: there is none), read without blocking and bounded: a
+    FIFO or a directory is refused with one line, a file over PAGE_BYTES reads as "" (not a page)."""
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise RunError(f"{out}: cannot be read ({e.strerror}); give another --out") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise RunError(f"{out}: {kind}, not a file; give another --out")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(PAGE_BYTES + 1)
+    finally:
+        os.close(fd)
+    return "" if len(data) > PAGE_BYTES else data.decode(errors="replace")
+
+
+def check_page(out: Path, b: Budget, overwrite: bool = False) -> str | None:
+    """The page at ``out`` that budget ``b`` may replace (None: there is none). Refused, in one line
+    naming --overwrite: a file that is not a page of `alexnet exercises`, and a larger budget's page
+    (or one whose budget this version does not know). A path that is not a file is refused always."""
+    text = existing_page(out)
+    if text is None or overwrite:
+        return text
+    why = None
+    if not text.startswith(TITLE):
+        why = "it is not a page `alexnet exercises` wrote"
+    elif (theirs := page_budget(text)) not in BUDGETS:
+        why = f"its budget ({theirs or 'none named'}) is not one of {', '.join(BUDGETS)}"
+    elif list(BUDGETS).index(theirs) > list(BUDGETS).index(b.name):
+        why = f"it is the larger `{theirs}` budget's page, and this is `{b.name}`"
+    if why:
+        raise RunError(f"{out}: not rewritten: {why}; --overwrite replaces it anyway")
+    return text
+
+
 def render(
     b: Budget, p: dict, root: Path, ledger: Ledger, out: Path, data: dict, sweep_s: float, overwrite: bool = False
 ) -> dict:
-    """Write the report and its figures; a page with fewer measured rows than the one it would
-    replace (runs missing from ``root``, a narrower --only) is refused unless ``overwrite``."""
-    final = out.parent / "figures" / "exercises"
+    """Write the report and its figures; check_page's refusals, and a page with fewer measured rows
+    than the one it would replace (runs missing from ``root``, a narrower --only), unless ``overwrite``."""
+    check_page(out, b, overwrite)  # before anything is drawn
+    final = figures_folder(out, b)
     final.parent.mkdir(parents=True, exist_ok=True)
     # The figures are drawn aside and moved in only once the page is known to keep what it had.
     figs = Path(tempfile.mkdtemp(prefix=".exercises.", dir=final.parent))
@@ -132,7 +194,8 @@ def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> d
         "",
     ]
     text = "\n".join(head + sections) + "\n"
-    had = measured_rows(out.read_text(errors="replace")) if not_regular(out) is None else 0
+    old = check_page(out, b, overwrite)  # again: the page may have changed while the runs trained
+    had = measured_rows(old) if old else 0
     if measured_rows(text) < had and not overwrite:
         raise RunError(
             f"{out}: not rewritten: it has {had} measured rows, this report {measured_rows(text)} "

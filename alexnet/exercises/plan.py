@@ -4,6 +4,7 @@ the plan (the configurations each exercise compares, the same at every budget)."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import PRESETS, Config
 
@@ -13,11 +14,13 @@ class Budget:
     """How much of each experiment a budget affords; the plan below is the same at every budget."""
 
     name: str
-    # About how long the whole sweep takes on 2 CPU cores: the one place the budgets' durations are
-    # stated (`alexnet exercises --help` reads it); docs/exercises.md's last section gives the measured times.
+    # The duration each budget is sized for on 2 CPU cores, a target rather than a measurement: the one
+    # place it is stated (`alexnet exercises --help` reads it). What a sweep took is measured and
+    # written in the page's last section, from the runs' ledger.
     minutes: int
     seeds: tuple[int, ...]
-    # Exercises 4 and 5 at 224x224: a fixed training subset (AlexNet runs ~66 images/s here).
+    # Exercises 4 and 5 at 224x224: a fixed training subset (AlexNet at 224 is the slow one: the
+    # page's tables give its images/s as measured).
     train224: int
     epochs224: int
     test224: int
@@ -30,7 +33,7 @@ class Budget:
     # Exercise 8: training-set sizes for overfitting (the first also hosts "breaking training").
     sizes8: tuple[int, ...]
     epochs8: tuple[int, ...]
-    overfit_epochs: int  # on the smaller set: enough for the unregularised network to reach train acc 1.0
+    overfit_epochs: int  # on the smaller set: long, so the unregularised network overfits (the page says how far)
     batch: int = 128
     # Exercise 4 at 28x28 on the whole training set (None: every image), tested on the whole test set;
     # 0 epochs leaves it out of the budget.
@@ -77,7 +80,7 @@ BUDGETS = {
         epochs8=(20, 12),
         overfit_epochs=60,
     ),
-    # What docs/exercises.md reports; exercise 4 on the whole training set is almost half of it.
+    # What docs/exercises.md reports (PUBLISHED below); the page's last section gives what each part cost.
     "full": Budget(
         "full",
         80,
@@ -96,6 +99,16 @@ BUDGETS = {
         whole_epochs=20,
     ),
 }
+
+
+# The budget docs/exercises.md reports: only its page and figures go to docs/ by default; the others
+# write beside their runs (runs/exercises-BUDGET/exercises.md), so a first smoke run touches no docs.
+PUBLISHED = "full"
+
+
+def default_page(budget: str, root: Path) -> Path:
+    """Where `alexnet exercises --budget BUDGET` writes its page when --out is not given."""
+    return Path("docs/exercises.md") if budget == PUBLISHED else root / "exercises.md"
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from ..runs import read_metrics
-from .page import render
-from .plan import BUDGETS, EXERCISE_OF, Spec, plan
+from .page import check_page, render
+from .plan import BUDGETS, EXERCISE_OF, Spec, default_page, plan
 from .results import Ledger
 
 
@@ -84,7 +84,7 @@ def train_one(spec: Spec, seed: int, root: Path, data: dict, ledger: Ledger, loc
 
 def run_exercises(
     budget: str,
-    out: Path,
+    out: Path | None = None,
     runs: Path | None = None,
     only: set[str] | None = None,
     data_dir: str | None = None,
@@ -92,9 +92,12 @@ def run_exercises(
     render_only: bool = False,
     overwrite: bool = False,
 ) -> dict:
-    """Train what the budget's plan lacks, then write the report ``out`` and its figures."""
+    """Train what the budget's plan lacks, then write the report ``out`` (None: plan.default_page)
+    and its figures. A page that this budget may not replace is refused before anything is trained."""
     b = BUDGETS[budget]
     root = Path(runs) if runs else Path("runs") / f"exercises-{budget}"
+    out = Path(out) if out else default_page(budget, root)
+    check_page(out, b, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     data = {k: v for k, v in (("data_dir", data_dir), ("dataset", dataset)) if v}
     ledger = Ledger(root)
@@ -120,6 +123,6 @@ def run_exercises(
         finally:
             lock.release()
     sweep_s = time.perf_counter() - t0
-    result = render(b, p, root, ledger, Path(out), data, sweep_s, overwrite)
+    result = render(b, p, root, ledger, out, data, sweep_s, overwrite)
     print(f"report: {out}   figures: {result['figures']}")
     return result

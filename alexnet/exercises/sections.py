@@ -626,10 +626,16 @@ def _gap_figure(over: list[Group], b: Budget, path: Path) -> str:
     return path.name
 
 
+def _share(x: float) -> str:
+    """seeds.moved as a share of the initial norm; infinite when the kernels started at zero."""
+    return f"{x:.0%}" if math.isfinite(x) else "all (they started at zero)"
+
+
 def _pictures(b, g, figs, rel, cmd, root):
     """The chapter's Figure 8.1.2 from this sweep's own runs, and one image's feature maps."""
-    from ..models import MODELS, build_model
+    from ..models import MODELS
     from ..runs import load_checkpoint, model_from_checkpoint
+    from ..seeds import initial_first_conv, moved
     from ..visualize import first_conv, plot_activations, plot_filters, stage_maps
 
     lines = ["## What the networks learned: first-layer filters (the chapter's Figure 8.1.2) and feature maps", ""]
@@ -657,14 +663,17 @@ def _pictures(b, g, figs, rel, cmd, root):
         info = plot_filters(model, figs / name, f"{cfg.train.model} · {run.name}")
         o, c, kh, kw = info["shape"]
         # How far training moved the kernels: the run's initial weights are a function of its seed.
-        w0 = first_conv(build_model(cfg.train.model, c, int(ckpt["num_classes"]), seed=cfg.train.seed)).weight.detach()
-        w = first_conv(model).weight.detach()
-        moved = float((w - w0).norm() / w0.norm()) if w0.norm() > 0 else 0.0
-        moved_by[cfg.train.model], moved_kh[cfg.train.model] = moved, kh
+        w0 = initial_first_conv(cfg, c, int(ckpt["num_classes"]))  # None: fitted to the data, not drawn
+        if w0 is not None:
+            moved_by[cfg.train.model], moved_kh[cfg.train.model] = moved(first_conv(model).weight, w0), kh
         lines += [
             f"`alexnet filters {run}` — {o} kernels {kh}×{kw} on {c} channel(s), after "
-            f"{len(grp.finished[0]['metrics'])} epochs on {cfg.data.limit_train or 'all'} images; training "
-            f"moved them by {moved:.0%} of their initial norm (‖W − W₀‖ / ‖W₀‖):",
+            f"{len(grp.finished[0]['metrics'])} epochs on {cfg.data.limit_train or 'all'} images"
+            + (
+                f"; training moved them by {_share(moved_by[cfg.train.model])} of their initial norm (‖W − W₀‖ / ‖W₀‖):"
+                if w0 is not None
+                else ":"
+            ),
             "",
             f"![filters]({rel}/{name})",
             "",
@@ -679,14 +688,14 @@ def _pictures(b, g, figs, rel, cmd, root):
         + " ".join(
             f"`{m}`'s kernels "
             + (
-                f"moved {x:.0%} of their initial norm: they keep most of their random "
+                f"moved {_share(x)} of their initial norm: they keep most of their random "
                 "initialisation and look like noise with faint structure."
                 if x < 0.5
-                else f"moved {x:.0%} of their initial norm: training has "
+                else f"moved {_share(x)} of their initial norm: training has "
                 f"rewritten them, though {moved_kh[m]}×{moved_kh[m]} leaves room "
                 "for little more than local contrast."
                 if moved_kh[m] <= 5
-                else f"moved {x:.0%}: training has rewritten them."
+                else f"moved {_share(x)}: training has rewritten them."
             )
             for m, x in moved_by.items()
         )
