@@ -34,6 +34,7 @@ from .costs import layer_costs, training_memory
 from .device import CompiledOrEager, autocast, channels_last_on, use_compile
 from .measure import peak_rss_bytes, time_turns
 from .models import Frozen, build_model, get_spec
+from .runs import atomic_write
 from .tables import Column, present
 from .tables import csv as csv_table
 from .tables import markdown as markdown_table
@@ -371,14 +372,18 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def write_results(rows: list[dict], header: str, out_dir: Path) -> dict[str, Path]:
+    """bench.csv, bench.md and bench.png in ``out_dir``, each written whole or not at all (runs'
+    atomic_write): an interrupted sweep's second write keeps the first one's files readable."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "bench.csv", "markdown": out_dir / "bench.md", "plot": out_dir / "bench.png"}
-    paths["csv"].write_text(to_csv(rows))
-    paths["markdown"].write_text(to_markdown(rows, header))
+    atomic_write(paths["csv"], to_csv(rows))
+    atomic_write(paths["markdown"], to_markdown(rows, header))
     plot(rows, paths["plot"], header)
     return paths

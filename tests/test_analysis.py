@@ -3,6 +3,7 @@ own numbers reproduced, and `alexnet analyze` / `alexnet bench` end to end."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -304,6 +305,32 @@ def test_bench_writes_table_and_plot(capsys, tmp_path):
     assert all(float(r["images_per_s"]) > 0 and r["peak_source"] == "process peak RSS" for r in rows)
     assert "| 4 |" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.png").stat().st_size > 10_000
+
+
+def test_bench_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from alexnet import bench
+    from alexnet.runs import RunError
+
+    out = tmp_path / "bench"
+    rows = [{"batch": 4, "images_per_s": 10.0, "step_ms": 400.0, "est_train_MB": 1.0, "peak_MB": 2.0}]
+    rows[0]["peak_source"] = "process peak RSS"
+    bench.write_results(rows, "first sweep", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def failing(self, fname, **kw):  # the disk fills half-way through the figure
+        if isinstance(fname, (str, Path)):
+            Path(fname).write_bytes(b"\x89PNG half")
+        else:
+            fname.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", failing)
+    with pytest.raises((RunError, OSError), match="(?i)no space left"):
+        bench.write_results(rows, "second sweep", out)
+    assert (out / "bench.png").read_bytes() == before["bench.png"]  # the first sweep's figure, whole
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporary left beside it
 
 
 def test_bench_accuracy_epochs_trains_each_batch_with_linearly_scaled_lr(capsys, tmp_path, idx_dir):
