@@ -137,6 +137,8 @@ def _open_onnx(data: bytes, where: str) -> Loaded:
 
 
 def _open_pt2(data: bytes, where: str) -> Loaded:
+    """The program in .pt2 bytes that this process has just written (export's parity check), never
+    a file's: torch.export.load unpickles what the archive marks as pickled (open_model)."""
     extra = {f"{META_KEY}.json": ""}
     try:
         with _quiet():
@@ -161,9 +163,24 @@ def exported_format(path: str | os.PathLike) -> str | None:
     return next((f for f, s in FORMATS.items() if s == suffix), None)
 
 
+# Why predict does not read .pt2 files. torch.export.load (torch 2.13) unpickles every weight and
+# constant the archive marks ``use_pickle`` with torch.load(weights_only=False), opaque constants
+# with pickle.loads, and, for archives of the older layout, falls back from weights_only=True to
+# weights_only=False; an archive's own JSON decides which path is taken. A file from elsewhere can
+# therefore run code while it is read. ONNX and safetensors hold only data, and say the same thing.
+PT2_REFUSED = (
+    "predict does not read .pt2 files: torch.export.load unpickles the parts an archive marks as "
+    "pickled, so a .pt2 from elsewhere can run code while it is read; predict from the run, or from "
+    "its .onnx or .safetensors export"
+)
+
+
 def open_model(path: str | os.PathLike) -> Loaded:
-    """A run directory, a checkpoint, or a file this module exported, as a runnable model."""
+    """A run directory, a checkpoint, or an ONNX or safetensors file this module exported, as a
+    runnable model (a .pt2 is refused unread: PT2_REFUSED)."""
     fmt = exported_format(path)
+    if fmt == "pt2":
+        raise ExportError(f"{path}: {PT2_REFUSED}")
     if fmt is None:
         from .runs import load_checkpoint, model_from_checkpoint
 
