@@ -35,7 +35,17 @@ import torch
 from torch import nn
 
 from .runs import atomic_write
-from .weights import META_KEY, ExportError, Loaded, first_line, parse_meta, safetensors_from_bytes, torch_runner
+from .weights import (
+    META_KEY,
+    ExportError,
+    Loaded,
+    check_checkpoint_file,
+    first_line,
+    parse_meta,
+    read_model_file,
+    safetensors_from_bytes,
+    torch_runner,
+)
 
 FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors", "pt2": ".pt2"}
 
@@ -184,14 +194,12 @@ def open_model(path: str | os.PathLike) -> Loaded:
     if fmt is None:
         from .runs import load_checkpoint, model_from_checkpoint
 
+        if os.path.lexists(path):  # a missing path: load_checkpoint's own line
+            check_checkpoint_file(path)
         ckpt = load_checkpoint(path)
         model, _ = model_from_checkpoint(ckpt)
         return Loaded(torch_runner(model), describe(ckpt), "checkpoint", model)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ExportError(f"{path}: cannot read ({e.strerror})") from None
-    return _OPENERS[fmt](data, str(path))
+    return _OPENERS[fmt](read_model_file(path), str(path))
 
 
 @contextlib.contextmanager

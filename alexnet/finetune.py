@@ -16,12 +16,13 @@ torchvision's ``features``/``classifier`` split.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from torch import nn
 
 from .runs import RunError, say
-from .weights import open_safetensors
+from .weights import check_checkpoint_file, open_safetensors
 
 
 class InitError(RunError):
@@ -55,6 +56,8 @@ def _source_state(path: str, model_name: str) -> tuple[dict, str]:
     if p.is_dir() or p.suffix == ".pt":
         from .runs import load_checkpoint
 
+        if os.path.lexists(p):  # a missing path: load_checkpoint's own line
+            check_checkpoint_file(p, InitError)
         ckpt = load_checkpoint(p)
         if ckpt["cfg"].train.model != model_name:
             raise InitError(f"{p}: holds {ckpt['cfg'].train.model}, not --model {model_name}")
