@@ -132,13 +132,41 @@ def onnx_session(data: bytes | str, threads: int | None = None):
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
+def _external_data(data: bytes, where: str) -> str | None:
+    """The first tensor of an ONNX model that names a file of external data, or None. Those files are
+    opened by path, relative to the working directory for a model read from bytes: a model that is
+    not self-contained is refused rather than let choose what is read."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as e:  # protobuf's DecodeError and the like
+        raise ExportError(f"{where}: not a readable ONNX model ({first_line(e)})") from None
+    return next((t.name or "a tensor" for t in _get_all_tensors(proto) if uses_external_data(t)), None)
+
+
 def _open_onnx(data: bytes, where: str) -> Loaded:
+    if tensor := _external_data(data, where):
+        raise ExportError(
+            f"{where}: {tensor} is kept in a file outside the model; predict reads only self-contained files"
+        )
     try:
         sess = onnx_session(data)
     except Exception as e:
         raise ExportError(f"{where}: not a readable ONNX model ({first_line(e)})") from None
     meta = parse_meta(sess.get_modelmeta().custom_metadata_map.get(META_KEY), where)
-    name = sess.get_inputs()[0].name
+    # The graph against its description, before the first image: one float input (B, C, R, R),
+    # logits (B, classes) first among the outputs.
+    c, r, n = meta["in_channels"], meta["resolution"], meta["num_classes"]
+    inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or list(inputs[0].shape[1:]) != [c, r, r]:
+        got = ", ".join(f"{i.type} {i.shape}" for i in inputs) or "nothing"
+        raise ExportError(f"{where}: its graph takes {got}, its description one float (batch, {c}, {r}, {r}) input")
+    if not outputs or len(outputs[0].shape) != 2 or outputs[0].shape[1] != n:
+        got = outputs[0].shape if outputs else "nothing"
+        raise ExportError(f"{where}: its graph gives {got}, its description (batch, {n}) logits")
+    name = inputs[0].name
 
     def run(x):
         return torch.from_numpy(sess.run(None, {name: x.float().contiguous().numpy()})[0])

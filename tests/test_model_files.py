@@ -6,6 +6,7 @@ import json
 import os
 import zipfile
 
+import pytest
 import torch
 from PIL import Image
 
@@ -195,3 +196,111 @@ def test_no_loader_reads_a_file_larger_than_the_bound(tmp_path, capsys):
         line = _one_error(capsys, *argv)
         if what != "predict .pt2":
             assert "GB, more than the" in line and "GB a model file may hold here" in line, (what, line)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 14: a file's description is checked, and the graph against it, before the first image
+
+
+def _description(**changes):
+    meta = {
+        "format_version": 1,
+        "model": "alexnet28",
+        "in_channels": 1,
+        "num_classes": 10,
+        "classes": [f"c{i}" for i in range(10)],
+        "resolution": 28,
+        "native": 28,
+        "resize": None,
+        "mean": [0.286],
+        "std": [0.353],
+        "dataset": "fashion-mnist",
+        "epoch": 1,
+    }
+    return {**meta, **changes}
+
+
+@pytest.fixture(scope="module")
+def alexnet28():
+    """alexnet28 (4.2 MB of weights) and its ONNX graph, exported once."""
+    from alexnet.models import build_model
+
+    model = build_model("alexnet28", 1, 10, seed=0).eval()
+    return model, E.to_onnx(model, _description())
+
+
+def _onnx_with(onnx_bytes: bytes, meta: dict) -> bytes:
+    import onnx
+
+    proto = onnx.load_model_from_string(onnx_bytes)
+    entry = next(p for p in proto.metadata_props if p.key == "alexnet")
+    entry.value = json.dumps(meta)
+    return proto.SerializeToString()
+
+
+# Descriptions that are wrong in type, size or agreement, and a word the one line must hold.
+BAD_DESCRIPTIONS = {
+    "too many classes": (dict(num_classes=300_000, classes=["x"] * 300_000), "num_classes 300000"),
+    "negative class count": (dict(num_classes=-3), "num_classes -3 is not a whole number in 1..100000"),
+    "fewer names than classes": (dict(classes=["a", "b"]), "2 class names for its 10 classes"),
+    "names not strings": (dict(classes=list(range(10))), "class name"),
+    "resolution 0": (dict(resolution=0), "resolution 0 is not a whole number in 1..1024"),
+    "resolution a string": (dict(resolution="28"), "resolution '28' is not a whole number"),
+    "mean of the wrong length": (dict(mean=[0.1, 0.2, 0.3], std=[0.3, 0.3, 0.3]), "not 1 finite numbers each"),
+    "std of zero": (dict(std=[0.0]), "std [0.0] is not positive"),
+    "mean without std": (dict(std=None), "a normalisation mean without a std"),
+    "channels out of range": (dict(in_channels=7), "in_channels 7"),
+    "a later format": (dict(format_version=2), "format_version 2 is not 1"),
+}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx"])
+@pytest.mark.parametrize("case", list(BAD_DESCRIPTIONS))
+def test_every_field_of_a_description_is_checked_before_anything_is_built(alexnet28, fmt, case, tmp_path, capsys):
+    model, onnx_bytes = alexnet28
+    changes, said = BAD_DESCRIPTIONS[case]
+    meta = _description(**changes)
+    path = tmp_path / f"m.{fmt}"
+    path.write_bytes(E.to_safetensors(model, meta) if fmt == "safetensors" else _onnx_with(onnx_bytes, meta))
+    line = _one_error(capsys, "predict", path, _image(tmp_path, side=28))
+    assert str(path) in line and "its description is not usable" in line and said in line, line
+
+
+def test_an_onnx_graph_that_disagrees_with_its_description_is_refused_before_the_first_image(
+    alexnet28, tmp_path, capsys
+):
+    _, onnx_bytes = alexnet28
+    img = _image(tmp_path, side=28)
+    five = tmp_path / "five.onnx"  # the graph gives 10 logits
+    five.write_bytes(_onnx_with(onnx_bytes, _description(num_classes=5, classes=list("abcde"))))
+    assert "its graph gives [" in _one_error(capsys, "predict", five, img)
+    wider = tmp_path / "wider.onnx"  # the graph takes 28x28
+    wider.write_bytes(_onnx_with(onnx_bytes, _description(resolution=32, native=32)))
+    assert "its description one float (batch, 1, 32, 32) input" in _one_error(capsys, "predict", wider, img)
+    rgb = tmp_path / "rgb.onnx"
+    rgb.write_bytes(_onnx_with(onnx_bytes, _description(in_channels=3, mean=[0.3] * 3, std=[0.3] * 3)))
+    assert "its description one float (batch, 3, 28, 28) input" in _one_error(capsys, "predict", rgb, img)
+
+
+def test_safetensors_whose_tensors_or_input_disagree_with_the_description_are_refused(alexnet28, tmp_path, capsys):
+    model, _ = alexnet28
+    img = _image(tmp_path, side=28)
+    five = tmp_path / "five.safetensors"  # its last layer has 10 rows
+    five.write_bytes(E.to_safetensors(model, _description(num_classes=5, classes=list("abcde"))))
+    assert "has shape [10, 512], its description's network needs [5, 512]" in _one_error(capsys, "predict", five, img)
+    small = tmp_path / "small.safetensors"  # alexnet28's classifier takes what a 28x28 input gives
+    small.write_bytes(E.to_safetensors(model, _description(resolution=8, native=8)))
+    assert "does not take its description's 1x8x8 input" in _one_error(capsys, "predict", small, img)
+
+
+def test_an_onnx_model_whose_weights_name_another_file_is_refused(alexnet28, tmp_path, capsys):
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    _, onnx_bytes = alexnet28
+    proto = onnx.load_model_from_string(onnx_bytes)
+    convert_model_to_external_data(proto, location="weights.bin", size_threshold=0)  # read from the cwd
+    path = tmp_path / "outside.onnx"
+    path.write_bytes(proto.SerializeToString())
+    line = _one_error(capsys, "predict", path, _image(tmp_path, side=28))
+    assert "is kept in a file outside the model; predict reads only self-contained files" in line
