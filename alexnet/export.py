@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .runs import atomic_write
+from .runs import atomic_write, not_regular
 from .weights import (
     META_KEY,
     ExportError,
@@ -194,6 +194,22 @@ def _open_pt2(data: bytes, where: str) -> Loaded:
 
 
 _OPENERS = {"onnx": _open_onnx, "safetensors": safetensors_from_bytes, "pt2": _open_pt2}
+# The modules each format needs beyond torch: the `export` extra (pyproject.toml).
+_NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "safetensors": ("safetensors",), "pt2": ()}
+
+
+def require_extra(fmt: str) -> None:
+    """One line naming the install command when ``fmt``'s modules are missing, before any work."""
+    import importlib
+
+    for name in _NEEDS[fmt]:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ExportError(
+                f"{fmt} files need the export extra, which is not installed here (no module {name!r}): "
+                f"pip install 'alexnet[export]'"
+            ) from None
 
 
 def exported_format(path: str | os.PathLike) -> str | None:
@@ -219,6 +235,8 @@ def open_model(path: str | os.PathLike) -> Loaded:
     fmt = exported_format(path)
     if fmt == "pt2":
         raise ExportError(f"{path}: {PT2_REFUSED}")
+    if fmt is not None:
+        require_extra(fmt)
     if fmt is None:
         from .runs import load_checkpoint, model_from_checkpoint
 
@@ -447,6 +465,17 @@ def quantize_int8(fp32: bytes, calibration: torch.Tensor) -> bytes:
     return proto.SerializeToString()
 
 
+def _check_output(out: Path, fmt: str) -> None:
+    """The file to write: the format's suffix, in a folder that exists, not over something that is
+    not a file."""
+    if exported_format(out) != fmt:
+        raise ExportError(f"{out}: a {fmt} file should end in {FORMATS[fmt]}")
+    if not out.parent.is_dir():
+        raise ExportError(f"{out}: no folder {out.parent} to write it in")
+    if os.path.lexists(out) and (why := not_regular(out)):
+        raise ExportError(f"{out}: {why}; not replaced")
+
+
 @dataclass
 class Exported:
     path: Path
@@ -478,10 +507,18 @@ def export(
     its decisions against the checkpoint's."""
     from .runs import load_checkpoint, model_from_checkpoint
 
+    # What can be checked before the checkpoint is read and the network exported and run.
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
     if int8 and fmt != "onnx":
         raise ExportError(f"--int8 quantises ONNX models (onnxruntime); not --format {fmt}")
+    if check_images < 1:
+        raise ExportError(f"--check-images must be at least 1, not {check_images}")
+    require_extra(fmt)
+    if out is not None:
+        _check_output(Path(out), fmt)
+    if os.path.lexists(source):
+        check_checkpoint_file(source)
     ckpt = load_checkpoint(source)
     model, cfg = model_from_checkpoint(ckpt)
     model.eval()
@@ -492,10 +529,7 @@ def export(
         )
     meta = describe(ckpt)
     out = Path(out) if out else default_output(ckpt, fmt, int8)
-    if exported_format(out) != fmt:
-        raise ExportError(f"{out}: a {fmt} file should end in {FORMATS[fmt]}")
-    if check_images < 1:
-        raise ExportError(f"--check-images must be at least 1, not {check_images}")
+    _check_output(out, fmt)
     x = check_batch(ckpt, meta, data_dir, check_images)
     try:
         data = _WRITERS[fmt](model, meta)

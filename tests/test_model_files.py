@@ -304,3 +304,40 @@ def test_an_onnx_model_whose_weights_name_another_file_is_refused(alexnet28, tmp
     path.write_bytes(proto.SerializeToString())
     line = _one_error(capsys, "predict", path, _image(tmp_path, side=28))
     assert "is kept in a file outside the model; predict reads only self-contained files" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 15: the lines point at the real mistake
+
+
+def test_init_from_a_missing_path_or_an_export_it_cannot_load_says_what_it_reads(tmp_path):
+    from alexnet.finetune import InitError, init_from
+    from alexnet.models import build_model
+
+    model = build_model("alexnet28", 1, 10)
+    onnx, pt2 = tmp_path / "m.onnx", tmp_path / "m.pt2"
+    onnx.write_bytes(b"an ONNX graph")
+    pt2.write_bytes(b"a torch.export program")
+    cases = {
+        tmp_path / "missing": "no such file or run directory",
+        tmp_path / "missing.pt": "no such file or run directory",
+        onnx: "a .onnx export holds a compiled graph, not weights --init-from can load",
+        pt2: "a .pt2 export holds a compiled graph, not weights --init-from can load",
+    }
+    for path, said in cases.items():
+        with pytest.raises(InitError) as e:
+            init_from(model, str(path), "alexnet28", quiet=True)
+        assert said in str(e.value) and ".pth" in str(e.value), str(e.value)
+        assert "a .pth file is read as torchvision's" not in str(e.value)  # the old line, pointing elsewhere
+
+
+def test_a_time_budget_too_long_for_the_data_says_so_not_that_epochs_are_too_many():
+    from alexnet.budget import first_plan
+    from alexnet.config import Config, ConfigError
+
+    cfg = Config(preset="test").replace(time_budget="720h", epochs=10)
+    plan = first_plan(cfg, step_s=0.01, eval_s=0.1, startup_s=1.0, steps_per_epoch=4)  # a small subset
+    with pytest.raises(ConfigError) as e:
+        plan.shape(cfg)  # where the plan becomes epochs
+    assert "--time-budget 720h is too long for this data: it plans" in str(e.value)
+    assert "give a shorter budget" in str(e.value) and "--epochs must be" not in str(e.value)
