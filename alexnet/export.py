@@ -11,7 +11,8 @@ without the run directory it came from:
                   a current opset, the batch dimension dynamic
     safetensors   the weights, and the description in the header's metadata (key ``alexnet``): the
                   network is rebuilt by name from the registry, then the weights are loaded strictly
-    pt2           torch.export's program, the description as an extra file ``alexnet.json``
+    pt2           torch.export's program, the description as an extra file ``alexnet.json``; written
+                  and checked, but not read back by predict (PT2_REFUSED: its loader can run code)
 
 The parity check: the exported model and the checkpoint's network run the same batch of real test
 images; the largest logit difference must stay within ``tolerance`` (fp32 reorderings, below) and
