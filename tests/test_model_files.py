@@ -198,6 +198,24 @@ def test_no_loader_reads_a_file_larger_than_the_bound(tmp_path, capsys):
             assert "GB, more than the" in line and "GB a model file may hold here" in line, (what, line)
 
 
+def test_no_loader_runs_a_pickle_that_calls_os_system(tmp_path, capsys):
+    # torch.load(weights_only=True) for checkpoints, --weights and --init-from; .pt2 refused unread;
+    # ONNX and safetensors are not pickles at all. The same hostile pickle under every loader's name.
+    marker = tmp_path / "the-command-ran"
+    payload = io.BytesIO()
+    torch.save({"model": _RunsACommand(marker)}, payload)
+
+    def pickle_file(name):
+        path = tmp_path / "pickles" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(payload.getvalue())
+        return path
+
+    for what, argv in _every_loader(tmp_path, pickle_file):
+        _one_error(capsys, *argv)
+        assert not marker.exists(), f"{what} ran the file's pickle"
+
+
 # ---------------------------------------------------------------------------------------------
 # Item 14: a file's description is checked, and the graph against it, before the first image
 
