@@ -76,7 +76,9 @@ def _source_state(path: str, model_name: str) -> tuple[dict, str]:
     from .pretrained import TORCHVISION_MODELS, read_torchvision
 
     if model_name not in TORCHVISION_MODELS:
-        what = "a .pth file" if suffix == ".pth" else f"a file that is not {INIT_KINDS.rsplit(' or ', 1)[0]}"
+        what = (
+            "a .pth file" if suffix == ".pth" else "a file that is not a run, a .pt checkpoint or a .safetensors export"
+        )
         raise InitError(
             f"{p}: {what} is read as torchvision's ImageNet weights, which fit "
             f"{', '.join(TORCHVISION_MODELS)}; give a run, a checkpoint or a .safetensors export for {model_name}"
