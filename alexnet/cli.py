@@ -180,7 +180,7 @@ def cmd_predict(args) -> int:
     elif args.model:
         raise ConfigError("--model goes with --weights (a torchvision file); a run or exported file knows its network")
     else:
-        model = open_model(args.checkpoint)  # a run, a checkpoint, or an exported .onnx/.safetensors/.pt2
+        model = open_model(args.checkpoint)  # a run, a checkpoint, or an exported .onnx/.safetensors (not .pt2)
     if not images:
         raise ConfigError("give one or more IMAGE files after RUN_OR_CHECKPOINT")
     classes = model.meta["classes"]
@@ -422,7 +422,7 @@ def _add_predict(sub) -> None:
         "checkpoint",
         metavar="RUN_OR_CHECKPOINT",
         help="a run, a checkpoint, or a file written by "
-        "`alexnet export` (.onnx, .safetensors, .pt2); with --weights, the first image",
+        "`alexnet export` (.onnx, .safetensors; not .pt2, whose loader can run code); with --weights, the first image",
     )
     r.add_argument("images", nargs="*", metavar="IMAGE")
     r.add_argument(

@@ -221,6 +221,14 @@ class TrainConfig(_Checked):
     _AT_MOST = {"epochs": 100_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20}
 
     def __post_init__(self):
+        most = self._AT_MOST["epochs"]
+        if self.time_budget is not None and isinstance(self.epochs, int) and self.epochs > most:
+            # The plan (budget.Plan.shape) turns a budget into epochs of the data: a long budget on a
+            # small dataset asks for more than a run may hold, which is the budget's fault, not --epochs'.
+            raise ConfigError(
+                f"--time-budget {self.time_budget} is too long for this data: it plans {self.epochs} epochs, more "
+                f"than the {most} a run may hold; give a shorter budget"
+            )
         super().__post_init__()
         from .models import MODELS  # the registry is the list of valid names
 

@@ -11,7 +11,8 @@ without the run directory it came from:
                   a current opset, the batch dimension dynamic
     safetensors   the weights, and the description in the header's metadata (key ``alexnet``): the
                   network is rebuilt by name from the registry, then the weights are loaded strictly
-    pt2           torch.export's program, the description as an extra file ``alexnet.json``
+    pt2           torch.export's program, the description as an extra file ``alexnet.json``; written
+                  and checked, but not read back by predict (PT2_REFUSED: its loader can run code)
 
 The parity check: the exported model and the checkpoint's network run the same batch of real test
 images; the largest logit difference must stay within ``tolerance`` (fp32 reorderings, below) and
@@ -34,8 +35,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .runs import atomic_write
-from .weights import META_KEY, ExportError, Loaded, first_line, parse_meta, safetensors_from_bytes, torch_runner
+from .runs import atomic_write, not_regular
+from .weights import (
+    META_KEY,
+    ExportError,
+    Loaded,
+    check_checkpoint_file,
+    first_line,
+    parse_meta,
+    read_model_file,
+    safetensors_from_bytes,
+    torch_runner,
+)
 
 FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors", "pt2": ".pt2"}
 
@@ -122,13 +133,41 @@ def onnx_session(data: bytes | str, threads: int | None = None):
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
+def _external_data(data: bytes, where: str) -> str | None:
+    """The first tensor of an ONNX model that names a file of external data, or None. Those files are
+    opened by path, relative to the working directory for a model read from bytes: a model that is
+    not self-contained is refused rather than let choose what is read."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as e:  # protobuf's DecodeError and the like
+        raise ExportError(f"{where}: not a readable ONNX model ({first_line(e)})") from None
+    return next((t.name or "a tensor" for t in _get_all_tensors(proto) if uses_external_data(t)), None)
+
+
 def _open_onnx(data: bytes, where: str) -> Loaded:
+    if tensor := _external_data(data, where):
+        raise ExportError(
+            f"{where}: {tensor} is kept in a file outside the model; predict reads only self-contained files"
+        )
     try:
         sess = onnx_session(data)
     except Exception as e:
         raise ExportError(f"{where}: not a readable ONNX model ({first_line(e)})") from None
     meta = parse_meta(sess.get_modelmeta().custom_metadata_map.get(META_KEY), where)
-    name = sess.get_inputs()[0].name
+    # The graph against its description, before the first image: one float input (B, C, R, R),
+    # logits (B, classes) first among the outputs.
+    c, r, n = meta["in_channels"], meta["resolution"], meta["num_classes"]
+    inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or list(inputs[0].shape[1:]) != [c, r, r]:
+        got = ", ".join(f"{i.type} {i.shape}" for i in inputs) or "nothing"
+        raise ExportError(f"{where}: its graph takes {got}, its description one float (batch, {c}, {r}, {r}) input")
+    if not outputs or len(outputs[0].shape) != 2 or outputs[0].shape[1] != n:
+        got = outputs[0].shape if outputs else "nothing"
+        raise ExportError(f"{where}: its graph gives {got}, its description (batch, {n}) logits")
+    name = inputs[0].name
 
     def run(x):
         return torch.from_numpy(sess.run(None, {name: x.float().contiguous().numpy()})[0])
@@ -137,6 +176,8 @@ def _open_onnx(data: bytes, where: str) -> Loaded:
 
 
 def _open_pt2(data: bytes, where: str) -> Loaded:
+    """The program in .pt2 bytes that this process has just written (export's parity check), never
+    a file's: torch.export.load unpickles what the archive marks as pickled (open_model)."""
     extra = {f"{META_KEY}.json": ""}
     try:
         with _quiet():
@@ -154,6 +195,22 @@ def _open_pt2(data: bytes, where: str) -> Loaded:
 
 
 _OPENERS = {"onnx": _open_onnx, "safetensors": safetensors_from_bytes, "pt2": _open_pt2}
+# The modules each format needs beyond torch: the `export` extra (pyproject.toml).
+_NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "safetensors": ("safetensors",), "pt2": ()}
+
+
+def require_extra(fmt: str) -> None:
+    """One line naming the install command when ``fmt``'s modules are missing, before any work."""
+    import importlib
+
+    for name in _NEEDS[fmt]:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ExportError(
+                f"{fmt} files need the export extra, which is not installed here (no module {name!r}): "
+                f"pip install 'alexnet[export]'"
+            ) from None
 
 
 def exported_format(path: str | os.PathLike) -> str | None:
@@ -161,20 +218,35 @@ def exported_format(path: str | os.PathLike) -> str | None:
     return next((f for f, s in FORMATS.items() if s == suffix), None)
 
 
+# Why predict does not read .pt2 files. torch.export.load (torch 2.13) unpickles every weight and
+# constant the archive marks ``use_pickle`` with torch.load(weights_only=False), opaque constants
+# with pickle.loads, and, for archives of the older layout, falls back from weights_only=True to
+# weights_only=False; an archive's own JSON decides which path is taken. A file from elsewhere can
+# therefore run code while it is read. ONNX and safetensors hold only data, and say the same thing.
+PT2_REFUSED = (
+    "predict does not read .pt2 files: torch.export.load unpickles the parts an archive marks as "
+    "pickled, so a .pt2 from elsewhere can run code while it is read; predict from the run, or from "
+    "its .onnx or .safetensors export"
+)
+
+
 def open_model(path: str | os.PathLike) -> Loaded:
-    """A run directory, a checkpoint, or a file this module exported, as a runnable model."""
+    """A run directory, a checkpoint, or an ONNX or safetensors file this module exported, as a
+    runnable model (a .pt2 is refused unread: PT2_REFUSED)."""
     fmt = exported_format(path)
+    if fmt == "pt2":
+        raise ExportError(f"{path}: {PT2_REFUSED}")
+    if fmt is not None:
+        require_extra(fmt)
     if fmt is None:
         from .runs import load_checkpoint, model_from_checkpoint
 
+        if os.path.lexists(path):  # a missing path: load_checkpoint's own line
+            check_checkpoint_file(path)
         ckpt = load_checkpoint(path)
         model, _ = model_from_checkpoint(ckpt)
         return Loaded(torch_runner(model), describe(ckpt), "checkpoint", model)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ExportError(f"{path}: cannot read ({e.strerror})") from None
-    return _OPENERS[fmt](data, str(path))
+    return _OPENERS[fmt](read_model_file(path), str(path))
 
 
 @contextlib.contextmanager
@@ -394,6 +466,17 @@ def quantize_int8(fp32: bytes, calibration: torch.Tensor) -> bytes:
     return proto.SerializeToString()
 
 
+def _check_output(out: Path, fmt: str) -> None:
+    """The file to write: the format's suffix, in a folder that exists, not over something that is
+    not a file."""
+    if exported_format(out) != fmt:
+        raise ExportError(f"{out}: a {fmt} file should end in {FORMATS[fmt]}")
+    if not out.parent.is_dir():
+        raise ExportError(f"{out}: no folder {out.parent} to write it in")
+    if os.path.lexists(out) and (why := not_regular(out)):
+        raise ExportError(f"{out}: {why}; not replaced")
+
+
 @dataclass
 class Exported:
     path: Path
@@ -425,10 +508,18 @@ def export(
     its decisions against the checkpoint's."""
     from .runs import load_checkpoint, model_from_checkpoint
 
+    # What can be checked before the checkpoint is read and the network exported and run.
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
     if int8 and fmt != "onnx":
         raise ExportError(f"--int8 quantises ONNX models (onnxruntime); not --format {fmt}")
+    if check_images < 1:
+        raise ExportError(f"--check-images must be at least 1, not {check_images}")
+    require_extra(fmt)
+    if out is not None:
+        _check_output(Path(out), fmt)
+    if os.path.lexists(source):
+        check_checkpoint_file(source)
     ckpt = load_checkpoint(source)
     model, cfg = model_from_checkpoint(ckpt)
     model.eval()
@@ -439,10 +530,7 @@ def export(
         )
     meta = describe(ckpt)
     out = Path(out) if out else default_output(ckpt, fmt, int8)
-    if exported_format(out) != fmt:
-        raise ExportError(f"{out}: a {fmt} file should end in {FORMATS[fmt]}")
-    if check_images < 1:
-        raise ExportError(f"--check-images must be at least 1, not {check_images}")
+    _check_output(out, fmt)
     x = check_batch(ckpt, meta, data_dir, check_images)
     try:
         data = _WRITERS[fmt](model, meta)

@@ -16,12 +16,13 @@ torchvision's ``features``/``classifier`` split.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from torch import nn
 
 from .runs import RunError, say
-from .weights import open_safetensors
+from .weights import check_checkpoint_file, open_safetensors
 
 
 class InitError(RunError):
@@ -44,17 +45,30 @@ def feature_parameters(model: nn.Module) -> list[nn.Parameter]:
     raise InitError(f"{type(model).__name__}: no Flatten layer separates features from the classifier")
 
 
+# What --init-from reads, for the lines that say so.
+INIT_KINDS = "a run directory, a checkpoint (.pt), a .safetensors export or torchvision's .pth weights"
+
+
 def _source_state(path: str, model_name: str) -> tuple[dict, str]:
     """(state dict, what it is) of --init-from FILE."""
     p = Path(path)
-    if p.suffix == ".safetensors":
+    if not os.path.lexists(p):
+        raise InitError(f"{p}: no such file or run directory (--init-from takes {INIT_KINDS})")
+    suffix = p.suffix.lower()
+    if suffix in (".onnx", ".pt2") and not p.is_dir():
+        raise InitError(
+            f"{p}: a {suffix} export holds a compiled graph, not weights --init-from can load; give {INIT_KINDS} "
+            f"(alexnet export RUN --format safetensors writes one)"
+        )
+    if suffix == ".safetensors":
         loaded = open_safetensors(p)
         if loaded.meta["model"] != model_name:
             raise InitError(f"{p}: holds {loaded.meta['model']}, not --model {model_name}")
         return loaded.module.state_dict(), f"exported {loaded.meta['model']} ({loaded.meta['dataset']})"
-    if p.is_dir() or p.suffix == ".pt":
+    if p.is_dir() or suffix == ".pt":
         from .runs import load_checkpoint
 
+        check_checkpoint_file(p, InitError)
         ckpt = load_checkpoint(p)
         if ckpt["cfg"].train.model != model_name:
             raise InitError(f"{p}: holds {ckpt['cfg'].train.model}, not --model {model_name}")
@@ -62,8 +76,11 @@ def _source_state(path: str, model_name: str) -> tuple[dict, str]:
     from .pretrained import TORCHVISION_MODELS, read_torchvision
 
     if model_name not in TORCHVISION_MODELS:
+        what = (
+            "a .pth file" if suffix == ".pth" else "a file that is not a run, a .pt checkpoint or a .safetensors export"
+        )
         raise InitError(
-            f"{p}: a .pth file is read as torchvision's ImageNet weights, which fit "
+            f"{p}: {what} is read as torchvision's ImageNet weights, which fit "
             f"{', '.join(TORCHVISION_MODELS)}; give a run, a checkpoint or a .safetensors export for {model_name}"
         )
     return read_torchvision(p, model_name), "torchvision's ImageNet weights"

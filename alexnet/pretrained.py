@@ -20,11 +20,12 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from .runs import RunError
-from .weights import Loaded, torch_runner
+from .weights import Loaded, open_model_file, torch_runner
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,11 +47,13 @@ def imagenet_classes() -> list[str]:
     return names
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(f: BinaryIO) -> str:
+    """The sha256 of an open file's content, read from its start; the file is left at its start."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    f.seek(0)
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    f.seek(0)
     return h.hexdigest()
 
 
@@ -64,20 +67,21 @@ def read_torchvision(path: str | os.PathLike, model: str = "alexnet-owt") -> dic
         raise WeightsError(
             f"--weights reads torchvision's ImageNet files, which fit {', '.join(TORCHVISION_MODELS)}; not {model}"
         )
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise WeightsError(f"{p}: no such weights file")
-    m = HASH_IN_NAME.search(p.name)
-    if m:
-        digest = sha256_of(p)
-        if not digest.startswith(m.group(1)):
-            raise WeightsError(
-                f"{p}: sha256 starts {digest[: len(m.group(1))]}, the name says {m.group(1)}: the file "
-                f"is truncated or not the one published under that name"
-            )
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip, pickle and torch errors alike: not a weights file
-        raise WeightsError(f"{p}: not a readable PyTorch weights file ({e.__class__.__name__})") from None
+    with open_model_file(p, error=WeightsError) as f:  # one open file: hashed, then loaded
+        m = HASH_IN_NAME.search(p.name)
+        if m:
+            digest = sha256_of(f)
+            if not digest.startswith(m.group(1)):
+                raise WeightsError(
+                    f"{p}: sha256 starts {digest[: len(m.group(1))]}, the name says {m.group(1)}: the file "
+                    f"is truncated or not the one published under that name"
+                )
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # zip, pickle and torch errors alike: not a weights file
+            raise WeightsError(f"{p}: not a readable PyTorch weights file ({e.__class__.__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a checkpoint that wraps its weights
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

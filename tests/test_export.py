@@ -2,6 +2,7 @@
 what predict needs, and a file that does not match is never left behind."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -60,6 +61,10 @@ def test_export_matches_checkpoint_and_predicts_from_the_file_alone(run28, fmt, 
     assert "parity on 32 test images" in said and "top-1 agreement 1.0000" in said, said
     diff = float(said.split("max |logit diff| ")[1].split()[0])
     assert diff <= 1e-5  # the same fp32 arithmetic, at most reordered
+    if fmt == "pt2":  # written and checked, but not read back from a file (it may unpickle code)
+        assert main(["predict", str(out), str(img)]) == 2
+        assert "does not read .pt2 files" in capsys.readouterr().err
+        return
     # The file alone (the run is not consulted): same classes, same probabilities as from the run.
     from_file = _predict_lines(capsys, out, img).split(": ", 1)[1].split()
     from_run = _predict_lines(capsys, run, img).split(": ", 1)[1].split()
@@ -195,3 +200,31 @@ def test_int8_onnx_is_checked_on_decisions_and_predicts_from_the_file(run28, tmp
     assert main(["predict", str(out), str(img)]) == 0
     assert main(["export", str(run), "--format", "pt2", "--int8"]) == 2
     assert "--int8 quantises ONNX models" in capsys.readouterr().err
+
+
+def test_export_without_the_extra_names_the_install_command_before_any_work(run28, tmp_path, monkeypatch, capsys):
+    run, data, _ = run28
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if `pip install alexnet` alone
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run), "--format", "onnx", "-o", str(out), "--data-dir", str(data)]) == 2
+    said = capsys.readouterr()
+    err = said.err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'alexnet[export]'" in err[0] and "'onnxscript'" in err[0], err
+    assert "does not export" not in err[0] and "parity" not in said.out  # the network is not blamed
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["predict", str(tmp_path / "any.onnx"), str(tmp_path / "x.png")]) == 2
+    assert "pip install 'alexnet[export]'" in capsys.readouterr().err
+
+
+def test_export_into_a_missing_folder_is_refused_before_the_export_and_its_check(run28, tmp_path, capsys):
+    run, data, _ = run28
+    out = tmp_path / "no-such-folder" / "m.safetensors"
+    assert main(["export", str(run), "--format", "safetensors", "-o", str(out), "--data-dir", str(data)]) == 2
+    said = capsys.readouterr()
+    err = said.err.strip().splitlines()
+    assert len(err) == 1 and f"no folder {out.parent} to write it in" in err[0], err
+    assert "parity" not in said.out  # refused before the export ran
+    folder = tmp_path / "a-folder.onnx"  # something that is not a file is never replaced
+    folder.mkdir()
+    assert main(["export", str(run), "--format", "onnx", "-o", str(folder), "--data-dir", str(data)]) == 2
+    assert "a directory, not a file; not replaced" in capsys.readouterr().err
