@@ -10,10 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import re
+import shutil
+import stat
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 
 from .models import build_model
+from .runs import not_regular
 from .tables import Column, markdown
 from .tracing import trace
 
@@ -1119,6 +1125,12 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
 
 
+def _md(text: str) -> str:
+    """Text for a Markdown page: a '<' would open raw HTML, which most renderers pass through (a run
+    named like a tag could run a script in the reader's viewer), so it is written as an entity."""
+    return str(text).replace("<", "&lt;")
+
+
 def to_markdown(blocks: list[Block], figures: str = "report-figures") -> str:
     """Markdown; figures are links to ``figures/NAME`` (the caller writes the PNGs there)."""
     from .tables import grid
@@ -1126,29 +1138,30 @@ def to_markdown(blocks: list[Block], figures: str = "report-figures") -> str:
     out = []
     for b in blocks:
         if b.kind == "h":
-            out += ["#" * b.level + " " + b.text, ""]
+            out += ["#" * b.level + " " + _md(b.text).replace("\n", " "), ""]
         elif b.kind == "p":
-            out += [b.text, ""]
+            out += [_md(b.text), ""]
         elif b.kind == "pre":
             out += ["```", b.text, "```", ""]
         elif b.kind == "list":
-            out += [f"- {item}" for item in b.items] + [""]
+            out += [f"- {_md(item)}" for item in b.items] + [""]
         elif b.kind == "table" and b.rows:
             keys = list(b.rows[0])
-            cells = [[_cell(k, r[k], b.formats).replace("|", "\\|").replace("\n", " ") for k in keys] for r in b.rows]
+            cells = [
+                [_md(_cell(k, r[k], b.formats)).replace("|", "\\|").replace("\n", " ") for k in keys] for r in b.rows
+            ]
             numeric = [
                 isinstance(b.rows[0][k], (int, float, Spread)) and not isinstance(b.rows[0][k], bool) for k in keys
             ]
-            out += [grid(keys, cells, left=[i for i, n in enumerate(numeric) if not n]), ""]
+            out += [grid([_md(k) for k in keys], cells, left=[i for i, n in enumerate(numeric) if not n]), ""]
         elif b.kind == "figure":
-            out += [f"![{b.text}]({figures}/{b.name})", "", f"*{b.text}*", ""]
+            out += [f"![{_md(b.text)}]({figures}/{b.name})", "", f"*{_md(b.text)}*", ""]
     return "\n".join(out)
 
 
 def to_html(blocks: list[Block]) -> str:
     """An HTML fragment: every figure inlined as a base64 PNG, so it holds no link to anything."""
     import base64
-    from html import escape
 
     out = []
     for b in blocks:
@@ -1200,8 +1213,6 @@ footer { margin-top: 3em; font-size: 12px; color: #555; }
 
 
 def html_document(title: str, body: str) -> str:
-    from html import escape
-
     return (
         f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{escape(title)}</title>\n'
@@ -1223,14 +1234,123 @@ def render_html_body(run_dir: str | Path, device: str = "auto", data_dir: str | 
     return to_html(run_blocks(run_dir, level, device, data_dir))
 
 
+# The first line of every page `alexnet report` writes, and the file it leaves in its figures folder:
+# what it finds there it may replace; anything else in --out is the user's, and stays.
+MARK = "<!-- written by alexnet report -->"
+FIGURES_MARK = ".written-by-alexnet-report"
+_FIGURE_NAME = re.compile(
+    r"(run\d+-)?(curves|confusion|misclassified|filters|activations|comparison|accuracy-vs-budget)\.png"
+)
+_LEGACY_FOOTER = "Made by alexnet report from "
+
+
+def _read_ends(path: Path, n: int = 65536) -> tuple[str, str] | None:
+    """The first and last ``n`` bytes of a regular file (as text), or None for anything else: a
+    symlink, a FIFO or a directory is never opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.pread(fd, n, 0)
+        tail = os.pread(fd, n, max(0, size - n))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return head.decode(errors="replace"), tail.decode(errors="replace")
+
+
+def _page_is_ours(path: Path) -> bool:
+    """A report.html or report.md this command wrote: its first line is MARK, or (a page written before
+    the mark) it ends with the footer alexnet report wrote then."""
+    ends = _read_ends(path)
+    if ends is None:
+        return False
+    head, tail = ends
+    if head.split("\n", 1)[0] == MARK:
+        return True
+    lines = tail.rstrip("\n").split("\n")
+    if path.suffix == ".html":
+        return (
+            head.startswith("<!doctype html>") and len(lines) >= 3 and lines[-3].startswith("<footer>" + _LEGACY_FOOTER)
+        )
+    return len(lines) >= 2 and lines[-2] == "---" and lines[-1].startswith(_LEGACY_FOOTER)
+
+
+def _figures_are_ours(figs: Path) -> bool:
+    """report-figures/ as this command leaves it: its mark inside, or (before the mark) nothing but
+    regular files named as the report names its figures."""
+    if not_regular(figs / FIGURES_MARK) is None and not (figs / FIGURES_MARK).is_symlink():
+        return True
+    return all(e.is_file(follow_symlinks=False) and _FIGURE_NAME.fullmatch(e.name) for e in os.scandir(figs))
+
+
+def check_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse, in one line, an --out whose report.html, report.md or report-figures/ this command did
+    not write (unless ``overwrite``), or that it could not replace whatever the flag says."""
+    flag = "choose another --out, or pass --overwrite to replace it"
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out}: is a file, not a directory")
+    for name in ("report.html", "report.md"):
+        path = out / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_symlink() or not path.is_file():
+            kind = "a symlink" if path.is_symlink() else "a directory" if path.is_dir() else "not a regular file"
+            raise ReportError(f"{path}: {kind}, not a page alexnet report wrote; it is left as it is")
+        if not overwrite and not _page_is_ours(path):
+            raise ReportError(f"{path}: not written by alexnet report; {flag}")
+    figs = out / "report-figures"
+    if figs.is_symlink() or (figs.exists() and not figs.is_dir()):
+        kind = "a symlink" if figs.is_symlink() else "a file"
+        raise ReportError(f"{figs}: {kind}, not a directory; alexnet report keeps its figures there")
+    if figs.is_dir() and not overwrite:
+        try:
+            ours = _figures_are_ours(figs)
+        except OSError as e:
+            raise ReportError(f"{figs}: cannot read it ({e.strerror})") from None
+        if not ours:
+            raise ReportError(f"{figs}: holds files alexnet report did not write; {flag}")
+
+
+def _make_dir(path: Path, made: list[Path]) -> None:
+    """mkdir -p that remembers what it made (to remove it again if the report cannot be written)."""
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            if not p.is_dir():
+                raise ReportError(f"{p}: is a file, not a directory") from None
+            continue
+        except OSError as e:
+            raise ReportError(f"cannot create {p}: {e.strerror}") from None
+        made.append(p)
+
+
 def write_report(
-    run_dirs: list, out: str | Path | None = None, device: str = "auto", data_dir: str | None = None
+    run_dirs: list,
+    out: str | Path | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Write report.html (self-contained) and report.md (figures in report-figures/ beside it) into
-    ``out``, by default the run directory of a single run. Returns the paths, size and seconds."""
+    ``out``, by default the run directory of a single run. Returns the paths, size and seconds.
+
+    Only files this command wrote are replaced (check_out), each atomically: the figures first, the
+    pages last, so a write that fails midway leaves every page whole and its figures beside it."""
     import time
 
-    from .runs import atomic_write
+    from .runs import RunError, atomic_write
 
     t0 = time.perf_counter()
     dirs = [Path(r) for r in run_dirs]
@@ -1241,6 +1361,7 @@ def write_report(
     out = Path(out)
     for d in dirs:
         read_facts(d)  # a directory that is not a run fails here, before anything is computed
+    check_out(out, overwrite)  # and a page that is not ours, before minutes of evaluation
     if len(dirs) == 1:
         title = f"Run report: {dirs[0].name}"
         blocks = [Block("h", title, 1)] + run_blocks(dirs[0], 2, device, data_dir)
@@ -1251,18 +1372,21 @@ def write_report(
             blocks += [Block("h", f"Run {i}: {d.name}", 2)] + run_blocks(d, 3, device, data_dir, stem=f"run{i}-")
     seconds = time.perf_counter() - t0
     made = f"Made by alexnet report from {', '.join(str(d) for d in dirs)} in {seconds:.1f} s, {time.strftime('%Y-%m-%d %H:%M %Z')}."
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ReportError(f"--out {out}: cannot create it ({e.strerror})") from None
+    html = MARK + "\n" + html_document(title, to_html(blocks) + f"\n<footer>{escape(made)}</footer>")
     figs = out / "report-figures"
-    figs.mkdir(exist_ok=True)
-    for b in blocks:
-        if b.kind == "figure":
-            atomic_write(figs / b.name, b.png)
-    html = html_document(title, to_html(blocks) + f"\n<footer>{made}</footer>")
-    atomic_write(out / "report.html", html)
-    atomic_write(out / "report.md", to_markdown(blocks) + f"\n---\n{made}\n")
+    created: list[Path] = []
+    try:
+        _make_dir(figs, created)
+        atomic_write(figs / FIGURES_MARK, "Figures of report.html and report.md beside this folder.\n")
+        for b in blocks:
+            if b.kind == "figure":
+                atomic_write(figs / b.name, b.png)
+        atomic_write(out / "report.md", MARK + "\n" + to_markdown(blocks) + f"\n---\n{_md(made)}\n")
+        atomic_write(out / "report.html", html)
+    except (ReportError, RunError):
+        for p in reversed(created):  # folders this call made, and the files it put there
+            shutil.rmtree(p, ignore_errors=True)
+        raise
     return {
         "html": out / "report.html",
         "markdown": out / "report.md",
@@ -1273,7 +1397,7 @@ def write_report(
 
 
 def cmd_report(args) -> int:
-    done = write_report(args.runs, args.out, args.device, args.data_dir)
+    done = write_report(args.runs, args.out, args.device, args.data_dir, args.overwrite)
     print(
         f"report: {done['html']} ({done['bytes'] / 1e6:.2f} MB, self-contained) and {done['markdown']} "
         f"(figures in {done['figures']}), made in {done['seconds']:.1f} s"
@@ -1291,4 +1415,9 @@ def add_report_parser(sub) -> None:
     )
     r.add_argument("--device", default="auto", help="where the checkpoint is evaluated: auto, cpu, cuda, mps")
     r.add_argument("--data-dir", help="the run's dataset, if it has moved since the run")
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a report.html, report.md or report-figures/ in --out that alexnet report did not write",
+    )
     r.set_defaults(func=cmd_report)
