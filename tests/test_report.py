@@ -1,4 +1,5 @@
-"""`alexnet compare`: the exercises' side-by-side table and curves from finished runs."""
+"""`alexnet compare` and `alexnet report`: the comparison table and curves, one page per run, and a page that
+holds only what it is given: strings from a run as text, only its own files replaced in --out."""
 
 import base64
 import json
@@ -450,8 +451,8 @@ def test_every_block_kind_escapes_its_text_in_html(kind):
         "table": P.Block("table", rows=[{bad: bad}]),
         "figure": P.Block("figure", bad, name="x.png", png=b"\x89PNG"),
     }[kind]
-    html = P.html_document(bad, P.to_html([block]))
-    assert "<script" not in html and "&lt;script&gt;" in html
+    for html in (P.to_html([block]), P.html_document(bad, [block], bad)):  # the body, and the page around it
+        assert "<script" not in html and "&lt;script&gt;" in html
 
 
 # ---------------------------------------------------------------------------------------------
