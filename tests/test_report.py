@@ -557,3 +557,55 @@ def test_report_that_fails_midway_leaves_no_half_written_output(runs, tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot write in {out}: Read-only file system" in err
     assert not (tmp_path / "new").exists()  # the folders it made are gone with their figures
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's files are data from outside: an odd one is a line or 'not recorded', never a traceback or a hang
+
+
+def _edited_copy(runs, tmp_path, edit) -> Path:
+    """A copy of run s0 whose last.pt dict ``edit`` has changed (saved as alexnet train saves it)."""
+    run = tmp_path / "run"
+    shutil.copytree(runs / "s0", run)
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    edit(ckpt)
+    R.save_checkpoint(ckpt, run / "last.pt")
+    return run
+
+
+def test_report_opens_no_fifo_named_like_a_runs_config_or_lock(runs, tmp_path, capsys):
+    from conftest import no_hang
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "s0", run)
+    for name in ("config.json", ".lock"):
+        (run / name).unlink(missing_ok=True)
+        os.mkfifo(run / name)
+    with no_hang(120):
+        assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    assert "finished: 2 of 2 epochs" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_says_not_recorded_for_machine_fields_of_another_shape(runs, tmp_path):
+    def edit(ckpt):
+        ckpt["machine"] = "a string, not the record"
+        ckpt["torch"] = 5
+        ckpt["changes"] = [{"epoch": 2}, "lr"]
+
+    facts = P.read_facts(_edited_copy(runs, tmp_path, edit))
+    rows = dict((r[""], r["value"]) for r in P.section_what_ran(facts, 2)[1].rows)
+    assert rows["machine"].startswith("not recorded") and rows["device"].startswith("not recorded")
+    assert rows["torch"] == "not recorded" and "changed on resume" not in rows
+
+
+def test_report_of_a_metrics_row_without_a_number_is_one_line(runs, tmp_path, capsys):
+    def edit(ckpt):
+        del ckpt["metrics"][1]["lr"]
+
+    run = _edited_copy(runs, tmp_path, edit)
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"alexnet: error: {run / 'last.pt'}: metrics row 2 has no number 'lr'; not a row alexnet train writes\n"
+    )
+    assert not (run / "report.html").exists()

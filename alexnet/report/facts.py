@@ -9,6 +9,8 @@ typed numbers are the book's, in BOOK, with their source.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,11 +77,41 @@ class RunFacts:
     def plan(self) -> dict | None:
         """A --time-budget run's plan (budget.Plan), as last recorded: config.json is rewritten after
         the final evaluation, the checkpoint before it."""
+        text = read_regular(self.dir / "config.json", MAX_CONFIG_BYTES)
         try:
-            plan = json.loads((self.dir / "config.json").read_text())["plan"]
-        except (OSError, ValueError, TypeError, KeyError):
+            plan = json.loads(text[0])["plan"] if text and text[2] <= MAX_CONFIG_BYTES else None
+        except (ValueError, TypeError, KeyError):
+            plan = None
+        if plan is None:
             plan = (self.ckpt or {}).get("plan")
         return plan if isinstance(plan, dict) and PLAN_KEYS <= plan.keys() else None
+
+    @property
+    def machine(self) -> dict:
+        """The checkpoint's record of the machine, each field kept only when it has the type
+        alexnet train writes (a checkpoint is data from outside: an odd field is 'not recorded')."""
+        mach = (self.ckpt or {}).get("machine")
+        if not isinstance(mach, dict):
+            return {}
+        kinds = {
+            "cpu": str,
+            "device": str,
+            "cpu_count": int,
+            "torch_threads": int,
+            "load_average_1m": (int, float),
+        }
+        out = {k: mach[k] for k, t in kinds.items() if isinstance(mach.get(k), t) and not isinstance(mach[k], bool)}
+        flags = mach.get("cpu_flags")
+        if isinstance(flags, list) and all(isinstance(f, str) for f in flags):
+            out["cpu_flags"] = flags
+        return out
+
+    @property
+    def changes(self) -> list[dict]:
+        """The settings changed on resume, as the checkpoint lists them (entries of another shape left out)."""
+        changes = (self.ckpt or {}).get("changes")
+        keys = {"epoch", "setting", "from", "to"}
+        return [c for c in changes if isinstance(c, dict) and keys <= c.keys()] if isinstance(changes, list) else []
 
     def status(self) -> str:
         """Finished, running, or interrupted (and where): one sentence."""
@@ -105,27 +137,71 @@ class RunFacts:
         return f"stopped after epoch {done} of {total} (interrupted between epochs); continue it with alexnet train --resume"
 
 
+# What every metrics row holds (train.Session writes them), each a number; the report reads them all.
+METRIC_KEYS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "train_images_per_s",
+    "train_time_s",
+    "eval_time_s",
+    "epoch_time_s",
+)
+MAX_CONFIG_BYTES = 1 << 20  # config.json is about 2 kB
+
+
+def read_regular(path: Path, n: int) -> tuple[str, str, int] | None:
+    """The first and the last ``n`` bytes of a regular file as text, and its size; None for anything
+    else: a symlink, a FIFO or a directory is never read, and opening one never blocks."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        head, tail = os.pread(fd, n, 0), os.pread(fd, n, max(0, st.st_size - n))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return head.decode(errors="replace"), tail.decode(errors="replace"), st.st_size
+
+
 def read_facts(run_dir: str | Path) -> RunFacts:
     """The run's settings, metrics and (if any) checkpoint, read once: the checkpoint is loaded whole
     into memory, so a live run replacing it meanwhile cannot mix two epochs into one page."""
-    from ..runs import RunError, live_holder, load_checkpoint, read_run
+    from ..runs import RunError, live_holder, load_checkpoint, not_regular, read_run
 
     run = Path(run_dir)
     if not run.is_dir():
         raise RunError(f"{run}: not a run directory ({'a file' if run.exists() else 'no such directory'})")
-    live = live_holder(run)
+    lock = run / ".lock"  # a FIFO put there would block live_holder's read forever
+    live = live_holder(run) if not lock.exists() or not_regular(lock) is None else None
     if not (run / "last.pt").exists():
-        return RunFacts(run, read_run(run), None, live)
-    ckpt = load_checkpoint(run / "last.pt")
-    if not ckpt["metrics"]:
-        raise RunError(f"{run}: the run has no finished epoch (its checkpoint is at step {ckpt['step']} of epoch 1)")
-    record = {
-        "dir": run,
-        "config": ckpt["cfg"].to_dict(),
-        "cfg": ckpt["cfg"],
-        "metrics": list(ckpt["metrics"]),
-        **{k: int(ckpt[k]) for k in ("in_channels", "num_classes", "resolution")},
-    }
+        record, ckpt = read_run(run), None
+    else:
+        ckpt = load_checkpoint(run / "last.pt")
+        if not ckpt["metrics"]:
+            raise RunError(
+                f"{run}: the run has no finished epoch (its checkpoint is at step {ckpt['step']} of epoch 1)"
+            )
+        record = {
+            "dir": run,
+            "config": ckpt["cfg"].to_dict(),
+            "cfg": ckpt["cfg"],
+            "metrics": list(ckpt["metrics"]),
+            **{k: int(ckpt[k]) for k in ("in_channels", "num_classes", "resolution")},
+        }
+    for i, row in enumerate(record["metrics"], 1):
+        bad = next((k for k in METRIC_KEYS if type(row.get(k)) not in (int, float)), None)
+        if bad is not None:
+            where = "last.pt" if ckpt else "metrics.jsonl"
+            raise RunError(f"{run / where}: metrics row {i} has no number {bad!r}; not a row alexnet train writes")
     return RunFacts(run, record, ckpt, live)
 
 

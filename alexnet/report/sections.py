@@ -44,7 +44,7 @@ def budget_line(plan: dict) -> str:
 
 def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
     cfg, m, ck = facts.cfg, facts.metrics, facts.ckpt or {}
-    mach = ck.get("machine") or {}
+    mach = facts.machine
     load = mach.get("load_average_1m")
     described = ", ".join(
         x
@@ -81,7 +81,7 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
             if cfg.system.amp == "off"
             else f"amp {cfg.system.amp}",
         ),
-        ("torch", ck.get("torch", "not recorded")),
+        ("torch", ck["torch"] if isinstance(ck.get("torch"), str) else "not recorded"),
         (
             "wall time",
             f"{wall:.0f} s over {len(m)} epoch(s) ({wall / len(m):.0f} s per epoch, training and evaluation)",
@@ -93,7 +93,7 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
     ]
     if plan := facts.plan:
         facts_rows.append(("time budget", budget_line(plan)))
-    for c in ck.get("changes", []):
+    for c in facts.changes:
         facts_rows.append(("changed on resume", f"from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}"))
     blocks = [
         Block("h", "What ran", level),

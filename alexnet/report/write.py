@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 from pathlib import Path
 
 from ..runs import not_regular
 from .compare import ReportError
-from .facts import read_facts
+from .facts import read_facts, read_regular
 from .render import Block, html_document, markdown_text, to_html, to_markdown
 from .sections import comparison_blocks, run_blocks
 
@@ -39,33 +38,13 @@ _FIGURE_NAME = re.compile(
 _LEGACY_FOOTER = "Made by alexnet report from "
 
 
-def _read_ends(path: Path, n: int = 65536) -> tuple[str, str] | None:
-    """The first and last ``n`` bytes of a regular file (as text), or None for anything else: a
-    symlink, a FIFO or a directory is never opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        size = os.fstat(fd).st_size
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        head = os.pread(fd, n, 0)
-        tail = os.pread(fd, n, max(0, size - n))
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return head.decode(errors="replace"), tail.decode(errors="replace")
-
-
 def _page_is_ours(path: Path) -> bool:
     """A report.html or report.md this command wrote: its first line is MARK, or (a page written before
     the mark) it ends with the footer alexnet report wrote then."""
-    ends = _read_ends(path)
+    ends = read_regular(path, 65536)
     if ends is None:
         return False
-    head, tail = ends
+    head, tail, _ = ends
     if head.split("\n", 1)[0] == MARK:
         return True
     lines = tail.rstrip("\n").split("\n")
