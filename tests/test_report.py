@@ -609,3 +609,15 @@ def test_report_of_a_metrics_row_without_a_number_is_one_line(runs, tmp_path, ca
         err == f"alexnet: error: {run / 'last.pt'}: metrics row 2 has no number 'lr'; not a row alexnet train writes\n"
     )
     assert not (run / "report.html").exists()
+
+
+def test_chapter_224_publishes_over_its_own_folder_only(runs, tmp_path):
+    script = chapter_224_script()
+    to = tmp_path / "docs" / "runs" / "d2l-224"
+    shutil.copytree(runs / "s0", tmp_path / "copy", ignore=shutil.ignore_patterns("*.pt"))
+    script.publish(tmp_path / "copy", to)
+    script.publish(tmp_path / "copy", to)  # its own: replaced
+    (to / "notes.md").write_text("mine")
+    with pytest.raises(SystemExit, match="notes.md, which publish did not write"):
+        script.publish(tmp_path / "copy", to)
+    assert (to / "notes.md").read_text() == "mine"
