@@ -621,3 +621,39 @@ def test_chapter_224_publishes_over_its_own_folder_only(runs, tmp_path):
     with pytest.raises(SystemExit, match="notes.md, which publish did not write"):
         script.publish(tmp_path / "copy", to)
     assert (to / "notes.md").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------
+# `alexnet compare --out NAME.png`: the same rule, for its curves and the table beside them
+
+
+@pytest.mark.parametrize("mine", ["table.md", "table.png"])
+def test_compare_refuses_to_replace_what_it_did_not_write(runs, tmp_path, capsys, mine):
+    (tmp_path / mine).write_bytes(b"\x89PNG\r\n\x1a\n a picture of mine" if mine.endswith("png") else b"# notes\n")
+    args = ["compare", str(runs / "s0"), str(runs / "s1"), "--out", str(tmp_path / "table.png")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / mine) in err and "--overwrite" in err
+    assert [p.name for p in tmp_path.iterdir()] == [mine]
+    assert main([*args, "--overwrite"]) == 0
+    assert (tmp_path / "table.md").read_text().startswith(P.COMPARE_MARK + "\n| run |")
+
+
+def test_compare_out_must_name_a_png_so_its_table_lands_beside_it(runs, tmp_path, capsys):
+    (tmp_path / "report.md").write_text("# The project's own page\n")
+    assert main(["compare", str(runs / "s0"), "--out", str(tmp_path / "report.md")]) == 2
+    assert "name it NAME.png" in capsys.readouterr().err
+    assert (tmp_path / "report.md").read_text() == "# The project's own page\n"
+
+
+def test_compare_replaces_its_own_files_and_those_it_wrote_before_its_mark(runs, tmp_path):
+    args = ["compare", str(runs / "s0"), str(runs / "s1"), "--out", str(tmp_path / "c.png")]
+    assert main(args) == 0
+    assert main(args) == 0  # its own: replaced
+    md = tmp_path / "c.md"
+    md.write_text(md.read_text().removeprefix(P.COMPARE_MARK + "\n"))  # as compare wrote it before the mark
+    shutil.copy(runs / "s0" / "curves.png", tmp_path / "c.png")  # a PNG without the mark
+    assert main(args) == 0
+    assert (
+        md.read_text().startswith(P.COMPARE_MARK) and b"written by alexnet compare" in (tmp_path / "c.png").read_bytes()
+    )

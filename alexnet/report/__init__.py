@@ -65,10 +65,21 @@ from .sections import (
     section_layers,
     section_what_ran,
 )
-from .write import FIGURES_MARK, MARK, add_report_parser, check_out, cmd_report, render_html_body, write_report
+from .write import (
+    COMPARE_MARK,
+    FIGURES_MARK,
+    MARK,
+    add_report_parser,
+    check_out,
+    cmd_report,
+    render_html_body,
+    write_compare,
+    write_report,
+)
 
 __all__ = [
     "BOOK",
+    "COMPARE_MARK",
     "FIGURES_MARK",
     "FORMATS",
     "MARK",
@@ -120,5 +131,6 @@ __all__ = [
     "summarize",
     "to_html",
     "to_markdown",
+    "write_compare",
     "write_report",
 ]

@@ -13,14 +13,15 @@ from .compare import Spread, labelled_groups, mean_curve
 from .facts import BOOK, Evaluation, is_d2l_recipe
 
 
-def figure_png(fig, dpi: int = 100) -> bytes:
-    """A matplotlib figure as PNG bytes (then closed)."""
+def figure_png(fig, dpi: int = 100, description: str | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes (then closed); ``description`` goes into the PNG's
+    Description text chunk, ahead of the image data."""
     import io
 
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=dpi, format="png")
+    fig.savefig(buf, dpi=dpi, format="png", metadata={"Description": description} if description else None)
     plt.close(fig)
     return buf.getvalue()
 
@@ -67,12 +68,16 @@ def plot_groups(
     plt.close(fig)
 
 
+# In the Description chunk of the PNG `alexnet compare` writes: by it, compare knows the file as its own.
+COMPARE_PNG_MARK = "written by alexnet compare"
+
+
 def plot_runs(runs: list[dict], path: Path) -> None:
     """`alexnet compare`'s curves: a curve per configuration, with its seeds' spread as a band, and
     the book's points when one of them is the chapter's recipe."""
     groups = labelled_groups(runs)
     fig = curves_figure(groups, book=any(is_d2l_recipe(g[0]["cfg"]) for _, g in groups))
-    atomic_write(path, figure_png(fig, 120))
+    atomic_write(path, figure_png(fig, 120, COMPARE_PNG_MARK))
 
 
 def plot_confusion(matrix, classes: list[str], path: Path, title: str) -> None:

@@ -9,9 +9,10 @@ import re
 import shutil
 from pathlib import Path
 
-from ..runs import not_regular
-from .compare import ReportError
+from ..runs import atomic_write, not_regular
+from .compare import ReportError, compare_table
 from .facts import read_facts, read_regular
+from .figures import COMPARE_PNG_MARK, plot_runs
 from .render import Block, html_document, markdown_text, to_html, to_markdown
 from .sections import comparison_blocks, run_blocks
 
@@ -110,6 +111,52 @@ def _make_dir(path: Path, made: list[Path]) -> None:
         made.append(p)
 
 
+# ---------------------------------------------------------------------------------------------
+# `alexnet compare RUN ... --out NAME.png`: the curves, and the table beside them as NAME.md
+
+
+COMPARE_MARK = "<!-- written by alexnet compare -->"
+
+
+def _compare_table_is_ours(path: Path) -> bool:
+    """NAME.md as compare writes it: its mark first, or (before the mark) compare's table header."""
+    ends = read_regular(path, 4096)
+    first = ends[0].split("\n", 1)[0] if ends else ""
+    return first == COMPARE_MARK or first.startswith("| run | model | preset | input | params_M |")
+
+
+def _png_is_ours(path: Path) -> bool:
+    ends = read_regular(path, 4096)  # matplotlib writes its text chunks before the image data
+    return bool(ends) and ends[0].startswith("\ufffdPNG") and f"Description\x00{COMPARE_PNG_MARK}" in ends[0]
+
+
+def write_compare(run_dirs: list, out: str | Path, overwrite: bool = False) -> tuple[str, Path, Path]:
+    """`alexnet compare`'s curves into ``out`` (a .png) and its table beside it (.md), each only over
+    a file compare wrote (or with ``overwrite``); returns the table and the two paths."""
+    from ..runs import read_run
+
+    png = Path(out)
+    if png.suffix.lower() != ".png":
+        raise ReportError(f"--out {png}: the curves are a PNG; name it NAME.png (the table goes beside it as NAME.md)")
+    md = png.with_suffix(".md")
+    runs = [read_run(r) for r in run_dirs]
+    legacy_pair = _compare_table_is_ours(md)  # a table of compare's beside it: the PNG is its curves
+    for path, ours in ((png, lambda p: _png_is_ours(p) or legacy_pair), (md, _compare_table_is_ours)):
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_symlink() or not path.is_file():
+            kind = "a symlink" if path.is_symlink() else "a directory" if path.is_dir() else "not a regular file"
+            raise ReportError(f"{path}: {kind}, not a file alexnet compare wrote; it is left as it is")
+        if not overwrite and not ours(path):
+            raise ReportError(
+                f"{path}: not written by alexnet compare; choose another --out, or pass --overwrite to replace it"
+            )
+    table = compare_table(runs)
+    plot_runs(runs, png)
+    atomic_write(md, COMPARE_MARK + "\n" + table + "\n")
+    return table, png, md
+
+
 def write_report(
     run_dirs: list,
     out: str | Path | None = None,
@@ -124,7 +171,7 @@ def write_report(
     pages last, so a write that fails midway leaves every page whole and its figures beside it."""
     import time
 
-    from ..runs import RunError, atomic_write
+    from ..runs import RunError
 
     t0 = time.perf_counter()
     dirs = [Path(r) for r in run_dirs]
