@@ -216,16 +216,11 @@ def cmd_summary(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .report import compare_table, plot_runs
-    from .runs import atomic_write, read_run
+    from .report import write_compare
 
-    runs = [read_run(r) for r in args.runs]
-    table = compare_table(runs)
+    table, png, md = write_compare(args.runs, args.out, args.overwrite)
     print(table)
-    out = Path(args.out)
-    plot_runs(runs, out)
-    atomic_write(out.with_suffix(".md"), table + "\n")
-    print(f"curves: {out}   table: {out.with_suffix('.md')}")
+    print(f"curves: {png}   table: {md}")
     return 0
 
 
@@ -453,6 +448,9 @@ def _add_compare(sub) -> None:
     c = sub.add_parser("compare", help="table and overlaid curves of finished runs (the exercises' comparisons)")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--out", default="compare.png", help="PNG of the curves; the table goes beside it as .md")
+    c.add_argument(
+        "--overwrite", action="store_true", help="replace a PNG or .md at --out that alexnet compare did not write"
+    )
     c.set_defaults(func=cmd_compare)
 
 

@@ -78,8 +78,19 @@ def epoch_times_repaired(metrics: list[dict]) -> tuple[list[dict], list[int]]:
 
 
 def publish(run: Path, to: Path) -> None:
-    """The run's small files and its report into the docs (never a checkpoint)."""
+    """The run's small files and its report into the docs (never a checkpoint), in place of what an
+    earlier publish put there; a folder holding anything else is not this script's, and is refused."""
     if to.exists():
+        ours = {*SMALL_FILES, "report.html", "report.md", "report-figures"}
+        figures = to / "report-figures"
+        strays = [p.name for p in to.iterdir() if p.name not in ours or p.is_symlink()]
+        if figures.is_dir() and not figures.is_symlink():
+            strays += [f"report-figures/{p.name}" for p in figures.iterdir() if p.suffix != ".png" or p.is_symlink()]
+        if strays or (figures.exists() and not figures.is_dir()):
+            raise SystemExit(
+                f"{to}: holds {', '.join(strays) or 'report-figures, not a folder'}, which publish did "
+                "not write; not replacing it"
+            )
         shutil.rmtree(to)
     (to / "report-figures").mkdir(parents=True)
     for name in (*SMALL_FILES, "report.html", "report.md"):

@@ -1,7 +1,9 @@
-"""`alexnet compare`: the exercises' side-by-side table and curves from finished runs."""
+"""`alexnet compare` and `alexnet report`: the comparison table and curves, one page per run, and a page that
+holds only what it is given: strings from a run as text, only its own files replaced in --out."""
 
 import base64
 import json
+import os
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -334,3 +336,324 @@ def test_orientation_strength_tells_stripes_from_blobs():
     assert orientation_strength(torch.ones(1, 1, 11, 11)).item() == 0.0
     noise = orientation_strength(torch.randn(2000, 1, 11, 11, generator=torch.Generator().manual_seed(0)))
     assert 0.05 < noise.median().item() < 0.3  # finite noise is a little anisotropic by chance, never striped
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run holds is data: every string from it is escaped where it enters the page (issue 30, 4)
+
+# One payload per place a string from outside enters the page, each of which would run a script in
+# a browser if written as markup (a run folder can be named like this: the name holds no '/').
+PAYLOADS = {
+    "run name": "<img src=x onerror=alert(1)>",
+    "config value": "<svg onload=alert(2)>",
+    "machine": "<img src=y onerror=alert(3)>",
+    "torch version": "<b onmouseover=alert(4)>",
+    "lock holder": "<i onclick=alert(5)>",
+    "resume change": "<u onfocus=alert(6)>",
+}
+
+
+class Markup(HTMLParser):
+    """Every element of the page with its attributes, and the text each element holds."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags, self.text, self._open = [], [], []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in ("img", "meta", "br"):
+            self._open.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self._open:
+            del self._open[len(self._open) - 1 - self._open[::-1].index(tag) :]
+
+    def handle_data(self, data):
+        self.text.append((tuple(self._open), data))
+
+    def inside(self, tag: str) -> str:
+        return "".join(d for path, d in self.text if tag in path)
+
+
+@pytest.fixture(scope="module")
+def hostile(runs, tmp_path_factory):
+    """A report of two runs (one of them named, configured and stamped with the payloads) and the
+    run alone as `alexnet serve` embeds it."""
+    import socket
+
+    root = tmp_path_factory.mktemp("hostile")
+    data = shutil.copytree(runs / "data", root / PAYLOADS["config value"])
+    run = root / PAYLOADS["run name"]
+    shutil.copytree(runs / "s0", run)
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    ckpt["config"]["data"]["data_dir"] = str(data)
+    ckpt["machine"] = {**ckpt.get("machine", {}), "cpu": PAYLOADS["machine"]}
+    ckpt["torch"] = PAYLOADS["torch version"]
+    ckpt["changes"] = [{"epoch": 2, "setting": "lr", "from": 0.05, "to": PAYLOADS["resume change"]}]
+    R.save_checkpoint(ckpt, run / "last.pt")
+    (run / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}, since {PAYLOADS['lock holder']}")
+    out = root / "out"
+    assert main(["report", str(run), str(runs / "s1"), "--out", str(out)]) == 0
+    return {
+        "html": (out / "report.html").read_text(),
+        "md": (out / "report.md").read_text(),
+        "body": P.render_html_body(run),
+    }
+
+
+def _no_script_can_run(page: Markup):
+    for tag, attrs in page.tags:
+        assert tag not in ("script", "svg", "iframe", "object", "b", "i", "u")
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        if tag == "img":
+            assert attrs["src"].startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize("place", ["title", "h1", "h2", "footer"])
+def test_report_page_shows_a_run_named_like_a_tag_as_text_in_its(hostile, place):
+    page = Markup(hostile["html"])
+    _no_script_can_run(page)
+    assert PAYLOADS["run name"] in page.inside(place)
+
+
+@pytest.mark.parametrize("what", list(PAYLOADS))
+def test_report_tables_show_strings_from_the_run_as_text(hostile, what):
+    page = Markup(hostile["html"])
+    _no_script_can_run(page)
+    assert PAYLOADS[what] in page.inside("td")
+
+
+@pytest.mark.parametrize("what", [w for w in PAYLOADS if w != "run name"])  # the body names no run
+def test_report_body_for_serve_shows_strings_from_the_run_as_text(hostile, what):
+    page = Markup(hostile["body"])
+    _no_script_can_run(page)
+    assert PAYLOADS[what] in "".join(d for _, d in page.text)
+
+
+def test_report_markdown_holds_no_raw_html_from_the_run(hostile):
+    md = hostile["md"]
+    assert md.startswith(P.MARK + "\n") and md.count("<") == 1  # the mark's comment, nothing else
+    for payload in PAYLOADS.values():
+        assert payload.replace("<", "&lt;") in md
+
+
+@pytest.mark.parametrize("kind", ["h", "p", "pre", "list", "table", "figure"])
+def test_every_block_kind_escapes_its_text_in_html(kind):
+    bad = '<script>alert("x")</script>'
+    block = {
+        "h": P.Block("h", bad),
+        "p": P.Block("p", bad),
+        "pre": P.Block("pre", bad),
+        "list": P.Block("list", items=[bad]),
+        "table": P.Block("table", rows=[{bad: bad}]),
+        "figure": P.Block("figure", bad, name="x.png", png=b"\x89PNG"),
+    }[kind]
+    for html in (P.to_html([block]), P.html_document(bad, [block], bad)):  # the body, and the page around it
+        assert "<script" not in html and "&lt;script&gt;" in html
+
+
+# ---------------------------------------------------------------------------------------------
+# --out: only what alexnet report wrote is replaced (issue 30, 7), and a place that cannot be
+# written is one line with nothing half-written (issue 30, 18)
+
+
+@pytest.mark.parametrize("name", ["report.md", "report.html", "report-figures"])
+def test_report_refuses_to_replace_what_it_did_not_write(runs, tmp_path, capsys, name):
+    out = tmp_path / "docs"
+    out.mkdir()
+    if name == "report-figures":
+        (out / name).mkdir()
+        (out / name / "diagram.svg").write_text("<svg/>")
+    else:
+        (out / name).write_text("# The project's own page\n")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert main(["report", str(runs / "s0"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out / name) in err and "--overwrite" in err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def test_report_replaces_its_own_pages_and_those_it_wrote_before_its_mark(runs, tmp_path):
+    out = tmp_path / "out"
+    assert main(["report", str(runs / "s0"), "--out", str(out)]) == 0
+    assert (out / "report.html").read_text().startswith(P.MARK + "\n<!doctype html>")
+    assert main(["report", str(runs / "s0"), "--out", str(out)]) == 0  # its own: replaced
+    # A report written before the mark existed: known by its footer, its figures by their names.
+    for name in ("report.html", "report.md"):
+        (out / name).write_text((out / name).read_text().removeprefix(P.MARK + "\n"))
+    (out / "report-figures" / P.FIGURES_MARK).unlink()
+    assert main(["report", str(runs / "s0"), "--out", str(out)]) == 0
+    assert (out / "report.md").read_text().startswith(P.MARK + "\n")
+
+
+def test_report_overwrite_replaces_a_foreign_page_and_keeps_other_files(runs, tmp_path):
+    out = tmp_path / "docs"
+    (out / "report-figures").mkdir(parents=True)
+    (out / "report.md").write_text("# The project's own page\n")
+    (out / "report-figures" / "diagram.svg").write_text("<svg/>")
+    assert main(["report", str(runs / "s0"), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "report.md").read_text().startswith(P.MARK + "\n")
+    assert (out / "report-figures" / "diagram.svg").read_text() == "<svg/>"
+
+
+def test_report_with_a_file_where_its_figures_go_is_one_line(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report-figures").write_text("not a folder")
+    assert main(["report", str(runs / "s0"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out / "report-figures") in err
+    assert sorted(p.name for p in out.iterdir()) == ["report-figures"]
+
+
+def _read_only_below(monkeypatch, root: Path, fail_on: str = ""):
+    """A disk that refuses every new file and folder under ``root`` (os.mkdir and the atomic
+    writer's temporary), or with ``fail_on``, only the file of that name: EROFS, as a read-only
+    mount answers (chmod would not stop root, who runs these tests in some places)."""
+    import errno
+    import tempfile
+
+    mkdir, mkstemp = os.mkdir, tempfile.mkstemp
+
+    def refused(path):
+        return str(path).startswith(str(root)) and (not fail_on or f".{fail_on}." in str(path))
+
+    def no_mkdir(path, *a, **kw):
+        if refused(path) and not fail_on:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return mkdir(path, *a, **kw)
+
+    def no_mkstemp(*a, dir=None, prefix=None, **kw):
+        if refused(Path(dir) / (prefix or "")):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return mkstemp(*a, dir=dir, prefix=prefix, **kw)
+
+    monkeypatch.setattr(os, "mkdir", no_mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", no_mkstemp)
+
+
+@pytest.mark.parametrize("state", ["empty", "an earlier report"])
+def test_report_on_a_read_only_disk_is_one_line_and_keeps_what_was_there(runs, tmp_path, capsys, monkeypatch, state):
+    out = tmp_path / "out"
+    out.mkdir()
+    if state == "an earlier report":
+        assert main(["report", str(runs / "s0"), "--out", str(out)]) == 0
+    before = {str(p): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    _read_only_below(monkeypatch, out)
+    assert main(["report", str(runs / "s0"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Read-only file system" in err and str(out) in err
+    assert {str(p): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_report_that_fails_midway_leaves_no_half_written_output(runs, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "new" / "out"
+    _read_only_below(monkeypatch, tmp_path, fail_on="report.md")  # the figures go in, then the page fails
+    assert main(["report", str(runs / "s0"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write in {out}: Read-only file system" in err
+    assert not (tmp_path / "new").exists()  # the folders it made are gone with their figures
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's files are data from outside: an odd one is a line or 'not recorded', never a traceback or a hang
+
+
+def _edited_copy(runs, tmp_path, edit) -> Path:
+    """A copy of run s0 whose last.pt dict ``edit`` has changed (saved as alexnet train saves it)."""
+    run = tmp_path / "run"
+    shutil.copytree(runs / "s0", run)
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    edit(ckpt)
+    R.save_checkpoint(ckpt, run / "last.pt")
+    return run
+
+
+def test_report_opens_no_fifo_named_like_a_runs_config_or_lock(runs, tmp_path, capsys):
+    from conftest import no_hang
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "s0", run)
+    for name in ("config.json", ".lock"):
+        (run / name).unlink(missing_ok=True)
+        os.mkfifo(run / name)
+    with no_hang(120):
+        assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    assert "finished: 2 of 2 epochs" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_says_not_recorded_for_machine_fields_of_another_shape(runs, tmp_path):
+    def edit(ckpt):
+        ckpt["machine"] = "a string, not the record"
+        ckpt["torch"] = 5
+        ckpt["changes"] = [{"epoch": 2}, "lr"]
+
+    facts = P.read_facts(_edited_copy(runs, tmp_path, edit))
+    rows = dict((r[""], r["value"]) for r in P.section_what_ran(facts, 2)[1].rows)
+    assert rows["machine"].startswith("not recorded") and rows["device"].startswith("not recorded")
+    assert rows["torch"] == "not recorded" and "changed on resume" not in rows
+
+
+def test_report_of_a_metrics_row_without_a_number_is_one_line(runs, tmp_path, capsys):
+    def edit(ckpt):
+        del ckpt["metrics"][1]["lr"]
+
+    run = _edited_copy(runs, tmp_path, edit)
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"alexnet: error: {run / 'last.pt'}: metrics row 2 has no number 'lr'; not a row alexnet train writes\n"
+    )
+    assert not (run / "report.html").exists()
+
+
+def test_chapter_224_publishes_over_its_own_folder_only(runs, tmp_path):
+    script = chapter_224_script()
+    to = tmp_path / "docs" / "runs" / "d2l-224"
+    shutil.copytree(runs / "s0", tmp_path / "copy", ignore=shutil.ignore_patterns("*.pt"))
+    script.publish(tmp_path / "copy", to)
+    script.publish(tmp_path / "copy", to)  # its own: replaced
+    (to / "notes.md").write_text("mine")
+    with pytest.raises(SystemExit, match="notes.md, which publish did not write"):
+        script.publish(tmp_path / "copy", to)
+    assert (to / "notes.md").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------
+# `alexnet compare --out NAME.png`: the same rule, for its curves and the table beside them
+
+
+@pytest.mark.parametrize("mine", ["table.md", "table.png"])
+def test_compare_refuses_to_replace_what_it_did_not_write(runs, tmp_path, capsys, mine):
+    (tmp_path / mine).write_bytes(b"\x89PNG\r\n\x1a\n a picture of mine" if mine.endswith("png") else b"# notes\n")
+    args = ["compare", str(runs / "s0"), str(runs / "s1"), "--out", str(tmp_path / "table.png")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / mine) in err and "--overwrite" in err
+    assert [p.name for p in tmp_path.iterdir()] == [mine]
+    assert main([*args, "--overwrite"]) == 0
+    assert (tmp_path / "table.md").read_text().startswith(P.COMPARE_MARK + "\n| run |")
+
+
+def test_compare_out_must_name_a_png_so_its_table_lands_beside_it(runs, tmp_path, capsys):
+    (tmp_path / "report.md").write_text("# The project's own page\n")
+    assert main(["compare", str(runs / "s0"), "--out", str(tmp_path / "report.md")]) == 2
+    assert "name it NAME.png" in capsys.readouterr().err
+    assert (tmp_path / "report.md").read_text() == "# The project's own page\n"
+
+
+def test_compare_replaces_its_own_files_and_those_it_wrote_before_its_mark(runs, tmp_path):
+    args = ["compare", str(runs / "s0"), str(runs / "s1"), "--out", str(tmp_path / "c.png")]
+    assert main(args) == 0
+    assert main(args) == 0  # its own: replaced
+    md = tmp_path / "c.md"
+    md.write_text(md.read_text().removeprefix(P.COMPARE_MARK + "\n"))  # as compare wrote it before the mark
+    shutil.copy(runs / "s0" / "curves.png", tmp_path / "c.png")  # a PNG without the mark
+    assert main(args) == 0
+    assert (
+        md.read_text().startswith(P.COMPARE_MARK) and b"written by alexnet compare" in (tmp_path / "c.png").read_bytes()
+    )
