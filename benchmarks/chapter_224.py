@@ -26,6 +26,7 @@ import torch
 from alexnet import report as P
 from alexnet import runs as R
 from alexnet.measure import machine
+from alexnet.seeds import initial_first_conv
 from alexnet.tables import grid
 from alexnet.visualize import (
     LOW_FREQUENCY,
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             publish(copy, docs / "runs" / f"{name}-224")
             ck = facts[name].ckpt
             w = ck["model"][next(k for k in ck["model"] if k.endswith("weight"))].float()
-            w0 = P.initial_first_conv(ck["cfg"], int(ck["in_channels"]), int(ck["num_classes"]))
+            w0 = initial_first_conv(ck["cfg"], int(ck["in_channels"]), int(ck["num_classes"]))
             weights[name] = (w0, w, ck)
         figure = docs / "figures" / "report" / "filters-224.png"
         figure.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def init_is_rebuilt(cfg, scratch: Path) -> bool:
     """Whether the network `train` builds for this configuration (its Session, before any step)
-    equals report.initial_first_conv's rebuild and build_model(seed), every tensor bit for bit."""
+    equals seeds.initial_first_conv's rebuild and build_model(seed), every tensor bit for bit."""
     from alexnet import train as T
     from alexnet.models import build_model
 
@@ -201,7 +202,7 @@ def init_is_rebuilt(cfg, scratch: Path) -> bool:
         s.prepare(scratch, None, [])
         start = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
     ref = build_model(cfg.train.model, s.data.channels, len(s.data.classes), seed=cfg.train.seed).state_dict()
-    first = P.initial_first_conv(cfg, s.data.channels, len(s.data.classes))
+    first = initial_first_conv(cfg, s.data.channels, len(s.data.classes))
     return all(torch.equal(ref[k], v) for k, v in start.items()) and torch.equal(first, next(iter(start.values())))
 
 
@@ -299,7 +300,7 @@ def write_section(
         f"{o} kernels of {kh}×{kw} on {c} channel, each scaled to its own range. "
         + (
             "Both runs start from the same network: the seed fixes the initialisation, and `train` builds it with "
-            "`build_model(..., seed)` before anything else draws a random number, so `report.initial_first_conv` "
+            "`build_model(..., seed)` before anything else draws a random number, so `seeds.initial_first_conv` "
             "rebuilds it (tests/test_report.py checks this against a checkpoint taken before the first step). "
             if same_start
             else ""

@@ -17,6 +17,7 @@ from alexnet import train as T
 from alexnet.cli import main
 from alexnet.config import Config
 from alexnet.models import build_model
+from alexnet.seeds import initial_first_conv
 from alexnet.visualize import chance_share, low_frequency_share, orientation_strength
 
 
@@ -257,11 +258,11 @@ def test_initial_weights_are_rebuilt_exactly_from_the_seed(tmp_path, idx_dir, mo
     assert T.fit(cfg, tmp_path / "run", progress=False, quiet=True).interrupted
     ckpt = R.load_checkpoint(tmp_path / "run" / "last.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (0, 0)
-    torch.testing.assert_close(P.initial_first_conv(ckpt["cfg"], 1, 10), ckpt["model"]["0.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(initial_first_conv(ckpt["cfg"], 1, 10), ckpt["model"]["0.weight"], rtol=0, atol=0)
     rebuilt = build_model("alexnet28", 1, 10, seed=7).state_dict()
     for k, v in ckpt["model"].items():
         torch.testing.assert_close(rebuilt[k], v, rtol=0, atol=0)
-    other = P.initial_first_conv(cfg.replace(seed=8), 1, 10)
+    other = initial_first_conv(cfg.replace(seed=8), 1, 10)
     assert not torch.equal(other, ckpt["model"]["0.weight"])
 
 

@@ -38,7 +38,6 @@ from .facts import (
     RunFacts,
     book_rows,
     evaluate_facts,
-    initial_first_conv,
     is_d2l_recipe,
     read_facts,
 )
@@ -108,7 +107,6 @@ __all__ = [
     "figure_png",
     "group_runs",
     "html_document",
-    "initial_first_conv",
     "is_d2l_recipe",
     "labelled_groups",
     "markdown_table",

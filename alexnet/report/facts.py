@@ -294,18 +294,3 @@ def book_rows(metrics: list[dict]) -> list[dict]:
             }
         )
     return rows
-
-
-def initial_first_conv(cfg, in_channels: int, num_classes: int):
-    """The run's first-layer weights before its first step: ``train`` builds the network with
-    ``build_model(..., seed=cfg.train.seed)`` before anything else draws from it, so the same call
-    rebuilds them exactly (tests/test_report.py checks this against a checkpoint taken at step 0).
-    None for a first layer that is fitted to the data rather than drawn (a whitening conv)."""
-    import torch
-
-    from ..models import WhiteningConv, build_model
-    from ..visualize import first_conv
-
-    with torch.random.fork_rng(devices=[]):  # leave the caller's random stream as it was
-        conv = first_conv(build_model(cfg.train.model, in_channels, num_classes, seed=cfg.train.seed))
-    return None if isinstance(conv, WhiteningConv) else conv.weight.detach().clone()

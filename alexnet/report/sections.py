@@ -10,8 +10,9 @@ import dataclasses
 from pathlib import Path
 
 from ..confusion import most_confused
+from ..seeds import initial_first_conv, moved
 from .compare import aggregate, budget_series, labelled_groups, summarize
-from .facts import Evaluation, RunFacts, book_rows, evaluate_facts, initial_first_conv, is_d2l_recipe, read_facts
+from .facts import Evaluation, RunFacts, book_rows, evaluate_facts, is_d2l_recipe, read_facts
 from .figures import confusion_figure, curves_figure, figure_png, misclassified_figure, plot_budget_curve
 from .render import Block
 
@@ -319,9 +320,8 @@ def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block
         s0 = low_frequency_share(w0)
         rows.insert(0, row("at initialisation", w0, s0))
         rows.append(row("the change W - W0", w - w0, low_frequency_share(w - w0)))
-        moved = float((w - w0).norm() / w0.norm()) if w0.norm() > 0 else float("nan")
         text += (
-            f" Training moved the kernels by {moved:.0%} of their initial norm (||W - W0|| / ||W0||); "
+            f" Training moved the kernels by {moved(w, w0):.0%} of their initial norm (||W - W0|| / ||W0||); "
             f"{int((share > s0).sum())} of {o} kernels gained low-frequency share."
         )
     else:
