@@ -175,7 +175,7 @@ def predict_once(url: str, body: bytes, ctype: str) -> tuple[float, str | None]:
 def load(runs: Path, run: str, requests: int, clients: int, maps: int) -> dict:
     server = Server(runs)
     try:
-        url = f"{server.url}/api/runs/{run}/predict" + (f"?maps={maps}" if maps else "")
+        url = f"{server.url}/api/runs/{run}/-/predict" + (f"?maps={maps}" if maps else "")
         body, ctype = multipart(png_bytes())
         for _ in range(3):  # warm-up: the checkpoint is loaded on the first request
             predict_once(url, body, ctype)
@@ -227,7 +227,7 @@ def training(
     served = [0]
 
     def hammer():
-        url = f"{server.url}/api/runs/{run}/predict"
+        url = f"{server.url}/api/runs/{run}/-/predict"
         body, ctype = multipart(png_bytes())
         while not stop.is_set():
             if busy_with == "predict":
