@@ -264,7 +264,7 @@ def test_a_large_metrics_file_is_read_from_its_end_only(client, runs):
 
 
 def test_a_config_over_its_cap_is_not_read(client, runs):
-    (runs / "two" / "config.json").write_text(json.dumps({"data": {}, "pad": "x" * serve.MAX_CONFIG}))
+    (runs / "two" / "config.json").write_text(json.dumps({"data": {}, "pad": "x" * serve.folder.MAX_CONFIG}))
     run = client.get("/api/runs/two").json()
     assert run["config"] == {} and "config.json is over" in run["problems"][0]
 
@@ -278,7 +278,13 @@ ODD_CONFIGS = {
         "data": {},
         "train": {"epochs": 3},
         "system": {},
-        "plan": {"steps": "9", "steps_per_epoch": "x"},
+        "plan": {"steps": 9, "steps_per_epoch": "3"},  # 9 // "3" was a TypeError: a 500 for every run
+    },
+    "plan steps as text": {
+        "data": {},
+        "train": {"epochs": 3},
+        "system": {},
+        "plan": {"steps": "9", "steps_per_epoch": 3},
     },
     "plan dividing by zero": {
         "data": {},
@@ -353,7 +359,7 @@ def test_an_unexpected_failure_is_a_500_that_names_no_python_exception(app, monk
     def broken(*args):
         raise KeyError("internal detail")
 
-    monkeypatch.setattr(serve, "listing", broken)
+    monkeypatch.setattr(serve.routes, "listing", broken)
     with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
         r = client.get("/api/runs")
         assert r.status_code == 500 and "KeyError" not in r.text and "internal detail" not in r.text
@@ -404,7 +410,7 @@ def test_an_upload_never_waits_behind_a_report_render(client, runs, monkeypatch)
 
 def test_a_slow_file_read_never_holds_the_other_requests(client, runs, monkeypatch):
     release, entered = threading.Event(), threading.Event()
-    real = serve.read_capped
+    real = serve.folder.read_bounded
 
     def slow(path, *args):
         if "one" in path.parts:  # a slow disk under run "one"
@@ -412,7 +418,7 @@ def test_a_slow_file_read_never_holds_the_other_requests(client, runs, monkeypat
             release.wait(60)
         return real(path, *args)
 
-    monkeypatch.setattr(serve, "read_capped", slow)
+    monkeypatch.setattr(serve.folder, "read_bounded", slow)
     blocked = threading.Thread(target=lambda: client.get("/api/runs/one"), daemon=True)
     blocked.start()
     try:
@@ -426,7 +432,7 @@ def test_a_slow_file_read_never_holds_the_other_requests(client, runs, monkeypat
 @pytest.mark.parametrize("held", [1, 3])
 def test_uploads_past_the_byte_budget_get_a_503_and_the_held_ones_finish(client, app, monkeypatch, held):
     size = int(post_png(client).request.headers["content-length"])  # every post_png is this long
-    monkeypatch.setattr(serve, "UPLOAD_BUDGET", held * size)
+    monkeypatch.setattr(serve.app, "UPLOAD_BUDGET", held * size)
     worker = app.state.worker
     release, waiting = threading.Event(), threading.Event()
     worker.submit(release.wait, 60)  # the worker busy: uploads queue behind it, held whole
@@ -459,7 +465,7 @@ def test_uploads_past_the_byte_budget_get_a_503_and_the_held_ones_finish(client,
 def test_rendered_reports_are_kept_for_the_last_few_runs_only(client, runs, monkeypatch):
     import alexnet.report
 
-    monkeypatch.setattr(serve, "MAX_REPORTS", 2)
+    monkeypatch.setattr(serve.routes, "MAX_REPORTS", 2)
     monkeypatch.setattr(alexnet.report, "render_html_body", lambda path, **kw: f"<p>{Path(path).name}</p>" * 1000)
     for n in range(4):
         shutil.copytree(runs / "one", runs / f"r{n}")
@@ -550,7 +556,7 @@ def closed_by_server(s: socket.socket) -> bool:
 
 
 def test_a_connection_that_never_finishes_its_headers_is_closed(runs, monkeypatch):
-    monkeypatch.setattr(serve, "HEADER_TIMEOUT", 0.5)
+    monkeypatch.setattr(serve.app, "HEADER_TIMEOUT", 0.5)
     with uvicorn_thread(runs) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             s.sendall(b"GET /api/runs HTTP/1.1\r\nHost: 127")  # and nothing more (slowloris)
@@ -564,7 +570,7 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(runs, monkeypatc
 
 
 def test_connections_past_the_cap_are_closed_and_the_server_serves_on(runs, monkeypatch):
-    monkeypatch.setattr(serve, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(serve.app, "MAX_CONNECTIONS", 3)
     with uvicorn_thread(runs) as port:
         idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
         try:
