@@ -569,13 +569,15 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(runs, monkeypatc
         assert get(port, "/api/runs")[0] == 200
 
 
-def test_connections_past_the_cap_are_closed_and_the_server_serves_on(runs, monkeypatch):
+def test_a_connection_past_the_cap_takes_the_place_of_the_longest_waiting(runs, monkeypatch):
     monkeypatch.setattr(serve.app, "MAX_CONNECTIONS", 3)
     with uvicorn_thread(runs) as port:
         idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as extra:
-                assert closed_by_server(extra)
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as new:
+                assert closed_by_server(idle[0])  # the oldest of the connections that never sent headers
+                new.sendall(f"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+                assert new.recv(4096).startswith(b"HTTP/1.1 200")
         finally:
             for s in idle:
                 s.close()

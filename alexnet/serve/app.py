@@ -38,11 +38,11 @@ MAX_UPLOAD = 20 * 2**20  # bytes of a request to /predict; more is answered 413
 # One past it is answered 503; small uploads (a photo, ~100 KB) still pass by the hundred.
 UPLOAD_BUDGET = 100 * 2**20
 # The connection itself: a request's headers must arrive within HEADER_TIMEOUT s of its connection
-# (or of the previous answer); at most MAX_CONNECTIONS are kept open and MAX_CONCURRENT answered at
-# once (uvicorn answers 503 beyond it).
+# (or of the previous answer), and at most MAX_CONNECTIONS are kept open, which also bounds the
+# requests answered at once (uvicorn's limit_concurrency is not used: it counts open connections,
+# so under a flood of idle ones it answered every real request 503).
 HEADER_TIMEOUT = 10
 MAX_CONNECTIONS = 256
-MAX_CONCURRENT = 64
 MAX_HEADER_BYTES = 64 * 2**10
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
@@ -206,42 +206,47 @@ def protocol():
     (the keep-alive timer runs only between answers), so 1,100 connections that never finish their
     headers held every file descriptor and the server stopped accepting. Here the headers must be
     complete HEADER_TIMEOUT s after the connection (or the previous answer), and a connection past
-    MAX_CONNECTIONS is closed at once."""
+    MAX_CONNECTIONS takes the place of the one that has waited longest for its headers (a client
+    that sends its request at once is answered even while a flood of idle connections arrives)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class Bounded(H11Protocol):
         header_timer = None
+        waiting_since = None  # loop time since which it waits for a request's headers, else None
 
         def connection_made(self, transport):
             super().connection_made(transport)
-            if len(self.connections) > MAX_CONNECTIONS:
-                transport.abort()
-                return
             self.arm()
+            if len(self.connections) > MAX_CONNECTIONS:
+                waiting = [c for c in self.connections if c is not self and c.waiting_since is not None]
+                oldest = min(waiting, key=lambda c: c.waiting_since, default=self)
+                oldest.transport.abort()
 
         def arm(self):
             self.disarm()
+            self.waiting_since = self.loop.time()
             self.header_timer = self.loop.call_later(HEADER_TIMEOUT, self.headers_late)
 
         def disarm(self):
+            self.waiting_since = None
             if self.header_timer is not None:
                 self.header_timer.cancel()
                 self.header_timer = None
 
         def headers_late(self):
             self.header_timer = None
-            if self.conn.their_state in (h11.IDLE, h11.MUST_CLOSE) and not self.transport.is_closing():
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self.transport.abort()  # never began, or is still sending, its request's headers
 
         def handle_events(self):
             super().handle_events()
-            if self.conn.their_state not in (h11.IDLE, h11.MUST_CLOSE):
+            if self.conn.their_state is not h11.IDLE:
                 self.disarm()  # the headers are in
 
         def on_response_complete(self):
             super().on_response_complete()
-            if not self.transport.is_closing():
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
                 self.arm()
 
         def connection_lost(self, exc):
@@ -294,7 +299,7 @@ def add_parser(sub) -> None:
 
 def uvicorn_config(app, host: str, port: int):
     """uvicorn's settings for the app: the bounded protocol, idle connections closed after 5 s,
-    answers beyond MAX_CONCURRENT at once a 503, headers capped at MAX_HEADER_BYTES."""
+    headers capped at MAX_HEADER_BYTES."""
     import uvicorn
 
     return uvicorn.Config(
@@ -304,7 +309,6 @@ def uvicorn_config(app, host: str, port: int):
         log_level="warning",
         http=protocol(),
         timeout_keep_alive=5,
-        limit_concurrency=MAX_CONCURRENT,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_graceful_shutdown=3,  # a report rendering for minutes never holds Ctrl-C
     )
