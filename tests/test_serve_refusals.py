@@ -582,3 +582,11 @@ def test_a_connection_past_the_cap_takes_the_place_of_the_longest_waiting(runs, 
             for s in idle:
                 s.close()
         assert get(port, "/api/runs")[0] == 200
+
+
+def test_a_run_name_holding_markup_is_escaped_on_its_pages(client, runs):
+    name = "a<b\"c'&d"
+    shutil.copytree(runs / "one", runs / name)
+    for url in (f"/runs/{name}", f"/runs/{name}/-/explore"):
+        page = client.get(url).text
+        assert "a<b" not in page and 'data-run="a&lt;b&#34;c&#39;&amp;d"' in page

@@ -155,8 +155,10 @@ class RunsApi(Routes):
                 r = await self.server.compute(read, p)
             except (RunError, Refused) as e:
                 raise BadRequest(f"{n}: {str(e).replace(str(p), n)}", 409) from None
-            except Exception as e:  # a run's content is data: a checkpoint of ours with odd values
-                raise BadRequest(f"{n}: cannot be compared ({e.__class__.__name__})", 409) from None
+            except Exception:  # a run's content is data: a checkpoint of ours with odd values
+                raise BadRequest(
+                    f"{n}: cannot be compared (a value of the wrong type in its checkpoint or settings)", 409
+                ) from None
             runs.append(r)
             curves.append({"name": n, "metrics": r["metrics"]})
 
@@ -166,8 +168,10 @@ class RunsApi(Routes):
         try:
             rows = [aggregate([summarize(r) for r in g]) for g in group_runs(runs)]
             table = [{k: cell(k, v) for k, v in r.items()} for r in rows]
-        except Exception as e:  # a value of the wrong type in a run's checkpoint or config
-            raise BadRequest(f"these runs cannot be compared ({e.__class__.__name__})", 409) from None
+        except Exception:  # a value of the wrong type in a run's checkpoint or config
+            raise BadRequest(
+                "these runs cannot be compared (a value of the wrong type in their settings)", 409
+            ) from None
         return json_response({"runs": curves, "table": table})
 
 
