@@ -590,3 +590,14 @@ def test_a_run_name_holding_markup_is_escaped_on_its_pages(client, runs):
     for url in (f"/runs/{name}", f"/runs/{name}/-/explore"):
         page = client.get(url).text
         assert "a<b" not in page and 'data-run="a&lt;b&#34;c&#39;&amp;d"' in page
+
+
+def test_an_upload_whose_body_stalls_is_answered_408(runs, monkeypatch):
+    monkeypatch.setattr(serve.routes, "BODY_TIMEOUT", 0.5)
+    with uvicorn_thread(runs) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            head = f"POST {PREDICT} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 1000\r\n"
+            s.sendall((head + "Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n").encode())
+            answer = s.recv(4096)  # and the rest of the body never comes
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive" in answer
+        assert get(port, "/api/runs")[0] == 200
