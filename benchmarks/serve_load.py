@@ -6,8 +6,13 @@
     training  a small training run's images/s with the server idle and with clients keeping it
               busy, in alternating turns (idle, busy, idle, busy, ...), each turn a fresh 1-epoch run;
               the ratio of the turns' medians.
+    memory    the server's peak resident memory in the three ways issue 30 grew it: a run whose
+              metrics.jsonl links to /dev/zero, many concurrent 19.5 MB uploads, and the reports of
+              many runs shown one after another. --package-root runs another checkout's alexnet
+              (the code before the fix) for the "before" figures.
 
     python benchmarks/serve_load.py --part all --out runs/serve-load
+    python benchmarks/serve_load.py --part memory --package-root /tmp/old --out runs/serve-memory
 
 Every figure is taken on whatever machine runs it, beside whatever else runs there: the script
 prints the CPU, its core count and the load average before and after (alexnet.measure.machine).
@@ -21,14 +26,17 @@ The tables (results.md) are alexnet.tables'. A smoke run: --requests 8 --clients
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -40,8 +48,11 @@ from alexnet.tables import Column, markdown
 ROOT = Path(__file__).resolve().parents[1]
 
 
+PACKAGE_ROOT = [ROOT]  # the alexnet the served process imports (--package-root)
+
+
 def env(threads: int | None = None) -> dict:
-    e = {**os.environ, "PYTHONPATH": str(ROOT)}
+    e = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT[0])}
     e.pop("OMP_NUM_THREADS", None)
     if threads:
         e["OMP_NUM_THREADS"] = str(threads)
@@ -105,6 +116,7 @@ class Server:
                 str(threads),
             ],
             env=env(),
+            cwd=PACKAGE_ROOT[0],  # python -m puts the working directory first on sys.path
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -119,11 +131,20 @@ class Server:
                 time.sleep(0.1)
         raise SystemExit("alexnet serve did not answer in 60 s")
 
-    def peak_rss_mib(self) -> float:
+    def peak_rss_mib(self, field: str = "VmHWM") -> float:
         for ln in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if ln.startswith("VmHWM:"):
+            if ln.startswith(field + ":"):
                 return int(ln.split()[1]) / 1024
         return float("nan")
+
+    def route(self, run: str, what: str) -> str:
+        """A run's endpoint: after /-/ since issue 30, directly after the name before it."""
+        new = f"{self.url}/api/runs/{run}/-/{what}"
+        try:
+            urllib.request.urlopen(f"{self.url}/api/runs/{run}/-/layers", timeout=120)
+            return new
+        except urllib.error.HTTPError as e:
+            return new if e.code != 404 else f"{self.url}/api/runs/{run}/{what}"
 
     def cpu_s(self) -> float:
         """CPU seconds the server process has used (user + system, every thread)."""
@@ -175,7 +196,7 @@ def predict_once(url: str, body: bytes, ctype: str) -> tuple[float, str | None]:
 def load(runs: Path, run: str, requests: int, clients: int, maps: int) -> dict:
     server = Server(runs)
     try:
-        url = f"{server.url}/api/runs/{run}/predict" + (f"?maps={maps}" if maps else "")
+        url = f"{server.url}/api/runs/{run}/-/predict" + (f"?maps={maps}" if maps else "")
         body, ctype = multipart(png_bytes())
         for _ in range(3):  # warm-up: the checkpoint is loaded on the first request
             predict_once(url, body, ctype)
@@ -227,7 +248,7 @@ def training(
     served = [0]
 
     def hammer():
-        url = f"{server.url}/api/runs/{run}/predict"
+        url = f"{server.url}/api/runs/{run}/-/predict"
         body, ctype = multipart(png_bytes())
         while not stop.is_set():
             if busy_with == "predict":
@@ -333,6 +354,128 @@ TURN_COLUMNS = [
 ]
 
 
+def watch(server: Server, work, limit_mib: float, seconds: float) -> dict:
+    """``work()`` in a thread while the server's resident memory is sampled; the server is killed
+    when it passes ``limit_mib`` (the issue's /dev/zero read grows until the machine runs out)."""
+    done = threading.Event()
+
+    def run():
+        with contextlib.suppress(Exception):  # a killed server's broken connections: the figure is the memory
+            work()
+        done.set()
+
+    base = server.peak_rss_mib("VmRSS")
+    threading.Thread(target=run, daemon=True).start()
+    t0, killed = time.perf_counter(), False
+    while not done.wait(0.05) and time.perf_counter() - t0 < seconds:
+        if server.peak_rss_mib("VmRSS") > limit_mib:
+            killed = True
+            break
+    peak, after = server.peak_rss_mib(), server.peak_rss_mib("VmRSS")
+    seconds = time.perf_counter() - t0
+    return {
+        "rss_before_mib": base,
+        "peak_rss_mib": peak,
+        "rss_after_mib": after,
+        "killed_at_limit": killed,
+        "seconds": seconds,
+    }
+
+
+def memory(out: Path, uploads: int, reports: int, limit_mib: float, cases=("zero", "uploads", "reports")) -> list[dict]:
+    """Peak RSS of a fresh server for each of the three ways issue 30 grew it."""
+    runs = out / "runs"
+    make_run(runs, "served", limit_train=500)
+    rows = []
+    if "zero" in cases:
+        rows += memory_zero(out, limit_mib)
+    if "uploads" in cases:
+        rows += memory_uploads(runs, uploads, limit_mib)
+    if "reports" in cases:
+        rows += memory_reports(runs, reports, limit_mib)
+    return rows
+
+
+def memory_zero(out: Path, limit_mib: float) -> list[dict]:
+    rows = []
+    zero = out / "zero"
+    (zero / "z").mkdir(parents=True, exist_ok=True)
+    (zero / "z" / "config.json").write_text(json.dumps({"data": {}, "train": {}, "system": {}}))
+    server = Server(zero)
+    try:
+        (zero / "z" / "metrics.jsonl").unlink(missing_ok=True)
+        (zero / "z" / "metrics.jsonl").symlink_to("/dev/zero")  # after the server answers
+        r = watch(server, lambda: urllib.request.urlopen(server.url + "/api/runs/z", timeout=60).read(), limit_mib, 60)
+        rows.append({"case": "GET a run whose metrics.jsonl links to /dev/zero", **r})
+    finally:
+        server.proc.kill()
+        server.proc.wait()
+        (zero / "z" / "metrics.jsonl").unlink(missing_ok=True)
+    return rows
+
+
+def memory_uploads(runs: Path, uploads: int, limit_mib: float) -> list[dict]:
+    rows = []
+    server = Server(runs)
+    try:
+        url = server.route("served", "predict")
+        boundary = uuid.uuid4().hex
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'.encode()
+            + os.urandom(19_500_000)
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        statuses = []
+
+        def one():
+            req = urllib.request.Request(
+                url, data=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+            )
+            try:
+                statuses.append(urllib.request.urlopen(req, timeout=600).status)
+            except urllib.error.HTTPError as e:
+                statuses.append(e.code)
+            except OSError:  # answered (503) and closed before the whole body was sent
+                statuses.append("closed")
+
+        def all_uploads():
+            with ThreadPoolExecutor(uploads) as pool:
+                for _ in range(uploads):
+                    pool.submit(one)
+
+        r = watch(server, all_uploads, limit_mib, 600)
+        counts = {str(c): statuses.count(c) for c in sorted(set(statuses), key=str)}
+        rows.append({"case": f"{uploads} concurrent 19.5 MB uploads (answers {counts})", **r})
+    finally:
+        server.stop()
+    return rows
+
+
+def memory_reports(runs: Path, reports: int, limit_mib: float) -> list[dict]:
+    """The reports of many runs shown one after another: the resident memory after each (a cache
+    that keeps every report grows by each one's size; a bounded one stops growing)."""
+    rows = []
+    for n in range(reports):
+        if not (runs / f"r{n}").exists():
+            shutil.copytree(runs / "served", runs / f"r{n}")
+    server = Server(runs)
+    after = []
+    try:
+
+        def all_reports():
+            for n in range(reports):
+                u = server.route(f"r{n}", "report")
+                while json.loads(urllib.request.urlopen(u, timeout=600).read()).get("pending"):
+                    time.sleep(0.2)
+                after.append(server.peak_rss_mib("VmRSS"))
+
+        r = watch(server, all_reports, limit_mib, 1800)
+        rows.append({"case": f"the reports of {reports} runs, one after another", **r, "rss_after_each_mib": after})
+    finally:
+        server.stop()
+    return rows
+
+
 def report(results: dict) -> str:
     """results.md: the machine, then a table per part (alexnet.tables)."""
     parts = [f"Machine before: {results['machine_before']}", f"Machine after: {results['machine_after']}"]
@@ -352,7 +495,12 @@ def report(results: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["load", "training", "all"], default="all")
+    p.add_argument("--part", choices=["load", "training", "memory", "all"], default="all")
+    p.add_argument("--package-root", default=str(ROOT), help="the checkout whose alexnet is served")
+    p.add_argument("--uploads", type=int, default=150, help="concurrent 19.5 MB uploads (--part memory)")
+    p.add_argument("--reports", type=int, default=24, help="runs whose reports are shown (--part memory)")
+    p.add_argument("--memory-cases", default="zero,uploads,reports", help="which of --part memory's cases run")
+    p.add_argument("--limit-mib", type=float, default=2048, help="memory at which the server is killed (--part memory)")
     p.add_argument(
         "--out", default="runs/serve-load", help="folder for the served run, the turns, results.json and results.md"
     )
@@ -382,7 +530,16 @@ def main() -> None:
     )
     p.add_argument("--limit-train", type=int, default=6000, help="training images of each turn's epoch")
     args = p.parse_args()
+    PACKAGE_ROOT[0] = Path(args.package_root).resolve()
     out = Path(args.out).resolve()
+    if args.part == "memory":
+        rows = memory(out, args.uploads, args.reports, args.limit_mib, args.memory_cases.split(","))
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        (out / "memory.json").write_text(
+            json.dumps({"package_root": str(PACKAGE_ROOT[0]), "rows": rows}, indent=2) + "\n"
+        )
+        return
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     make_run(runs, "served")

@@ -57,7 +57,7 @@ def main() -> None:
             page.wait_for_selector("#report figure img", timeout=600_000)
             page.screenshot(path=out / "run.png")
             page.screenshot(path=out / "run-full.png", full_page=True)
-            page.goto(f"{url}/runs/{args.run}/explore")
+            page.goto(f"{url}/runs/{args.run}/-/explore")
             page.wait_for_selector(".thumbs img")
             page.click("#wrong")
             wrong = "document.querySelectorAll('.thumbs img[title*=\"→\"]').length > 0"  # true → predicted

@@ -136,7 +136,7 @@ def test_explore_uploads_an_image_and_shows_top5_and_activation_maps(server, pag
     url, _ = server
     photo = tmp_path / "shoe.png"
     Image.radial_gradient("L").resize((90, 70)).convert("RGB").save(photo)
-    page.goto(url + "/runs/tiny/explore")
+    page.goto(url + "/runs/tiny/-/explore")
     page.wait_for_selector(".thumbs img")  # the test images of the first class
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#top5")
@@ -155,7 +155,7 @@ def test_explore_names_an_upload_that_is_not_an_image(server, page, tmp_path):
     url, _ = server
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    page.goto(url + "/runs/tiny/explore")
+    page.goto(url + "/runs/tiny/-/explore")
     page.set_input_files("#file", str(bad))
     page.wait_for_selector("#upload-error")
     assert "not an image" in page.inner_text("#upload-error")

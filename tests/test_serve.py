@@ -23,6 +23,8 @@ from alexnet.config import PRESETS
 from alexnet.runs import RunDir
 from alexnet.serve import MAX_UPLOAD, create_app
 
+BASE = "http://127.0.0.1:8000"  # create_app answers to the loopback names on port 8000 by default
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -42,7 +44,7 @@ def runs(tmp_path_factory):
 @pytest.fixture
 def client(runs):
     threads = torch.get_num_threads()
-    with TestClient(create_app(runs)) as c:
+    with TestClient(create_app(runs), base_url=BASE) as c:
         yield c
     torch.set_num_threads(threads)  # create_app sets one inference thread for the process
 
@@ -54,7 +56,7 @@ def png(size=(40, 30), mode="RGB", colour=(180, 20, 20)) -> bytes:
 
 
 def predict(client, data: bytes, name="two", **form):
-    return client.post(f"/api/runs/{name}/predict", files={"file": ("x.png", data, "image/png")}, data=form)
+    return client.post(f"/api/runs/{name}/-/predict", files={"file": ("x.png", data, "image/png")}, data=form)
 
 
 def test_runs_api_lists_every_run_newest_first_with_its_status(client, runs):
@@ -96,7 +98,7 @@ def test_predict_answers_what_alexnet_predict_prints(client, runs, tmp_path, cap
     image.write_bytes(png((57, 33)))
     for invert in (False, True):
         r = client.post(
-            "/api/runs/two/predict",
+            "/api/runs/two/-/predict",
             files={"file": ("photo.png", image.read_bytes(), "image/png")},
             data={"invert": "1" if invert else "0"},
         )
@@ -111,8 +113,8 @@ def test_predict_answers_what_alexnet_predict_prints(client, runs, tmp_path, cap
 
 
 def test_predict_with_maps_gives_each_stage_under_the_layer_tables_shapes(client):
-    r = client.post("/api/runs/two/predict?maps=4", files={"file": ("x.png", png(), "image/png")}).json()
-    layers = client.get("/api/runs/two/layers").json()["layers"]
+    r = client.post("/api/runs/two/-/predict?maps=4", files={"file": ("x.png", png(), "image/png")}).json()
+    layers = client.get("/api/runs/two/-/layers").json()["layers"]
     shapes = {tuple(layer["shape"][1:]) for layer in layers}
     assert len(r["stages"]) == 2  # LeNet's two convolutions
     for stage in r["stages"]:
@@ -158,14 +160,14 @@ def test_an_oversized_upload_without_a_length_is_cut_off_at_the_cap(client):
             yield b"\0" * 2**20
 
     multipart = {"content-type": "multipart/form-data; boundary=b"}
-    r = client.post("/api/runs/two/predict", content=chunks(), headers=multipart)
+    r = client.post("/api/runs/two/-/predict", content=chunks(), headers=multipart)
     assert r.status_code == 413 and "over 20 MB" in r.json()["error"]
 
 
 def test_a_request_that_is_not_multipart_is_a_400(client):
     multipart = {"content-type": "multipart/form-data; boundary=q"}
-    assert client.post("/api/runs/two/predict", content=b"x", headers=multipart).status_code == 400
-    assert client.post("/api/runs/two/predict", data={"other": "1"}).status_code == 400
+    assert client.post("/api/runs/two/-/predict", content=b"x", headers=multipart).status_code == 400
+    assert client.post("/api/runs/two/-/predict", data={"other": "1"}).status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -190,7 +192,7 @@ def test_names_that_leave_the_runs_folder_or_do_not_exist_are_404(client, runs, 
     (runs / "outside").unlink(missing_ok=True)
     (runs / "outside").symlink_to(outside)  # a run-looking directory outside the folder
     try:
-        for url in (f"/api/runs/{name}", f"/api/runs/{name}/layers", f"/runs/{name}"):
+        for url in (f"/api/runs/{name}", f"/api/runs/{name}/-/layers", f"/runs/{name}"):
             assert client.get(url).status_code == 404, url
         assert predict(client, png(), name=name).status_code == 404
         assert "outside" not in [r["name"] for r in client.get("/api/runs").json()["runs"]]
@@ -225,21 +227,21 @@ def test_a_run_mid_write_or_corrupt_is_named_on_its_page_not_a_crash(client, run
 
 def test_evaluation_and_test_images_by_class_and_misclassified(client):
     for _ in range(100):
-        ev = client.get("/api/runs/two/evaluation").json()
+        ev = client.get("/api/runs/two/-/evaluation").json()
         if not ev.get("pending"):
             break
         time.sleep(0.1)
     assert ev["images"] == 48 and len(ev["confusion"]) == 10
     assert sum(map(sum, ev["confusion"])) == 48
-    wrong = client.get("/api/runs/two/test?misclassified=1").json()
+    wrong = client.get("/api/runs/two/-/test?misclassified=1").json()
     assert len(wrong["indices"]) == 48 - sum(ev["confusion"][i][i] for i in range(10))
     for i, label, guess in zip(wrong["indices"], wrong["labels"], wrong["predicted"]):
-        r = client.get(f"/api/runs/two/test/{i}?maps=0").json()
+        r = client.get(f"/api/runs/two/-/test/{i}?maps=0").json()
         assert r["label"] == label != guess == r["top"][0]["class"]
-    some = client.get("/api/runs/two/test?class=3").json()
+    some = client.get("/api/runs/two/-/test?class=3").json()
     assert some["indices"] and set(some["labels"]) == {"3"}
-    assert client.get(f"/api/runs/two/test/{some['indices'][0]}/png").headers["content-type"] == "image/png"
-    assert client.get("/api/runs/two/test/100000").status_code == 404
+    assert client.get(f"/api/runs/two/-/test/{some['indices'][0]}/png").headers["content-type"] == "image/png"
+    assert client.get("/api/runs/two/-/test/100000").status_code == 404
 
 
 def test_compare_table_matches_alexnet_compare(client, runs, tmp_path, capsys):
@@ -252,7 +254,7 @@ def test_compare_table_matches_alexnet_compare(client, runs, tmp_path, capsys):
 
 
 def test_pages_are_served_and_name_the_run_escaped(client):
-    for url in ("/", "/runs/two", "/runs/two/explore", "/compare?run=two&run=one"):
+    for url in ("/", "/runs/two", "/runs/two/-/explore", "/compare?run=two&run=one"):
         r = client.get(url)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert 'data-run="two"' in client.get("/runs/two").text
@@ -275,11 +277,11 @@ def _settled(client, url):
 def test_run_report_is_alexnet_reports_body_rendered_again_for_a_newer_checkpoint_only_when_asked(client, runs):
     from alexnet.report import render_html_body
 
-    r = _settled(client, "/api/runs/two/report")
+    r = _settled(client, "/api/runs/two/-/report")
     assert not r["stale"] and r["html"].count("<figure>") >= 3
     assert r["html"].split("<h2", 2)[1] == render_html_body(runs / "two", device="cpu").split("<h2", 2)[1]
     last = runs / "two" / "last.pt"
     os.utime(last, ns=(last.stat().st_atime_ns, last.stat().st_mtime_ns + 10**9))  # a live run's next epoch
-    assert client.get("/api/runs/two/report").json()["stale"] is True  # kept until asked
-    assert client.get("/api/runs/two/report?render=1").json() == {"pending": True}
-    assert _settled(client, "/api/runs/two/report")["stale"] is False
+    assert client.get("/api/runs/two/-/report").json()["stale"] is True  # kept until asked
+    assert client.get("/api/runs/two/-/report?render=1").json() == {"pending": True}
+    assert _settled(client, "/api/runs/two/-/report")["stale"] is False

@@ -19,8 +19,11 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const fmt = (v, d = 4) => (v === null || v === undefined ? "–" : typeof v === "number" ? v.toFixed(d) : v);
-const runURL = (name) => "/runs/" + name.split("/").map(encodeURIComponent).join("/");
-const apiURL = (name) => "/api/runs/" + name.split("/").map(encodeURIComponent).join("/");
+// A run's own pages and endpoints follow "/-/", which no run name holds: a run named grp/report
+// is /api/runs/grp/report and its report /api/runs/grp/report/-/report.
+const encodeRun = (name) => name.split("/").map(encodeURIComponent).join("/");
+const runURL = (name, page) => "/runs/" + encodeRun(name) + (page ? "/-/" + page : "");
+const apiURL = (name, what) => "/api/runs/" + encodeRun(name) + (what ? "/-/" + what : "");
 const COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d"];
 
 // A line chart as SVG: series = [{label, colour, dash, points: [[x, y], ...]}].
@@ -104,7 +107,7 @@ function table(rows, columns) {
 function nav(here, name) {
   const h = document.querySelector("header");
   const links = [["Runs", "/", "runs"]];
-  if (name) links.push([name, runURL(name), "run"], ["Explore", runURL(name) + "/explore", "explore"]);
+  if (name) links.push([name, runURL(name), "run"], ["Explore", runURL(name, "explore"), "explore"]);
   links.push(["Compare", "/compare", "compare"]);
   h.append(el("b", {}, "alexnet serve"), ...links.map(([t, u, k]) => el("a", { href: u, class: k === here ? "here" : "" }, t)));
 }
