@@ -34,6 +34,7 @@ from .costs import layer_costs, training_memory
 from .device import CompiledOrEager, autocast, channels_last_on, use_compile
 from .measure import peak_rss_bytes, time_turns
 from .models import Frozen, build_model, get_spec
+from .plotting import pyplot
 from .runs import atomic_write
 from .tables import Column, present
 from .tables import csv as csv_table
@@ -346,10 +347,7 @@ def to_markdown(rows: list[dict], header: str) -> str:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in rows if "images_per_s" in r]
     acc = [r for r in rows if r.get("val_acc") is not None]

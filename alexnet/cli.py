@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 
 from . import __version__
-from .config import PRESETS, SECTIONS, Config, ConfigError, choices
+from .config import MAX_CLASSES, PRESETS, SECTIONS, Config, ConfigError, choices
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -56,9 +56,6 @@ def _int_in(lo: int, hi: int):
         return value
 
     return integer
-
-
-MAX_CLASSES = 100_000  # as imagenet.MAX_CLASSES: ~5x ImageNet-21k
 
 
 def _flags(args) -> dict:
@@ -116,6 +113,7 @@ def cmd_evaluate(args) -> int:
 
     from . import data as D
     from .device import bf16_autocast, channels_last_on, select_device
+    from .imagenet import IMAGE_DATASETS
     from .measure import timed
     from .report import plot_confusion
     from .runs import load_checkpoint, model_from_checkpoint
@@ -124,7 +122,7 @@ def cmd_evaluate(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     device = select_device(args.device)
-    if cfg.data.dataset in ("imagefolder", "imagelist"):  # the paper's figures: top-1 and top-5 error
+    if cfg.data.dataset in IMAGE_DATASETS:  # the paper's figures: top-1 and top-5 error
         ev = evaluate_run(model, ckpt, device, args.data_dir, args.batch_size, args.ten_crop)
         print(
             f"{ckpt['path']}: {cfg.train.model} on {cfg.data.dataset} val ({ev['images']} images, "
@@ -251,7 +249,7 @@ def _input_image(spec: str, ckpt: dict, cfg: Config):
             n = int(spec[5:])
         except ValueError:
             raise ConfigError(f"{spec}: give test:N with N a whole number") from None
-        if cfg.data.dataset not in ("fashion-mnist", "mnist", "cifar10"):
+        if cfg.data.dataset not in D.DATASETS:
             raise ConfigError(f"{spec}: test:N reads the chapter's datasets; give an image file for {cfg.data.dataset}")
         ds = D.load_dataset(cfg.data.dataset, cfg.data.data_dir)
         if not 0 <= n < len(ds.test):
@@ -587,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .models import UnknownModel
     from .report import ReportError
-    from .runs import RunError
+    from .runs import RunError, first_line
     from .tracing import InputTooSmall
     from .visualize import VisualizeError
 
@@ -613,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _out_of_memory(e):
             raise
         print(
-            f"alexnet: error: out of memory ({_first_line(e) or 'MemoryError'}); try a smaller batch or input",
+            f"alexnet: error: out of memory ({first_line(e)}); try a smaller batch or input",
             file=sys.stderr,
         )
         return 2
@@ -627,11 +625,6 @@ def _out_of_memory(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or any(
         s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory")
     )
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else ""
 
 
 if __name__ == "__main__":

@@ -124,6 +124,11 @@ Schedule = Literal["constant", "cosine", "step", "plateau", "linear"]
 OnOffAuto = Literal["auto", "on", "off"]
 
 
+# The most classes any network, dataset or file here may declare: ~5x ImageNet-21k; a larger count is
+# a typo (or a crafted file) that would size the last layer at gigabytes.
+MAX_CLASSES = 100_000
+
+
 @dataclass(frozen=True)
 class DataConfig(_Checked):
     dataset: Dataset = _f(

@@ -35,13 +35,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .runs import atomic_write, not_regular
+from .runs import atomic_write, first_line, not_regular
 from .weights import (
     META_KEY,
     ExportError,
     Loaded,
     check_checkpoint_file,
-    first_line,
     parse_meta,
     read_model_file,
     safetensors_from_bytes,

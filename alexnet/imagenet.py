@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .config import MAX_CLASSES
 from .data import DataError, Transform, epoch_indices
 from .runs import atomic_write, not_regular
 from .seeds import Seeds, as_seeds
@@ -38,7 +39,6 @@ UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.De
 # Bounds on a list file, so a wrong file (a tar, an image) is one line, not all of memory.
 MAX_LIST_BYTES = 2**30  # ImageNet-21k's 14 M images take ~0.6 GB as 'path label' lines
 MAX_LINE_BYTES = 8192  # twice Linux's PATH_MAX
-MAX_CLASSES = 100_000  # ~5x ImageNet-21k; a larger label is a typo that would size the last layer
 
 
 @dataclass

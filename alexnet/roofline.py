@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .costs import DTYPE_BYTES, MASTER_BYTES, OPTIMIZER_STATE, LayerCost, inference_memory, layer_costs, training_memory
 from .hardware import DeviceSpec
+from .plotting import pyplot
 from .tables import grid
 from .tracing import KINDS, meta_model
 
@@ -383,10 +384,7 @@ def analysis_dict(an: Analysis) -> dict:
 def plot_roofline(an: Analysis, path) -> None:
     """Every conv and FC layer on the device's roofline: forward and backward at the batch size,
     forward at batch 1 (hollow), so inference vs training and batch size can be read off."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     spec, dt = an.spec, an.dtype
     fig, ax = plt.subplots(figsize=(9, 6))

@@ -34,14 +34,15 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import Config, ConfigError, DataConfig, TrainConfig
+from .config import MAX_CLASSES, Config, ConfigError, DataConfig, TrainConfig
 from .models import build_model
+from .plotting import pyplot
 
 # Bounds on the counts a checkpoint declares, as the configuration bounds its flags: a crafted
 # resolution of 12000 made predict allocate 9.8 GB.
 CHECKPOINT_BOUNDS = {
     "in_channels": (1, 3),
-    "num_classes": (1, 100_000),  # imagenet.MAX_CLASSES
+    "num_classes": (1, MAX_CLASSES),
     "resolution": (1, DataConfig._AT_MOST["resolution"]),
     "epoch": (0, TrainConfig._AT_MOST["epochs"]),
     "step": (0, 1 << 40),
@@ -184,9 +185,11 @@ def save_checkpoint(state: dict, path: Path) -> None:
 # Reading checkpoints
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else e.__class__.__name__
+def first_line(e: BaseException) -> str:
+    """An exception as the few words a one-line error can hold: its first non-blank line, at most 200
+    characters, or its class's name when it says nothing."""
+    text = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (text[0][:200] if text else "") or e.__class__.__name__
 
 
 def _why_unreadable(e: BaseException) -> str:
@@ -200,7 +203,7 @@ def _why_unreadable(e: BaseException) -> str:
         found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
         detail = found.group(1).strip() if found else "unexpected content"
         return f"its content is not a checkpoint's ({detail[:120]})"
-    first = _first_line(e)
+    first = first_line(e)
     if "zip archive" in first:
         return f"not a checkpoint file, or a damaged one ({first.split('. ')[0]})"
     return f"{e.__class__.__name__}: {first}"
@@ -258,7 +261,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt["cfg"] = Config.from_dict(ckpt["config"])
     except (ConfigError, TypeError) as e:
-        raise RunError(f"{p}: the recorded configuration is invalid ({_first_line(e)})") from None
+        raise RunError(f"{p}: the recorded configuration is invalid ({first_line(e)})") from None
     ckpt["path"] = str(p)
     return ckpt
 
@@ -268,7 +271,7 @@ def load_weights(model: nn.Module, ckpt: dict) -> None:
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        details = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [_first_line(e)]
+        details = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [first_line(e)]
         raise RunError(
             f"{ckpt['path']}: the weights do not fit {ckpt['cfg'].train.model} "
             f"(in_channels {ckpt['in_channels']}, {ckpt['num_classes']} classes): {details[0][:200]}"
@@ -477,9 +480,9 @@ def live_holder(path: str | os.PathLike) -> str | None:
     not probed with flock: taking the lock even for an instant could make a run starting at that
     moment fail with "in use". A killed holder leaves its line behind, so the pid is checked (on this
     host; a run on another host sharing the folder is taken at its word)."""
-    try:
-        who = (Path(path) / ".lock").read_text(errors="replace").strip()
-    except OSError:
+    try:  # bounded and regular only: a FIFO named .lock must not hang every listing of the folder
+        who = read_bounded(Path(path) / ".lock", 4096)[0].decode(errors="replace").strip()
+    except (OSError, RunError):
         return None
     parts = who.split()
     if len(parts) < 4 or parts[0] != "pid" or not parts[1].isdigit():
@@ -684,10 +687,7 @@ def network_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 def plot_curves(metrics: list[dict], path: Path, title: str) -> None:
     """The chapter's figure: train loss, validation loss and validation accuracy per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [m["epoch"] for m in metrics]
@@ -729,7 +729,7 @@ def read_run(run_dir: str | os.PathLike) -> dict:
             shape = {k: int(ckpt[k]) for k in ("in_channels", "num_classes", "resolution")}
             metrics = list(ckpt["metrics"])
         except Exception as e:
-            raise RunError(f"{run / 'last.pt'}: not a readable checkpoint ({_first_line(e)})") from None
+            raise RunError(f"{run / 'last.pt'}: not a readable checkpoint ({first_line(e)})") from None
     else:
         try:
             record = json.loads((run / "config.json").read_text())
@@ -737,7 +737,7 @@ def read_run(run_dir: str | os.PathLike) -> dict:
         except FileNotFoundError:
             raise RunError(f"{run}: not a run directory (no last.pt or config.json)") from None
         except (ValueError, ConfigError) as e:
-            raise RunError(f"{run / 'config.json'}: unreadable ({_first_line(e)})") from None
+            raise RunError(f"{run / 'config.json'}: unreadable ({first_line(e)})") from None
         metrics = read_metrics(run)
         if metrics is None:
             raise RunError(f"{run}: not a run directory (no readable metrics.jsonl)")

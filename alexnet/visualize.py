@@ -17,14 +17,12 @@ import torch
 from torch import nn
 
 from .filters import VisualizeError, contrast, filter_cells, first_conv, mosaic
+from .plotting import pyplot
 from .runs import atomic_write
 
 
 def _imshow(image: torch.Tensor, path: Path, title: str, scale: float = 0.12) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     h, w, c = image.shape
     fig, ax = plt.subplots(figsize=(max(3.0, min(8.0, w * scale)), max(2.5, min(8.0, h * scale)) + 0.4))
@@ -218,10 +216,7 @@ def filter_panels_figure(panels: list, cols: int | None = None, cutoff: float = 
     """First-layer kernels side by side (say, at initialisation, trained, and the change W - W0),
     one grid per (title, weight), ``cols`` grids to a row, None leaving a place empty; each title
     gets the kernels' median low-frequency share and orientation strength. Returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = cols or len(panels)
     rows = math.ceil(len(panels) / cols)
@@ -261,10 +256,7 @@ def class_activations_figure(
 
     The rows are tiled into one picture (each panel resized to ``cell`` pixels) and drawn on one
     axes: sixty matplotlib axes take seconds to lay out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import torch.nn.functional as F
 
     rows = [stage_maps(model, images[i : i + 1]) for i in range(len(images))]

@@ -29,7 +29,7 @@ from torch import nn
 
 from .config import DataConfig
 from .models import UnknownModel, build_model
-from .runs import CHECKPOINT_BOUNDS, RunError, not_regular
+from .runs import CHECKPOINT_BOUNDS, RunError, first_line, not_regular
 
 META_KEY = "alexnet"  # where each exported format keeps the description
 # The fields every description has; predict needs each of them.
@@ -191,11 +191,6 @@ def check_meta(meta: dict) -> str | None:
     if meta.get("precision", "int8") != "int8":
         return f"precision {repr(meta['precision'])[:40]} is not int8"
     return None
-
-
-def first_line(e: BaseException) -> str:
-    text = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return (text[0][:200] if text else "") or e.__class__.__name__
 
 
 def _safetensors_header(data: bytes, where: str) -> dict:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from alexnet.config import parse_duration
 from alexnet.measure import machine, timed
+from alexnet.plotting import pyplot
 from alexnet.report import Spread, plot_budget_curve
 from alexnet.runs import atomic_write
 from alexnet.tables import Column, markdown
@@ -197,10 +198,7 @@ def report(rows: list[dict], runs: list[dict], header: str) -> str:
 
 
 def plot(rows: list[dict], runs: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = [r for r in runs if "error" not in r]
     series: dict[str, list] = {}  # the report's curve (report.plot_budget_curve), from the ledger

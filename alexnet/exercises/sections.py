@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import data as D
 from ..config import PRESETS
+from ..plotting import pyplot
 from ..report import plot_groups
 from ..runs import atomic_write
 from ..tables import grid
@@ -590,10 +591,7 @@ def _ex8(b, g, figs, rel, cmd, root):
 
 
 def _gap_figure(over: list[Group], b: Budget, path: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n1, n2 = b.sizes8
     fig, ax = plt.subplots(figsize=(5, 3.4))

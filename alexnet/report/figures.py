@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..plotting import pyplot
 from ..runs import atomic_write
 from .compare import Spread, labelled_groups, mean_curve
 from .facts import BOOK, Evaluation, is_d2l_recipe
@@ -35,10 +36,7 @@ def plot_groups(
 ) -> None:
     """One panel per metric, one curve per labelled group of runs: the mean over its seeds, with a
     band of ± one std where there are several."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for j, (label, runs) in enumerate(groups):
@@ -88,10 +86,7 @@ def plot_confusion(matrix, classes: list[str], path: Path, title: str) -> None:
 def curves_figure(facts_or_groups, book: bool = False, title: str = ""):
     """Loss and accuracy per epoch, train and test; one colour per labelled group of runs (the mean
     over its seeds, a band of ± one std), and the book's points when ``book``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (al, aa) = plt.subplots(1, 2, figsize=(10, 3.8))
     for j, (label, runs) in enumerate(facts_or_groups):
@@ -172,10 +167,7 @@ def plot_budget_curve(ax, series: dict[str, list[tuple[float, Spread, str]]]) ->
 
 
 def misclassified_figure(ev: Evaluation, pairs, per_pair: int = 6):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(pairs), per_pair, figsize=(1.5 * per_pair, 1.75 * len(pairs)), squeeze=False)
     for r, (a, b, _) in enumerate(pairs):
@@ -204,10 +196,7 @@ def misclassified_figure(ev: Evaluation, pairs, per_pair: int = 6):
 
 def confusion_figure(matrix, classes: list[str], title: str):
     """Row-normalised confusion matrix with counts (the figure of `alexnet evaluate` too)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     m = matrix.double()
     norm = m / m.sum(1, keepdim=True).clamp_min(1)

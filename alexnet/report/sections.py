@@ -10,6 +10,8 @@ import dataclasses
 from pathlib import Path
 
 from ..confusion import most_confused
+from ..imagenet import IMAGE_DATASETS
+from ..plotting import pyplot
 from ..seeds import initial_first_conv, moved
 from .compare import aggregate, budget_series, labelled_groups, summarize
 from .facts import Evaluation, RunFacts, book_rows, evaluate_facts, is_d2l_recipe, read_facts
@@ -149,10 +151,7 @@ def budget_blocks(groups: list[tuple[str, list[dict]]]) -> list[Block]:
     series = budget_series(groups)
     if len({b for points in series.values() for b, *_ in points}) < 2:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     plot_budget_curve(ax, series)
@@ -417,7 +416,7 @@ def run_blocks(
         facts.missing["weights"] = facts.missing["evaluation"] = "the run directory holds no checkpoint (last.pt)"
     else:
         model, _ = model_from_checkpoint(facts.ckpt)
-        if facts.cfg.data.dataset in ("imagefolder", "imagelist"):
+        if facts.cfg.data.dataset in IMAGE_DATASETS:
             facts.missing["evaluation"] = (
                 "per-class figures are made for in-memory datasets only (use alexnet evaluate)"
             )

@@ -188,7 +188,7 @@ class TestSets:
     def get(self, cfg) -> object:
         from .. import data as D
 
-        if cfg.data.dataset not in ("fashion-mnist", "mnist", "cifar10"):
+        if cfg.data.dataset not in D.DATASETS:
             raise BadRequest(f"test images of {cfg.data.dataset} runs are not served; upload an image instead", 409)
         key = (cfg.data.dataset, cfg.data.data_dir)
         with self.lock:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..confusion import confusion_matrix
 from ..runs import RunError
 from .folder import BadRequest, NotFound, Refused, RunsFolder, TooLarge, _clean, finite, listing, run_record
 from .models import Models, TestSets, Worker, _scale_for, decode_upload, evaluate_chunk, explain, png_uri
@@ -135,7 +136,7 @@ class RunsApi(Routes):
         return json_response(await off_loop(run_record, self.server.folder, name, True))
 
     async def compare(self, request):
-        from ..report import FORMATS, Spread, aggregate, group_runs, summarize
+        from ..report import aggregate, cell, group_runs, summarize
         from ..runs import read_run
 
         names = request.query_params.getlist("run")
@@ -161,9 +162,6 @@ class RunsApi(Routes):
                 ) from None
             runs.append(r)
             curves.append({"name": n, "metrics": r["metrics"]})
-
-        def cell(k, v):
-            return v.format(FORMATS.get(k, "{}")) if isinstance(v, Spread) else FORMATS.get(k, "{}").format(v)
 
         try:
             rows = [aggregate([summarize(r) for r in g]) for g in group_runs(runs)]
@@ -257,7 +255,7 @@ class Evaluation(Routes):
             return json_response({"pending": not ev["error"], **self.progress(ev)})
         n, k = ev["images"], len(ds.classes)
         truth = ds.test.labels[:n].long()
-        conf = torch.bincount(truth * k + ev["pred"], minlength=k * k).view(k, k)
+        conf = confusion_matrix(truth, ev["pred"], k)
         per = (conf.diag().double() / conf.sum(1).clamp_min(1)).tolist()
         return json_response(
             {
