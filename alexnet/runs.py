@@ -541,12 +541,14 @@ def metrics_csv(metrics: list[dict]) -> str:
 
 
 def read_metrics(path: Path) -> list[dict] | None:
-    if not_regular(path / "metrics.jsonl"):
-        return None
+    """Every row of RUN/metrics.jsonl through the one reader (read_metrics_rows), or None when the
+    file is missing, not a regular file, or not whole (a line being written, a corrupt one, over the
+    cap): then the checkpoint's copy is the truth."""
     try:
-        return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
-    except (OSError, ValueError):
+        rows, note = read_metrics_rows(path / "metrics.jsonl")
+    except RunError:
         return None
+    return None if note else rows
 
 
 # One reader of metrics.jsonl, one status vocabulary and one checkpoint rule, for every room that

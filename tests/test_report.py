@@ -180,7 +180,7 @@ def test_report_says_an_interrupted_run_stopped_and_where(tmp_path, idx_dir, mon
     interrupt_at_batch(monkeypatch, 7)  # 4 training + 2 evaluation batches, then the 2nd step of epoch 2
     assert T.fit(_tiny_cfg(idx_dir), tmp_path / "run", progress=False, quiet=True).interrupted
     text = P.to_markdown(P.run_blocks(tmp_path / "run"))
-    assert "interrupted at step 1 of epoch 2: epoch 1 of 2 done, 1 steps into epoch 2" in text
+    assert "interrupted: epoch 1 of 2 done, 1 steps into epoch 2; continue it with alexnet train --resume" in text
     assert "(epoch 1, step 1 of epoch 2: not the weights of any metrics row)" in text
 
 

@@ -114,27 +114,17 @@ class RunFacts:
         return [c for c in changes if isinstance(c, dict) and keys <= c.keys()] if isinstance(changes, list) else []
 
     def status(self) -> str:
-        """Finished, running, or interrupted (and where): one sentence."""
-        from ..runs import epochs_planned
+        """The run's status in the one vocabulary serve shows too (runs.run_status), as a sentence."""
+        from ..runs import epochs_planned, run_status
 
-        # Epochs done, not metrics rows: a run that evaluates only at the end has one row for all.
-        done = (
-            int(self.ckpt["epoch"])
-            if self.ckpt
-            else (self.metrics[-1].get("epoch", len(self.metrics)) if self.metrics else 0)
-        )
-        total = epochs_planned(self.cfg.train.epochs, self.plan)
-        step = int(self.ckpt["step"]) if self.ckpt else 0
-        where = f"epoch {done} of {total} done" + (f", {step} steps into epoch {done + 1}" if step else "")
-        if self.live:
-            return f"running: {where}; the run continues (its lock is held by {self.live})"
-        if done >= total and not step:
-            return f"finished: {done} of {total} epochs"
-        if self.ckpt is None:
-            return f"stopped: {where} (no checkpoint left to say more)"
-        if step:
-            return f"interrupted at step {step} of epoch {done + 1}: {where}; continue it with alexnet train --resume"
-        return f"stopped after epoch {done} of {total} (interrupted between epochs); continue it with alexnet train --resume"
+        return run_status(
+            self.metrics,
+            epochs_planned(self.cfg.train.epochs, self.plan),
+            live=self.live,
+            checkpoint=self.ckpt is not None,
+            epoch=int(self.ckpt["epoch"]) if self.ckpt else None,
+            step=int(self.ckpt["step"]) if self.ckpt else 0,
+        ).sentence()
 
 
 # What every metrics row holds (train.Session writes them), each a number; the report reads them all.
