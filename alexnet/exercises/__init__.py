@@ -10,6 +10,8 @@ where it stopped and ``--render-only`` rewrites the report without training.
 The rooms, each importing only those above it:
     plan.py      the budgets and the configurations each exercise compares
     results.py   the ledger of runs; a configuration's seeds as a Group, found by name; "within the spread"
+    common.py    what every writer uses: the networks counted, Groups as a table (columns by name) and a figure
+    pictures.py  the last section: Figure 8.1.2's kernels from the sweep's runs, one image's feature maps
     sections.py  one writer per exercise: its tables, figures and prose, every number read, none typed
     page.py      the page: head, summary table, the budgets' cost; a larger budget's page never written over
     run.py       the sweep: train what the plan lacks (under the team's CPU lock), then write the page
