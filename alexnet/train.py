@@ -143,16 +143,17 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM, taken between two steps: weights, optimizer and totals agree."""
 
 
-class Abort(KeyboardInterrupt):
-    """A second Ctrl-C: stop now, mid-step, without writing anything."""
-
-
 class StopFlag:
     """SIGINT/SIGTERM set a flag the loop reads between steps, so an interruption never lands
-    between ``optimizer.step()`` and the totals that a mid-epoch checkpoint saves."""
+    between ``optimizer.step()`` and the totals that a mid-epoch checkpoint saves.
 
-    def __init__(self):
-        self.requested, self._previous = False, {}
+    A second signal ends the process at once (``os._exit``) rather than raising: an exception
+    raised from a handler lands in whatever runs then, a C extension's first import included,
+    where it aborts the interpreter. Exiting is safe because every file is written atomically:
+    a write cut short leaves the previous file and a temporary that the resume removes."""
+
+    def __init__(self, exit=os._exit):
+        self.requested, self._previous, self._exit = False, {}, exit
 
     def __enter__(self):
         with contextlib.suppress(ValueError):  # not in the main thread: leave the signals alone
@@ -166,7 +167,11 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise Abort
+            # os.write, not print: the handler may have interrupted a print to the same stream.
+            with contextlib.suppress(OSError):
+                os.write(2, b"alexnet: interrupted again: stopped at once; the last checkpoint is whole\n")
+            self._exit(128 + signum)
+            return
         self.requested = True
 
     def check(self) -> None:
@@ -531,11 +536,13 @@ class Session:
         return self
 
     def __exit__(self, *exc):
-        self.stop.__exit__(*exc)
-        if self.board is not None:
-            self.board.close()
-        if self.run_dir is not None:
-            self.run_dir.release()
+        try:
+            if self.board is not None:
+                self.board.close()
+            if self.run_dir is not None:
+                self.run_dir.release()
+        finally:  # last: a second Ctrl-C while the event writer closes still ends the process at once
+            self.stop.__exit__(*exc)
 
     def prepare(self, run_dir, ckpt: dict | None, changes: list[dict], held: RunDir | None = None) -> None:
         """Data, network and optimiser, checked before the run directory is touched: a mistake
@@ -653,8 +660,8 @@ class Session:
                 ev["time_s"] = time.perf_counter() - t1
                 self.end_epoch(epoch, {**tr, "images": images}, ev, trained, time.perf_counter() - since + earlier)
                 since, trained, images, earlier = time.perf_counter(), 0.0, 0, 0.0
-        except KeyboardInterrupt as e:
-            self.save_interrupted(abort=isinstance(e, Abort))
+        except KeyboardInterrupt:
+            self.save_interrupted()
             return RunResult(self._path(), pos.metrics, interrupted=True)
         if self.plan is not None and self.run_dir is not None:  # the plan as it ended: re-plans, budget spent
             self.run_dir.write_config(cfg, pos.changes, self.plan.to_dict())
@@ -946,7 +953,7 @@ class Session:
             self.quiet,
         )
 
-    def save_interrupted(self, abort: bool) -> None:
+    def save_interrupted(self) -> None:
         pos, tally = self.pos, self.tally
         if tally is not None and tally.steps:
             # Mid-epoch. Under DDP the other ranks' totals are out of reach: the position is kept and
@@ -956,15 +963,12 @@ class Session:
         last = self.run_dir.last if self.run_dir else None
         if not self.main or last is None:
             return
-        if abort:
-            say(f"\nstopped without saving; {last} holds the last checkpoint", self.quiet)
-            return
         try:
             self.run_dir.save(self.checkpoint(), best=False)
         except RunError as e:
             warn(f"interrupted, and {e}; {last} is unchanged")
             return
-        except KeyboardInterrupt:  # a second Ctrl-C during the save: atomic_write kept the old file
+        except KeyboardInterrupt:  # raised, not signalled (no StopFlag outside the main thread): the old file stays
             say(f"\nstopped while saving; {last} holds the last checkpoint", self.quiet)
             return
         say(
