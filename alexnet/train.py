@@ -583,7 +583,7 @@ class Session:
                 self.board = Board()
             self.run_dir = self._open_run_dir(run_dir, ckpt, held)
             if self.board is not None:
-                self.board.open(self.run_dir.path)
+                self.board.open(self.run_dir.path, self.pos.epoch * self.steps + self.pos.step)
         self._announce(ckpt)
 
     def _place_model(self) -> nn.Module:
