@@ -52,7 +52,7 @@ from .device import (
 )
 from .measure import machine, time_turns
 from .models import Frozen, TwoTowers, WhiteningConv, build_model
-from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, load_weights, say, warn
+from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, load_weights, not_regular, say, warn
 from .seeds import Seeds
 from .tracing import InputTooSmall, trace
 
@@ -467,12 +467,14 @@ def fit(
     budgeted run's steps re-planned on this machine with ``replan``).
     Under torchrun, data-parallel over the ranks; rank 0 writes the run directory."""
     ckpt, held = None, None
+    if not resume and _elastic_restart(run_dir):  # the same command, restarted by torchrun: continue its run
+        resume, overrides = True, {k: v for k, v in cfg.flat().items() if k not in ("amp", "compile")}
     if resume:
         if run_dir is None or not (Path(run_dir) / "last.pt").exists():
             raise TrainingError(f"--resume {run_dir}: no last.pt to resume from")
         if os.environ.get("RANK", "0") == "0":  # the writer: the lock first, then the checkpoint under it
             held, ckpt = RunDir.resume(run_dir)
-        else:
+        else:  # for its settings; the position is rank 0's, read under the lock (below)
             ckpt = load_checkpoint(Path(run_dir) / "last.pt")
     try:
         if resume:
@@ -480,6 +482,8 @@ def fit(
         elif overrides:
             cfg = cfg.replace(**overrides)
         device, rank, world = init_distributed(cfg.system.device)
+        if world > 1:
+            ckpt = _rank_zeros_checkpoint(ckpt, run_dir, rank, device)
         main = rank == 0
         try:
             with Session(
@@ -496,6 +500,42 @@ def fit(
     finally:
         if held is not None:
             held.release()
+
+
+def _elastic_restart(run_dir) -> bool:
+    """Whether this process is a worker that torchrun (``--max-restarts``) started again after a
+    failure: it runs the command that created the run, whose checkpoint names this elastic job."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not job or os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") == "0" or run_dir is None:
+        return False
+    last = Path(run_dir) / "last.pt"
+    if not_regular(last):
+        return False
+    try:  # mmap: the job's name is read without loading the weights
+        return torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("elastic_job") == job
+    except Exception:
+        return False  # not a checkpoint of ours: the run directory's own checks say so
+
+
+def _rank_zeros_checkpoint(ckpt: dict | None, run_dir, rank: int, device) -> dict | None:
+    """Every rank resumes from the checkpoint rank 0 read under the run's lock. The others read
+    last.pt without it, possibly before a run that held the lock wrote its last checkpoint; rank 0's
+    position (broadcast) tells them, and by then last.pt is the file rank 0 read."""
+    mine = [-1, -1] if ckpt is None else [int(ckpt["epoch"]), int(ckpt["step"])]
+    theirs = torch.tensor(mine, dtype=torch.long, device=device)
+    dist.broadcast(theirs, src=0)
+    theirs = theirs.tolist()
+    if rank == 0 or theirs == mine:
+        return ckpt
+    if ckpt is None or theirs[0] < 0:
+        raise TrainingError(f"{run_dir}: rank 0 and rank {rank} disagree on whether the run is resumed")
+    ckpt = load_checkpoint(Path(run_dir) / "last.pt")
+    if [ckpt["epoch"], ckpt["step"]] != theirs:
+        raise TrainingError(
+            f"{run_dir}/last.pt: rank {rank} reads epoch {ckpt['epoch']} step {ckpt['step']}, "
+            f"rank 0 epoch {theirs[0]} step {theirs[1]}"
+        )
+    return ckpt
 
 
 class Session:
@@ -1000,6 +1040,8 @@ class Session:
             "stats": data.stats,
             "torch": str(torch.__version__),
             "machine": machine(self.device).asdict(),
+            # torchrun's job: a worker it restarts continues this run (_elastic_restart)
+            **({"elastic_job": os.environ["TORCHELASTIC_RUN_ID"]} if "TORCHELASTIC_RUN_ID" in os.environ else {}),
             **({"plan": self._spent(self.plan).to_dict()} if self.plan else {}),
         }
 
