@@ -92,9 +92,8 @@ def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch
             for pre in (True, False)
         ]
         groups = [g for g in groups if g["params"]]
-    # One fused kernel per step on CUDA and on the CPU: on the 2-core CPU alexnet28's 1 M parameters
-    # step in 0.19 ms fused against 0.62 ms foreach (alone; inside a profiled training step the
-    # foreach step took 4.2 ms of 56, with the gradients no longer in cache).
+    # One fused kernel per step on CUDA and on the CPU rather than kernels per parameter tensor: the
+    # optimiser's step is a visible part of a small network's training step.
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
 
@@ -552,24 +551,19 @@ class Session:
         self.board = None  # TensorBoard's event writer, with --tensorboard
         self.stop = StopFlag()
         self.tally: Tally | None = None  # the running totals of the epoch in progress; None between epochs
-        # --time-budget (budget.py): the plan, the clock that holds it, and when the clock started
-        self.plan: B.Plan | None = None
-        self.clock: B.Clock | None = None
-        self.started: float | None = None  # the budget's clock: spent_s before this process included
-        self.began: float | None = None  # when this process began paying for the budget (stem, measurement)
+        self.clock: B.Clock | None = None  # the run's seconds: the budget's, and each metrics row's
+        self.plan: B.Plan | None = None  # --time-budget (budget.py): the plan, and the pacer that holds it
+        self.pacer: B.Pacer | None = None
         self.replan = replan
         # What prepare() builds (entered first, so that a prepare that fails still closes what it opened):
         self.data: D.Source | None = None
         self.model: nn.Module | None = None  # the bare network: what checkpoints hold
         self.net: nn.Module | None = None  # the network that evaluates: placed, data-parallel, compiled
         self.train_net: nn.Module | None = None  # the one that trains: net, or the layers after a stem computed once
-        self.frozen_ready = False  # whitening fitted and the stem computed, where the network has them
         self.optimizer: torch.optim.Optimizer | None = None
         self.pos = Position()
         self.steps = 0  # training steps per epoch
         self.title = ""  # of the run's figures
-        self.epoch_train_s = 0.0  # the epoch in progress's training seconds, those before a resume included
-        self.resumed_train_s = 0.0  # of which spent by the processes before this one (the epoch's wall time adds them)
 
     def __enter__(self):
         self.stop.__enter__()
@@ -589,8 +583,10 @@ class Session:
         leaves no empty run behind."""
         cfg, device = self.cfg, self.device
         self.data = load_data(cfg, device, Path(run_dir) if ckpt else None, ckpt, self.rank, self.world)
-        if cfg.train.time_budget and cfg.train.choose_from and ckpt is None:
-            cfg = self.choose_network()
+        if cfg.train.time_budget and cfg.train.choose_from and ckpt is None:  # paid from the budget
+            self.clock = B.Clock()
+            self.clock.start_up()
+            cfg = self.cfg = choose_network(cfg, self.data, device, self.world, self.clock, self.quiet)
         self.model = build_model(cfg.train.model, self.data.channels, len(self.data.classes), seed=cfg.train.seed)
         _check_input_fits(self.model, self.data.channels, self.data.resolution)
         if any(isinstance(m, WhiteningConv) for m in self.model.modules()) and not self.data.resident:
@@ -606,7 +602,6 @@ class Session:
             finetune.init_from(self.model, cfg.train.init_from, cfg.train.model, quiet=not self.main or self.quiet)
         finetune.freeze(self.model, cfg.train.freeze)
         self.net = self._place_model()
-        self.train_net, self.frozen_ready = self.net, False
         self.optimizer = make_optimizer(self.model, cfg, device)
         if ckpt is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -615,7 +610,10 @@ class Session:
             raise TrainingError(f"batch size {cfg.train.batch_size} exceeds the {len(self.data)} training images")
         self.title = f"{cfg.train.model} · {self.data.name} · preset {cfg.preset}"
         if cfg.train.time_budget:
-            self.plan_budget(ckpt)
+            self.plan_budget(ckpt)  # the stem computed, and paid from the budget
+        else:
+            self.clock = B.Clock()
+            self._prepare_frozen()
         if self.main:
             if cfg.system.tensorboard:  # the package is checked before the run directory is touched
                 from .tensorboard import Board
@@ -681,25 +679,25 @@ class Session:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        pos, cfg = self.pos, self.cfg
+        pos, cfg, clock = self.pos, self.cfg, self.clock
         if pos.epoch >= self.total_epochs:
             say(f"the run is complete ({pos.epoch} epochs); nothing to train", self.quiet)
         try:
-            now = time.perf_counter()  # a budget's stem and measurement ran in prepare: counted as training
-            since, trained, images = self.began or now, now - (self.began or now), 0  # since the last evaluation
-            earlier = 0.0  # a resumed epoch's training before this process: its wall time too
+            clock.start_rows()  # the start-up (a stem, a budget's measurement) counts as the first row's training
+            images = 0  # trained since the last evaluation
             for epoch in self.epochs_left():
                 tr = self.train_epoch(epoch)
-                trained, images = trained + self.epoch_train_s, images + tr["images"]
-                earlier += self.resumed_train_s
+                clock.add_epoch()
+                images += tr["images"]
                 if cfg.train.evaluate == "end" and epoch + 1 < self.total_epochs:
                     self.skip_evaluation(epoch)
                     continue
                 t1 = time.perf_counter()
                 ev = self.evaluate()
                 ev["time_s"] = time.perf_counter() - t1
-                self.end_epoch(epoch, {**tr, "images": images}, ev, trained, time.perf_counter() - since + earlier)
-                since, trained, images, earlier = time.perf_counter(), 0.0, 0, 0.0
+                self.end_epoch(epoch, {**tr, "images": images}, ev, *clock.row())
+                clock.next_row()
+                images = 0
         except KeyboardInterrupt:
             self.save_interrupted()
             return RunResult(self._path(), pos.metrics, interrupted=True)
@@ -714,7 +712,7 @@ class Session:
 
     def epoch_label(self, epoch: int, width: int = 0) -> str:
         """``3/10``; ``3/~10`` while a budget's clock may still re-plan the count (it moves as the load does)."""
-        estimate = "~" if self.clock is not None and self.clock.replan else ""
+        estimate = "~" if self.pacer is not None and self.pacer.replan else ""
         return f"{epoch + 1:>{width}}/{estimate}{self.total_epochs}"
 
     def epochs_left(self):
@@ -737,167 +735,50 @@ class Session:
         """--time-budget: start the clock, compute the frozen stem (paid from the budget), time a
         training step and an evaluation here, and plan the steps (budget.py). A resumed run keeps
         its recorded plan unless asked to re-plan (--replan, or a new budget)."""
-        cfg, saved = self.cfg, (ckpt or {}).get("plan")
-        new_budget = saved is not None and B.parse_duration(cfg.train.time_budget) != saved["budget_s"]
+        cfg, saved, each = self.cfg, (ckpt or {}).get("plan"), self.cfg.train.evaluate == "epoch"
+        budget = B.parse_duration(cfg.train.time_budget)
         if ckpt is not None and saved is None:
             raise ConfigError("--time-budget: this run was trained in epochs; resume it with --epochs")
-        self.began = self.began or time.perf_counter()  # a network chosen for the budget began it
         if saved is not None:
             self.plan = B.Plan.from_dict(saved)
-            self.started = self.began - self.plan.spent_s
-            if not (self.replan or new_budget):
-                self.began = None
-                self.clock = B.Clock(self.plan, self.started, cfg.train.evaluate == "epoch", replan=False)
+            self.clock = B.Clock(spent_before=self.plan.spent_s)
+            if not (self.replan or budget != saved["budget_s"]):
+                self.pacer = B.Pacer(self.plan, self.clock.started, each, replan=False)
+                self._prepare_frozen()
                 return
         if self.world > 1:
             raise ConfigError("--time-budget plans one process's run; under torchrun give --epochs")
-        self.started = self.started or self.began
-        self.prepare_frozen()
-        spent = time.perf_counter() - self.started
-        if spent >= B.parse_duration(cfg.train.time_budget):  # no use measuring: nothing can fit any more
+        self.clock = self.clock or B.Clock()  # a network chosen for the budget started it
+        self._prepare_frozen()
+        spent = self.clock.spent()
+        if spent >= budget:  # no use measuring: nothing can fit any more
             raise ConfigError(
                 f"--time-budget {cfg.train.time_budget} holds no training: the start-up (the frozen "
                 f"stem, choosing the network) took {spent:.1f} s of it on this machine as loaded now"
             )
-        step_s, eval_s = self._time_step(), self._time_evaluation()
-        each = cfg.train.evaluate == "epoch"
+        step_s = measure_step(self.model, self.train_net, self.optimizer, self.data, cfg, self.device)
+        eval_s = measure_evaluation(self.net, self.data, cfg, self.device)
         if self.plan is None:
-            self.plan = B.first_plan(cfg, step_s, eval_s, time.perf_counter() - self.started, self.steps)
+            self.plan = B.first_plan(cfg, step_s, eval_s, self.clock.spent(), self.steps)
         else:  # re-plan what remains for this machine (and budget), from where the run stands
             plan, done = self.plan, self.pos.epoch * self.steps + self.pos.step
-            plan.budget_s, plan.step_s, plan.eval_s = B.parse_duration(cfg.train.time_budget), step_s, eval_s
-            elapsed = time.perf_counter() - self.started
+            plan.budget_s, plan.step_s, plan.eval_s = budget, step_s, eval_s
+            elapsed = self.clock.spent()
             fit = B.steps_that_fit(plan.budget_s - elapsed, step_s, done, self.steps, eval_s, eval_s if each else 0.0)
             plan.replan(done, fit, elapsed, step_s)
         sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
-        self.clock = B.Clock(self.plan, self.started, each, sync=sync)
+        self.pacer = B.Pacer(self.plan, self.clock.started, each, sync=sync)
 
-    def choose_network(self) -> Config:
-        """--choose-from under a budget: time each network's training step on a batch of this run's
-        data, in alternating turns (the trained part only where its stem runs once per image), and
-        train the first whose planned epochs reach its need (budget.choose). Paid from the budget."""
-        cfg = self.cfg
-        self.began = self.began or time.perf_counter()
-        options = parse_choices(cfg.train.choose_from)
-        x, y = next(iter(self.data.train(0)))
-        runs = {}
-        for name, _ in options:
-            model = build_model(name, self.data.channels, len(self.data.classes), seed=cfg.train.seed).to(self.device)
-            if channels_last_on(cfg.system.channels_last, self.device):
-                model = model.to(memory_format=torch.channels_last)
-            inputs = x
-            if self._stem_once(model):  # its values do not matter for the time: the filters stay unfitted
-                with torch.no_grad(), autocast(self.device, cfg.system.amp == "bf16"):
-                    inputs = model[0](x)
-                model = model[1:]
-            optimizer = make_optimizer(model, cfg, self.device)
-            runs[name] = functools.partial(self._steps, model, optimizer, inputs, y)
-        # A few steps each: the choice turns on a factor of two or more, and the budget pays for them.
-        times = time_turns(runs, self.device, rounds=2, block=2, warmup=1)
-        left = parse_duration(cfg.train.time_budget) - (time.perf_counter() - self.began)
-        per_epoch = D.steps_per_epoch(len(self.data), cfg.train.batch_size // self.world, self.world)
-        chosen, how = B.choose(options, {n: t.median for n, t in times.items()}, left, per_epoch)
-        say(how, self.quiet)
-        self.cfg = cfg.replace(model=chosen, choose_from=cfg.train.choose_from)
-        return self.cfg
-
-    def _steps(self, model, optimizer, x, y, k: int) -> None:
-        for _ in range(k):
-            train_step(
-                model,
-                optimizer,
-                x,
-                y,
-                device=self.device,
-                amp=self.cfg.system.amp == "bf16",
-                label_smoothing=self.cfg.train.label_smoothing,
-            )
-
-    def _time_step(self) -> float:
-        """Seconds per training step of this run's own step, network and data, with the weights,
-        optimiser and random state put back afterwards (the steps take lr 0 as well)."""
-        saved = (
-            copy.deepcopy(self.model.state_dict()),
-            copy.deepcopy(self.optimizer.state_dict()),
-            torch.get_rng_state(),
-        )
-        batches = itertools.chain.from_iterable(self.data.train(e) for e in itertools.count())
-        cfg = self.cfg
-
-        def run(n: int) -> None:
-            train_one_epoch(
-                self.train_net,
-                self.optimizer,
-                itertools.islice(batches, n),
-                device=self.device,
-                amp=cfg.system.amp == "bf16",
-                label_smoothing=cfg.train.label_smoothing,
-                lr_fn=lambda s: 0.0,
-                log_every=n,
-            )
-
-        try:  # the median: one step that another job stalled does not stretch the plan (the clock follows the load)
-            return time_turns({"step": run}, self.device, rounds=B.TIMED_STEPS, warmup=B.WARMUP_STEPS)["step"].median
-        finally:
-            self.model.load_state_dict(saved[0])
-            self.optimizer.load_state_dict(saved[1])
-            torch.set_rng_state(saved[2])
-
-    def _time_evaluation(self) -> float:
-        """Seconds of one evaluation: the median of a few batches after a warm-up one, times the
-        batches, where batches cost the same (in-memory data), else one whole evaluation."""
-        data = self.data
-
-        def run(k: int) -> None:  # the first k batches, or a whole evaluation
-            evaluate(
-                self.net,
-                data.val(k if data.uniform_batches else None),
-                device=self.device,
-                amp=self.cfg.system.amp == "bf16",
-                num_classes=len(data.classes),
-                flip_tta=self.cfg.data.flip_tta,
-            )
-
-        if not data.uniform_batches:
-            return time_turns({"evaluation": run}, self.device, rounds=1, warmup=0)["evaluation"].median
-        return time_turns({"evaluation": run}, self.device, rounds=2, warmup=1)["evaluation"].median * data.val_steps
-
-    def prepare_frozen(self) -> None:
-        """Before the first step (its time counted as training): fit any whitening conv to the
-        training images and, where nothing in the step could change their output, compute the
-        network's frozen leading layers once per image, so each step trains only the rest."""
-        for m in self.model.modules():
-            if isinstance(m, WhiteningConv) and not m.fitted:  # a resumed run's checkpoint holds its filters
-                m.fit(self.data.sample(5000))
-        self.frozen_ready = True
-        model = self.model
-        if self._stem_once(model):
-            try:
-                self.data.precompute(model[0], amp=self.cfg.system.amp == "bf16", free=free_memory(self.device))
-            except D.CacheTooLarge as e:
-                if self.main:
-                    warn(f"{e}: computing them in every step instead (slower, the same result)")
-                return
-            self.train_net = CompiledOrEager(model[1:], self.cfg.system.compile == "on")
-
-    def _stem_once(self, model: nn.Module) -> bool:
-        """Whether the network's frozen leading layers can run once per image rather than every step."""
-        # One process: the layers after the stem train outside DistributedDataParallel.
-        return (
-            isinstance(model, nn.Sequential)
-            and isinstance(model[0], Frozen)
-            and self.data.precomputable
-            and self.world == 1
-        )
+    def _prepare_frozen(self) -> None:
+        self.clock.start_up()
+        main = self.main and not self.quiet
+        self.train_net = prepare_frozen(self.model, self.net, self.data, self.cfg, self.device, self.world, main)
 
     def train_epoch(self, epoch: int) -> dict:
-        t0 = time.perf_counter()
         cfg, pos, steps = self.cfg, self.pos, self.steps
         skip = pos.step if epoch == pos.epoch else 0
         # The epoch's training seconds, with those before an interruption: its images include theirs.
-        self.epoch_train_s = self.resumed_train_s = before = pos.train_s if skip else 0.0
-        if not self.frozen_ready:
-            self.prepare_frozen()
+        self.clock.start_epoch(pos.train_s if skip else 0.0)
         drops = plateau_drops([1 - m["val_acc"] for m in pos.metrics], cfg.train.lr_patience)
         self.tally = Tally.start(self.device, pos.tally if skip and self.main else None)
         self.tally.steps = skip
@@ -906,8 +787,8 @@ class Session:
         # get the same mask.
         seeds = Seeds(cfg.train.seed, cfg.train.seed_streams)
         lr_fn, batches = self.lr_fn(drops), self.data.train(epoch, skip)
-        if self.clock is not None:  # a budget: its plan may end this epoch early, or re-plan on the way
-            batches = self.clock.steps(batches, epoch * steps + skip)
+        if self.pacer is not None:  # a budget: its plan may end this epoch early, or re-plan on the way
+            batches = self.pacer.steps(batches, epoch * steps + skip)
         try:
             tr = train_one_epoch(
                 self.train_net,
@@ -931,7 +812,7 @@ class Session:
                 f"epoch {epoch + 1}: {e}; stopping (lower --lr?). Last good checkpoint: {good}"
             ) from None
         finally:
-            self.epoch_train_s = before + time.perf_counter() - t0
+            self.clock.stop_epoch()
             if bar is not None:
                 bar.close()
         tr["lr"] = lr_fn(tr["steps"] - 1)  # of the epoch's last step
@@ -999,7 +880,7 @@ class Session:
             # Mid-epoch. Under DDP the other ranks' totals are out of reach: the position is kept and
             # the resumed epoch's training loss covers only the steps after it.
             pos.step, pos.tally = tally.steps, tally.saved() if self.world == 1 else None
-            pos.train_s = self.epoch_train_s
+            pos.train_s = self.clock.epoch_s
         last = self.run_dir.last if self.run_dir else None
         if not self.main or last is None:
             return
@@ -1042,15 +923,118 @@ class Session:
             "machine": machine(self.device).asdict(),
             # torchrun's job: a worker it restarts continues this run (_elastic_restart)
             **({"elastic_job": os.environ["TORCHELASTIC_RUN_ID"]} if "TORCHELASTIC_RUN_ID" in os.environ else {}),
-            **({"plan": self._spent(self.plan).to_dict()} if self.plan else {}),
+            **({"plan": self._spent_plan()} if self.plan else {}),
         }
 
-    def _spent(self, plan: B.Plan) -> B.Plan:
-        plan.spent_s = time.perf_counter() - self.started
-        return plan
+    def _spent_plan(self) -> dict:
+        self.plan.spent_s = self.clock.spent()
+        return self.plan.to_dict()
 
     def _path(self) -> Path:
         return self.run_dir.path if self.run_dir else Path(".")
+
+
+# ---------------------------------------------------------------------------------------------
+# Before the loop: the network a budget chooses, the frozen stem, the measured step
+
+
+def choose_network(cfg: Config, data: D.Source, device, world: int, clock: B.Clock, quiet: bool) -> Config:
+    """--choose-from under a budget: time each network's training step on a batch of this run's
+    data, in alternating turns (the trained part only where its stem runs once per image), and
+    train the first whose planned epochs reach its need (budget.choose). Paid from the budget."""
+    options = parse_choices(cfg.train.choose_from)
+    x, y = next(iter(data.train(0)))
+    runs = {}
+    for name, _ in options:
+        model = build_model(name, data.channels, len(data.classes), seed=cfg.train.seed).to(device)
+        if channels_last_on(cfg.system.channels_last, device):
+            model = model.to(memory_format=torch.channels_last)
+        inputs = x
+        if stem_once(model, data, world):  # its values do not matter for the time: the filters stay unfitted
+            with torch.no_grad(), autocast(device, cfg.system.amp == "bf16"):
+                inputs = model[0](x)
+            model = model[1:]
+        optimizer = make_optimizer(model, cfg, device)
+        runs[name] = functools.partial(_steps, model, optimizer, inputs, y, cfg, device)
+    # A few steps each: the choice turns on a factor of two or more, and the budget pays for them.
+    times = time_turns(runs, device, rounds=2, block=2, warmup=1)
+    left = parse_duration(cfg.train.time_budget) - clock.spent()
+    per_epoch = D.steps_per_epoch(len(data), cfg.train.batch_size // world, world)
+    chosen, how = B.choose(options, {n: t.median for n, t in times.items()}, left, per_epoch)
+    say(how, quiet)
+    return cfg.replace(model=chosen, choose_from=cfg.train.choose_from)
+
+
+def _steps(model, optimizer, x, y, cfg: Config, device, k: int) -> None:
+    for _ in range(k):
+        amp, smoothing = cfg.system.amp == "bf16", cfg.train.label_smoothing
+        train_step(model, optimizer, x, y, device=device, amp=amp, label_smoothing=smoothing)
+
+
+def stem_once(model: nn.Module, data: D.Source, world: int) -> bool:
+    """Whether the network's frozen leading layers can run once per image rather than every step."""
+    # One process: the layers after the stem train outside DistributedDataParallel.
+    return isinstance(model, nn.Sequential) and isinstance(model[0], Frozen) and data.precomputable and world == 1
+
+
+def prepare_frozen(model, net, data: D.Source, cfg: Config, device, world: int, warn_here: bool) -> nn.Module:
+    """Before the first step (its time counted as training): fit any whitening conv to the training
+    images and, where nothing in the step could change their output, compute the network's frozen
+    leading layers once per image. Returns the network that trains: ``net``, or the layers after the stem."""
+    for m in model.modules():
+        if isinstance(m, WhiteningConv) and not m.fitted:  # a resumed run's checkpoint holds its filters
+            m.fit(data.sample(5000))
+    if not stem_once(model, data, world):
+        return net
+    try:
+        data.precompute(model[0], amp=cfg.system.amp == "bf16", free=free_memory(device))
+    except D.CacheTooLarge as e:
+        if warn_here:
+            warn(f"{e}: computing them in every step instead (slower, the same result)")
+        return net
+    return CompiledOrEager(model[1:], cfg.system.compile == "on")
+
+
+def measure_step(model, train_net, optimizer, data: D.Source, cfg: Config, device) -> float:
+    """Seconds per training step of this run's own step, network and data, with the weights,
+    optimiser and random state put back afterwards (the steps take lr 0 as well)."""
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), torch.get_rng_state())
+    batches = itertools.chain.from_iterable(data.train(e) for e in itertools.count())
+
+    def run(n: int) -> None:
+        amp, smoothing = cfg.system.amp == "bf16", cfg.train.label_smoothing
+        steps = itertools.islice(batches, n)
+        train_one_epoch(
+            train_net,
+            optimizer,
+            steps,
+            device=device,
+            amp=amp,
+            label_smoothing=smoothing,
+            lr_fn=lambda s: 0.0,
+            log_every=n,
+        )
+
+    try:  # the median: one step that another job stalled does not stretch the plan (the pacer follows the load)
+        return time_turns({"step": run}, device, rounds=B.TIMED_STEPS, warmup=B.WARMUP_STEPS)["step"].median
+    finally:
+        model.load_state_dict(saved[0])
+        optimizer.load_state_dict(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+def measure_evaluation(net, data: D.Source, cfg: Config, device) -> float:
+    """Seconds of one evaluation: the median of a few batches after a warm-up one, times the
+    batches, where batches cost the same (in-memory data), else one whole evaluation."""
+
+    def run(k: int) -> None:  # the first k batches, or a whole evaluation
+        amp, classes = cfg.system.amp == "bf16", len(data.classes)
+        batches = data.val(k if data.uniform_batches else None)
+        evaluate(net, batches, device=device, amp=amp, num_classes=classes, flip_tta=cfg.data.flip_tta)
+
+    if not data.uniform_batches:
+        return time_turns({"evaluation": run}, device, rounds=1, warmup=0)["evaluation"].median
+    return time_turns({"evaluation": run}, device, rounds=2, warmup=1)["evaluation"].median * data.val_steps
 
 
 def load_data(cfg: Config, device, run_dir: Path | None, ckpt: dict | None, rank: int, world: int) -> D.Source:
