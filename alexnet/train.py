@@ -24,7 +24,7 @@ import os
 import signal
 import time
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +37,8 @@ from . import budget as B
 from . import data as D
 from . import finetune
 from . import imagenet as I
-from .config import RESUMABLE, Config, ConfigError, Schedule, parse_choices, parse_duration
+from . import position as P
+from .config import Config, ConfigError, Schedule, parse_choices, parse_duration
 from .device import (
     CompiledOrEager,
     autocast,
@@ -50,15 +51,12 @@ from .device import (
     select_device,
     use_compile,
 )
-from .measure import machine, time_turns
+from .measure import time_turns
 from .models import Frozen, TwoTowers, WhiteningConv, build_model
-from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, load_weights, not_regular, say, warn
+from .position import Position, TrainingError, resume_config  # noqa: F401  (their public home was here)
+from .runs import RunDir, RunError, load_weights, say, warn
 from .seeds import Seeds
 from .tracing import InputTooSmall, trace
-
-
-class TrainingError(RunError):
-    """A run that cannot go on (non-finite loss, bad resume); the message is one line."""
 
 
 class NonFiniteLoss(TrainingError):
@@ -368,65 +366,6 @@ def evaluate_run(
     return {**ev, "skipped": pipe.skipped, "ten_crop": changes.get("ten_crop", cfg.data.ten_crop)}
 
 
-# ---------------------------------------------------------------------------------------------
-# Resuming: the run's own plan, and the few settings that may change
-
-
-@dataclass
-class Position:
-    """Where a run stands: finished epochs, steps into the next one and their totals, the metrics."""
-
-    epoch: int = 0
-    step: int = 0
-    tally: tuple | None = None  # (loss_sum, correct, seen, steps) of those steps
-    metrics: list[dict] = field(default_factory=list)
-    changes: list[dict] = field(default_factory=list)  # settings a resume changed, and from which epoch
-    train_s: float = 0.0  # seconds those steps trained: a resumed epoch's images/s covers them too
-
-    @property
-    def best_acc(self) -> float:
-        return max((m["val_acc"] for m in self.metrics), default=-1.0)
-
-    @classmethod
-    def of(cls, ckpt: dict) -> Position:
-        tally = ckpt.get("tally")
-        train_s = ckpt.get("epoch_train_s")
-        train_s = float(train_s) if isinstance(train_s, (int, float)) and 0 <= train_s < 1e9 else 0.0
-        return cls(
-            int(ckpt["epoch"]),
-            int(ckpt["step"]),
-            tuple(tally) if tally else None,
-            list(ckpt["metrics"]),
-            list(ckpt.get("changes", [])),
-            train_s,
-        )
-
-
-def resume_config(ckpt: dict, overrides: dict) -> tuple[Config, list[dict]]:
-    """The run's recorded settings with the user's explicit changes, of which only RESUMABLE ones
-    are allowed; each change is returned as a record with the epoch it takes effect."""
-    saved = ckpt["cfg"]
-    current = {**saved.flat(), "preset": saved.preset}
-    refused = sorted(k for k, v in overrides.items() if k not in RESUMABLE and current.get(k) != v)
-    if refused:
-        k = refused[0]
-        raise TrainingError(
-            f"--resume keeps the run's recorded settings: --{k.replace('_', '-')} cannot change "
-            f"({current.get(k)!r} -> {overrides[k]!r}); start a new run for that"
-        )
-    done = int(ckpt["epoch"])
-    if "epochs" in overrides and overrides["epochs"] < done + (1 if ckpt["step"] else 0):
-        raise TrainingError(f"--epochs {overrides['epochs']}: the run has already trained {done} epochs")
-    changed = {k: v for k, v in overrides.items() if current.get(k) != v and k != "preset"}
-    at = done + 1
-    records = [{"epoch": at, "setting": k, "from": current.get(k), "to": v} for k, v in changed.items()]
-    try:
-        cfg = saved.replace(**changed)
-    except ConfigError as e:
-        raise TrainingError(str(e)) from None
-    return cfg, list(ckpt.get("changes", [])) + records
-
-
 def _resolved(cfg: Config, device: torch.device) -> Config:
     """Record what 'auto' meant on this machine, so the run says how it was trained and a resume
     keeps that precision (and compilation) rather than re-deciding."""
@@ -466,23 +405,18 @@ def fit(
     budgeted run's steps re-planned on this machine with ``replan``).
     Under torchrun, data-parallel over the ranks; rank 0 writes the run directory."""
     ckpt, held = None, None
-    if not resume and _elastic_restart(run_dir):  # the same command, restarted by torchrun: continue its run
+    if not resume and P.elastic_restart(run_dir):  # the same command, restarted by torchrun: continue its run
         resume, overrides = True, {k: v for k, v in cfg.flat().items() if k not in ("amp", "compile")}
     if resume:
-        if run_dir is None or not (Path(run_dir) / "last.pt").exists():
-            raise TrainingError(f"--resume {run_dir}: no last.pt to resume from")
-        if os.environ.get("RANK", "0") == "0":  # the writer: the lock first, then the checkpoint under it
-            held, ckpt = RunDir.resume(run_dir)
-        else:  # for its settings; the position is rank 0's, read under the lock (below)
-            ckpt = load_checkpoint(Path(run_dir) / "last.pt")
+        held, ckpt = P.read_to_resume(run_dir)
     try:
         if resume:
-            cfg, changes = resume_config(ckpt, dict(overrides or {}))
+            cfg, changes = P.resume_config(ckpt, dict(overrides or {}))
         elif overrides:
             cfg = cfg.replace(**overrides)
         device, rank, world = init_distributed(cfg.system.device)
         if world > 1:
-            ckpt = _rank_zeros_checkpoint(ckpt, run_dir, rank, device)
+            ckpt = P.rank_zeros_checkpoint(ckpt, run_dir, rank, device)
         main = rank == 0
         try:
             with Session(
@@ -499,42 +433,6 @@ def fit(
     finally:
         if held is not None:
             held.release()
-
-
-def _elastic_restart(run_dir) -> bool:
-    """Whether this process is a worker that torchrun (``--max-restarts``) started again after a
-    failure: it runs the command that created the run, whose checkpoint names this elastic job."""
-    job = os.environ.get("TORCHELASTIC_RUN_ID")
-    if not job or os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") == "0" or run_dir is None:
-        return False
-    last = Path(run_dir) / "last.pt"
-    if not_regular(last):
-        return False
-    try:  # mmap: the job's name is read without loading the weights
-        return torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("elastic_job") == job
-    except Exception:
-        return False  # not a checkpoint of ours: the run directory's own checks say so
-
-
-def _rank_zeros_checkpoint(ckpt: dict | None, run_dir, rank: int, device) -> dict | None:
-    """Every rank resumes from the checkpoint rank 0 read under the run's lock. The others read
-    last.pt without it, possibly before a run that held the lock wrote its last checkpoint; rank 0's
-    position (broadcast) tells them, and by then last.pt is the file rank 0 read."""
-    mine = [-1, -1] if ckpt is None else [int(ckpt["epoch"]), int(ckpt["step"])]
-    theirs = torch.tensor(mine, dtype=torch.long, device=device)
-    dist.broadcast(theirs, src=0)
-    theirs = theirs.tolist()
-    if rank == 0 or theirs == mine:
-        return ckpt
-    if ckpt is None or theirs[0] < 0:
-        raise TrainingError(f"{run_dir}: rank 0 and rank {rank} disagree on whether the run is resumed")
-    ckpt = load_checkpoint(Path(run_dir) / "last.pt")
-    if [ckpt["epoch"], ckpt["step"]] != theirs:
-        raise TrainingError(
-            f"{run_dir}/last.pt: rank {rank} reads epoch {ckpt['epoch']} step {ckpt['step']}, "
-            f"rank 0 epoch {theirs[0]} step {theirs[1]}"
-        )
-    return ckpt
 
 
 class Session:
@@ -561,7 +459,7 @@ class Session:
         self.net: nn.Module | None = None  # the network that evaluates: placed, data-parallel, compiled
         self.train_net: nn.Module | None = None  # the one that trains: net, or the layers after a stem computed once
         self.optimizer: torch.optim.Optimizer | None = None
-        self.pos = Position()
+        self.pos = P.Position()
         self.steps = 0  # training steps per epoch
         self.title = ""  # of the run's figures
 
@@ -594,7 +492,7 @@ class Session:
                 f"--model {cfg.train.model}: its whitening conv is fitted to an in-memory dataset "
                 f"(fashion-mnist, mnist, cifar10), not to {cfg.data.dataset}"
             )
-        self.pos = Position.of(ckpt) if ckpt else Position()
+        self.pos = P.Position.of(ckpt) if ckpt else P.Position()
         self.pos.changes = changes
         if ckpt is not None:
             load_weights(self.model, ckpt)
@@ -899,32 +797,8 @@ class Session:
         )
 
     def checkpoint(self) -> dict:
-        pos, data, model = self.pos, self.data, self.model
-        weights = model.grouped_state_dict() if isinstance(model, TwoTowers) else model.state_dict()
-        return {
-            "model": weights,
-            "optimizer": self.optimizer.state_dict(),
-            "config": self.cfg.to_dict(),
-            "epoch": pos.epoch,
-            "step": pos.step,
-            "tally": pos.tally,
-            "metrics": pos.metrics,
-            "epoch_train_s": pos.train_s if pos.step else 0.0,
-            "best_epoch": best_epoch_of(pos.metrics),
-            "changes": pos.changes,
-            "classes": data.classes,
-            "dataset": data.name,
-            "in_channels": data.channels,
-            "num_classes": len(data.classes),
-            "resolution": data.resolution,
-            "normalization": data.normalization,
-            "stats": data.stats,
-            "torch": str(torch.__version__),
-            "machine": machine(self.device).asdict(),
-            # torchrun's job: a worker it restarts continues this run (_elastic_restart)
-            **({"elastic_job": os.environ["TORCHELASTIC_RUN_ID"]} if "TORCHELASTIC_RUN_ID" in os.environ else {}),
-            **({"plan": self._spent_plan()} if self.plan else {}),
-        }
+        plan = self._spent_plan() if self.plan else None
+        return P.contents(self.pos, self.model, self.optimizer, self.cfg, self.data, self.device, plan)
 
     def _spent_plan(self) -> dict:
         self.plan.spent_s = self.clock.spent()

@@ -227,6 +227,7 @@ def test_an_elastic_run_survives_a_kill_of_one_rank_mid_epoch_and_ends_with_the_
 
 
 def test_a_rank_that_read_an_older_checkpoint_resumes_from_rank_zeros(tmp_path, monkeypatch):
+    from alexnet import position as P
     from alexnet import train as T
 
     data = make_idx_dataset(tmp_path / "mnist-like", n_train=32, n_test=16)
@@ -236,10 +237,10 @@ def test_a_rank_that_read_an_older_checkpoint_resumes_from_rank_zeros(tmp_path, 
     T.fit(None, tmp_path / "run", resume=True, overrides={"epochs": 2}, progress=False, quiet=True)
 
     def rank_zero_says(epoch, step):
-        monkeypatch.setattr(T.dist, "broadcast", lambda t, src: t.copy_(torch.tensor([epoch, step])))
+        monkeypatch.setattr(P.dist, "broadcast", lambda t, src: t.copy_(torch.tensor([epoch, step])))
 
     rank_zero_says(2, 0)
-    assert T._rank_zeros_checkpoint(older, tmp_path / "run", 1, torch.device("cpu"))["epoch"] == 2
+    assert P.rank_zeros_checkpoint(older, tmp_path / "run", 1, torch.device("cpu"))["epoch"] == 2
     rank_zero_says(3, 0)  # last.pt is not what rank 0 read: a one-line error, not a silent divergence
     with pytest.raises(T.TrainingError, match=r"rank 1 reads epoch 2 step 0, rank 0 epoch 3 step 0"):
-        T._rank_zeros_checkpoint(older, tmp_path / "run", 1, torch.device("cpu"))
+        P.rank_zeros_checkpoint(older, tmp_path / "run", 1, torch.device("cpu"))
