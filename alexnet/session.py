@@ -180,7 +180,7 @@ class Session:
         elif cfg.train.init_from:
             finetune.init_from(self.model, cfg.train.init_from, cfg.train.model, quiet=not self.main or self.quiet)
         finetune.freeze(self.model, cfg.train.freeze)
-        self.net = self._place_model()
+        self.model, self.net = place_model(self.model, cfg, device, self.world)
         self.optimizer = T.make_optimizer(self.model, cfg, device)
         if ckpt is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -198,62 +198,14 @@ class Session:
                 from .tensorboard import Board
 
                 self.board = Board()
-            self.run_dir = self._open_run_dir(run_dir, ckpt, held)
+            plan = self.plan and self.plan.to_dict()
+            self.run_dir = open_run_dir(run_dir, ckpt, held, cfg, self.title, self.pos.changes, plan, self.data)
             if self.board is not None:
                 self.board.open(self.run_dir.path, self.pos.epoch * self.steps + self.pos.step)
-        self._announce(ckpt)
-
-    def _place_model(self) -> nn.Module:
-        cfg, device, model = self.cfg, self.device, self.model
-        if cfg.system.model_parallel:
-            try:
-                model = self.model = TwoTowers(model, cfg.system.model_parallel.split(","))
-            except (ValueError, RuntimeError) as e:
-                raise TrainingError(f"--model-parallel {cfg.system.model_parallel}: {e}") from None
-        else:
-            model = self.model = model.to(device)
-        if channels_last_on(cfg.system.channels_last, device):
-            model = self.model = model.to(memory_format=torch.channels_last)
-        # Gradients are averaged across ranks inside backward, bucket by bucket, overlapping the compute.
-        if self.world > 1:
-            model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-        return CompiledOrEager(model, cfg.system.compile == "on")
-
-    def _open_run_dir(self, run_dir, ckpt, held: RunDir | None) -> RunDir:
-        cfg = self.cfg
-        if ckpt is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run = RunDir.new(run_dir, f"{cfg.preset}-{cfg.train.model}-{stamp}")
-        else:
-            run = held or RunDir.open(run_dir)  # held: locked before its checkpoint was read
-            for what in run.reconcile(ckpt, self.title):
-                warn(f"{run.path}: repaired {what}")
-        run.write_config(cfg, self.pos.changes, self.plan and self.plan.to_dict())
-        self.data.record(run.path)
-        return run
-
-    def _announce(self, ckpt) -> None:
-        cfg, pos, d = self.cfg, self.pos, self.device
-        res = self.data.resolution
-        say(
-            f"preset {cfg.preset} · model {cfg.train.model} · {self.data.name} {res}x{res} · device {describe(d)} · "
-            f"bf16 {cfg.system.amp == 'bf16' and 'on' or 'off'} · compile {cfg.system.compile} · channels_last "
-            f"{'on' if channels_last_on(cfg.system.channels_last, d) else 'off'} · "
-            + (B.describe(self.plan) if self.plan else f"{cfg.train.epochs} epochs x {self.steps} steps")
-            + (f" · data-parallel over {self.world} ranks ({dist.get_backend()})" if self.world > 1 else ""),
-            self.quiet,
-        )
+        where = self.run_dir.path if self.run_dir else ""
+        say(start_line(cfg, self.data, device, self.world, self.plan, self.steps), self.quiet)
         if ckpt is not None:
-            where = self.run_dir.path if self.run_dir else ""
-            say(f"resuming {where} at epoch {pos.epoch + 1}" + (f", step {pos.step}" if pos.step else ""), self.quiet)
-            for c in pos.changes:
-                if c["epoch"] == pos.epoch + 1:
-                    extra = (
-                        "; the learning-rate schedule is recomputed for the new length"
-                        if c["setting"] == "epochs" and (cfg.train.schedule != "constant" or cfg.train.warmup_epochs)
-                        else ""
-                    )
-                    say(f"changed from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}{extra}", self.quiet)
+            say(resume_lines(cfg, self.pos, where), self.quiet)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -423,20 +375,7 @@ class Session:
     def end_epoch(self, epoch: int, tr: dict, ev: dict, train_time: float, epoch_time: float) -> None:
         """One metrics row. Times and images/s cover the training since the previous row (one
         epoch, or all of them under --evaluate end); epoch_time_s adds the evaluation."""
-        pos = self.pos
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": tr["loss"],
-            "train_acc": tr["acc"],
-            "val_loss": ev["loss"],
-            "val_acc": ev["acc"],
-            "lr": tr["lr"],
-            "train_images_per_s": tr["images"] / train_time,
-            "train_time_s": train_time,
-            "eval_time_s": ev.get("time_s", 0.0),
-            "epoch_time_s": epoch_time,
-        }
-        row.update(self.data.epoch_metrics(ev))
+        pos, row = self.pos, metrics_row(epoch, tr, ev, train_time, epoch_time, self.data)
         improved = row["val_acc"] > pos.best_acc
         pos.metrics.append(row)
         pos.epoch, pos.step, pos.tally, self.tally = epoch + 1, 0, None, None
@@ -445,13 +384,7 @@ class Session:
             self.run_dir.write_metrics(pos.metrics, self.title)
         if self.board is not None:
             self.board.epoch(row, self.model)
-        say(
-            f"epoch {self.epoch_label(epoch, 3)}  train loss {row['train_loss']:.4f}  "
-            f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
-            + (f"top-5 err {row['val_top5_err']:.4f}  " if "val_top5_err" in row else "")
-            + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s",
-            self.quiet,
-        )
+        say(f"epoch {self.epoch_label(epoch, 3)}  {row_line(row)}", self.quiet)
 
     def save_interrupted(self) -> None:
         pos, tally = self.pos, self.tally
@@ -487,6 +420,93 @@ class Session:
 
     def _path(self) -> Path:
         return self.run_dir.path if self.run_dir else Path(".")
+
+
+# ---------------------------------------------------------------------------------------------
+# The session's parts: the network placed, the run directory opened, what the run says
+
+
+def place_model(model: nn.Module, cfg: Config, device, world: int) -> tuple[nn.Module, nn.Module]:
+    """(the bare network on its device: what checkpoints hold, the one that runs: data-parallel, compiled)."""
+    if cfg.system.model_parallel:
+        try:
+            model = TwoTowers(model, cfg.system.model_parallel.split(","))
+        except (ValueError, RuntimeError) as e:
+            raise TrainingError(f"--model-parallel {cfg.system.model_parallel}: {e}") from None
+    else:
+        model = model.to(device)
+    if channels_last_on(cfg.system.channels_last, device):
+        model = model.to(memory_format=torch.channels_last)
+    net = model
+    # Gradients are averaged across ranks inside backward, bucket by bucket, overlapping the compute.
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return model, CompiledOrEager(net, cfg.system.compile == "on")
+
+
+def open_run_dir(run_dir, ckpt, held: RunDir | None, cfg: Config, title, changes, plan, data: D.Source) -> RunDir:
+    """A new run directory, or the resumed one (held: locked before its checkpoint was read), repaired."""
+    if ckpt is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run = RunDir.new(run_dir, f"{cfg.preset}-{cfg.train.model}-{stamp}")
+    else:
+        run = held or RunDir.open(run_dir)
+        for what in run.reconcile(ckpt, title):
+            warn(f"{run.path}: repaired {what}")
+    run.write_config(cfg, changes, plan)
+    data.record(run.path)
+    return run
+
+
+def start_line(cfg: Config, data: D.Source, device, world: int, plan: B.Plan | None, steps: int) -> str:
+    res = data.resolution
+    return (
+        f"preset {cfg.preset} · model {cfg.train.model} · {data.name} {res}x{res} · device {describe(device)} · "
+        f"bf16 {cfg.system.amp == 'bf16' and 'on' or 'off'} · compile {cfg.system.compile} · channels_last "
+        f"{'on' if channels_last_on(cfg.system.channels_last, device) else 'off'} · "
+        + (B.describe(plan) if plan else f"{cfg.train.epochs} epochs x {steps} steps")
+        + (f" · data-parallel over {world} ranks ({dist.get_backend()})" if world > 1 else "")
+    )
+
+
+def resume_lines(cfg: Config, pos: P.Position, where) -> str:
+    lines = [f"resuming {where} at epoch {pos.epoch + 1}" + (f", step {pos.step}" if pos.step else "")]
+    for c in pos.changes:
+        if c["epoch"] == pos.epoch + 1:
+            extra = (
+                "; the learning-rate schedule is recomputed for the new length"
+                if c["setting"] == "epochs" and (cfg.train.schedule != "constant" or cfg.train.warmup_epochs)
+                else ""
+            )
+            lines.append(f"changed from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}{extra}")
+    return "\n".join(lines)
+
+
+def metrics_row(epoch: int, tr: dict, ev: dict, train_time: float, epoch_time: float, data: D.Source) -> dict:
+    """One metrics row. Times and images/s cover the training since the previous row (one epoch,
+    or all of them under --evaluate end); epoch_time_s adds the evaluation."""
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": tr["loss"],
+        "train_acc": tr["acc"],
+        "val_loss": ev["loss"],
+        "val_acc": ev["acc"],
+        "lr": tr["lr"],
+        "train_images_per_s": tr["images"] / train_time,
+        "train_time_s": train_time,
+        "eval_time_s": ev.get("time_s", 0.0),
+        "epoch_time_s": epoch_time,
+    }
+    row.update(data.epoch_metrics(ev))
+    return row
+
+
+def row_line(row: dict) -> str:
+    return (
+        f"train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
+        + (f"top-5 err {row['val_top5_err']:.4f}  " if "val_top5_err" in row else "")
+        + f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
