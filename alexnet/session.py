@@ -33,14 +33,13 @@ from .device import (
     bf16_autocast,
     channels_last_on,
     describe,
-    free_memory,
     init_distributed,
     reduce_means,
     select_device,
     use_compile,
 )
 from .measure import time_turns
-from .models import Frozen, TwoTowers, WhiteningConv, build_model
+from .models import TwoTowers, WhiteningConv, build_model
 from .position import TrainingError
 from .runs import RunDir, RunError, load_weights, say, warn
 from .seeds import Seeds
@@ -302,8 +301,8 @@ class Session:
 
     def _prepare_frozen(self) -> None:
         self.clock.start_up()
-        main = self.main and not self.quiet
-        self.train_net = prepare_frozen(self.model, self.net, self.data, self.cfg, self.device, self.world, main)
+        args = (self.data, self.cfg, self.device, self.world, self.main)  # a warning is not hushed by quiet
+        self.train_net = T.prepare_frozen(self.model, self.net, *args)
 
     def train_epoch(self, epoch: int) -> dict:
         cfg, pos, steps = self.cfg, self.pos, self.steps
@@ -525,7 +524,7 @@ def choose_network(cfg: Config, data: D.Source, device, world: int, clock: B.Clo
         if channels_last_on(cfg.system.channels_last, device):
             model = model.to(memory_format=torch.channels_last)
         inputs = x
-        if stem_once(model, data, world):  # its values do not matter for the time: the filters stay unfitted
+        if T.stem_once(model, data, world):  # its values do not matter for the time: the filters stay unfitted
             with torch.no_grad(), autocast(device, cfg.system.amp == "bf16"):
                 inputs = model[0](x)
             model = model[1:]
@@ -544,30 +543,6 @@ def _steps(model, optimizer, x, y, cfg: Config, device, k: int) -> None:
     for _ in range(k):
         amp, smoothing = cfg.system.amp == "bf16", cfg.train.label_smoothing
         T.train_step(model, optimizer, x, y, device=device, amp=amp, label_smoothing=smoothing)
-
-
-def stem_once(model: nn.Module, data: D.Source, world: int) -> bool:
-    """Whether the network's frozen leading layers can run once per image rather than every step."""
-    # One process: the layers after the stem train outside DistributedDataParallel.
-    return isinstance(model, nn.Sequential) and isinstance(model[0], Frozen) and data.precomputable and world == 1
-
-
-def prepare_frozen(model, net, data: D.Source, cfg: Config, device, world: int, warn_here: bool) -> nn.Module:
-    """Before the first step (its time counted as training): fit any whitening conv to the training
-    images and, where nothing in the step could change their output, compute the network's frozen
-    leading layers once per image. Returns the network that trains: ``net``, or the layers after the stem."""
-    for m in model.modules():
-        if isinstance(m, WhiteningConv) and not m.fitted:  # a resumed run's checkpoint holds its filters
-            m.fit(data.sample(5000))
-    if not stem_once(model, data, world):
-        return net
-    try:
-        data.precompute(model[0], amp=cfg.system.amp == "bf16", free=free_memory(device))
-    except D.CacheTooLarge as e:
-        if warn_here:
-            warn(f"{e}: computing them in every step instead (slower, the same result)")
-        return net
-    return CompiledOrEager(model[1:], cfg.system.compile == "on")
 
 
 def measure_step(model, train_net, optimizer, data: D.Source, cfg: Config, device) -> float:

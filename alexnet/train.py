@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import data as D
 from . import imagenet as I
 from .config import Config, Schedule
-from .device import (
-    autocast,
-    bf16_autocast,
-)
+from .device import CompiledOrEager, autocast, bf16_autocast, free_memory
+from .models import Frozen, WhiteningConv
 from .position import Position, TrainingError, resume_config  # noqa: F401  (their public home was here)
+from .runs import warn
 
 
 class NonFiniteLoss(TrainingError):
@@ -342,6 +342,34 @@ def evaluate_run(
     if ev["images"] == 0:
         raise TrainingError(f"{cfg.data.data_dir}: no readable validation image ({pipe.skipped} unreadable)")
     return {**ev, "skipped": pipe.skipped, "ten_crop": changes.get("ten_crop", cfg.data.ten_crop)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Once before the first step: a frozen stem computed once per image
+
+
+def stem_once(model: nn.Module, data: D.Source, world: int) -> bool:
+    """Whether the network's frozen leading layers can run once per image rather than every step."""
+    # One process: the layers after the stem train outside DistributedDataParallel.
+    return isinstance(model, nn.Sequential) and isinstance(model[0], Frozen) and data.precomputable and world == 1
+
+
+def prepare_frozen(model, net, data: D.Source, cfg: Config, device, world: int, warn_here: bool) -> nn.Module:
+    """Before the first step (its time counted as training): fit any whitening conv to the training
+    images and, where nothing in the step could change their output, compute the network's frozen
+    leading layers once per image. Returns the network that trains: ``net``, or the layers after the stem."""
+    for m in model.modules():
+        if isinstance(m, WhiteningConv) and not m.fitted:  # a resumed run's checkpoint holds its filters
+            m.fit(data.sample(5000))
+    if not stem_once(model, data, world):
+        return net
+    try:
+        data.precompute(model[0], amp=cfg.system.amp == "bf16", free=free_memory(device))
+    except D.CacheTooLarge as e:
+        if warn_here:
+            warn(f"{e}: computing them in every step instead (slower, the same result)")
+        return net
+    return CompiledOrEager(model[1:], cfg.system.compile == "on")
 
 
 # The run around the loop (fit, Session) lives in session.py, which calls this module's functions;
