@@ -1,7 +1,7 @@
-"""Training to a clock (``--time-budget``): the plan that fits a run into a budget, and the clock
-that holds it there.
+"""Training to a clock (``--time-budget``): the plan that fits a run into a budget, the pacer that
+holds it there, and the clock that keeps a run's seconds.
 
-A budgeted run starts its clock before anything that the budget pays for (choosing a network,
+A budgeted run starts its ``Clock`` before anything that the budget pays for (choosing a network,
 fitting and computing a frozen stem, measuring). It then times its own training step on the real
 network and data with the package's harness (``measure.time_turns``: warm-up steps, then the median;
 the weights, optimiser and random state put back afterwards) and one evaluation, and
@@ -10,7 +10,7 @@ to zero) is drawn for exactly those steps, fractional epochs allowed, so the run
 finished schedule, not a truncated one. The warm-up keeps its share of the run: ``--warmup-epochs``
 of ``--epochs`` (the speedrun's 1 of 7) becomes that fraction of the planned steps.
 
-A shared machine's step time moves while a run trains. So a ``Clock`` looks again every few steps
+A shared machine's step time moves while a run trains. So a ``Pacer`` looks again every few steps
 and, when the time left no longer holds the planned steps (or holds more), re-plans the steps that
 remain. It keeps the schedule's shape by stretching what is left of it: the lr of real step ``s``
 is the schedule's lr at a *schedule step* ``v(s)``, a piecewise-linear map through the re-planning
@@ -175,6 +175,53 @@ def describe(plan: Plan) -> str:
 
 
 class Clock:
+    """A run's seconds, kept in one place: what its budget has spent (the processes before this one
+    included), and each metrics row's training and wall seconds. A row counts the start-up it paid
+    for (a network chosen, a stem computed, a budget measured) as training, and a resumed epoch its
+    training before the interruption, so that its images/s and wall time cover the whole epoch.
+    ``now`` is injectable for tests."""
+
+    def __init__(self, spent_before: float = 0.0, now=time.perf_counter):
+        self.now = now
+        self.started = now() - spent_before  # the budget's zero
+        self.epoch_s = 0.0  # the epoch in progress's training seconds, those before a resume included
+        self._start_up: float | None = None  # when this process began its start-up
+        self._since = self._trained = self._earlier = 0.0  # the row in progress: its start, training, before
+        self._epoch_t0 = self._before = 0.0  # the epoch in progress: this process's start, seconds before it
+
+    def spent(self) -> float:
+        return self.now() - self.started
+
+    def start_up(self) -> None:
+        """Start-up work begins (the first call counts): the first row counts it as training."""
+        if self._start_up is None:
+            self._start_up = self.now()
+
+    def start_rows(self) -> None:
+        now = self.now()
+        self._since = now if self._start_up is None else self._start_up
+        self._trained, self._earlier = now - self._since, 0.0
+
+    def start_epoch(self, before: float) -> None:
+        """An epoch's training begins here, ``before`` seconds of it trained by earlier processes."""
+        self._epoch_t0, self._before, self.epoch_s = self.now(), before, before
+
+    def stop_epoch(self) -> None:
+        self.epoch_s = self._before + self.now() - self._epoch_t0
+
+    def add_epoch(self) -> None:
+        """The epoch's training joins the row (and its earlier processes' part, the row's wall time)."""
+        self._trained, self._earlier = self._trained + self.epoch_s, self._earlier + self._before
+
+    def row(self) -> tuple[float, float]:
+        """The row's (training seconds, wall seconds), its evaluation included."""
+        return self._trained, self.now() - self._since + self._earlier
+
+    def next_row(self) -> None:
+        self._since, self._trained, self._earlier = self.now(), 0.0, 0.0
+
+
+class Pacer:
     """Holds a budgeted run to its budget. Every ``every`` steps it reads the time, takes the step
     time over the steps since the last look (the latest load, not the start's), and re-plans the
     remaining steps (``Plan.replan``) when they no longer end within the budget or when more fit.
@@ -234,8 +281,8 @@ class Clock:
         self._window = (step, now, 0.0)
         # The evaluation, measured at the start, is scaled by how much slower the latest steps are than
         # the recent typical ones (the median of the last 10 looks, a quarter of the run): a load that
-        # arrives near the end slows the evaluation too (3.7x slower steps, a 4.6x slower evaluation in
-        # one 5-minute run), while the start's own measurement can sit 1.6x off the run's steps for good.
+        # arrives near the end slows the evaluation too, while the start's own measurement can sit off
+        # the run's steps for good.
         self.history.append(step_s)
         end_s = self.plan.eval_s * step_s / statistics.median(self.history[-10:])
         boundary = (self.boundary_s if self.boundary_s is not None else end_s) if self.each_epoch else 0.0

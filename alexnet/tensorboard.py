@@ -34,9 +34,12 @@ class Board:
             ) from None
         self._writer_class, self.writer = SummaryWriter, None
 
-    def open(self, run_dir: Path) -> None:
-        # A resumed run appends a new event file beside the old ones; TensorBoard reads them as one.
-        self.writer = self._writer_class(log_dir=str(run_dir), flush_secs=10)
+    def open(self, run_dir: Path, step: int = 0) -> None:
+        """Write from global step ``step`` (the run's position) on. A resumed run appends a new event
+        file beside the old ones, which TensorBoard reads as one; what a killed process logged after
+        its last checkpoint (flushed every 10 s) is purged, as the resumed run logs those steps again.
+        Epoch-wise events are written after their checkpoint, so none of them is ever beyond it."""
+        self.writer = self._writer_class(log_dir=str(run_dir), flush_secs=10, purge_step=step + 1)
 
     def interval(self, step: int, loss: float, acc: float, lr: float, images_per_s: float) -> None:
         w = self.writer

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 from conftest import make_idx_dataset, make_image_folder
 
 from alexnet import runs as R
+from alexnet.config import PRESETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # lenet has no dropout, and no augmentation is asked for: with the same global batch, the only
@@ -131,3 +133,114 @@ def test_image_folder_augmentation_does_not_depend_on_the_number_of_processes(tm
     train(1, tmp_path, *args, "--run-dir", "one")
     train(2, tmp_path, *args, "--run-dir", "two")
     assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"))
+
+
+# A worker that kills itself (-9) when rank 1 is about to take training step STEP, once in the
+# whole job (the marker file): the same command line, restarted by torchrun, then runs in full.
+KILLED_ONCE = """
+import os, signal, sys
+from alexnet import train as T
+from alexnet.cli import main
+
+marker, at = sys.argv[1], int(sys.argv[2])
+step, taken = T.train_step, [0]
+
+def then_killed(*a, **k):
+    taken[0] += 1
+    if os.environ["RANK"] == "1" and taken[0] == at:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return step(*a, **k)
+
+T.train_step = then_killed
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_elastic_run_survives_a_kill_of_one_rank_mid_epoch_and_ends_with_the_uninterrupted_weights(runs):
+    d, _ = runs
+    (d / "killed_once.py").write_text(KILLED_ONCE)
+    # Two torchrun agents, as on two machines, meeting at a c10d rendezvous on localhost; each may
+    # restart its worker once. 96 images in global batches of 16: 6 steps an epoch, rank 1 dies
+    # before step 9 (epoch 2, step 3), after epoch 1's checkpoint.
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc-per-node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "--rdzv-id=elastic-test",
+        "--max-restarts=1",
+        str(d / "killed_once.py"),
+        str(d / "killed.marker"),
+        "9",
+        "train",
+        *map(str, RECIPE),
+        "--data-dir",
+        str(d / "mnist-like"),
+        "--epochs",
+        "2",
+        "--run-dir",
+        "elastic",
+    ]
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    # A fresh store for each attempt's process group: in the store the rendezvous shares, an attempt
+    # is named by each agent's own restart count, which an agent restarted for the other's failure
+    # does not advance, so its worker read the dead attempt's addresses (pytorch/pytorch#135712).
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    logs = [(open(d / f"agent{i}.out", "w+"), open(d / f"agent{i}.err", "w+")) for i in range(2)]
+    agents = [subprocess.Popen(launch, cwd=d, env=env, stdout=out, stderr=err, text=True) for out, err in logs]
+    try:
+        for a in agents:
+            a.wait(timeout=300)
+    finally:
+        for a in agents:
+            a.kill()
+            a.wait()
+    outs = []
+    for out, err in logs:
+        out.seek(0), err.seek(0)
+        outs.append((out.read(), err.read()))
+        out.close(), err.close()
+    for a, (_, err) in zip(agents, outs):
+        assert a.returncode == 0, err[-3000:]
+    assert (d / "killed.marker").exists()  # rank 1 was killed, and the job went on
+    assert any("(exitcode: -9)" in err for _, err in outs)  # as an agent saw it
+    assert "resuming" in "".join(out for out, _ in outs)  # from epoch 1's checkpoint, not from scratch
+    two, elastic = weights(d / "two"), weights(d / "elastic")
+    assert two.keys() == elastic.keys()
+    for k in two:
+        assert torch.equal(two[k], elastic[k]), k
+    assert [m["epoch"] for m in R.read_metrics(d / "elastic")] == [1, 2]
+
+
+def test_a_rank_that_read_an_older_checkpoint_resumes_from_rank_zeros(tmp_path, monkeypatch):
+    from alexnet import position as P
+    from alexnet import train as T
+
+    data = make_idx_dataset(tmp_path / "mnist-like", n_train=32, n_test=16)
+    cfg = PRESETS["cpu"].replace(model="lenet", dataset="mnist", data_dir=str(data), batch_size=16, epochs=1)
+    T.fit(cfg, tmp_path / "run", progress=False, quiet=True)
+    older = R.load_checkpoint(tmp_path / "run" / "last.pt")  # what rank 1 read before rank 0 took the lock
+    T.fit(None, tmp_path / "run", resume=True, overrides={"epochs": 2}, progress=False, quiet=True)
+
+    def rank_zero_says(epoch, step):
+        monkeypatch.setattr(P.dist, "broadcast", lambda t, src: t.copy_(torch.tensor([epoch, step])))
+
+    rank_zero_says(2, 0)
+    assert P.rank_zeros_checkpoint(older, tmp_path / "run", 1, torch.device("cpu"))["epoch"] == 2
+    rank_zero_says(3, 0)  # last.pt is not what rank 0 read: a one-line error, not a silent divergence
+    with pytest.raises(T.TrainingError, match=r"rank 1 reads epoch 2 step 0, rank 0 epoch 3 step 0"):
+        P.rank_zeros_checkpoint(older, tmp_path / "run", 1, torch.device("cpu"))

@@ -2,6 +2,9 @@
 reads back as the run's numbers, filters and weights."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -63,6 +66,52 @@ def test_a_resumed_run_continues_its_event_steps(idx_dir, tmp_path):
     ev = events(run)
     assert [e.step for e in ev.Scalars("epoch/val_acc")] == [1, 2, 3]
     assert [e.step for e in ev.Scalars("train/loss")] == [2, 4, 6, 8, 10, 12]
+
+
+# The run of ``tiny`` with every step logged, killed (-9) at global step 10, mid-epoch 3, after its
+# event writer flushed (as its 10-second timer does): its last checkpoint is epoch 2's, at step 8.
+KILLED_AT_STEP_10 = """
+import os, signal, sys
+from alexnet import tensorboard
+from alexnet.cli import main
+
+logged = tensorboard.Board.interval
+
+def then_killed(self, step, *a):
+    logged(self, step, *a)
+    if step == 10:
+        self.writer.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+tensorboard.Board.interval = then_killed
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_killed_and_resumed_has_exactly_one_point_per_step_and_epoch(idx_dir, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ["train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", str(idx_dir)]
+    args += ["--epochs", "3", "--batch-size", "16", "--log-every", "1", "--tensorboard", "--no-progress"]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_STEP_10, *args, "--run-dir", "run"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    run = tmp_path / "run"
+    assert killed.returncode == -9, killed.stderr
+    assert [e.step for e in events(run).Scalars("train/loss")] == list(range(1, 11))  # 9 and 10 are past last.pt
+    fit(None, run, resume=True, progress=False, quiet=True)
+    ev = events(run)
+    for key in ("train/loss", "train/acc", "train/lr", "train/images_per_s"):
+        assert [e.step for e in ev.Scalars(key)] == list(range(1, 13)), key  # 14 points before the purge
+    assert [e.step for e in ev.Scalars("epoch/val_acc")] == [1, 2, 3]
+    assert [i.step for i in ev.Images("filters/first_layer")] == [1, 2, 3]
+    # The points kept are the resumed run's: its step 9 follows epoch 2's checkpoint, as the killed run's did.
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ev.Scalars("train/loss")[11].value == pytest.approx(metrics[2]["train_loss"], rel=1e-5)
 
 
 def test_without_the_flag_no_event_file_is_written(idx_dir, tmp_path):

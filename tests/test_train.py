@@ -9,6 +9,7 @@ from conftest import interrupt_at_batch
 
 from alexnet import device as V
 from alexnet import runs as R
+from alexnet import session as S
 from alexnet import train as T
 from alexnet.config import PRESETS, Config, ConfigError
 
@@ -163,7 +164,8 @@ def test_bf16_autocast_and_compile_are_used_when_asked_on_cpu(idx_dir, tmp_path,
             wrappers.append(self)
 
     monkeypatch.setattr(T, "train_step", recording_step)
-    monkeypatch.setattr(T, "CompiledOrEager", Recorded)
+    monkeypatch.setattr(S, "CompiledOrEager", Recorded)  # the network placed
+    monkeypatch.setattr(T, "CompiledOrEager", Recorded)  # the layers after a stem computed once
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     cfg = tiny(idx_dir, epochs=1, amp="bf16", compile="on", limit_train=32, limit_test=16)
