@@ -727,3 +727,16 @@ def test_checkpoint_counts_are_bounded_as_the_configuration_bounds_its_flags(dat
     R.save_checkpoint({**ckpt, field: value}, tmp_path / "bad.pt")
     with pytest.raises(R.RunError, match=rf"bad.pt: checkpoint field '{field}' is {value}, outside \d+\.\.\d+"):
         R.load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_fifo_named_like_the_lock_is_no_holder_and_hangs_nothing(tmp_path):
+    import threading
+
+    from alexnet.runs import live_holder
+
+    os.mkfifo(tmp_path / ".lock")
+    out = []
+    reader = threading.Thread(target=lambda: out.append(live_holder(tmp_path)), daemon=True)
+    reader.start()
+    reader.join(30)  # a blocking open of the FIFO would never return
+    assert out == [None]
