@@ -52,6 +52,7 @@ from .device import (
 )
 from .measure import machine, time_turns
 from .models import Frozen, TwoTowers, WhiteningConv, build_model
+from .optim import Muon, muon_groups
 from .runs import RunDir, RunError, best_epoch_of, load_checkpoint, load_weights, say, warn
 from .seeds import Seeds
 from .tracing import InputTooSmall, trace
@@ -96,6 +97,8 @@ def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch
     # step in 0.19 ms fused against 0.62 ms foreach (alone; inside a profiled training step the
     # foreach step took 4.2 ms of 56, with the gradients no longer in cache).
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    if t.optimizer == "muon":  # orthogonalised updates for the convolutions (optim.py), SGD for the rest
+        return Muon(muon_groups(groups, t.lr, t.muon_lr), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
 
 
