@@ -160,7 +160,7 @@ class DataConfig(_Checked):
     _AT_MOST = {"resolution": 1024, "resize": 4096, "crop_padding": 64, "workers": 256}
 
 
-_MUON_LR = 0.05  # --muon-lr's default: any other value without --optimizer muon is a mistake
+_MUON_LR = 0.1  # --muon-lr's default (the best for speednet-white, docs/speedrun.md row 47): any other value without --optimizer muon is a mistake
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,10 @@ class TrainConfig(_Checked):
         "sgd, or muon: orthogonalised (Newton-Schulz) momentum updates for the convolution weights "
         "at --muon-lr, SGD at --lr for the rest (alexnet/optim.py)",
     )
-    muon_lr: float = _f(_MUON_LR, "with --optimizer muon: peak learning rate of the convolution weights")
+    muon_lr: float = _f(
+        _MUON_LR,
+        "with --optimizer muon: peak learning rate of the convolution weights (0.1: the best of 0.02-0.2 for speednet-white)",
+    )
     momentum: float = _f(0.0, "SGD momentum")
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(0.0, "L2 weight decay")

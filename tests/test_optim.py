@@ -182,7 +182,7 @@ def test_a_muon_run_interrupted_mid_epoch_resumes_to_the_same_result(idx_dir, tm
 
 def test_muon_lr_without_the_muon_optimizer_is_refused():
     with pytest.raises(ConfigError, match="--optimizer muon"):
-        PRESETS["speedrun"].replace(muon_lr=0.1)
+        PRESETS["speedrun"].replace(muon_lr=0.3)
     with pytest.raises(ConfigError, match="--muon-lr must be positive"):
         PRESETS["speedrun"].replace(optimizer="muon", muon_lr=0.0)
     with pytest.raises(ConfigError, match="--optimizer 'adam' is not one of"):
