@@ -165,6 +165,9 @@ class DataConfig(_Checked):
     _AT_MOST = {"resolution": 1024, "resize": 4096, "crop_padding": 64, "workers": 256}
 
 
+_MUON_LR = 0.1  # --muon-lr's default (the best for speednet-white, docs/speedrun.md row 47): any other value without --optimizer muon is a mistake
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Checked):
     model: str = _f("alexnet", "network from the registry (see `alexnet models`)")
@@ -172,6 +175,15 @@ class TrainConfig(_Checked):
     batch_size: int = _f(128, "training batch size (global, across data-parallel ranks)")
     eval_batch_size: int = _f(512, "evaluation batch size")
     lr: float = _f(0.01, "peak learning rate of SGD")
+    optimizer: Literal["sgd", "muon"] = _f(
+        "sgd",
+        "sgd, or muon: orthogonalised (Newton-Schulz) momentum updates for the convolution weights "
+        "at --muon-lr, SGD at --lr for the rest (alexnet/optim.py)",
+    )
+    muon_lr: float = _f(
+        _MUON_LR,
+        "with --optimizer muon: peak learning rate of the convolution weights (0.1: the best of 0.02-0.2 for speednet-white)",
+    )
     momentum: float = _f(0.0, "SGD momentum")
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(0.0, "L2 weight decay")
@@ -241,6 +253,10 @@ class TrainConfig(_Checked):
             raise ConfigError(f"--model {self.model!r} is not one of: {', '.join(MODELS)}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, not {self.lr}")
+        if not self.muon_lr > 0:
+            raise ConfigError(f"--muon-lr must be positive, not {self.muon_lr}")
+        if self.optimizer == "sgd" and self.muon_lr != _MUON_LR:
+            raise ConfigError("--muon-lr sets the rate of --optimizer muon: give --optimizer muon too")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), not {self.momentum}")
         if not 0 <= self.label_smoothing < 1:

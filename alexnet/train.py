@@ -33,6 +33,7 @@ from . import imagenet as I
 from .config import Config, Schedule
 from .device import CompiledOrEager, autocast, bf16_autocast, free_memory
 from .models import Frozen, WhiteningConv
+from .optim import Muon, muon_groups
 from .position import Position, TrainingError, resume_config  # noqa: F401  (their public home was here)
 from .runs import warn
 
@@ -71,6 +72,8 @@ def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch
     # One fused kernel per step on CUDA and on the CPU rather than kernels per parameter tensor: the
     # optimiser's step is a visible part of a small network's training step.
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    if t.optimizer == "muon":  # orthogonalised updates for the convolutions (optim.py), SGD for the rest
+        return Muon(muon_groups(groups, t.lr, t.muon_lr), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
 
 
