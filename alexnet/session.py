@@ -188,7 +188,7 @@ class Session:
             raise TrainingError(f"batch size {cfg.train.batch_size} exceeds the {len(self.data)} training images")
         self.title = f"{cfg.train.model} · {self.data.name} · preset {cfg.preset}"
         if cfg.train.time_budget:
-            self.plan_budget(ckpt)  # the stem computed, and paid from the budget
+            plan_budget(self, ckpt)  # the stem computed, and paid from the budget
         else:
             self.clock = B.Clock()
             self._prepare_frozen()
@@ -216,20 +216,20 @@ class Session:
             clock.start_rows()  # the start-up (a stem, a budget's measurement) counts as the first row's training
             images = 0  # trained since the last evaluation
             for epoch in self.epochs_left():
-                tr = self.train_epoch(epoch)
+                tr = train_epoch(self, epoch)
                 clock.add_epoch()
                 images += tr["images"]
                 if cfg.train.evaluate == "end" and epoch + 1 < self.total_epochs:
                     self.skip_evaluation(epoch)
                     continue
                 t1 = time.perf_counter()
-                ev = self.evaluate()
+                ev = validate(self)
                 ev["time_s"] = time.perf_counter() - t1
                 self.end_epoch(epoch, {**tr, "images": images}, ev, *clock.row())
                 clock.next_row()
                 images = 0
         except KeyboardInterrupt:
-            self.save_interrupted()
+            save_interrupted(self)
             return RunResult(self._path(), pos.metrics, interrupted=True)
         if self.plan is not None and self.run_dir is not None:  # the plan as it ended: re-plans, budget spent
             self.run_dir.write_config(cfg, pos.changes, self.plan.to_dict())
@@ -261,109 +261,10 @@ class Session:
         shape = plan.shape(cfg)
         return lambda s: T.lr_at(plan.schedule_step(s), plan.schedule_steps, steps, shape, drops)
 
-    def plan_budget(self, ckpt: dict | None) -> None:
-        """--time-budget: start the clock, compute the frozen stem (paid from the budget), time a
-        training step and an evaluation here, and plan the steps (budget.py). A resumed run keeps
-        its recorded plan unless asked to re-plan (--replan, or a new budget)."""
-        cfg, saved, each = self.cfg, (ckpt or {}).get("plan"), self.cfg.train.evaluate == "epoch"
-        budget = B.parse_duration(cfg.train.time_budget)
-        if ckpt is not None and saved is None:
-            raise ConfigError("--time-budget: this run was trained in epochs; resume it with --epochs")
-        if saved is not None:
-            self.plan = B.Plan.from_dict(saved)
-            self.clock = B.Clock(spent_before=self.plan.spent_s)
-            if not (self.replan or budget != saved["budget_s"]):
-                self.pacer = B.Pacer(self.plan, self.clock.started, each, replan=False)
-                self._prepare_frozen()
-                return
-        if self.world > 1:
-            raise ConfigError("--time-budget plans one process's run; under torchrun give --epochs")
-        self.clock = self.clock or B.Clock()  # a network chosen for the budget started it
-        self._prepare_frozen()
-        spent = self.clock.spent()
-        if spent >= budget:  # no use measuring: nothing can fit any more
-            raise ConfigError(
-                f"--time-budget {cfg.train.time_budget} holds no training: the start-up (the frozen "
-                f"stem, choosing the network) took {spent:.1f} s of it on this machine as loaded now"
-            )
-        step_s = measure_step(self.model, self.train_net, self.optimizer, self.data, cfg, self.device)
-        eval_s = measure_evaluation(self.net, self.data, cfg, self.device)
-        if self.plan is None:
-            self.plan = B.first_plan(cfg, step_s, eval_s, self.clock.spent(), self.steps)
-        else:  # re-plan what remains for this machine (and budget), from where the run stands
-            plan, done = self.plan, self.pos.epoch * self.steps + self.pos.step
-            plan.budget_s, plan.step_s, plan.eval_s = budget, step_s, eval_s
-            elapsed = self.clock.spent()
-            fit = B.steps_that_fit(plan.budget_s - elapsed, step_s, done, self.steps, eval_s, eval_s if each else 0.0)
-            plan.replan(done, fit, elapsed, step_s)
-        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
-        self.pacer = B.Pacer(self.plan, self.clock.started, each, sync=sync)
-
     def _prepare_frozen(self) -> None:
         self.clock.start_up()
         args = (self.data, self.cfg, self.device, self.world, self.main)  # a warning is not hushed by quiet
         self.train_net = T.prepare_frozen(self.model, self.net, *args)
-
-    def train_epoch(self, epoch: int) -> dict:
-        cfg, pos, steps = self.cfg, self.pos, self.steps
-        skip = pos.step if epoch == pos.epoch else 0
-        # The epoch's training seconds, with those before an interruption: its images include theirs.
-        self.clock.start_epoch(pos.train_s if skip else 0.0)
-        drops = T.plateau_drops([1 - m["val_acc"] for m in pos.metrics], cfg.train.lr_patience)
-        self.tally = T.Tally.start(self.device, pos.tally if skip and self.main else None)
-        self.tally.steps = skip
-        bar = self.bars.bar(steps, f"epoch {self.epoch_label(epoch)}", skip)
-        # Dropout: a function of (seed, step), and of the rank, else every rank's i-th image would
-        # get the same mask.
-        seeds = Seeds(cfg.train.seed, cfg.train.seed_streams)
-        lr_fn, batches = self.lr_fn(drops), self.data.train(epoch, skip)
-        if self.pacer is not None:  # a budget: its plan may end this epoch early, or re-plan on the way
-            batches = self.pacer.steps(batches, epoch * steps + skip)
-        try:
-            tr = T.train_one_epoch(
-                self.train_net,
-                self.optimizer,
-                batches,
-                device=self.device,
-                amp=cfg.system.amp == "bf16",
-                label_smoothing=cfg.train.label_smoothing,
-                lr_fn=lr_fn,
-                step0=epoch * steps + skip,
-                log_every=cfg.system.log_every,
-                bar=bar,
-                tally=self.tally,
-                dropout_seed=lambda s: seeds.dropout(epoch, s, self.rank),
-                stop=self.stop,
-                on_log=self.board.interval if self.board else None,
-            )
-        except T.NonFiniteLoss as e:
-            good = self.run_dir.last if self.run_dir and self.run_dir.last.exists() else "none yet"
-            raise TrainingError(
-                f"epoch {epoch + 1}: {e}; stopping (lower --lr?). Last good checkpoint: {good}"
-            ) from None
-        finally:
-            self.clock.stop_epoch()
-            if bar is not None:
-                bar.close()
-        tr["lr"] = lr_fn(tr["steps"] - 1)  # of the epoch's last step
-        return reduce_means(tr, ("loss", "acc"), self.device, self.world)
-
-    def evaluate(self) -> dict:
-        ev = T.evaluate(
-            self.net,
-            self.data.val(),
-            device=self.device,
-            amp=self.cfg.system.amp == "bf16",
-            num_classes=len(self.data.classes),
-            stop=self.stop,
-            flip_tta=self.cfg.data.flip_tta,
-        )
-        ev = reduce_means(
-            {**ev, "skipped": self.data.skipped}, ("loss", "acc", "top5"), self.device, self.world, ("skipped",)
-        )
-        if ev["images"] == 0:
-            raise TrainingError(f"no readable validation image ({ev['skipped']} unreadable): nothing to evaluate")
-        return ev
 
     def skip_evaluation(self, epoch: int) -> None:
         """--evaluate end: an epoch done, with no evaluation, metrics row or checkpoint (an
@@ -385,30 +286,6 @@ class Session:
             self.board.epoch(row, self.model)
         say(f"epoch {self.epoch_label(epoch, 3)}  {row_line(row)}", self.quiet)
 
-    def save_interrupted(self) -> None:
-        pos, tally = self.pos, self.tally
-        if tally is not None and tally.steps:
-            # Mid-epoch. Under DDP the other ranks' totals are out of reach: the position is kept and
-            # the resumed epoch's training loss covers only the steps after it.
-            pos.step, pos.tally = tally.steps, tally.saved() if self.world == 1 else None
-            pos.train_s = self.clock.epoch_s
-        last = self.run_dir.last if self.run_dir else None
-        if not self.main or last is None:
-            return
-        try:
-            self.run_dir.save(self.checkpoint(), best=False)
-        except RunError as e:
-            warn(f"interrupted, and {e}; {last} is unchanged")
-            return
-        except KeyboardInterrupt:  # raised, not signalled (no StopFlag outside the main thread): the old file stays
-            say(f"\nstopped while saving; {last} holds the last checkpoint", self.quiet)
-            return
-        say(
-            f"\ninterrupted: saved {last} (epoch {pos.epoch + 1}, step {pos.step}); "
-            f"continue with: alexnet train --resume {self.run_dir.path}",
-            self.quiet,
-        )
-
     def checkpoint(self) -> dict:
         plan = self._spent_plan() if self.plan else None
         return P.contents(self.pos, self.model, self.optimizer, self.cfg, self.data, self.device, plan)
@@ -419,6 +296,133 @@ class Session:
 
     def _path(self) -> Path:
         return self.run_dir.path if self.run_dir else Path(".")
+
+
+# ---------------------------------------------------------------------------------------------
+# The session's steps: planning a budget, one epoch, one evaluation, saving on an interrupt
+
+
+def plan_budget(s: Session, ckpt: dict | None) -> None:
+    """--time-budget: start the clock, compute the frozen stem (paid from the budget), time a
+    training step and an evaluation here, and plan the steps (budget.py). A resumed run keeps
+    its recorded plan unless asked to re-plan (--replan, or a new budget)."""
+    cfg, saved, each = s.cfg, (ckpt or {}).get("plan"), s.cfg.train.evaluate == "epoch"
+    budget = B.parse_duration(cfg.train.time_budget)
+    if ckpt is not None and saved is None:
+        raise ConfigError("--time-budget: this run was trained in epochs; resume it with --epochs")
+    if saved is not None:
+        s.plan = B.Plan.from_dict(saved)
+        s.clock = B.Clock(spent_before=s.plan.spent_s)
+        if not (s.replan or budget != saved["budget_s"]):
+            s.pacer = B.Pacer(s.plan, s.clock.started, each, replan=False)
+            s._prepare_frozen()
+            return
+    if s.world > 1:
+        raise ConfigError("--time-budget plans one process's run; under torchrun give --epochs")
+    s.clock = s.clock or B.Clock()  # a network chosen for the budget started it
+    s._prepare_frozen()
+    spent = s.clock.spent()
+    if spent >= budget:  # no use measuring: nothing can fit any more
+        raise ConfigError(
+            f"--time-budget {cfg.train.time_budget} holds no training: the start-up (the frozen "
+            f"stem, choosing the network) took {spent:.1f} s of it on this machine as loaded now"
+        )
+    step_s = measure_step(s.model, s.train_net, s.optimizer, s.data, cfg, s.device)
+    eval_s = measure_evaluation(s.net, s.data, cfg, s.device)
+    if s.plan is None:
+        s.plan = B.first_plan(cfg, step_s, eval_s, s.clock.spent(), s.steps)
+    else:  # re-plan what remains for this machine (and budget), from where the run stands
+        plan, done = s.plan, s.pos.epoch * s.steps + s.pos.step
+        plan.budget_s, plan.step_s, plan.eval_s = budget, step_s, eval_s
+        elapsed = s.clock.spent()
+        fit = B.steps_that_fit(plan.budget_s - elapsed, step_s, done, s.steps, eval_s, eval_s if each else 0.0)
+        plan.replan(done, fit, elapsed, step_s)
+    sync = (lambda: torch.cuda.synchronize(s.device)) if s.device.type == "cuda" else (lambda: None)
+    s.pacer = B.Pacer(s.plan, s.clock.started, each, sync=sync)
+
+
+def train_epoch(s: Session, epoch: int) -> dict:
+    cfg, pos, steps = s.cfg, s.pos, s.steps
+    skip = pos.step if epoch == pos.epoch else 0
+    # The epoch's training seconds, with those before an interruption: its images include theirs.
+    s.clock.start_epoch(pos.train_s if skip else 0.0)
+    drops = T.plateau_drops([1 - m["val_acc"] for m in pos.metrics], cfg.train.lr_patience)
+    s.tally = T.Tally.start(s.device, pos.tally if skip and s.main else None)
+    s.tally.steps = skip
+    bar = s.bars.bar(steps, f"epoch {s.epoch_label(epoch)}", skip)
+    # Dropout: a function of (seed, step), and of the rank, else every rank's i-th image would
+    # get the same mask.
+    seeds = Seeds(cfg.train.seed, cfg.train.seed_streams)
+    lr_fn, batches = s.lr_fn(drops), s.data.train(epoch, skip)
+    if s.pacer is not None:  # a budget: its plan may end this epoch early, or re-plan on the way
+        batches = s.pacer.steps(batches, epoch * steps + skip)
+    try:
+        tr = T.train_one_epoch(
+            s.train_net,
+            s.optimizer,
+            batches,
+            device=s.device,
+            amp=cfg.system.amp == "bf16",
+            label_smoothing=cfg.train.label_smoothing,
+            lr_fn=lr_fn,
+            step0=epoch * steps + skip,
+            log_every=cfg.system.log_every,
+            bar=bar,
+            tally=s.tally,
+            dropout_seed=lambda step: seeds.dropout(epoch, step, s.rank),
+            stop=s.stop,
+            on_log=s.board.interval if s.board else None,
+        )
+    except T.NonFiniteLoss as e:
+        good = s.run_dir.last if s.run_dir and s.run_dir.last.exists() else "none yet"
+        raise TrainingError(f"epoch {epoch + 1}: {e}; stopping (lower --lr?). Last good checkpoint: {good}") from None
+    finally:
+        s.clock.stop_epoch()
+        if bar is not None:
+            bar.close()
+    tr["lr"] = lr_fn(tr["steps"] - 1)  # of the epoch's last step
+    return reduce_means(tr, ("loss", "acc"), s.device, s.world)
+
+
+def validate(s: Session) -> dict:
+    ev = T.evaluate(
+        s.net,
+        s.data.val(),
+        device=s.device,
+        amp=s.cfg.system.amp == "bf16",
+        num_classes=len(s.data.classes),
+        stop=s.stop,
+        flip_tta=s.cfg.data.flip_tta,
+    )
+    ev = reduce_means({**ev, "skipped": s.data.skipped}, ("loss", "acc", "top5"), s.device, s.world, ("skipped",))
+    if ev["images"] == 0:
+        raise TrainingError(f"no readable validation image ({ev['skipped']} unreadable): nothing to evaluate")
+    return ev
+
+
+def save_interrupted(s: Session) -> None:
+    pos, tally = s.pos, s.tally
+    if tally is not None and tally.steps:
+        # Mid-epoch. Under DDP the other ranks' totals are out of reach: the position is kept and
+        # the resumed epoch's training loss covers only the steps after it.
+        pos.step, pos.tally = tally.steps, tally.saved() if s.world == 1 else None
+        pos.train_s = s.clock.epoch_s
+    last = s.run_dir.last if s.run_dir else None
+    if not s.main or last is None:
+        return
+    try:
+        s.run_dir.save(s.checkpoint(), best=False)
+    except RunError as e:
+        warn(f"interrupted, and {e}; {last} is unchanged")
+        return
+    except KeyboardInterrupt:  # raised, not signalled (no StopFlag outside the main thread): the old file stays
+        say(f"\nstopped while saving; {last} holds the last checkpoint", s.quiet)
+        return
+    say(
+        f"\ninterrupted: saved {last} (epoch {pos.epoch + 1}, step {pos.step}); "
+        f"continue with: alexnet train --resume {s.run_dir.path}",
+        s.quiet,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
