@@ -165,7 +165,9 @@ class DataConfig(_Checked):
     _AT_MOST = {"resolution": 1024, "resize": 4096, "crop_padding": 64, "workers": 256}
 
 
-_MUON_LR = 0.1  # --muon-lr's default (the best for speednet-white, docs/speedrun.md row 47): any other value without --optimizer muon is a mistake
+# --muon-lr's default, the best for speednet-white (docs/speedrun.md, row 47); any other value
+# without --optimizer muon is a mistake, refused rather than silently unused.
+_MUON_LR = 0.1
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,8 @@ class TrainConfig(_Checked):
     )
     muon_lr: float = _f(
         _MUON_LR,
-        "with --optimizer muon: peak learning rate of the convolution weights (0.1: the best of 0.02-0.2 for speednet-white)",
+        f"with --optimizer muon: peak learning rate of the convolution weights ({_MUON_LR}: the best "
+        "of 0.02-0.2 for speednet-white, docs/speedrun.md)",
     )
     momentum: float = _f(0.0, "SGD momentum")
     nesterov: bool = _f(False, "Nesterov momentum")

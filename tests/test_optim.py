@@ -4,7 +4,7 @@ import io
 
 import pytest
 import torch
-from conftest import interrupt_at_batch
+from conftest import alexnet, interrupt_at_batch, one_error_line
 from torch import nn
 
 from alexnet import train as T
@@ -187,3 +187,8 @@ def test_muon_lr_without_the_muon_optimizer_is_refused():
         PRESETS["speedrun"].replace(optimizer="muon", muon_lr=0.0)
     with pytest.raises(ConfigError, match="--optimizer 'adam' is not one of"):
         PRESETS["speedrun"].replace(optimizer="adam")
+
+
+def test_the_command_line_names_a_muon_lr_given_without_muon_in_one_line(tmp_path):
+    line = one_error_line(alexnet("train", "--preset", "speedrun", "--muon-lr", "0.3", cwd=tmp_path))
+    assert "--muon-lr" in line and "--optimizer muon" in line
