@@ -13,11 +13,26 @@ the host (the log interval's loss sync, the end of an epoch): the training step 
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 from torch import nn
 
 from .filters import filter_cells, first_conv, mosaic
+
+
+def _after_earlier_files(run_dir: Path) -> None:
+    """Wait, at most a second, until a new event file's name sorts after every earlier one in the run.
+    TensorBoard reads a run's files in name order (events.out.tfevents.SECONDS.HOST.PID...), and a
+    resumed run whose file opened in the same second as the killed one's could sort first by its
+    pid: its points, read before the killed run's, were then purged by them instead of the reverse."""
+    newest = 0
+    for f in run_dir.glob("events.out.tfevents.*"):
+        with contextlib.suppress(IndexError, ValueError):
+            newest = max(newest, int(f.name.split(".")[3]))
+    while int(time.time()) <= newest:
+        time.sleep(min(1.0, newest + 1 - time.time()) + 1e-3)
 
 
 class Board:
@@ -39,6 +54,7 @@ class Board:
         file beside the old ones, which TensorBoard reads as one; what a killed process logged after
         its last checkpoint (flushed every 10 s) is purged, as the resumed run logs those steps again.
         Epoch-wise events are written after their checkpoint, so none of them is ever beyond it."""
+        _after_earlier_files(Path(run_dir))
         self.writer = self._writer_class(log_dir=str(run_dir), flush_secs=10, purge_step=step + 1)
 
     def interval(self, step: int, loss: float, acc: float, lr: float, images_per_s: float) -> None:

@@ -118,3 +118,29 @@ def test_without_the_flag_no_event_file_is_written(idx_dir, tmp_path):
     run = tmp_path / "run"
     fit(tiny(idx_dir), run, progress=False, quiet=True)
     assert not list(run.glob("events.out.tfevents.*"))
+
+
+def test_a_resumed_runs_event_file_sorts_after_one_written_in_the_same_second(tmp_path):
+    """TensorBoard reads a run's event files in name order; a killed run's file named in this very
+    second with a pid that sorts after ours must still be read first, so the resumed points win."""
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from alexnet.tensorboard import Board
+
+    killed = SummaryWriter(log_dir=str(tmp_path / "k"))
+    for step in range(1, 11):
+        killed.add_scalar("train/loss", 1.0, step)
+    killed.close()
+    (old,) = (tmp_path / "k").glob("events.out.tfevents.*")
+    host = old.name.split(".", 4)[4].rsplit(".", 2)[0]  # this machine's name as written: only the pid differs
+    old.rename(tmp_path / f"events.out.tfevents.{int(time.time())}.{host}.99999999.0")
+    board = Board()
+    board.open(tmp_path, step=8)  # resumed after step 8's checkpoint: 9 and 10 are logged again
+    for step in range(9, 13):
+        board.interval(step, 0.5, 0.5, 0.1, 100.0)
+    board.close()
+    loss = events(tmp_path).Scalars("train/loss")
+    assert [e.step for e in loss] == list(range(1, 13))
+    assert [e.value for e in loss[8:]] == [0.5] * 4  # the resumed run's points, not the killed one's
