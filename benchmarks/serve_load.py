@@ -116,7 +116,7 @@ class Server:
                 str(threads),
             ],
             env=env(),
-            cwd=PACKAGE_ROOT[0],  # python -m puts the working directory first on sys.path
+            cwd=PACKAGE_ROOT[0],  # python -m imports from the working directory first
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
