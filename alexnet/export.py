@@ -40,7 +40,6 @@ from .weights import (
     META_KEY,
     ExportError,
     Loaded,
-    check_checkpoint_file,
     parse_meta,
     read_model_file,
     safetensors_from_bytes,
@@ -240,9 +239,7 @@ def open_model(path: str | os.PathLike) -> Loaded:
     if fmt is None:
         from .runs import load_checkpoint, model_from_checkpoint
 
-        if os.path.lexists(path):  # a missing path: load_checkpoint's own line
-            check_checkpoint_file(path)
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, ExportError)
         model, _ = model_from_checkpoint(ckpt)
         return Loaded(torch_runner(model), describe(ckpt), "checkpoint", model)
     return _OPENERS[fmt](read_model_file(path), str(path))
@@ -517,9 +514,7 @@ def export(
     require_extra(fmt)
     if out is not None:
         _check_output(Path(out), fmt)
-    if os.path.lexists(source):
-        check_checkpoint_file(source)
-    ckpt = load_checkpoint(source)
+    ckpt = load_checkpoint(source, ExportError)
     model, cfg = model_from_checkpoint(ckpt)
     model.eval()
     if cfg.system.model_parallel:

@@ -22,7 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from .runs import RunError, say
-from .weights import check_checkpoint_file, open_safetensors
+from .weights import open_safetensors
 
 
 class InitError(RunError):
@@ -68,8 +68,7 @@ def _source_state(path: str, model_name: str) -> tuple[dict, str]:
     if p.is_dir() or suffix == ".pt":
         from .runs import load_checkpoint
 
-        check_checkpoint_file(p, InitError)
-        ckpt = load_checkpoint(p)
+        ckpt = load_checkpoint(p, InitError)
         if ckpt["cfg"].train.model != model_name:
             raise InitError(f"{p}: holds {ckpt['cfg'].train.model}, not --model {model_name}")
         return ckpt["model"], f"{ckpt['path']} ({ckpt['dataset']}, epoch {ckpt['epoch']})"

@@ -56,6 +56,7 @@ from .status import (
 from .status import (
     network_checkpoint as network_checkpoint,
 )
+from .status import open_regular
 from .status import (
     read_bounded as read_bounded,
 )
@@ -233,59 +234,65 @@ def _why_unreadable(e: BaseException) -> str:
     return f"{e.__class__.__name__}: {first}"
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+# A checkpoint holds the largest registered network at the most classes a run may have (1.78 GB of
+# fp32 weights; weights.MAX_MODEL_BYTES is 2 GiB) and the optimizer's state, up to two tensors per
+# weight (Adam): three times that.
+MAX_CHECKPOINT_BYTES = 6 * 2**30
+
+
+def load_checkpoint(path: str | os.PathLike, error: type[RunError] = RunError) -> dict:
     """A checkpoint file, or the best (else last) one of a run directory, checked for what the
-    commands read from it."""
+    commands read from it. Read from one open file, a regular one of at most MAX_CHECKPOINT_BYTES:
+    the file checked is the file loaded. ``error``: the RunError kind a refusal raises."""
     p = Path(path)
     if p.is_dir():
-        p = next((p / n for n in ("best.pt", "last.pt") if (p / n).exists()), None)
+        p = next((p / n for n in ("best.pt", "last.pt") if os.path.lexists(p / n)), None)
         if p is None:
-            raise RunError(f"{path}: run directory holds no checkpoint (best.pt or last.pt)")
-    if not p.exists():
-        raise RunError(f"{path}: no such checkpoint or run directory")
-    if why := not_regular(p):
-        raise RunError(f"{p}: {why}")
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickle protocols: a stray line beside ours
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors alike: the file is not a checkpoint
-        raise RunError(f"{p}: not a readable checkpoint ({_why_unreadable(e)})") from None
+            raise error(f"{path}: run directory holds no checkpoint (best.pt or last.pt)")
+    if not os.path.lexists(p):
+        raise error(f"{path}: no such checkpoint or run directory")
+    with open_regular(p, MAX_CHECKPOINT_BYTES, error, what="a checkpoint") as f:
+        try:
+            with warnings.catch_warnings():  # torch warns about odd pickle protocols: a stray line beside ours
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle, zip and torch errors alike: the file is not a checkpoint
+            raise error(f"{p}: not a readable checkpoint ({_why_unreadable(e)})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise RunError(f"{p}: not an alexnet checkpoint")
+        raise error(f"{p}: not an alexnet checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
-        raise RunError(f"{p}: checkpoint lacks {', '.join(repr(k) for k in missing)} (written by another program?)")
+        raise error(f"{p}: checkpoint lacks {', '.join(repr(k) for k in missing)} (written by another program?)")
     ints = {k: ckpt[k] for k in CHECKPOINT_BOUNDS}
     bad = next((k for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0), None)
     if bad is not None:
-        raise RunError(f"{p}: checkpoint field {bad!r} is {ckpt[bad]!r}, not a count")
+        raise error(f"{p}: checkpoint field {bad!r} is {ckpt[bad]!r}, not a count")
     bad = next((k for k, (lo, hi) in CHECKPOINT_BOUNDS.items() if not lo <= ckpt[k] <= hi), None)
     if bad is not None:
         lo, hi = CHECKPOINT_BOUNDS[bad]
-        raise RunError(f"{p}: checkpoint field {bad!r} is {ckpt[bad]}, outside {lo}..{hi}")
+        raise error(f"{p}: checkpoint field {bad!r} is {ckpt[bad]}, outside {lo}..{hi}")
     classes = ckpt["classes"]
     if (
         not isinstance(classes, list)
         or len(classes) != ckpt["num_classes"]
         or not all(isinstance(c, str) and len(c) <= 1000 for c in classes)
     ):
-        raise RunError(f"{p}: checkpoint's class names do not match its {ckpt['num_classes']} classes")
+        raise error(f"{p}: checkpoint's class names do not match its {ckpt['num_classes']} classes")
     if (
         not isinstance(ckpt["metrics"], list)
         or not all(isinstance(m, dict) for m in ckpt["metrics"])
         or len(ckpt["metrics"]) > ckpt["epoch"]
     ):
-        raise RunError(f"{p}: checkpoint's metrics are not a list of its {ckpt['epoch']} epochs")
+        raise error(f"{p}: checkpoint's metrics are not a list of its {ckpt['epoch']} epochs")
     tally = ckpt.get("tally")
     if tally is not None and not (
         isinstance(tally, (list, tuple)) and len(tally) == 4 and all(isinstance(v, (int, float)) for v in tally)
     ):
-        raise RunError(f"{p}: checkpoint's running totals are not four numbers")
+        raise error(f"{p}: checkpoint's running totals are not four numbers")
     try:
         ckpt["cfg"] = Config.from_dict(ckpt["config"])
     except (ConfigError, TypeError) as e:
-        raise RunError(f"{p}: the recorded configuration is invalid ({first_line(e)})") from None
+        raise error(f"{p}: the recorded configuration is invalid ({first_line(e)})") from None
     ckpt["path"] = str(p)
     return ckpt
 

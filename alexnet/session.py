@@ -337,6 +337,7 @@ def plan_budget(s: Session, ckpt: dict | None) -> None:
         elapsed = s.clock.spent()
         fit = B.steps_that_fit(plan.budget_s - elapsed, step_s, done, s.steps, eval_s, eval_s if each else 0.0)
         plan.replan(done, fit, elapsed, step_s)
+    s.plan.shape(cfg)  # a plan longer than a run may hold is refused here, before the run directory is made
     sync = (lambda: torch.cuda.synchronize(s.device)) if s.device.type == "cuda" else (lambda: None)
     s.pacer = B.Pacer(s.plan, s.clock.started, each, sync=sync)
 

@@ -12,6 +12,7 @@ import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 
 # One reader of metrics.jsonl, one status vocabulary and one checkpoint rule, for every room that
@@ -77,6 +78,38 @@ def read_bounded(path: str | os.PathLike, cap: int, tail: bool = False) -> tuple
         raise RunError(f"{p.name} cannot be read ({e.strerror})") from None
     finally:
         os.close(fd)
+
+
+def open_regular(
+    path: str | os.PathLike, limit: int, error: type[RunError] = RunError, what: str = "such a file"
+) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file of at most ``limit`` bytes; else one line
+    (``error``). A FIFO would block open() (and a signal with it) and /dev/zero never ends, so the file
+    is opened without blocking and checked with fstat: what was checked is what is read, even if the
+    name is swapped in between. A symlink is followed: a model file linked from elsewhere is common."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise error(f"{path}: a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+            raise error(f"{path}: not a regular file ({kind})")
+        if st.st_size > limit:
+            raise error(
+                f"{path}: {st.st_size / 1e9:.2f} GB, more than the {limit / 1e9:.2f} GB {what} may hold "
+                "here (the largest registered network at the most classes a run may have)"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_metrics_rows(path: str | os.PathLike, cap: int = MAX_METRICS_BYTES) -> tuple[list[dict], str | None]:

@@ -18,10 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 import torch
@@ -29,7 +27,8 @@ from torch import nn
 
 from .config import DataConfig
 from .models import UnknownModel, build_model
-from .runs import CHECKPOINT_BOUNDS, RunError, first_line, not_regular
+from .runs import CHECKPOINT_BOUNDS, RunError, first_line
+from .status import open_regular
 
 META_KEY = "alexnet"  # where each exported format keeps the description
 # The fields every description has; predict needs each of them.
@@ -38,10 +37,8 @@ META_FIELDS = ("model", "in_channels", "num_classes", "classes", "resolution", "
 
 # The largest model file read (ONNX, safetensors, torchvision's .pth): the largest registered network
 # at the most classes a run may have (alexnet-owt at 100,000 classes: 1.78 GB of fp32 weights) fits,
-# and so does ONNX's own 2 GiB protobuf limit. A checkpoint also holds the optimizer's state, up to two
-# tensors per weight (Adam): three times that.
+# and so does ONNX's own 2 GiB protobuf limit (runs.MAX_CHECKPOINT_BYTES adds the optimizer's state).
 MAX_MODEL_BYTES = 2 * 2**30
-MAX_CHECKPOINT_BYTES = 3 * MAX_MODEL_BYTES
 
 
 class ExportError(RunError):
@@ -49,31 +46,10 @@ class ExportError(RunError):
 
 
 def open_model_file(path: str | os.PathLike, limit: int | None = None, error: type[RunError] = ExportError) -> BinaryIO:
-    """``path`` opened for reading, if it is a regular file of at most ``limit`` bytes; else one line
-    (``error``). A FIFO would block open() (and a signal with it) and /dev/zero never ends, so the
-    path is checked before it is opened, opened without blocking, and checked again on the open
-    file: what was checked is what is read. ``limit``: MAX_MODEL_BYTES unless given."""
+    """``path`` opened for reading if it is a regular file of at most ``limit`` bytes (MAX_MODEL_BYTES
+    unless given); else one line (``error``). See status.open_regular."""
     limit = MAX_MODEL_BYTES if limit is None else limit
-    if why := not_regular(path):
-        raise error(f"{path}: {why}")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise error(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: not a regular file")
-        if st.st_size > limit:
-            raise error(
-                f"{path}: {st.st_size / 1e9:.2f} GB, more than the {limit / 1e9:.2f} GB a model file may hold "
-                "here (the largest registered network at the most classes a run may have)"
-            )
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    return open_regular(path, limit, error, what="a model file")
 
 
 def read_model_file(path: str | os.PathLike, limit: int | None = None, error: type[RunError] = ExportError) -> bytes:
@@ -87,17 +63,6 @@ def read_model_file(path: str | os.PathLike, limit: int | None = None, error: ty
     if len(data) > limit:  # it grew while it was read
         raise error(f"{path}: more than the {limit / 1e9:.2f} GB a model file may hold here")
     return data
-
-
-def check_checkpoint_file(path: str | os.PathLike, error: type[RunError] = ExportError) -> None:
-    """Before runs.load_checkpoint reads a checkpoint (given, or a run directory's best.pt else last.pt):
-    a regular file of at most MAX_CHECKPOINT_BYTES. load_checkpoint opens it by name again."""
-    p = Path(path)
-    if p.is_dir():
-        p = next((p / n for n in ("best.pt", "last.pt") if os.path.lexists(p / n)), None)
-        if p is None:
-            return  # load_checkpoint says the run holds no checkpoint
-    open_model_file(p, MAX_CHECKPOINT_BYTES, error).close()
 
 
 @dataclass

@@ -183,7 +183,8 @@ def test_no_loader_reads_a_link_to_dev_zero(tmp_path, capsys):
 
 
 def test_no_loader_reads_a_file_larger_than_the_bound(tmp_path, capsys):
-    from alexnet.weights import MAX_CHECKPOINT_BYTES, MAX_MODEL_BYTES
+    from alexnet.runs import MAX_CHECKPOINT_BYTES
+    from alexnet.weights import MAX_MODEL_BYTES
 
     def big(name):
         path = tmp_path / "big" / name
@@ -195,7 +196,9 @@ def test_no_loader_reads_a_file_larger_than_the_bound(tmp_path, capsys):
     for what, argv in _every_loader(tmp_path, big):
         line = _one_error(capsys, *argv)
         if what != "predict .pt2":
-            assert "GB, more than the" in line and "GB a model file may hold here" in line, (what, line)
+            assert "GB, more than the" in line, (what, line)
+            kind = "a checkpoint" if what.endswith((".pt", "w.pt")) else "a model file"
+            assert f"GB {kind} may hold here" in line, (what, line)
 
 
 def test_no_loader_runs_a_pickle_that_calls_os_system(tmp_path, capsys):
@@ -359,3 +362,11 @@ def test_a_time_budget_too_long_for_the_data_says_so_not_that_epochs_are_too_man
         plan.shape(cfg)  # where the plan becomes epochs
     assert "--time-budget 720h is too long for this data: it plans" in str(e.value)
     assert "give a shorter budget" in str(e.value) and "--epochs must be" not in str(e.value)
+
+
+def test_a_time_budget_too_long_for_the_data_leaves_no_run_behind(idx_dir, tmp_path, capsys):
+    # Refused when the plan is made, before the run directory: no empty run with a lock and a config.
+    argv = ["train", "--preset", "cpu", "--model", "lenet-relu", "--dataset", "mnist", "--data-dir", idx_dir]
+    line = _one_error(capsys, *argv, "--batch-size", 16, "--time-budget", "720h", "--run-dir", tmp_path / "run")
+    assert "--time-budget 720h is too long for this data" in line
+    assert not (tmp_path / "run").exists()

@@ -657,6 +657,27 @@ def test_a_config_that_cannot_run_cannot_be_built():
             PRESETS["cpu"].replace(**bad)
 
 
+def test_the_checkpoint_checked_is_the_checkpoint_loaded(data, tmp_path, monkeypatch):
+    # The file is opened once, checked on the open descriptor and loaded from it: a name swapped for a
+    # FIFO after the check (another program racing the load) is never opened, so nothing hangs.
+    run = tmp_path / "run"
+    quiet_fit(recipe(data, epochs=1), run)
+    opened = R.open_regular
+
+    def then_swap(path, *args, **kwargs):
+        f = opened(path, *args, **kwargs)
+        os.unlink(path)
+        os.mkfifo(path)
+        return f
+
+    from conftest import no_hang
+
+    monkeypatch.setattr(R, "open_regular", then_swap)
+    with no_hang():
+        ckpt = R.load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 1 and (run / "last.pt").is_fifo()
+
+
 def test_checkpoint_faults_name_the_file_and_the_reason(data, tmp_path):
     run = tmp_path / "run"
     quiet_fit(recipe(data, epochs=1), run)
