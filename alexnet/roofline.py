@@ -233,55 +233,11 @@ LAYER_COLUMNS = [  # (header, value of (Analysis, LayerCost, (t_fwd, t_bwd)), fo
 
 
 def format_analysis(an: Analysis, fmt: str = "table") -> str:
+    """The analysis as a table (text or Markdown: per layer, totals by kind, memory, answers), CSV or JSON."""
     if fmt == "json":
         return json.dumps(analysis_dict(an), indent=2)
     if fmt == "csv":
-        head = [
-            "index",
-            "label",
-            "kind",
-            "output_shape",
-            "params",
-            "weight_bytes",
-            "fwd_flops",
-            "bwd_input_flops",
-            "bwd_weight_flops",
-            "act_bytes",
-            "saved_bytes",
-            "fwd_bytes",
-            "bwd_bytes",
-            "fwd_intensity",
-            "bwd_intensity",
-            "fwd_time_s",
-            "bwd_time_s",
-            "fwd_bound",
-            "bwd_bound",
-        ]
-        lines = [",".join(head)]
-        for c, (tf, tb) in zip(an.layers, an.times()):
-            vals = [
-                c.index,
-                c.label,
-                c.kind,
-                "x".join(map(str, c.output_shape)),
-                c.params,
-                c.weight_bytes,
-                c.fwd_flops,
-                c.bwd_input_flops,
-                c.bwd_weight_flops,
-                c.act_bytes,
-                c.saved_bytes,
-                c.fwd_bytes,
-                c.bwd_bytes,
-                f"{c.fwd_intensity:.6g}",
-                f"{c.bwd_intensity:.6g}",
-                f"{tf:.6g}",
-                f"{tb:.6g}",
-                _bound(c.fwd_flops, c.fwd_bytes, an.spec, an.dtype),
-                _bound(c.bwd_flops, c.bwd_bytes, an.spec, an.dtype),
-            ]
-            lines.append(",".join(map(str, vals)))
-        return "\n".join(lines)
+        return _analysis_csv(an)
     if fmt not in ("table", "markdown"):
         raise ValueError(f"unknown format {fmt!r}; choose table, csv, json or markdown")
     md = fmt == "markdown"
@@ -302,6 +258,73 @@ def format_analysis(an: Analysis, fmt: str = "table") -> str:
     out += grid([h for h, _, _ in LAYER_COLUMNS], rows, "markdown" if md else "text", left=(1, 2)).split("\n")
 
     out += ["", f"Totals by kind at batch {an.batch} (inference times at batch 1 in the last column):", ""]
+    out += grid(*_totals_rows(an), "markdown" if md else "text").split("\n")
+
+    out += [
+        "",
+        (
+            "Memory (MB; weights, gradients and optimizer state in fp32; activations: the live pair of one layer "
+            "for inference, what autograd saves plus the largest gradient pair for training):"
+        ),
+        "",
+    ]
+    out += grid(*_memory_rows(an), "markdown" if md else "text").split("\n")
+    out += [""] + [("- " if md else "") + s for s in an.answers()]
+    return "\n".join(out)
+
+
+def _analysis_csv(an: Analysis) -> str:
+    """One row per layer, every figure a column: for a spreadsheet."""
+    head = [
+        "index",
+        "label",
+        "kind",
+        "output_shape",
+        "params",
+        "weight_bytes",
+        "fwd_flops",
+        "bwd_input_flops",
+        "bwd_weight_flops",
+        "act_bytes",
+        "saved_bytes",
+        "fwd_bytes",
+        "bwd_bytes",
+        "fwd_intensity",
+        "bwd_intensity",
+        "fwd_time_s",
+        "bwd_time_s",
+        "fwd_bound",
+        "bwd_bound",
+    ]
+    lines = [",".join(head)]
+    for c, (tf, tb) in zip(an.layers, an.times()):
+        vals = [
+            c.index,
+            c.label,
+            c.kind,
+            "x".join(map(str, c.output_shape)),
+            c.params,
+            c.weight_bytes,
+            c.fwd_flops,
+            c.bwd_input_flops,
+            c.bwd_weight_flops,
+            c.act_bytes,
+            c.saved_bytes,
+            c.fwd_bytes,
+            c.bwd_bytes,
+            f"{c.fwd_intensity:.6g}",
+            f"{c.bwd_intensity:.6g}",
+            f"{tf:.6g}",
+            f"{tb:.6g}",
+            _bound(c.fwd_flops, c.fwd_bytes, an.spec, an.dtype),
+            _bound(c.bwd_flops, c.bwd_bytes, an.spec, an.dtype),
+        ]
+        lines.append(",".join(map(str, vals)))
+    return "\n".join(lines)
+
+
+def _totals_rows(an: Analysis) -> tuple[list[str], list[list[str]]]:
+    """The totals by kind of layer: header and rows."""
     head = [
         "kind",
         "params",
@@ -335,21 +358,14 @@ def format_analysis(an: Analysis, fmt: str = "table") -> str:
         ]
         for k, s in t.items()
     ]
-    out += grid(head, rows, "markdown" if md else "text").split("\n")
+    return head, rows
 
-    out += [
-        "",
-        (
-            "Memory (MB; weights, gradients and optimizer state in fp32; activations: the live pair of one layer "
-            "for inference, what autograd saves plus the largest gradient pair for training):"
-        ),
-        "",
-    ]
+
+def _memory_rows(an: Analysis) -> tuple[list[str], list[list[str]]]:
+    """Memory for inference and training, by what holds it: header and rows."""
     head = ["what", "weights", "gradients", "optimizer", "activations", "total"]
     rows = [[k, *(f"{m[f] / 1e6:.1f}" for f in head[1:])] for k, m in an.memory().items()]
-    out += grid(head, rows, "markdown" if md else "text").split("\n")
-    out += [""] + [("- " if md else "") + s for s in an.answers()]
-    return "\n".join(out)
+    return head, rows
 
 
 def analysis_dict(an: Analysis) -> dict:
