@@ -216,6 +216,29 @@ def refuse_what_cannot_fit(
             )
 
 
+def _sweep_header(model_name, preset, cfg, dev, in_channels, res, use_amp, steps, warmup, accuracy_epochs) -> str:
+    """The line that stamps a sweep: network, input, precision, the recipe whose step is timed, how
+    it is timed, and the machine."""
+    from .measure import machine
+
+    t = cfg.train
+    recipe = (
+        f"SGD lr {t.lr:g}"
+        + (f", {'Nesterov ' if t.nesterov else ''}momentum {t.momentum:g}" if t.momentum else "")
+        + (f", weight decay {t.weight_decay:g}" if t.weight_decay else "")
+        + (f", label smoothing {t.label_smoothing:g}" if t.label_smoothing else "")
+    )
+    header = (
+        f"{model_name} {in_channels}x{res}x{res}, {'bf16 autocast' if use_amp else 'fp32'}, "
+        f"the `{preset}` preset's training step ({recipe}; "
+        f"{'compiled' if cfg.system.compile == 'on' else 'eager'}), {warmup} warm-up + median of {steps} "
+        f"timed steps; {machine(dev).line()}"
+    )
+    if accuracy_epochs:
+        header += f"; accuracy: preset {preset}, {accuracy_epochs} epochs, lr scaled linearly from batch 128"
+    return header
+
+
 def sweep(
     model_name: str,
     batch_sizes: list[int],
@@ -240,7 +263,6 @@ def sweep(
     is the recipe whose step is timed (and trained, with ``accuracy_epochs``); auto: `d2l` on CUDA,
     `cpu` elsewhere."""
     from .device import bf16_autocast, select_device
-    from .measure import machine
 
     # steps, warmup, threads and the other integers arrive bounded: the parser checks every flag.
     if threads is not None:
@@ -256,20 +278,7 @@ def sweep(
         preset = "d2l" if dev.type == "cuda" else "cpu"
     cfg = step_recipe(preset, model_name, dev)
     t = cfg.train
-    recipe = (
-        f"SGD lr {t.lr:g}"
-        + (f", {'Nesterov ' if t.nesterov else ''}momentum {t.momentum:g}" if t.momentum else "")
-        + (f", weight decay {t.weight_decay:g}" if t.weight_decay else "")
-        + (f", label smoothing {t.label_smoothing:g}" if t.label_smoothing else "")
-    )
-    header = (
-        f"{model_name} {in_channels}x{res}x{res}, {'bf16 autocast' if use_amp else 'fp32'}, "
-        f"the `{preset}` preset's training step ({recipe}; "
-        f"{'compiled' if cfg.system.compile == 'on' else 'eager'}), {warmup} warm-up + median of {steps} "
-        f"timed steps; {machine(dev).line()}"
-    )
-    if accuracy_epochs:
-        header += f"; accuracy: preset {preset}, {accuracy_epochs} epochs, lr scaled linearly from batch 128"
+    header = _sweep_header(model_name, preset, cfg, dev, in_channels, res, use_amp, steps, warmup, accuracy_epochs)
     refuse_what_cannot_fit(
         model_name, batch_sizes, dev, in_channels, res, use_amp, "sgd-momentum" if t.momentum > 0 else "sgd"
     )  # as time_training estimates it
