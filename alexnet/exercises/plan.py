@@ -132,20 +132,15 @@ NO_REG = dict(model="alexnet28-nodrop", crop_padding=0, flip=False, weight_decay
 
 def plan(b: Budget) -> dict[str, list[Spec]]:
     """The configurations each exercise compares, at budget ``b``."""
+    return {**_ex4_5(b), **_ex7(b), **_ex8(b)}
+
+
+def _ex4_5(b: Budget) -> dict[str, list[Spec]]:
+    """Exercise 4: AlexNet against LeNet, at 224x224, 28x28 and on the whole set; exercise 5: its
+    smaller variant on the same images."""
     s224 = dict(limit_train=b.train224, limit_test=b.test224, epochs=b.epochs224, batch_size=b.batch224)
     s28 = dict(limit_train=b.train28, limit_test=b.test28, epochs=b.epochs28, batch_size=b.batch)
-    s7 = dict(limit_train=b.train28, limit_test=b.test28, epochs=b.epochs7, batch_size=b.batch, **NO_AUG)
-    n1, n2 = b.sizes8
-    e1, e2 = b.epochs8
-    # Exercise 8 evaluates every epoch of many short runs: a smaller test set keeps evaluation from
-    # costing more than the training.
-    s8 = dict(limit_train=n1, limit_test=max(32, b.test28 // 5), epochs=e1, batch_size=b.batch)
-    s8b = dict(limit_train=n2, limit_test=max(32, b.test28 // 5), epochs=e2, batch_size=b.batch)
-    s8o = {**s8, "epochs": b.overfit_epochs}
     sw = dict(limit_train=b.whole_train, limit_test=b.whole_test, epochs=b.whole_epochs, batch_size=b.batch)
-    eo = b.overfit_epochs
-    k10, k3 = LR_FACTORS
-    lr10, lr3 = (round(k * PRESETS["cpu"].train.lr, 6) for k in LR_FACTORS)
     return {
         "4-224": [
             Spec("ex4-alexnet224", "alexnet, 224x224", "fast", dict(model="alexnet", **s224)),
@@ -165,6 +160,13 @@ def plan(b: Budget) -> dict[str, list[Spec]]:
         ]
         if b.whole_epochs
         else [],
+    }
+
+
+def _ex7(b: Budget) -> dict[str, list[Spec]]:
+    """Exercise 7: LeNet modernised a step at a time, with no augmentation until the last rows."""
+    s7 = dict(limit_train=b.train28, limit_test=b.test28, epochs=b.epochs7, batch_size=b.batch, **NO_AUG)
+    return {
         "7": [
             Spec("ex7-lenet", "LeNet (sigmoid)", "cpu", dict(model="lenet", **s7)),
             Spec("ex7-relu", "+ ReLU", "cpu", dict(model="lenet-relu-nodrop", **s7)),
@@ -180,6 +182,23 @@ def plan(b: Budget) -> dict[str, list[Spec]]:
                 dict(model="lenet-relu", **{**s7, "flip": True, "crop_padding": CROP}),
             ),
         ],
+    }
+
+
+def _ex8(b: Budget) -> dict[str, list[Spec]]:
+    """Exercise 8: what overfits on a small set (long runs, one regulariser removed at a time) and
+    what breaks training (sigmoid, PyTorch's default init, too large a rate with and without warm-up)."""
+    n1, n2 = b.sizes8
+    e1, e2 = b.epochs8
+    # Exercise 8 evaluates every epoch of many short runs: a smaller test set keeps evaluation from
+    # costing more than the training.
+    s8 = dict(limit_train=n1, limit_test=max(32, b.test28 // 5), epochs=e1, batch_size=b.batch)
+    s8b = dict(limit_train=n2, limit_test=max(32, b.test28 // 5), epochs=e2, batch_size=b.batch)
+    s8o = {**s8, "epochs": b.overfit_epochs}
+    eo = b.overfit_epochs
+    k10, k3 = LR_FACTORS
+    lr10, lr3 = (round(k * PRESETS["cpu"].train.lr, 6) for k in LR_FACTORS)
+    return {
         "8-overfit": [
             Spec("ex8-long-all", f"{n1} images × {eo}, all regularisers", "cpu", dict(model="alexnet28", **s8o)),
             Spec("ex8-long-nodrop", f"{n1} images × {eo}, no dropout", "cpu", dict(model="alexnet28-nodrop", **s8o)),
