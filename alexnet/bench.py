@@ -283,43 +283,21 @@ def sweep(
         model_name, batch_sizes, dev, in_channels, res, use_amp, "sgd-momentum" if t.momentum > 0 else "sgd"
     )  # as time_training estimates it
     rows: list[dict] = []
-    rss_start = peak_rss_bytes()
+    timing = dict(steps=steps, warmup=warmup, device=dev, in_channels=in_channels, resolution=res, amp=use_amp, cfg=cfg)
+    timing["rss_start"] = peak_rss_bytes()
+    data = dict(preset=preset, device=str(dev), dataset=dataset, data_dir=data_dir, amp="bf16" if use_amp else "off")
+    data.update(limit_train=limit_train, limit_test=limit_test)
     try:
         for b in batch_sizes:
             try:
-                row = time_training(
-                    model_name,
-                    b,
-                    steps=steps,
-                    warmup=warmup,
-                    device=dev,
-                    in_channels=in_channels,
-                    resolution=res,
-                    amp=use_amp,
-                    cfg=cfg,
-                    rss_start=rss_start,
-                )
+                row = time_training(model_name, b, **timing)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 say(f"batch {b}: out of memory; larger batches skipped")
                 rows.append({"batch": b, "note": "out of memory"})
                 break
             if accuracy_epochs:
-                row.update(
-                    train_accuracy(
-                        model_name,
-                        b,
-                        accuracy_epochs,
-                        Path(out_dir or ".") / f"batch{b}",
-                        preset=preset,
-                        device=str(dev),
-                        dataset=dataset,
-                        data_dir=data_dir,
-                        limit_train=limit_train,
-                        limit_test=limit_test,
-                        amp="bf16" if use_amp else "off",
-                    )
-                )
+                row.update(train_accuracy(model_name, b, accuracy_epochs, Path(out_dir or ".") / f"batch{b}", **data))
             say(
                 f"batch {b}: {row['images_per_s']:.1f} images/s"
                 + (f", val acc {row['val_acc']:.4f}" if "val_acc" in row else "")
