@@ -184,6 +184,22 @@ def section_curves(facts: RunFacts, level: int, stem: str) -> list[Block]:
     return [Block("h", "Curves", level), Block("figure", caption, name=f"{stem}curves.png", png=figure_png(fig))]
 
 
+def weights_named(facts: RunFacts) -> str:
+    """Which weights the page's network is, in words: the file (best.pt, else last.pt, as alexnet
+    predict and serve choose) and its epoch, and how that epoch stands to the run's metrics rows."""
+    net, last = facts.net, facts.metrics[-1]["epoch"] if facts.metrics else None
+    epoch, step = net["epoch"], net["step"]
+    if step:
+        where = f", step {step} of epoch {epoch + 1}: not the weights of any metrics row"
+    elif facts.net_file != "best.pt":
+        where = ", the last metrics row"
+    elif epoch == last:
+        where = ", the best validation accuracy and the last metrics row"
+    else:
+        where = f", the best validation accuracy; the last metrics row is epoch {last}"
+    return f"the weights of {facts.net_file} (epoch {epoch}{where})"
+
+
 def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: str) -> list[Block]:
     """Per-class accuracy, the confusion matrix, the most confused pairs with their test images."""
     if ev is None:
@@ -194,21 +210,11 @@ def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: st
             for b in (Block("h", t, level), Block("p", f"Not computed: {why}"))
         ]
     m = ev.confusion.double()
-    ck = facts.ckpt
-    which = (
-        f"the weights of last.pt (epoch {ck['epoch']}"
-        + (
-            f", step {ck['step']} of epoch {ck['epoch'] + 1}: not the weights of any metrics row"
-            if ck["step"]
-            else ", the last metrics row"
-        )
-        + ")"
-    )
-    last = facts.metrics[-1]
+    row = facts.net_row()
     note = (
-        f"Evaluated here from {which} on {int(m.sum())} test images in {ev.seconds:.1f} s: accuracy "
-        f"{ev.acc:.4f}, loss {ev.loss:.4f}"
-        + (f" (the run logged {last['val_acc']:.4f} for epoch {last['epoch']})" if not ck["step"] else "")
+        f"Evaluated here from {weights_named(facts)} on {int(m.sum())} test images in {ev.seconds:.1f} s: "
+        f"accuracy {ev.acc:.4f}, loss {ev.loss:.4f}"
+        + (f" (the run logged {row['val_acc']:.4f} for epoch {row['epoch']})" if row else "")
         + (
             "; the per-image predictions give the same matrix."
             if ev.agrees
@@ -290,8 +296,8 @@ def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block
         return head + [Block("p", f"Not shown: {facts.missing.get('weights')}")]
     w = first_conv(model).weight.detach().cpu()
     w0 = initial_first_conv(facts.cfg, facts.record["in_channels"], facts.record["num_classes"])
-    ck = facts.ckpt
-    at = f"epoch {ck['epoch']}" + (f", step {ck['step']}" if ck["step"] else "")
+    net = facts.net
+    at = f"epoch {net['epoch']}" + (f", step {net['step']}" if net["step"] else "")
     panels = ([("at initialisation (rebuilt from the seed)", w0)] if w0 is not None else []) + [(f"trained ({at})", w)]
     if w0 is not None:  # what training added: hidden in the trained kernels under the initial noise
         panels.append(("the change W - W0", w - w0))
@@ -412,10 +418,12 @@ def run_blocks(
 
     facts = read_facts(run_dir)
     model = ev = None
-    if facts.ckpt is None:
-        facts.missing["weights"] = facts.missing["evaluation"] = "the run directory holds no checkpoint (last.pt)"
+    if facts.net is None:
+        no_checkpoint = "the run directory holds no checkpoint (best.pt or last.pt)"
+        facts.missing.setdefault("weights", no_checkpoint)
+        facts.missing.setdefault("evaluation", no_checkpoint)
     else:
-        model, _ = model_from_checkpoint(facts.ckpt)
+        model, _ = model_from_checkpoint(facts.net)
         if facts.cfg.data.dataset in IMAGE_DATASETS:
             facts.missing["evaluation"] = (
                 "per-class figures are made for in-memory datasets only (use alexnet evaluate)"
@@ -438,7 +446,7 @@ def run_blocks(
 def comparison_blocks(run_dirs: list, level: int = 2) -> list[Block]:
     """`alexnet compare`'s table and overlaid curves: one row and one curve per configuration, its
     seeds folded into mean ± std."""
-    runs = [read_facts(r).record for r in run_dirs]
+    runs = [read_facts(r, network=False).record for r in run_dirs]
     groups = labelled_groups(runs)
     rows = [aggregate([summarize(r) for r in g]) for _, g in groups]
     fig = curves_figure(groups, book=any(is_d2l_recipe(g[0]["cfg"]) for _, g in groups))
