@@ -45,11 +45,13 @@ def budget_line(plan: dict) -> str:
     return text
 
 
-def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
-    cfg, m, ck = facts.cfg, facts.metrics, facts.ckpt or {}
-    mach = facts.machine
+NOT_RECORDED = "not recorded (the checkpoint predates the machine record)"
+
+
+def machine_line(mach: dict) -> str:
+    """The machine a checkpoint was written on, in one line ('' when it recorded none of it)."""
     load = mach.get("load_average_1m")
-    described = ", ".join(
+    return ", ".join(
         x
         for x in (
             mach.get("cpu"),
@@ -60,9 +62,19 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
         )
         if x
     )
-    res = facts.record["resolution"]
-    wall = sum(r["epoch_time_s"] for r in m)
-    facts_rows = [
+
+
+def _precision(amp: str) -> str:
+    if amp == "bf16":
+        return "bf16 autocast (weights, gradients and optimiser state fp32)"
+    return "fp32" if amp == "off" else f"amp {amp}"
+
+
+def _run_rows(facts: RunFacts) -> list[tuple[str, str]]:
+    """What ran, one (name, value) pair a line: status, network, data, machine, time, budget, resumes."""
+    cfg, m, ck, mach = facts.cfg, facts.metrics, facts.ckpt or {}, facts.machine
+    res, wall = facts.record["resolution"], sum(r["epoch_time_s"] for r in m)
+    rows = [
         ("status", facts.status()),
         (
             "model",
@@ -74,16 +86,9 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
             + (f", first {cfg.data.limit_train} training images" if cfg.data.limit_train else "")
             + (f", first {cfg.data.limit_test} test images" if cfg.data.limit_test else ""),
         ),
-        ("device", mach.get("device", "not recorded (the checkpoint predates the machine record)")),
-        ("machine", described or "not recorded (the checkpoint predates the machine record)"),
-        (
-            "precision",
-            "bf16 autocast (weights, gradients and optimiser state fp32)"
-            if cfg.system.amp == "bf16"
-            else "fp32"
-            if cfg.system.amp == "off"
-            else f"amp {cfg.system.amp}",
-        ),
+        ("device", mach.get("device", NOT_RECORDED)),
+        ("machine", machine_line(mach) or NOT_RECORDED),
+        ("precision", _precision(cfg.system.amp)),
         ("torch", ck["torch"] if isinstance(ck.get("torch"), str) else "not recorded"),
         (
             "wall time",
@@ -95,53 +100,67 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
         ),
     ]
     if plan := facts.plan:
-        facts_rows.append(("time budget", budget_line(plan)))
+        rows.append(("time budget", budget_line(plan)))
     for c in facts.changes:
-        facts_rows.append(("changed on resume", f"from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}"))
-    blocks = [
-        Block("h", "What ran", level),
-        Block("table", rows=[{"": k, "value": v} for k, v in facts_rows]),
-        Block("p", "Every setting, as the run recorded it:"),
-        Block("table", rows=_settings_rows(facts)),
-    ]
-    rows = [
-        {
-            "epoch": r["epoch"],
-            "train loss": r["train_loss"],
-            "train acc": r["train_acc"],
-            "test loss": r["val_loss"],
-            "test acc": r["val_acc"],
-            "lr": r["lr"],
-            "img/s": r["train_images_per_s"],
-            "train s": r["train_time_s"],
-            "eval s": r["eval_time_s"],
-            "epoch s": r["epoch_time_s"],
-        }
-        for r in m
-    ]
-    fmt = {
-        "train loss": "{:.4f}",
-        "train acc": "{:.4f}",
-        "test loss": "{:.4f}",
-        "test acc": "{:.4f}",
-        "lr": "{:.4g}",
-        "img/s": "{:.1f}",
-        "train s": "{:.0f}",
-        "eval s": "{:.0f}",
-        "epoch s": "{:.0f}",
-    }
-    blocks += [
+        rows.append(("changed on resume", f"from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}"))
+    return rows
+
+
+# The per-epoch table: its columns, each a metrics key, and how each is printed.
+EPOCH_COLUMNS = {
+    "epoch": "epoch",
+    "train loss": "train_loss",
+    "train acc": "train_acc",
+    "test loss": "val_loss",
+    "test acc": "val_acc",
+    "lr": "lr",
+    "img/s": "train_images_per_s",
+    "train s": "train_time_s",
+    "eval s": "eval_time_s",
+    "epoch s": "epoch_time_s",
+}
+EPOCH_FORMATS = {
+    "train loss": "{:.4f}",
+    "train acc": "{:.4f}",
+    "test loss": "{:.4f}",
+    "test acc": "{:.4f}",
+    "lr": "{:.4g}",
+    "img/s": "{:.1f}",
+    "train s": "{:.0f}",
+    "eval s": "{:.0f}",
+    "epoch s": "{:.0f}",
+}
+
+
+def epoch_blocks(metrics: list[dict]) -> list[Block]:
+    """One row per epoch: losses, accuracies, learning rate, speed and seconds."""
+    return [
         Block(
             "p",
             "Per epoch (test = the run's evaluation split; train loss and accuracy are the epoch's "
             "running means, with dropout and augmentation on):",
         ),
-        Block("table", rows=rows, formats=fmt),
+        Block(
+            "table",
+            rows=[{col: r[key] for col, key in EPOCH_COLUMNS.items()} for r in metrics],
+            formats=EPOCH_FORMATS,
+        ),
     ]
-    if is_d2l_recipe(cfg):
+
+
+def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
+    """The run itself, every setting, its epochs, and for the chapter's recipe the book's points."""
+    blocks = [
+        Block("h", "What ran", level),
+        Block("table", rows=[{"": k, "value": v} for k, v in _run_rows(facts)]),
+        Block("p", "Every setting, as the run recorded it:"),
+        Block("table", rows=_settings_rows(facts)),
+        *epoch_blocks(facts.metrics),
+    ]
+    if is_d2l_recipe(facts.cfg):
         blocks += [
             Block("p", "The chapter's recipe: the book's published runs against this one at the same epoch."),
-            Block("table", rows=book_rows(m), formats={"book": "{}", "this run": "{}"}),
+            Block("table", rows=book_rows(facts.metrics), formats={"book": "{}", "this run": "{}"}),
         ]
     return blocks
 
@@ -200,20 +219,13 @@ def weights_named(facts: RunFacts) -> str:
     return f"the weights of {facts.net_file} (epoch {epoch}{where})"
 
 
-def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: str) -> list[Block]:
-    """Per-class accuracy, the confusion matrix, the most confused pairs with their test images."""
-    if ev is None:
-        why = facts.missing.get("evaluation", "")
-        return [
-            b
-            for t in ("Per-class accuracy", "Confusion matrix", "Most confused pairs")
-            for b in (Block("h", t, level), Block("p", f"Not computed: {why}"))
-        ]
-    m = ev.confusion.double()
+def evaluation_note(facts: RunFacts, ev: Evaluation) -> str:
+    """Which weights were evaluated, on what, how fast, what they scored against what the run logged
+    for them, and whether the per-image predictions agree with evaluate's matrix."""
     row = facts.net_row()
-    note = (
-        f"Evaluated here from {weights_named(facts)} on {int(m.sum())} test images in {ev.seconds:.1f} s: "
-        f"accuracy {ev.acc:.4f}, loss {ev.loss:.4f}"
+    return (
+        f"Evaluated here from {weights_named(facts)} on {int(ev.confusion.sum())} test images in "
+        f"{ev.seconds:.1f} s: accuracy {ev.acc:.4f}, loss {ev.loss:.4f}"
         + (f" (the run logged {row['val_acc']:.4f} for epoch {row['epoch']})" if row else "")
         + (
             "; the per-image predictions give the same matrix."
@@ -221,6 +233,11 @@ def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: st
             else "; WARNING: the per-image predictions do not give evaluate's matrix."
         )
     )
+
+
+def per_class_rows(ev: Evaluation) -> list[dict]:
+    """Each class's images, correct ones, accuracy, and the class it is most often taken for."""
+    m = ev.confusion.double()
     rows = []
     for i, name in enumerate(ev.classes):
         n = m[i].sum()
@@ -236,38 +253,23 @@ def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: st
                 "most often taken for": f"{ev.classes[j]} ({int(m[i, j])})" if m[i, j] > 0 else "—",
             }
         )
-    blocks = [
-        Block("h", "Per-class accuracy", level),
-        Block("p", note),
-        Block("table", rows=rows, formats={"accuracy": "{:.4f}"}),
-    ]
-    fig = confusion_figure(ev.confusion, ev.classes, f"{facts.dir.name} · accuracy {ev.acc:.4f}")
-    blocks += [
-        Block("h", "Confusion matrix", level),
-        Block(
-            "figure",
-            "Rows: the true class; columns: the predicted one; colour: the share of the row, numbers: test images.",
-            name=f"{stem}confusion.png",
-            png=figure_png(fig, 110),
-        ),
-    ]
+    return rows
+
+
+def confused_pairs_blocks(ev: Evaluation, stem: str) -> list[Block]:
+    """The three pairs of classes most often confused, and a few of their misclassified test images."""
+    m = ev.confusion.double()
     pairs = most_confused(ev.confusion, 3)
-    blocks += [
-        Block("h", "Most confused pairs", level),
-        Block(
-            "table",
-            rows=[
-                {
-                    "true": ev.classes[a],
-                    "predicted": ev.classes[b],
-                    "test images": n,
-                    "share of the true class": n / max(1, int(m[a].sum())),
-                }
-                for a, b, n in pairs
-            ],
-            formats={"share of the true class": "{:.1%}"},
-        ),
+    rows = [
+        {
+            "true": ev.classes[a],
+            "predicted": ev.classes[b],
+            "test images": n,
+            "share of the true class": n / max(1, int(m[a].sum())),
+        }
+        for a, b, n in pairs
     ]
+    blocks = [Block("table", rows=rows, formats={"share of the true class": "{:.1%}"})]
     if pairs:
         blocks.append(
             Block(
@@ -279,6 +281,29 @@ def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: st
             )
         )
     return blocks
+
+
+def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: str) -> list[Block]:
+    """Per-class accuracy, the confusion matrix, the most confused pairs with their test images."""
+    titles = ("Per-class accuracy", "Confusion matrix", "Most confused pairs")
+    if ev is None:
+        why = facts.missing.get("evaluation", "")
+        return [b for t in titles for b in (Block("h", t, level), Block("p", f"Not computed: {why}"))]
+    fig = confusion_figure(ev.confusion, ev.classes, f"{facts.dir.name} · accuracy {ev.acc:.4f}")
+    return [
+        Block("h", titles[0], level),
+        Block("p", evaluation_note(facts, ev)),
+        Block("table", rows=per_class_rows(ev), formats={"accuracy": "{:.4f}"}),
+        Block("h", titles[1], level),
+        Block(
+            "figure",
+            "Rows: the true class; columns: the predicted one; colour: the share of the row, numbers: test images.",
+            name=f"{stem}confusion.png",
+            png=figure_png(fig, 110),
+        ),
+        Block("h", titles[2], level),
+        *confused_pairs_blocks(ev, stem),
+    ]
 
 
 def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block]:
