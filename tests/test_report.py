@@ -139,18 +139,127 @@ def test_report_of_a_run_is_one_self_contained_page_with_every_section(runs, tmp
     assert "self-contained" in capsys.readouterr().out
 
 
-def test_report_accuracy_is_the_last_line_of_metrics_jsonl(runs, tmp_path):
+def test_report_accuracy_is_the_line_of_metrics_jsonl_its_network_logged(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs / "s0", run)
-    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = rows[R.best_epoch_of(rows) - 1]
     text = P.to_markdown(P.run_blocks(run))
-    # Evaluated again from last.pt with the run's own batches and precision: the same number, and the
-    # per-epoch table's last row says it too.
-    assert f"accuracy {last['val_acc']:.4f}, loss {last['val_loss']:.4f} (the run logged {last['val_acc']:.4f}" in text
+    # Evaluated again from best.pt with the run's own batches and precision: the number train logged
+    # for that epoch, and the per-epoch table's row says it too.
+    assert f"accuracy {best['val_acc']:.4f}, loss {best['val_loss']:.4f} (the run logged {best['val_acc']:.4f}" in text
     assert "the per-image predictions give the same matrix" in text
-    row = next(line for line in text.splitlines() if line.startswith(f"| {last['epoch']} | {last['train_loss']:.4f}"))
-    assert f"| {last['val_acc']:.4f} |" in row
+    row = next(line for line in text.splitlines() if line.startswith(f"| {best['epoch']} | {best['train_loss']:.4f}"))
+    assert f"| {best['val_acc']:.4f} |" in row
     assert "finished: 2 of 2 epochs" in text
+
+
+# A run's network is best.pt's (status.network_checkpoint, as alexnet predict and serve take it), its
+# history last.pt's.
+
+
+@pytest.fixture(scope="module")
+def went_on(runs, tmp_path_factory):
+    """A run whose best epoch (1) is not its last (2): trained one epoch, resumed for a second, and
+    best.pt left holding epoch 1, as train leaves it when epoch 2 does no better. Should epoch 2 have
+    logged a higher accuracy, it is lowered to epoch 1's in last.pt and metrics.jsonl: a tie is no
+    improvement, so the run's record names epoch 1 its best, as best.pt does."""
+    run = tmp_path_factory.mktemp("went-on") / "run"
+    T.fit(_tiny_cfg(runs / "data", epochs=1), run, progress=False, quiet=True)
+    epoch1 = (run / "last.pt").read_bytes()
+    T.fit(_tiny_cfg(runs / "data"), run, resume=True, overrides={"epochs": 2}, progress=False, quiet=True)
+    (run / "best.pt").write_bytes(epoch1)
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    first, second = last["metrics"]
+    if second["val_acc"] > first["val_acc"]:
+        second["val_acc"] = first["val_acc"]
+        R.save_checkpoint(last, run / "last.pt")
+        (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in last["metrics"]))
+    assert R.best_epoch_of(last["metrics"]) == 1 and last["epoch"] == 2
+    return run
+
+
+def _evaluated(checkpoint: Path) -> dict:
+    """A checkpoint's accuracy and loss on its run's test split by train.evaluate, outside the report."""
+    from alexnet import data as D
+    from alexnet.device import bf16_autocast
+
+    model, cfg = R.model_from_checkpoint(R.load_checkpoint(checkpoint))
+    cpu = torch.device("cpu")
+    data = D.InMemory(cfg, cpu, cfg.train.batch_size, cfg.train.eval_batch_size)
+    return T.evaluate(model, data.val(), device=cpu, amp=bf16_autocast(cfg.system.amp, cpu), num_classes=10)
+
+
+def test_report_shows_the_best_epochs_network_of_a_run_that_went_on_past_it(went_on):
+    text = P.to_markdown(P.run_blocks(went_on, device="cpu"))
+    best, last = _evaluated(went_on / "best.pt"), _evaluated(went_on / "last.pt")
+    assert best["loss"] != last["loss"]  # two networks: a page could show either
+    logged = json.loads((went_on / "metrics.jsonl").read_text().splitlines()[0])
+    assert (
+        "Evaluated here from the weights of best.pt (epoch 1, the best validation accuracy; the last metrics "
+        "row is epoch 2) on 32 test images"
+    ) in text
+    assert (
+        f"accuracy {best['acc']:.4f}, loss {best['loss']:.4f} (the run logged {logged['val_acc']:.4f} for epoch 1)"
+    ) in text
+    assert f"{best['acc']:.4f}" == f"{logged['val_acc']:.4f}"
+    assert "| trained (epoch 1) |" in text and "| trained (epoch 2) |" not in text
+    # Its history is last.pt's: both epochs, and where the run stands.
+    assert "finished: 2 of 2 epochs" in text
+    for row in map(json.loads, (went_on / "metrics.jsonl").read_text().splitlines()):
+        assert f"| {row['epoch']} | {row['train_loss']:.4f} | {row['train_acc']:.4f} |" in text
+
+
+def test_report_predict_and_serve_take_a_runs_network_from_one_file(went_on):
+    from alexnet.export import open_model
+    from alexnet.serve.folder import RunsFolder
+
+    facts = P.read_facts(went_on)
+    assert (facts.net_file, facts.net["epoch"], facts.ckpt["epoch"]) == ("best.pt", 1, 2)
+    predicted = open_model(went_on).module.state_dict()  # what `alexnet predict RUN` runs
+    assert predicted.keys() == facts.net["model"].keys()
+    assert all(torch.equal(predicted[k], v) for k, v in facts.net["model"].items())
+    assert not all(torch.equal(facts.ckpt["model"][k], v) for k, v in facts.net["model"].items())
+    folder = RunsFolder(went_on.parent)  # serve's Explore page
+    assert folder.checkpoint(folder.path(went_on.name)).samefile(facts.net["path"])
+
+
+def test_report_of_a_run_without_best_pt_shows_last_pts_network(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "s0", run)
+    (run / "best.pt").unlink()
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    facts = P.read_facts(run)
+    assert facts.net is facts.ckpt  # read once
+    text = P.to_markdown(P.run_blocks(run, device="cpu"))
+    assert "Evaluated here from the weights of last.pt (epoch 2, the last metrics row) on 32 test images" in text
+    assert f"accuracy {last['val_acc']:.4f}, loss {last['val_loss']:.4f} (the run logged {last['val_acc']:.4f}" in text
+    assert "| trained (epoch 2) |" in text
+
+
+@pytest.mark.parametrize("kind", ["not a checkpoint", "a directory", "a FIFO"])
+def test_report_of_a_run_whose_best_pt_cannot_be_read_keeps_its_history_and_says_why(runs, tmp_path, kind):
+    from conftest import no_hang
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "s0", run)
+    (run / "best.pt").unlink()
+    if kind == "a directory":
+        shutil.copytree(runs / "s1", run / "best.pt")  # a run inside: never taken for the network
+    elif kind == "a FIFO":
+        os.mkfifo(run / "best.pt")
+    else:
+        (run / "best.pt").write_bytes(b"not a checkpoint")
+    with no_hang(120):
+        text = P.to_markdown(P.run_blocks(run, device="cpu"))
+    why = {
+        "not a checkpoint": "best.pt: not a readable checkpoint (",
+        "a directory": "best.pt: a directory, not a file",
+        "a FIFO": "best.pt: not a regular file (a FIFO)",
+    }[kind]
+    assert f"Not computed: {why}" in text and f"Not shown: {why}" in text
+    assert "Evaluated here" not in text and str(run) not in text  # never last.pt's network in its place
+    assert "finished: 2 of 2 epochs" in text and "| 2 | " in text
 
 
 def test_report_compares_two_runs_seeds_folded(runs, tmp_path, capsys):
@@ -179,9 +288,14 @@ def test_report_says_an_interrupted_run_stopped_and_where(tmp_path, idx_dir, mon
 
     interrupt_at_batch(monkeypatch, 7)  # 4 training + 2 evaluation batches, then the 2nd step of epoch 2
     assert T.fit(_tiny_cfg(idx_dir), tmp_path / "run", progress=False, quiet=True).interrupted
-    text = P.to_markdown(P.run_blocks(tmp_path / "run"))
+    run = tmp_path / "run"
+    text = P.to_markdown(P.run_blocks(run))
     assert "interrupted: epoch 1 of 2 done, 1 steps into epoch 2; continue it with alexnet train --resume" in text
-    assert "(epoch 1, step 1 of epoch 2: not the weights of any metrics row)" in text
+    assert "the weights of best.pt (epoch 1, the best validation accuracy and the last metrics row)" in text
+    (run / "best.pt").unlink()  # last.pt's network, then: weights no metrics row describes
+    text = P.to_markdown(P.run_blocks(run))
+    assert "the weights of last.pt (epoch 1, step 1 of epoch 2: not the weights of any metrics row)" in text
+    assert "the run logged" not in text and "| trained (epoch 1, step 1) |" in text
 
 
 def test_report_of_a_run_without_checkpoint_still_has_its_metrics(runs, tmp_path):
@@ -194,7 +308,7 @@ def test_report_of_a_run_without_checkpoint_still_has_its_metrics(runs, tmp_path
     assert [h for t, h in page.headings if t == "h2"] == SECTIONS
     assert len(page.images) == 1  # the curves: nothing else can be drawn without weights
     text = "".join(page.text)
-    assert "Not computed: the run directory holds no checkpoint (last.pt)" in text
+    assert "Not computed: the run directory holds no checkpoint (best.pt or last.pt)" in text
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert f"{last['val_acc']:.4f}" in text
 

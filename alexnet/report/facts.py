@@ -1,5 +1,5 @@
-"""What a report knows about one run: its settings, metrics and checkpoint read once (``read_facts``),
-its checkpoint evaluated again on its test split (``evaluate_facts``), its first layer rebuilt as it
+"""What a report knows about one run: its settings, metrics and checkpoints read once (``read_facts``),
+its network evaluated again on its test split (``evaluate_facts``), its first layer rebuilt as it
 was before training, and the book's published points for the chapter's recipe.
 
 Every number a report prints comes from here, or from the run's weights in the sections; the only
@@ -59,11 +59,37 @@ PLAN_KEYS = {"budget_s", "step_s", "eval_s", "startup_s", "steps", "steps_per_ep
 
 @dataclass
 class RunFacts:
+    """A run as one page shows it. Its history and position (metrics, epoch, step, plan, machine,
+    changes) are last.pt's, the truth of where a run is; its network (the evaluation, per-class
+    accuracy, filters, activations) is ``net``'s, the checkpoint `alexnet predict RUN` and serve's
+    Explore page take too (status.network_checkpoint: best.pt, else last.pt)."""
+
     dir: Path
     record: dict  # read_run's shape: dir, config, cfg, metrics, in_channels, num_classes, resolution
-    ckpt: dict | None  # None: the run has no checkpoint; its metrics are all there is
+    ckpt: dict | None  # last.pt; None: the run has no last.pt, its metrics are all there is
     live: str | None  # the lock's holder while the run is being written
     missing: dict = field(default_factory=dict)  # section -> why it could not be computed
+    # The network's checkpoint, loaded once: best.pt's, or the very dict ``ckpt`` when best.pt is
+    # absent. None: the run has neither, or best.pt cannot be read (``missing`` says why), or
+    # read_facts was asked for the history alone.
+    net: dict | None = None
+
+    @property
+    def net_file(self) -> str:
+        """The name of the file the network was read from: best.pt or last.pt."""
+        return Path(self.net["path"]).name
+
+    def net_row(self) -> dict | None:
+        """The metrics row train logged for the network's epoch, the evaluation made of these very
+        weights; None for a checkpoint taken mid-epoch, whose weights no row describes."""
+        if self.net is None or self.net["step"]:
+            return None
+        epoch = self.net["epoch"]
+        for rows in (self.metrics, self.net["metrics"]):  # best.pt's epoch is in last.pt's rows, unless a
+            row = next((r for r in rows if r.get("epoch") == epoch), None)  # live run wrote it after them
+            if row is not None and type(row.get("val_acc")) in (int, float):
+                return row
+        return None
 
     @property
     def cfg(self):
@@ -162,20 +188,44 @@ def read_regular(path: Path, n: int) -> tuple[str, str, int] | None:
     return head.decode(errors="replace"), tail.decode(errors="replace"), st.st_size
 
 
-def read_facts(run_dir: str | Path) -> RunFacts:
-    """The run's settings, metrics and (if any) checkpoint, read once: the checkpoint is loaded whole
-    into memory, so a live run replacing it meanwhile cannot mix two epochs into one page."""
-    from ..runs import RunError, live_holder, load_checkpoint, not_regular, read_run
+def _checkpoint(path: Path) -> dict:
+    """A checkpoint file of the run (runs.load_checkpoint), refused in one line when it is a
+    directory: load_checkpoint would take a directory for a run and look inside it."""
+    from ..runs import RunError, load_checkpoint, not_regular
+
+    why = not_regular(path)
+    if why:
+        raise RunError(f"{path}: {why}")
+    return load_checkpoint(path)
+
+
+def read_facts(run_dir: str | Path, network: bool = True) -> RunFacts:
+    """The run's settings, metrics and (if any) checkpoints, read once: each checkpoint is loaded
+    whole into memory, so a live run replacing it meanwhile cannot mix two epochs into one page.
+    ``network``: also load the network's checkpoint (best.pt, else last.pt) into ``net``; a
+    comparison, which reads only the history, leaves it out. A best.pt that cannot be read leaves
+    the history whole and ``missing`` saying why the network cannot be shown (alexnet predict
+    refuses it too: the page never shows last.pt's network in its place)."""
+    from ..runs import RunError, live_holder, network_checkpoint, not_regular, read_run
 
     run = Path(run_dir)
     if not run.is_dir():
         raise RunError(f"{run}: not a run directory ({'a file' if run.exists() else 'no such directory'})")
     lock = run / ".lock"  # a FIFO put there would block live_holder's read forever
     live = live_holder(run) if not lock.exists() or not_regular(lock) is None else None
+    chosen = network_checkpoint(run) if network else None
+    net, missing = None, {}
+    if chosen is not None and chosen.name != "last.pt":
+        # Read before last.pt: a live run writes last.pt, then best.pt, so the network read here is
+        # never of an epoch the history read next has not reached.
+        try:
+            net = _checkpoint(chosen)
+        except RunError as e:
+            missing["weights"] = missing["evaluation"] = str(e).replace(str(chosen), chosen.name, 1)
     if not (run / "last.pt").exists():
         record, ckpt = read_run(run), None
     else:
-        ckpt = load_checkpoint(run / "last.pt")
+        ckpt = _checkpoint(run / "last.pt")
         if not ckpt["metrics"]:
             raise RunError(
                 f"{run}: the run has no finished epoch (its checkpoint is at step {ckpt['step']} of epoch 1)"
@@ -192,12 +242,15 @@ def read_facts(run_dir: str | Path) -> RunFacts:
         if bad is not None:
             where = "last.pt" if ckpt else "metrics.jsonl"
             raise RunError(f"{run / where}: metrics row {i} has no number {bad!r}; not a row alexnet train writes")
-    return RunFacts(run, record, ckpt, live)
+    if chosen is not None and chosen.name == "last.pt":
+        net = ckpt
+    return RunFacts(run, record, ckpt, live, missing, net)
 
 
 @dataclass
 class Evaluation:
-    """The checkpoint's weights on the run's own test split, with the run's precision and batches."""
+    """The network's weights (RunFacts.net) on the run's own test split, with the run's precision
+    and batches."""
 
     acc: float
     loss: float

@@ -45,11 +45,13 @@ def budget_line(plan: dict) -> str:
     return text
 
 
-def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
-    cfg, m, ck = facts.cfg, facts.metrics, facts.ckpt or {}
-    mach = facts.machine
+NOT_RECORDED = "not recorded (the checkpoint predates the machine record)"
+
+
+def machine_line(mach: dict) -> str:
+    """The machine a checkpoint was written on, in one line ('' when it recorded none of it)."""
     load = mach.get("load_average_1m")
-    described = ", ".join(
+    return ", ".join(
         x
         for x in (
             mach.get("cpu"),
@@ -60,9 +62,19 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
         )
         if x
     )
-    res = facts.record["resolution"]
-    wall = sum(r["epoch_time_s"] for r in m)
-    facts_rows = [
+
+
+def _precision(amp: str) -> str:
+    if amp == "bf16":
+        return "bf16 autocast (weights, gradients and optimiser state fp32)"
+    return "fp32" if amp == "off" else f"amp {amp}"
+
+
+def _run_rows(facts: RunFacts) -> list[tuple[str, str]]:
+    """What ran, one (name, value) pair a line: status, network, data, machine, time, budget, resumes."""
+    cfg, m, ck, mach = facts.cfg, facts.metrics, facts.ckpt or {}, facts.machine
+    res, wall = facts.record["resolution"], sum(r["epoch_time_s"] for r in m)
+    rows = [
         ("status", facts.status()),
         (
             "model",
@@ -74,16 +86,9 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
             + (f", first {cfg.data.limit_train} training images" if cfg.data.limit_train else "")
             + (f", first {cfg.data.limit_test} test images" if cfg.data.limit_test else ""),
         ),
-        ("device", mach.get("device", "not recorded (the checkpoint predates the machine record)")),
-        ("machine", described or "not recorded (the checkpoint predates the machine record)"),
-        (
-            "precision",
-            "bf16 autocast (weights, gradients and optimiser state fp32)"
-            if cfg.system.amp == "bf16"
-            else "fp32"
-            if cfg.system.amp == "off"
-            else f"amp {cfg.system.amp}",
-        ),
+        ("device", mach.get("device", NOT_RECORDED)),
+        ("machine", machine_line(mach) or NOT_RECORDED),
+        ("precision", _precision(cfg.system.amp)),
         ("torch", ck["torch"] if isinstance(ck.get("torch"), str) else "not recorded"),
         (
             "wall time",
@@ -95,53 +100,67 @@ def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
         ),
     ]
     if plan := facts.plan:
-        facts_rows.append(("time budget", budget_line(plan)))
+        rows.append(("time budget", budget_line(plan)))
     for c in facts.changes:
-        facts_rows.append(("changed on resume", f"from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}"))
-    blocks = [
-        Block("h", "What ran", level),
-        Block("table", rows=[{"": k, "value": v} for k, v in facts_rows]),
-        Block("p", "Every setting, as the run recorded it:"),
-        Block("table", rows=_settings_rows(facts)),
-    ]
-    rows = [
-        {
-            "epoch": r["epoch"],
-            "train loss": r["train_loss"],
-            "train acc": r["train_acc"],
-            "test loss": r["val_loss"],
-            "test acc": r["val_acc"],
-            "lr": r["lr"],
-            "img/s": r["train_images_per_s"],
-            "train s": r["train_time_s"],
-            "eval s": r["eval_time_s"],
-            "epoch s": r["epoch_time_s"],
-        }
-        for r in m
-    ]
-    fmt = {
-        "train loss": "{:.4f}",
-        "train acc": "{:.4f}",
-        "test loss": "{:.4f}",
-        "test acc": "{:.4f}",
-        "lr": "{:.4g}",
-        "img/s": "{:.1f}",
-        "train s": "{:.0f}",
-        "eval s": "{:.0f}",
-        "epoch s": "{:.0f}",
-    }
-    blocks += [
+        rows.append(("changed on resume", f"from epoch {c['epoch']}: {c['setting']} {c['from']} -> {c['to']}"))
+    return rows
+
+
+# The per-epoch table: its columns, each a metrics key, and how each is printed.
+EPOCH_COLUMNS = {
+    "epoch": "epoch",
+    "train loss": "train_loss",
+    "train acc": "train_acc",
+    "test loss": "val_loss",
+    "test acc": "val_acc",
+    "lr": "lr",
+    "img/s": "train_images_per_s",
+    "train s": "train_time_s",
+    "eval s": "eval_time_s",
+    "epoch s": "epoch_time_s",
+}
+EPOCH_FORMATS = {
+    "train loss": "{:.4f}",
+    "train acc": "{:.4f}",
+    "test loss": "{:.4f}",
+    "test acc": "{:.4f}",
+    "lr": "{:.4g}",
+    "img/s": "{:.1f}",
+    "train s": "{:.0f}",
+    "eval s": "{:.0f}",
+    "epoch s": "{:.0f}",
+}
+
+
+def epoch_blocks(metrics: list[dict]) -> list[Block]:
+    """One row per epoch: losses, accuracies, learning rate, speed and seconds."""
+    return [
         Block(
             "p",
             "Per epoch (test = the run's evaluation split; train loss and accuracy are the epoch's "
             "running means, with dropout and augmentation on):",
         ),
-        Block("table", rows=rows, formats=fmt),
+        Block(
+            "table",
+            rows=[{col: r[key] for col, key in EPOCH_COLUMNS.items()} for r in metrics],
+            formats=EPOCH_FORMATS,
+        ),
     ]
-    if is_d2l_recipe(cfg):
+
+
+def section_what_ran(facts: RunFacts, level: int) -> list[Block]:
+    """The run itself, every setting, its epochs, and for the chapter's recipe the book's points."""
+    blocks = [
+        Block("h", "What ran", level),
+        Block("table", rows=[{"": k, "value": v} for k, v in _run_rows(facts)]),
+        Block("p", "Every setting, as the run recorded it:"),
+        Block("table", rows=_settings_rows(facts)),
+        *epoch_blocks(facts.metrics),
+    ]
+    if is_d2l_recipe(facts.cfg):
         blocks += [
             Block("p", "The chapter's recipe: the book's published runs against this one at the same epoch."),
-            Block("table", rows=book_rows(m), formats={"book": "{}", "this run": "{}"}),
+            Block("table", rows=book_rows(facts.metrics), formats={"book": "{}", "this run": "{}"}),
         ]
     return blocks
 
@@ -184,37 +203,41 @@ def section_curves(facts: RunFacts, level: int, stem: str) -> list[Block]:
     return [Block("h", "Curves", level), Block("figure", caption, name=f"{stem}curves.png", png=figure_png(fig))]
 
 
-def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: str) -> list[Block]:
-    """Per-class accuracy, the confusion matrix, the most confused pairs with their test images."""
-    if ev is None:
-        why = facts.missing.get("evaluation", "")
-        return [
-            b
-            for t in ("Per-class accuracy", "Confusion matrix", "Most confused pairs")
-            for b in (Block("h", t, level), Block("p", f"Not computed: {why}"))
-        ]
-    m = ev.confusion.double()
-    ck = facts.ckpt
-    which = (
-        f"the weights of last.pt (epoch {ck['epoch']}"
-        + (
-            f", step {ck['step']} of epoch {ck['epoch'] + 1}: not the weights of any metrics row"
-            if ck["step"]
-            else ", the last metrics row"
-        )
-        + ")"
-    )
-    last = facts.metrics[-1]
-    note = (
-        f"Evaluated here from {which} on {int(m.sum())} test images in {ev.seconds:.1f} s: accuracy "
-        f"{ev.acc:.4f}, loss {ev.loss:.4f}"
-        + (f" (the run logged {last['val_acc']:.4f} for epoch {last['epoch']})" if not ck["step"] else "")
+def weights_named(facts: RunFacts) -> str:
+    """Which weights the page's network is, in words: the file (best.pt, else last.pt, as alexnet
+    predict and serve choose) and its epoch, and how that epoch stands to the run's metrics rows."""
+    net, last = facts.net, facts.metrics[-1]["epoch"] if facts.metrics else None
+    epoch, step = net["epoch"], net["step"]
+    if step:
+        where = f", step {step} of epoch {epoch + 1}: not the weights of any metrics row"
+    elif facts.net_file != "best.pt":
+        where = ", the last metrics row"
+    elif epoch == last:
+        where = ", the best validation accuracy and the last metrics row"
+    else:
+        where = f", the best validation accuracy; the last metrics row is epoch {last}"
+    return f"the weights of {facts.net_file} (epoch {epoch}{where})"
+
+
+def evaluation_note(facts: RunFacts, ev: Evaluation) -> str:
+    """Which weights were evaluated, on what, how fast, what they scored against what the run logged
+    for them, and whether the per-image predictions agree with evaluate's matrix."""
+    row = facts.net_row()
+    return (
+        f"Evaluated here from {weights_named(facts)} on {int(ev.confusion.sum())} test images in "
+        f"{ev.seconds:.1f} s: accuracy {ev.acc:.4f}, loss {ev.loss:.4f}"
+        + (f" (the run logged {row['val_acc']:.4f} for epoch {row['epoch']})" if row else "")
         + (
             "; the per-image predictions give the same matrix."
             if ev.agrees
             else "; WARNING: the per-image predictions do not give evaluate's matrix."
         )
     )
+
+
+def per_class_rows(ev: Evaluation) -> list[dict]:
+    """Each class's images, correct ones, accuracy, and the class it is most often taken for."""
+    m = ev.confusion.double()
     rows = []
     for i, name in enumerate(ev.classes):
         n = m[i].sum()
@@ -230,38 +253,23 @@ def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: st
                 "most often taken for": f"{ev.classes[j]} ({int(m[i, j])})" if m[i, j] > 0 else "—",
             }
         )
-    blocks = [
-        Block("h", "Per-class accuracy", level),
-        Block("p", note),
-        Block("table", rows=rows, formats={"accuracy": "{:.4f}"}),
-    ]
-    fig = confusion_figure(ev.confusion, ev.classes, f"{facts.dir.name} · accuracy {ev.acc:.4f}")
-    blocks += [
-        Block("h", "Confusion matrix", level),
-        Block(
-            "figure",
-            "Rows: the true class; columns: the predicted one; colour: the share of the row, numbers: test images.",
-            name=f"{stem}confusion.png",
-            png=figure_png(fig, 110),
-        ),
-    ]
+    return rows
+
+
+def confused_pairs_blocks(ev: Evaluation, stem: str) -> list[Block]:
+    """The three pairs of classes most often confused, and a few of their misclassified test images."""
+    m = ev.confusion.double()
     pairs = most_confused(ev.confusion, 3)
-    blocks += [
-        Block("h", "Most confused pairs", level),
-        Block(
-            "table",
-            rows=[
-                {
-                    "true": ev.classes[a],
-                    "predicted": ev.classes[b],
-                    "test images": n,
-                    "share of the true class": n / max(1, int(m[a].sum())),
-                }
-                for a, b, n in pairs
-            ],
-            formats={"share of the true class": "{:.1%}"},
-        ),
+    rows = [
+        {
+            "true": ev.classes[a],
+            "predicted": ev.classes[b],
+            "test images": n,
+            "share of the true class": n / max(1, int(m[a].sum())),
+        }
+        for a, b, n in pairs
     ]
+    blocks = [Block("table", rows=rows, formats={"share of the true class": "{:.1%}"})]
     if pairs:
         blocks.append(
             Block(
@@ -273,6 +281,29 @@ def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: st
             )
         )
     return blocks
+
+
+def section_classes(facts: RunFacts, ev: Evaluation | None, level: int, stem: str) -> list[Block]:
+    """Per-class accuracy, the confusion matrix, the most confused pairs with their test images."""
+    titles = ("Per-class accuracy", "Confusion matrix", "Most confused pairs")
+    if ev is None:
+        why = facts.missing.get("evaluation", "")
+        return [b for t in titles for b in (Block("h", t, level), Block("p", f"Not computed: {why}"))]
+    fig = confusion_figure(ev.confusion, ev.classes, f"{facts.dir.name} · accuracy {ev.acc:.4f}")
+    return [
+        Block("h", titles[0], level),
+        Block("p", evaluation_note(facts, ev)),
+        Block("table", rows=per_class_rows(ev), formats={"accuracy": "{:.4f}"}),
+        Block("h", titles[1], level),
+        Block(
+            "figure",
+            "Rows: the true class; columns: the predicted one; colour: the share of the row, numbers: test images.",
+            name=f"{stem}confusion.png",
+            png=figure_png(fig, 110),
+        ),
+        Block("h", titles[2], level),
+        *confused_pairs_blocks(ev, stem),
+    ]
 
 
 def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block]:
@@ -290,8 +321,8 @@ def section_filters(facts: RunFacts, model, level: int, stem: str) -> list[Block
         return head + [Block("p", f"Not shown: {facts.missing.get('weights')}")]
     w = first_conv(model).weight.detach().cpu()
     w0 = initial_first_conv(facts.cfg, facts.record["in_channels"], facts.record["num_classes"])
-    ck = facts.ckpt
-    at = f"epoch {ck['epoch']}" + (f", step {ck['step']}" if ck["step"] else "")
+    net = facts.net
+    at = f"epoch {net['epoch']}" + (f", step {net['step']}" if net["step"] else "")
     panels = ([("at initialisation (rebuilt from the seed)", w0)] if w0 is not None else []) + [(f"trained ({at})", w)]
     if w0 is not None:  # what training added: hidden in the trained kernels under the initial noise
         panels.append(("the change W - W0", w - w0))
@@ -412,10 +443,12 @@ def run_blocks(
 
     facts = read_facts(run_dir)
     model = ev = None
-    if facts.ckpt is None:
-        facts.missing["weights"] = facts.missing["evaluation"] = "the run directory holds no checkpoint (last.pt)"
+    if facts.net is None:
+        no_checkpoint = "the run directory holds no checkpoint (best.pt or last.pt)"
+        facts.missing.setdefault("weights", no_checkpoint)
+        facts.missing.setdefault("evaluation", no_checkpoint)
     else:
-        model, _ = model_from_checkpoint(facts.ckpt)
+        model, _ = model_from_checkpoint(facts.net)
         if facts.cfg.data.dataset in IMAGE_DATASETS:
             facts.missing["evaluation"] = (
                 "per-class figures are made for in-memory datasets only (use alexnet evaluate)"
@@ -438,7 +471,7 @@ def run_blocks(
 def comparison_blocks(run_dirs: list, level: int = 2) -> list[Block]:
     """`alexnet compare`'s table and overlaid curves: one row and one curve per configuration, its
     seeds folded into mean ± std."""
-    runs = [read_facts(r).record for r in run_dirs]
+    runs = [read_facts(r, network=False).record for r in run_dirs]
     groups = labelled_groups(runs)
     rows = [aggregate([summarize(r) for r in g]) for _, g in groups]
     fig = curves_figure(groups, book=any(is_d2l_recipe(g[0]["cfg"]) for _, g in groups))

@@ -181,7 +181,7 @@ def write_report(
         out = dirs[0]
     out = Path(out)
     for d in dirs:
-        read_facts(d)  # a directory that is not a run fails here, before anything is computed
+        read_facts(d, network=False)  # a directory that is not a run fails here, before anything is computed
     check_out(out, overwrite)  # and a page that is not ours, before minutes of evaluation
     if len(dirs) == 1:
         title = f"Run report: {dirs[0].name}"
