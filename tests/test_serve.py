@@ -285,3 +285,6 @@ def test_run_report_is_alexnet_reports_body_rendered_again_for_a_newer_checkpoin
     assert client.get("/api/runs/two/-/report").json()["stale"] is True  # kept until asked
     assert client.get("/api/runs/two/-/report?render=1").json() == {"pending": True}
     assert _settled(client, "/api/runs/two/-/report")["stale"] is False
+    best = runs / "two" / "best.pt"  # the network the page shows, written after last.pt at an epoch's end
+    os.utime(best, ns=(best.stat().st_atime_ns, best.stat().st_mtime_ns + 10**9))
+    assert client.get("/api/runs/two/-/report").json()["stale"] is True

@@ -343,12 +343,17 @@ class Reports(Routes):
         self.rendered: OrderedDict[str, dict] = OrderedDict()  # run path -> {"key", "html", "error", "pending"}
 
     def checkpoint_key(self, path: Path):
-        try:
-            f = self.server.folder.file(path, "last.pt")
-            st = f.stat() if f is not None else None
-        except (Refused, OSError):
-            return None
-        return None if st is None else (st.st_mtime_ns, st.st_size)
+        """What a rendered report depends on: last.pt (the run's history) and best.pt (its network,
+        written after last.pt at an epoch's end). A report rendered between the two is stale."""
+        key = []
+        for name in ("last.pt", "best.pt"):
+            try:
+                f = self.server.folder.file(path, name)
+                st = f.stat() if f is not None else None
+            except (Refused, OSError):
+                st = None
+            key.append(None if st is None else (st.st_mtime_ns, st.st_size))
+        return None if key == [None, None] else tuple(key)
 
     def keep(self, path: Path, record: dict) -> None:
         self.rendered[str(path)] = record
