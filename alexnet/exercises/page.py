@@ -116,6 +116,25 @@ def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> d
     names = {f"{s.name}-s{seed}" for specs in p.values() for s in specs for seed in b.seeds}
     locked = sum(e.get("wall_s", 0.0) for n, e in ledger.entries.items() if n in names)
     done = sum(1 for n in names if ledger.entries.get(n, {}).get("status") in ("done", "failed"))
+    sections.append(_costs_section(b, root))
+    head = _head(b, cmd, root, data, readme, done, len(names), locked, sweep_s)
+    text = "\n".join(head + sections) + "\n"
+    old = check_page(out, b, overwrite)  # again: the page may have changed while the runs trained
+    had = measured_rows(old) if old else 0
+    if measured_rows(text) < had and not overwrite:
+        raise RunError(
+            f"{out}: not rewritten: it has {had} measured rows, this report {measured_rows(text)} "
+            f"(are runs missing from {root}?); --overwrite replaces it anyway"
+        )
+    final.mkdir(parents=True, exist_ok=True)
+    for f in figs.iterdir():
+        os.replace(f, final / f.name)
+    atomic_write(out, text)
+    return {"figures": final, "readme": readme, "groups": g}
+
+
+def _costs_section(b: Budget, root: Path) -> str:
+    """The last section: each budget's images × epochs per run, and what its runs cost here."""
     costs = []
     for name, other in BUDGETS.items():
         path = (root if name == b.name else root.parent / f"exercises-{name}") / "ledger.json"
@@ -137,30 +156,34 @@ def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> d
                 else "not run on this machine",
             ]
         )
-    sections.append(
-        "\n".join(
-            [
-                "## What the budgets cost",
-                "",
-                "Images × epochs per run (224: exercises 4 and 5 at 224×224; 28: exercise 4 at 28×28; 28 whole: "
-                "exercise 4 on the whole training set; 7: the LeNet family; 8: the two training-set sizes of "
-                "exercise 8), and the training wall time measured here, each run timed alone (under the team's CPU "
-                "lock) and summed:",
-                "",
-                grid(
-                    ["budget", "seeds", "224", "28", "28 whole", "7", "8", "measured here"],
-                    costs,
-                    left=(0, 2, 3, 4, 5, 6, 7),
-                ),
-                "",
-            ]
-        )
+    return "\n".join(
+        [
+            "## What the budgets cost",
+            "",
+            "Images × epochs per run (224: exercises 4 and 5 at 224×224; 28: exercise 4 at 28×28; 28 whole: "
+            "exercise 4 on the whole training set; 7: the LeNet family; 8: the two training-set sizes of "
+            "exercise 8), and the training wall time measured here, each run timed alone (under the team's CPU "
+            "lock) and summed:",
+            "",
+            grid(
+                ["budget", "seeds", "224", "28", "28 whole", "7", "8", "measured here"],
+                costs,
+                left=(0, 2, 3, 4, 5, 6, 7),
+            ),
+            "",
+        ]
     )
-    head = [
+
+
+def _head(
+    b: Budget, cmd: str, root: Path, data: dict, readme: list, done: int, planned: int, locked: float, sweep_s: float
+) -> list[str]:
+    """The page's title, what wrote it and on what, how to read it, and the summary table."""
+    return [
         "# The exercises of D2L §8.1, answered and measured",
         "",
         f"Written by `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on {machine().line()}. "
-        f"Budget `{b.name}`: {done} of {len(names)} training runs finished, seeds {', '.join(map(str, b.seeds))}, "
+        f"Budget `{b.name}`: {done} of {planned} training runs finished, seeds {', '.join(map(str, b.seeds))}, "
         f"{locked / 60:.1f} minutes of training wall time in all (each run timed alone"
         + (f"; this invocation {sweep_s / 60:.1f} min" if sweep_s >= 1 else "")
         + "). Fashion-MNIST"
@@ -193,16 +216,3 @@ def _render(b, p, root, ledger, out, data, sweep_s, overwrite, figs, final) -> d
         ),
         "",
     ]
-    text = "\n".join(head + sections) + "\n"
-    old = check_page(out, b, overwrite)  # again: the page may have changed while the runs trained
-    had = measured_rows(old) if old else 0
-    if measured_rows(text) < had and not overwrite:
-        raise RunError(
-            f"{out}: not rewritten: it has {had} measured rows, this report {measured_rows(text)} "
-            f"(are runs missing from {root}?); --overwrite replaces it anyway"
-        )
-    final.mkdir(parents=True, exist_ok=True)
-    for f in figs.iterdir():
-        os.replace(f, final / f.name)
-    atomic_write(out, text)
-    return {"figures": final, "readme": readme, "groups": g}

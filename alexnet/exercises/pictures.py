@@ -23,15 +23,31 @@ def _share(x: float) -> str:
 
 def _pictures(b, g, figs, rel, cmd, root):
     """The chapter's Figure 8.1.2 from this sweep's own runs, and one image's feature maps."""
-    from ..models import MODELS
-    from ..runs import load_checkpoint, model_from_checkpoint
-    from ..seeds import initial_first_conv, moved
-    from ..visualize import first_conv, plot_activations, plot_filters, stage_maps
-
     lines = ["## What the networks learned: first-layer filters (the chapter's Figure 8.1.2) and feature maps", ""]
-    shown, moved_by, moved_kh = None, {}, {}
-    # AlexNet at 224x224 is shown after the chapter's own 10-epoch runs (benchmarks/chapter_224.py draws
-    # them for docs/report.md), not after this sweep's 1,000 images, whose kernels are still noise.
+    chapter, shown = _chapter_filters(figs, rel)
+    filters, ours, moved_by, moved_kh = _sweep_filters(g, figs, rel)
+    lines += chapter + filters
+    shown = shown or ours
+    lines += [_what_moved(moved_by, moved_kh), ""]
+    lines += _feature_maps(g, figs, rel)
+    return "\n".join(lines), (
+        [
+            (
+                "Fig. 8.1.2",
+                "alexnet filters RUN; alexnet activations RUN test:0",
+                "first-layer kernels as an image grid; each stage's strongest feature maps",
+                f"[{Path(shown).name}]({shown})",
+            )
+        ]
+        if shown
+        else []
+    )
+
+
+def _chapter_filters(figs, rel) -> tuple[list[str], str | None]:
+    """AlexNet at 224x224 is shown after the chapter's own 10-epoch runs (benchmarks/chapter_224.py draws
+    them for docs/report.md), not after this sweep's 1,000 images, whose kernels are still noise."""
+    lines, shown = [], None
     chapter = figs.parent / "report" / "filters-224.png"
     if chapter.exists():
         lines += [
@@ -44,6 +60,17 @@ def _pictures(b, g, figs, rel, cmd, root):
             "",
         ]
         shown = f"{Path(rel).parent.as_posix()}/report/{chapter.name}"
+    return lines, shown
+
+
+def _sweep_filters(g, figs, rel) -> tuple[list[str], str | None, dict, dict]:
+    """The 28x28 AlexNet's first-layer kernels from this sweep, and how far training moved them from
+    the initial weights its seed gives (by network: the share, and the kernel's side)."""
+    from ..runs import load_checkpoint, model_from_checkpoint
+    from ..seeds import initial_first_conv, moved
+    from ..visualize import first_conv, plot_filters
+
+    lines, shown, moved_by, moved_kh = [], None, {}, {}
     for grp, name in ((named(g["4-28"], "ex4-alexnet28"), "filters-alexnet28.png"),):
         if not grp.finished:
             continue
@@ -69,9 +96,16 @@ def _pictures(b, g, figs, rel, cmd, root):
             "",
         ]
         shown = shown or f"{rel}/{name}"
+    return lines, shown, moved_by, moved_kh
+
+
+def _what_moved(moved_by: dict, moved_kh: dict) -> str:
+    """The chapter's figure against ours: what the moved shares say about the kernels."""
+    from ..models import MODELS
+
     big = MODELS["alexnet"].resolution
     (k224, _) = _layers("alexnet", nn.Conv2d)[0].kernel_size  # conv1's
-    lines.append(
+    return (
         "The chapter's figure shows AlexNet's ImageNet filters: oriented edges, gratings and colour blobs "
         "learned from 1.2 M photographs over 90 epochs. Here the networks trained for minutes on a few "
         "hundred or thousand grey 28×28 clothes. "
@@ -92,7 +126,14 @@ def _pictures(b, g, figs, rel, cmd, root):
         + f" At {big}×{big} the upsampled images hold no detail finer than {big // D.IDX_SIDE} pixels for "
         f"{k224}×{k224} kernels to tune to; filters like the chapter's need the chapter's data and epochs."
     )
-    lines.append("")
+
+
+def _feature_maps(g, figs, rel) -> list[str]:
+    """The feature maps of each stage of the 28x28 AlexNet for the first test image."""
+    from ..runs import load_checkpoint, model_from_checkpoint
+    from ..visualize import plot_activations, stage_maps
+
+    lines = []
     grp = named(g["4-28"], "ex4-alexnet28")
     if grp.finished:
         run = grp.finished[0]["dir"]
@@ -116,15 +157,4 @@ def _pictures(b, g, figs, rel, cmd, root):
             f"stage ({last_h}×{last_w}) a few channels carry most of the activation.",
             "",
         ]
-    return "\n".join(lines), (
-        [
-            (
-                "Fig. 8.1.2",
-                "alexnet filters RUN; alexnet activations RUN test:0",
-                "first-layer kernels as an image grid; each stage's strongest feature maps",
-                f"[{Path(shown).name}]({shown})",
-            )
-        ]
-        if shown
-        else []
-    )
+    return lines

@@ -156,6 +156,20 @@ def _ex4(b, g, figs, rel, cmd, root):
         f"- {versus(l28, a28)}.",
         *([f"- {versus(whole[1], whole[0])}."] if whole else []),
         "",
+        _ex4_why(b, a28, l28),
+        "",
+    ]
+    ans, fig = _ex4_answer(b, a224, l224, a28, l28, whole, rel, f2)
+    return "\n".join(lines), [("4", f"{cmd} --only 4", ans, fig)]
+
+
+def _images(n: int | None) -> str:
+    return "the whole training set" if n is None else f"the first {n} training images"
+
+
+def _ex4_why(b, a28, l28) -> str:
+    """Why AlexNet and LeNet differ: optimisation speed, capacity, regularisation, the schedule."""
+    return (
         "Why they differ. *Optimisation speed* first: LeNet's sigmoids saturate and pass back at most a "
         "quarter of the gradient each, so for the same number of steps LeNet is still early on its curve "
         f"(training loss {fmt(l28.last('train_loss'))} after {b.epochs28} epochs at 28×28, against alexnet28's "
@@ -169,9 +183,12 @@ def _ex4(b, g, figs, rel, cmd, root):
         "training figure is measured with dropout and augmentation on), so its test loss has not turned "
         "up within this budget; without them and on fewer images it does (exercise 8). The cosine "
         "schedule lowers the learning rate to 0 at the last epoch, so every curve flattens at the end by "
-        "design: the flat end says the schedule ran out, not that the model could not learn more.",
-        "",
-    ]
+        "design: the flat end says the schedule ran out, not that the model could not learn more."
+    )
+
+
+def _ex4_answer(b, a224, l224, a28, l28, whole, rel, f2) -> tuple[str, str]:
+    """Exercise 4's row of the summary table: the answer, and its figures."""
     ans = (
         f"alexnet28 {fmt(a28.last('val_acc'))} vs LeNet {fmt(l28.last('val_acc'))} after {b.epochs28} epochs "
         f"({b.train28} images); AlexNet-224 {fmt(a224.last('val_acc'))} vs LeNet {fmt(l224.last('val_acc'))} "
@@ -186,11 +203,7 @@ def _ex4(b, g, figs, rel, cmd, root):
             f"{fmt(lw.best_epoch(), '{:.1f}')}); " + ans
         )
         fig = f"[ex4-whole.png]({rel}/ex4-whole.png), " + fig
-    return "\n".join(lines), [("4", f"{cmd} --only 4", ans, fig)]
-
-
-def _images(n: int | None) -> str:
-    return "the whole training set" if n is None else f"the first {n} training images"
+    return ans, fig
 
 
 def _ex4_whole(b, g, figs, rel) -> list[str]:
@@ -443,15 +456,11 @@ def _why_training_breaks(brk, recipe) -> str:
 def _ex8(b, g, figs, rel, cmd, root):
     over = g["8-overfit"]
     brk = g["8-break"]
-    long_all, nodrop, noaug, nowd, none1, none2 = named(
-        over, "ex8-long-all", "ex8-long-nodrop", "ex8-long-noaug", "ex8-long-nowd", "ex8-long-none", "ex8-none-n2"
-    )
-    recipe = named(brk, "ex8-all")
-    n1, n2 = b.sizes8
-    e1, e2 = b.epochs8
-    eo = b.overfit_epochs
+    long_runs = named(over, "ex8-long-all", "ex8-long-nodrop", "ex8-long-noaug", "ex8-long-nowd", "ex8-long-none")
+    none1, recipe = long_runs[-1], named(brk, "ex8-all")
+    n1, e1, eo = b.sizes8[0], b.epochs8[0], b.overfit_epochs
     f1 = _fig(
-        [long_all, nodrop, noaug, nowd, none1],
+        long_runs,
         figs / "ex8-overfit.png",
         f"exercise 8: alexnet28 on {n1} images, {eo} epochs, regularisers removed",
         keys=("train_acc", "val_acc", "val_loss"),
@@ -485,53 +494,8 @@ def _ex8(b, g, figs, rel, cmd, root):
             "take hours here) and the `cpu` recipe, over seeds. Training accuracy is the running accuracy of "
             "the epoch *as trained*, with dropout and augmentation on where they are.",
             "",
-            f"**Overfitting.** Remove the regularisers one at a time and together on the first {n1} training "
-            f"images ({eo} epochs, {eo * (n1 // b.batch)} steps), and compare with {n2} images ({e2} epochs). "
-            "*None* means no dropout, no crops or flips, no weight decay and no label smoothing. Test accuracy "
-            f"here is on the first {max(32, b.test28 // 5)} test images.",
-            "",
-            _table(over, c),
-            "",
-            f"![overfitting]({rel}/{f1})",
-            "",
-            f"![generalisation gap against training-set size]({rel}/{f2})",
-            "",
-            f"- With every regulariser removed on {n1} images, training accuracy reaches {fmt(tr)} while test "
-            f"accuracy is {fmt(none1.last('val_acc'))}: a gap of {fmt(none1.gap(), '{:+.4f}')}; {trend(none1)}.",
-            f"- {versus(long_all, none1, 'val_acc')}.",
-            *[f"- {grp.label}: {versus(long_all, grp)}." for grp in (nodrop, noaug, nowd)],
-            f"- {n2} images, none: gap {fmt(none2.gap(), '{:+.4f}')} against {fmt(none1.gap(), '{:+.4f}')} at {n1}"
-            + (
-                ": more data closes the gap beyond the seeds' spread"
-                if none2.gap()
-                and none1.gap()
-                and none2.gap().exceeds(none1.gap())
-                and none2.gap().mean < none1.gap().mean
-                else ": not a difference these seeds resolve"
-            )
-            + ".",
-            "",
-            "So to overfit: *more* fitting, not less — fewer images, no regularisers, and enough epochs for "
-            "the training accuracy to approach 1.0"
-            + (
-                ""
-                if tr is None
-                else f" (here {tr.mean:.4f} after {eo} epochs"
-                + (")" if tr.mean >= 0.99 else "; more epochs would take it further)")
-            )
-            + ". A lower learning rate or fewer epochs (the published "
-            "solution's suggestion) make the network fit its training set *less*: they underfit.",
-            "",
-            f"**Breaking training.** One change each to the recipe, on the same {n1} images and {e1} epochs:",
-            "",
-            _table(brk, cols("test acc (last)", "best test acc", "train loss (last)", "epoch of best")),
-            "",
-            f"![breaking training]({rel}/{f3})",
-            "",
-            *[f"- {grp.label}: {outcome(grp)}." for grp in brk if grp is not recipe],
-            "",
-            _why_training_breaks(brk, recipe),
-            "",
+            *_ex8_overfitting(b, over, rel, f1, f2, c),
+            *_ex8_breaking(b, brk, recipe, rel, f3, outcome),
         ]
     )
     ans = (
@@ -539,6 +503,69 @@ def _ex8(b, g, figs, rel, cmd, root):
         + "; ".join(f"{grp.label}: {outcome(grp).split(':')[0].replace('*', '')}" for grp in brk if grp is not recipe)
     )
     return text, [("8", f"{cmd} --only 8", ans, f"[ex8-gap.png]({rel}/{f2}), [ex8-break.png]({rel}/{f3})")]
+
+
+def _ex8_overfitting(b, over, rel, f1, f2, c) -> list[str]:
+    """Exercise 8's first half: the regularisers removed one at a time and together, on few images."""
+    long_all, nodrop, noaug, nowd, none1, none2 = named(
+        over, "ex8-long-all", "ex8-long-nodrop", "ex8-long-noaug", "ex8-long-nowd", "ex8-long-none", "ex8-none-n2"
+    )
+    n1, n2 = b.sizes8
+    e2, eo = b.epochs8[1], b.overfit_epochs
+    tr = none1.last("train_acc")
+    return [
+        f"**Overfitting.** Remove the regularisers one at a time and together on the first {n1} training "
+        f"images ({eo} epochs, {eo * (n1 // b.batch)} steps), and compare with {n2} images ({e2} epochs). "
+        "*None* means no dropout, no crops or flips, no weight decay and no label smoothing. Test accuracy "
+        f"here is on the first {max(32, b.test28 // 5)} test images.",
+        "",
+        _table(over, c),
+        "",
+        f"![overfitting]({rel}/{f1})",
+        "",
+        f"![generalisation gap against training-set size]({rel}/{f2})",
+        "",
+        f"- With every regulariser removed on {n1} images, training accuracy reaches {fmt(tr)} while test "
+        f"accuracy is {fmt(none1.last('val_acc'))}: a gap of {fmt(none1.gap(), '{:+.4f}')}; {trend(none1)}.",
+        f"- {versus(long_all, none1, 'val_acc')}.",
+        *[f"- {grp.label}: {versus(long_all, grp)}." for grp in (nodrop, noaug, nowd)],
+        f"- {n2} images, none: gap {fmt(none2.gap(), '{:+.4f}')} against {fmt(none1.gap(), '{:+.4f}')} at {n1}"
+        + (
+            ": more data closes the gap beyond the seeds' spread"
+            if none2.gap() and none1.gap() and none2.gap().exceeds(none1.gap()) and none2.gap().mean < none1.gap().mean
+            else ": not a difference these seeds resolve"
+        )
+        + ".",
+        "",
+        "So to overfit: *more* fitting, not less — fewer images, no regularisers, and enough epochs for "
+        "the training accuracy to approach 1.0"
+        + (
+            ""
+            if tr is None
+            else f" (here {tr.mean:.4f} after {eo} epochs"
+            + (")" if tr.mean >= 0.99 else "; more epochs would take it further)")
+        )
+        + ". A lower learning rate or fewer epochs (the published "
+        "solution's suggestion) make the network fit its training set *less*: they underfit.",
+        "",
+    ]
+
+
+def _ex8_breaking(b, brk, recipe, rel, f3, outcome) -> list[str]:
+    """Exercise 8's second half: one change each to the recipe that breaks training."""
+    n1, e1 = b.sizes8[0], b.epochs8[0]
+    return [
+        f"**Breaking training.** One change each to the recipe, on the same {n1} images and {e1} epochs:",
+        "",
+        _table(brk, cols("test acc (last)", "best test acc", "train loss (last)", "epoch of best")),
+        "",
+        f"![breaking training]({rel}/{f3})",
+        "",
+        *[f"- {grp.label}: {outcome(grp)}." for grp in brk if grp is not recipe],
+        "",
+        _why_training_breaks(brk, recipe),
+        "",
+    ]
 
 
 def _gap_figure(over: list[Group], b: Budget, path: Path) -> str:
