@@ -263,3 +263,32 @@ def resize_reference(images, size: tuple[int, int], antialias: bool):
         for p in images.float().reshape(-1, h, w)
     ]
     return torch.from_numpy(np.stack(planes)).view(b, c, *size)
+
+
+def tiny_cfg(data_dir, **kw):
+    """A 2-epoch alexnet28 recipe on the tiny MNIST-like files (make_idx_dataset)."""
+    from alexnet.config import Config
+
+    base = dict(
+        model="alexnet28",
+        dataset="mnist",
+        data_dir=str(data_dir),
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        momentum=0.9,
+        log_every=2,
+    )
+    return Config(preset="test").replace(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def two_runs(tmp_path_factory):
+    """Two finished alexnet28 runs of 2 epochs on the tiny MNIST-like files (seeds 0 and 1)."""
+    from alexnet import train as T
+
+    root = tmp_path_factory.mktemp("report")
+    data = make_idx_dataset(root / "data")
+    for seed in (0, 1):
+        T.fit(tiny_cfg(data, seed=seed), root / f"s{seed}", progress=False, quiet=True)
+    return root

@@ -7,10 +7,13 @@ there and finite, on a tiny run (batch 4, 2 steps, no DataLoader workers, no com
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+
+from alexnet import runs as R
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,3 +146,76 @@ def test_step_benchmark_times_the_trained_part_on_each_thread_count_with_mfu_und
         training_flops(build_model("speednet"), (4, 1, 28, 28)), rel=1e-9
     )
     assert (tmp_path / "results.md").read_text().count("| speednet") == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/chapter_224.py: the chapter's 224x224 runs written up in docs/report.md
+
+
+def chapter_224_script():
+    """benchmarks/chapter_224.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("chapter_224", ROOT / "benchmarks" / "chapter_224.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_chapter_224_writeup_reads_copies_and_publishes_no_checkpoint(two_runs, tmp_path):
+    """benchmarks/chapter_224.py on two tiny runs standing in for the 224x224 ones."""
+    script = chapter_224_script()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(ROOT / "docs" / "report.md", docs / "report.md")
+    before = sorted(p.name for p in (two_runs / "s0").iterdir())
+    script.main(["--d2l", str(two_runs / "s0"), "--fast", str(two_runs / "s1"), "--docs", str(docs)])
+    assert sorted(p.name for p in (two_runs / "s0").iterdir()) == before  # nothing written into a run
+    page = (docs / "report.md").read_text()
+    section = page[page.index(script.START) : page.index(script.END)]
+    last = json.loads((two_runs / "s1" / "metrics.jsonl").read_text().splitlines()[-1])
+    row = next(line for line in section.splitlines() if line.startswith("| 2 |"))
+    assert f"| {last['train_loss']:.4f} | {last['val_acc']:.4f} |" in row
+    assert "| 10 |" in section and "0.327 / 0.882" in section  # the book's row, not reached by these runs
+    assert (docs / "figures" / "report" / "filters-224.png").stat().st_size > 1000
+    for name in ("d2l-224", "fast-224"):
+        published = {p.name for p in (docs / "runs" / name).iterdir()}
+        assert {"config.json", "metrics.jsonl", "report.html", "report.md", "report-figures"} <= published
+        assert not [p for p in (docs / "runs" / name).rglob("*.pt")]
+    original = (ROOT / "docs" / "report.md").read_text()  # what comes after the section is kept as it was
+    assert page.startswith("# `alexnet report`") and page.endswith(original[original.index(script.END) :])
+
+
+def test_chapter_224_counts_a_resumed_epochs_training_that_old_rows_left_out_of_its_wall_time():
+    script = chapter_224_script()
+    rows = [
+        {"epoch": 1, "train_time_s": 900.0, "eval_time_s": 50.0, "epoch_time_s": 960.0},  # whole: kept
+        {"epoch": 2, "train_time_s": 1504.0, "eval_time_s": 31.1, "epoch_time_s": 31.1},
+    ]  # resumed in evaluation
+    fixed, repaired = script.epoch_times_repaired(rows)
+    assert repaired == [2] and fixed[0] == rows[0] and fixed[1]["epoch_time_s"] == pytest.approx(1535.1)
+    assert rows[1]["epoch_time_s"] == 31.1  # the run's own rows are not touched
+
+
+def test_chapter_224_repairs_old_epoch_times_in_its_copy_and_the_copy_still_loads(two_runs, tmp_path):
+    script = chapter_224_script()
+    ckpt = R.load_checkpoint(two_runs / "s0" / "last.pt")
+    ckpt["metrics"][0]["epoch_time_s"] = 0.0  # as a run resumed during its first evaluation recorded it
+    (tmp_path / "old").mkdir()
+    R.save_checkpoint({k: v for k, v in ckpt.items() if k not in ("path", "cfg")}, tmp_path / "old" / "last.pt")
+    copy, repaired = script.snapshot(tmp_path / "old", tmp_path / "scratch")
+    assert repaired == [1]
+    row = R.load_checkpoint(copy / "last.pt")["metrics"][0]
+    assert row["epoch_time_s"] == pytest.approx(row["train_time_s"] + row["eval_time_s"])
+
+
+def test_chapter_224_publishes_over_its_own_folder_only(two_runs, tmp_path):
+    script = chapter_224_script()
+    to = tmp_path / "docs" / "runs" / "d2l-224"
+    shutil.copytree(two_runs / "s0", tmp_path / "copy", ignore=shutil.ignore_patterns("*.pt"))
+    script.publish(tmp_path / "copy", to)
+    script.publish(tmp_path / "copy", to)  # its own: replaced
+    (to / "notes.md").write_text("mine")
+    with pytest.raises(SystemExit, match="notes.md, which publish did not write"):
+        script.publish(tmp_path / "copy", to)
+    assert (to / "notes.md").read_text() == "mine"

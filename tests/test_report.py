@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_cfg
 
 from alexnet import report as P
 from alexnet import runs as R
 from alexnet import train as T
 from alexnet.cli import main
 from alexnet.config import Config
-from alexnet.models import build_model
-from alexnet.seeds import initial_first_conv
-from alexnet.visualize import chance_share, low_frequency_share, orientation_strength
 
 
 def test_compare_tables_lenet_against_alexnet28(idx_dir, tmp_path, capsys):
@@ -89,30 +87,9 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
-def _tiny_cfg(data_dir, **kw):
-    base = dict(
-        model="alexnet28",
-        dataset="mnist",
-        data_dir=str(data_dir),
-        epochs=2,
-        batch_size=16,
-        lr=0.05,
-        momentum=0.9,
-        log_every=2,
-    )
-    return Config(preset="test").replace(**{**base, **kw})
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Two finished alexnet28 runs of 2 epochs on the tiny MNIST-like files (seeds 0 and 1)."""
-    from conftest import make_idx_dataset
-
-    root = tmp_path_factory.mktemp("report")
-    data = make_idx_dataset(root / "data")
-    for seed in (0, 1):
-        T.fit(_tiny_cfg(data, seed=seed), root / f"s{seed}", progress=False, quiet=True)
-    return root
+def runs(two_runs):
+    return two_runs
 
 
 def _page(path):
@@ -165,9 +142,9 @@ def went_on(runs, tmp_path_factory):
     logged a higher accuracy, it is lowered to epoch 1's in last.pt and metrics.jsonl: a tie is no
     improvement, so the run's record names epoch 1 its best, as best.pt does."""
     run = tmp_path_factory.mktemp("went-on") / "run"
-    T.fit(_tiny_cfg(runs / "data", epochs=1), run, progress=False, quiet=True)
+    T.fit(tiny_cfg(runs / "data", epochs=1), run, progress=False, quiet=True)
     epoch1 = (run / "last.pt").read_bytes()
-    T.fit(_tiny_cfg(runs / "data"), run, resume=True, overrides={"epochs": 2}, progress=False, quiet=True)
+    T.fit(tiny_cfg(runs / "data"), run, resume=True, overrides={"epochs": 2}, progress=False, quiet=True)
     (run / "best.pt").write_bytes(epoch1)
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     first, second = last["metrics"]
@@ -287,7 +264,7 @@ def test_report_says_an_interrupted_run_stopped_and_where(tmp_path, idx_dir, mon
     from conftest import interrupt_at_batch
 
     interrupt_at_batch(monkeypatch, 7)  # 4 training + 2 evaluation batches, then the 2nd step of epoch 2
-    assert T.fit(_tiny_cfg(idx_dir), tmp_path / "run", progress=False, quiet=True).interrupted
+    assert T.fit(tiny_cfg(idx_dir), tmp_path / "run", progress=False, quiet=True).interrupted
     run = tmp_path / "run"
     text = P.to_markdown(P.run_blocks(run))
     assert "interrupted: epoch 1 of 2 done, 1 steps into epoch 2; continue it with alexnet train --resume" in text
@@ -342,115 +319,6 @@ def test_book_points_are_shown_for_the_d2l_recipe_only():
 
 # ---------------------------------------------------------------------------------------------
 # The filters' smoothness, and the initial weights it is compared against
-
-
-def _checkerboard(n):
-    i = torch.arange(n)
-    return ((-1.0) ** (i[:, None] + i[None, :]))[None, None]
-
-
-def test_low_frequency_share_puts_a_constant_kernel_and_a_checkerboard_at_the_two_ends():
-    assert low_frequency_share(torch.ones(1, 1, 11, 11)).item() == pytest.approx(1.0, abs=1e-12)
-    assert low_frequency_share(_checkerboard(10)).item() == pytest.approx(0.0, abs=1e-12)
-    assert low_frequency_share(_checkerboard(11)).item() < 0.01  # an odd side has no Nyquist bin: it leaks
-    i = torch.arange(11.0)
-    blob = torch.exp(-((i[:, None] - 5) ** 2 + (i[None, :] - 5) ** 2) / 8)[None, None]  # Gaussian, sigma 2 px
-    assert low_frequency_share(blob).item() > 0.99
-    noise = low_frequency_share(torch.randn(4000, 1, 11, 11, generator=torch.Generator().manual_seed(0)))
-    assert noise.mean().item() == pytest.approx(chance_share(11, 11), abs=0.005)
-    # Energy adds over input channels: a constant channel beside a checkerboard one of equal norm is half low.
-    both = torch.cat([torch.ones(1, 1, 10, 10), _checkerboard(10)], 1)
-    assert low_frequency_share(both).item() == pytest.approx(0.5, abs=1e-12)
-    assert low_frequency_share(torch.zeros(1, 1, 11, 11)).item() == 0.0
-
-
-def test_initial_weights_are_rebuilt_exactly_from_the_seed(tmp_path, idx_dir, monkeypatch):
-    from conftest import interrupt_at_batch
-
-    interrupt_at_batch(monkeypatch, 1)  # stopped before the first step: last.pt holds the untrained network
-    cfg = _tiny_cfg(idx_dir, seed=7)
-    assert T.fit(cfg, tmp_path / "run", progress=False, quiet=True).interrupted
-    ckpt = R.load_checkpoint(tmp_path / "run" / "last.pt")
-    assert (ckpt["epoch"], ckpt["step"]) == (0, 0)
-    torch.testing.assert_close(initial_first_conv(ckpt["cfg"], 1, 10), ckpt["model"]["0.weight"], rtol=0, atol=0)
-    rebuilt = build_model("alexnet28", 1, 10, seed=7).state_dict()
-    for k, v in ckpt["model"].items():
-        torch.testing.assert_close(rebuilt[k], v, rtol=0, atol=0)
-    other = initial_first_conv(cfg.replace(seed=8), 1, 10)
-    assert not torch.equal(other, ckpt["model"]["0.weight"])
-
-
-def chapter_224_script():
-    """benchmarks/chapter_224.py as a module (benchmarks/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("chapter_224", ROOT / "benchmarks" / "chapter_224.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-def test_chapter_224_writeup_reads_copies_and_publishes_no_checkpoint(runs, tmp_path):
-    """benchmarks/chapter_224.py on two tiny runs standing in for the 224x224 ones."""
-    script = chapter_224_script()
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    shutil.copy(ROOT / "docs" / "report.md", docs / "report.md")
-    before = sorted(p.name for p in (runs / "s0").iterdir())
-    script.main(["--d2l", str(runs / "s0"), "--fast", str(runs / "s1"), "--docs", str(docs)])
-    assert sorted(p.name for p in (runs / "s0").iterdir()) == before  # nothing written into a run
-    page = (docs / "report.md").read_text()
-    section = page[page.index(script.START) : page.index(script.END)]
-    last = json.loads((runs / "s1" / "metrics.jsonl").read_text().splitlines()[-1])
-    row = next(line for line in section.splitlines() if line.startswith("| 2 |"))
-    assert f"| {last['train_loss']:.4f} | {last['val_acc']:.4f} |" in row
-    assert "| 10 |" in section and "0.327 / 0.882" in section  # the book's row, not reached by these runs
-    assert (docs / "figures" / "report" / "filters-224.png").stat().st_size > 1000
-    for name in ("d2l-224", "fast-224"):
-        published = {p.name for p in (docs / "runs" / name).iterdir()}
-        assert {"config.json", "metrics.jsonl", "report.html", "report.md", "report-figures"} <= published
-        assert not [p for p in (docs / "runs" / name).rglob("*.pt")]
-    original = (ROOT / "docs" / "report.md").read_text()  # what comes after the section is kept as it was
-    assert page.startswith("# `alexnet report`") and page.endswith(original[original.index(script.END) :])
-
-
-def test_chapter_224_counts_a_resumed_epochs_training_that_old_rows_left_out_of_its_wall_time():
-    script = chapter_224_script()
-    rows = [
-        {"epoch": 1, "train_time_s": 900.0, "eval_time_s": 50.0, "epoch_time_s": 960.0},  # whole: kept
-        {"epoch": 2, "train_time_s": 1504.0, "eval_time_s": 31.1, "epoch_time_s": 31.1},
-    ]  # resumed in evaluation
-    fixed, repaired = script.epoch_times_repaired(rows)
-    assert repaired == [2] and fixed[0] == rows[0] and fixed[1]["epoch_time_s"] == pytest.approx(1535.1)
-    assert rows[1]["epoch_time_s"] == 31.1  # the run's own rows are not touched
-
-
-def test_chapter_224_repairs_old_epoch_times_in_its_copy_and_the_copy_still_loads(runs, tmp_path):
-    script = chapter_224_script()
-    ckpt = R.load_checkpoint(runs / "s0" / "last.pt")
-    ckpt["metrics"][0]["epoch_time_s"] = 0.0  # as a run resumed during its first evaluation recorded it
-    (tmp_path / "old").mkdir()
-    R.save_checkpoint({k: v for k, v in ckpt.items() if k not in ("path", "cfg")}, tmp_path / "old" / "last.pt")
-    copy, repaired = script.snapshot(tmp_path / "old", tmp_path / "scratch")
-    assert repaired == [1]
-    row = R.load_checkpoint(copy / "last.pt")["metrics"][0]
-    assert row["epoch_time_s"] == pytest.approx(row["train_time_s"] + row["eval_time_s"])
-
-
-def test_orientation_strength_tells_stripes_from_blobs():
-    import math
-
-    i = torch.arange(11.0)
-    stripes = torch.cos(2 * math.pi * 2 * i / 11)[None, :].expand(11, 11)[None, None]
-    diagonal = torch.cos(2 * math.pi * 2 * (i[:, None] + i[None, :]) / 11)[None, None]
-    blob = torch.exp(-((i[:, None] - 5) ** 2 + (i[None, :] - 5) ** 2) / 8)[None, None]
-    assert orientation_strength(stripes).item() == pytest.approx(1.0, abs=1e-9)
-    assert orientation_strength(diagonal).item() == pytest.approx(1.0, abs=1e-9)
-    assert orientation_strength(blob).item() == pytest.approx(0.0, abs=1e-9)
-    assert orientation_strength(_checkerboard(11)).item() == pytest.approx(0.0, abs=1e-9)
-    assert orientation_strength(torch.ones(1, 1, 11, 11)).item() == 0.0
-    noise = orientation_strength(torch.randn(2000, 1, 11, 11, generator=torch.Generator().manual_seed(0)))
-    assert 0.05 < noise.median().item() < 0.3  # finite noise is a little anisotropic by chance, never striped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -724,18 +592,6 @@ def test_report_of_a_metrics_row_without_a_number_is_one_line(runs, tmp_path, ca
         err == f"alexnet: error: {run / 'last.pt'}: metrics row 2 has no number 'lr'; not a row alexnet train writes\n"
     )
     assert not (run / "report.html").exists()
-
-
-def test_chapter_224_publishes_over_its_own_folder_only(runs, tmp_path):
-    script = chapter_224_script()
-    to = tmp_path / "docs" / "runs" / "d2l-224"
-    shutil.copytree(runs / "s0", tmp_path / "copy", ignore=shutil.ignore_patterns("*.pt"))
-    script.publish(tmp_path / "copy", to)
-    script.publish(tmp_path / "copy", to)  # its own: replaced
-    (to / "notes.md").write_text("mine")
-    with pytest.raises(SystemExit, match="notes.md, which publish did not write"):
-        script.publish(tmp_path / "copy", to)
-    assert (to / "notes.md").read_text() == "mine"
 
 
 # ---------------------------------------------------------------------------------------------

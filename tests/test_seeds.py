@@ -5,10 +5,14 @@ import itertools
 
 import pytest
 import torch
+from conftest import interrupt_at_batch
 
 from alexnet import data as D
+from alexnet import runs as R
+from alexnet import train as T
 from alexnet.config import PRESETS, Config
-from alexnet.seeds import PURPOSES, Seeds, derive
+from alexnet.models import build_model
+from alexnet.seeds import PURPOSES, Seeds, derive, initial_first_conv
 
 
 def test_every_random_stream_is_distinct_across_purpose_epoch_step_and_rank():
@@ -66,12 +70,6 @@ def test_an_unknown_stream_is_refused():
 
 
 def test_a_runs_first_layer_before_its_first_step_is_rebuilt_from_its_seed(tmp_path, idx_dir, monkeypatch):
-    from conftest import interrupt_at_batch
-
-    from alexnet import runs as R
-    from alexnet import train as T
-    from alexnet.seeds import initial_first_conv
-
     interrupt_at_batch(monkeypatch, 1)  # stopped before the first step: last.pt holds the untrained network
     cfg = Config(preset="test").replace(
         model="alexnet28", dataset="mnist", data_dir=str(idx_dir), epochs=1, batch_size=16, seed=7
@@ -81,10 +79,12 @@ def test_a_runs_first_layer_before_its_first_step_is_rebuilt_from_its_seed(tmp_p
     assert (ckpt["epoch"], ckpt["step"]) == (0, 0)
     torch.testing.assert_close(initial_first_conv(ckpt["cfg"], 1, 10), ckpt["model"]["0.weight"], rtol=0, atol=0)
     assert not torch.equal(initial_first_conv(cfg.replace(seed=8), 1, 10), ckpt["model"]["0.weight"])
+    rebuilt = build_model("alexnet28", 1, 10, seed=7).state_dict()  # and every other layer, from the same seed
+    for k, v in ckpt["model"].items():
+        torch.testing.assert_close(rebuilt[k], v, rtol=0, atol=0)
 
 
 def test_rebuilding_the_initial_weights_leaves_the_callers_random_stream_as_it_was():
-    from alexnet.seeds import initial_first_conv
 
     torch.manual_seed(123)
     expected = torch.rand(4)
@@ -94,7 +94,6 @@ def test_rebuilding_the_initial_weights_leaves_the_callers_random_stream_as_it_w
 
 
 def test_a_first_layer_fitted_to_the_data_has_no_initial_weights_to_rebuild():
-    from alexnet.seeds import initial_first_conv
 
     assert initial_first_conv(PRESETS["cpu"].replace(model="speednet-white"), 1, 10) is None
 
