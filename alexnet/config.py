@@ -168,6 +168,7 @@ class DataConfig(_Checked):
 # --muon-lr's default, the best for speednet-white (docs/speedrun.md, row 47); any other value
 # without --optimizer muon is a mistake, refused rather than silently unused.
 _MUON_LR = 0.1
+_LOOKAHEAD_ALPHA = 0.5  # the paper's; likewise refused without --lookahead-k
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,12 @@ class TrainConfig(_Checked):
         f"with --optimizer muon: peak learning rate of the convolution weights ({_MUON_LR}: the best "
         "of 0.02-0.2 for speednet-white, docs/speedrun.md)",
     )
+    lookahead_k: int = _f(
+        0,
+        "lookahead around the optimiser: every K steps the slow weights move --lookahead-alpha of "
+        "the way to the optimiser's, which restart from them (0: off; alexnet/optim.py)",
+    )
+    lookahead_alpha: float = _f(_LOOKAHEAD_ALPHA, "with --lookahead-k: how far the slow weights move")
     momentum: float = _f(0.0, "SGD momentum")
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(0.0, "L2 weight decay")
@@ -237,8 +244,8 @@ class TrainConfig(_Checked):
     )
 
     _AT_LEAST_1 = ("epochs", "batch_size", "eval_batch_size", "lr_step_epochs")
-    _NOT_NEGATIVE = ("weight_decay", "warmup_epochs", "lr_patience", "seed")
-    _AT_MOST = {"epochs": 100_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20}
+    _NOT_NEGATIVE = ("weight_decay", "warmup_epochs", "lr_patience", "seed", "lookahead_k")
+    _AT_MOST = {"epochs": 100_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "lookahead_k": 1_000_000}
 
     def __post_init__(self):
         most = self._AT_MOST["epochs"]
@@ -262,6 +269,10 @@ class TrainConfig(_Checked):
             raise ConfigError("--muon-lr sets the rate of --optimizer muon: give --optimizer muon too")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), not {self.momentum}")
+        if not 0 < self.lookahead_alpha <= 1:
+            raise ConfigError(f"--lookahead-alpha must be in (0, 1], not {self.lookahead_alpha}")
+        if self.lookahead_k == 0 and self.lookahead_alpha != _LOOKAHEAD_ALPHA:
+            raise ConfigError("--lookahead-alpha sets how far lookahead moves: give --lookahead-k too")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         if self.warmup_epochs > self.epochs:

@@ -9,6 +9,10 @@ scales and shifts, biases and the last linear layer keep SGD (with Nesterov mome
 
 ``alexnet train --optimizer muon --muon-lr LR`` selects it (``muon_groups`` is the hook that
 ``train.make_optimizer`` calls); the learning-rate schedule scales both rates alike.
+
+Lookahead (Zhang, Lucas, Hinton and Ba, 2019) wraps either optimiser: ``--lookahead-k K`` keeps a
+second, slow copy of the weights and, every K steps, moves it ``--lookahead-alpha`` of the way to
+the weights the optimiser has reached, which then restart from it (``add_lookahead``).
 """
 
 from __future__ import annotations
@@ -117,3 +121,43 @@ def muon_groups(groups: list[dict], lr: float, muon_lr: float) -> list[dict]:
             muon.append({**g, "params": convs, "muon": True, "lr": muon_lr * scale, "lr_scale": muon_lr / lr * scale})
     # SGD's groups first: the progress line and TensorBoard log param_groups[0]'s rate, --lr's.
     return sgd + muon
+
+
+def add_lookahead(optimizer: torch.optim.Optimizer, k: int, alpha: float) -> torch.optim.Optimizer:
+    """Lookahead around ``optimizer``, in place: every ``k`` steps the slow weights move ``alpha`` of
+    the way to the fast ones (the optimiser's), and the fast weights restart from them.
+
+    Hooks rather than a wrapping class, so the trainer keeps the optimiser it built (fused SGD or
+    Muon), its ``param_groups`` and its checkpoint format: the slow weights live in the optimiser's
+    own state (``state[p]["lookahead_slow"]``) and the step count in each group
+    (``"lookahead_step"``), so ``state_dict`` carries both and a resumed run goes on exactly.
+    The slow weights start as the weights before the first step."""
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"lookahead's k must be a positive whole number of steps, not {k!r}")
+    if not 0 < alpha <= 1:
+        raise ValueError(f"lookahead's alpha must be in (0, 1], not {alpha}")
+    for group in optimizer.param_groups:
+        group.update(lookahead_k=k, lookahead_alpha=alpha, lookahead_step=0)
+
+    @torch.no_grad()
+    def start(opt, args, kwargs):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                state = opt.state[p]
+                if "lookahead_slow" not in state:
+                    state["lookahead_slow"] = p.detach().clone()
+
+    @torch.no_grad()
+    def sync(opt, args, kwargs):
+        for group in opt.param_groups:
+            group["lookahead_step"] += 1
+            if group["lookahead_step"] % group["lookahead_k"]:
+                continue
+            for p in group["params"]:
+                slow = opt.state[p]["lookahead_slow"]
+                slow.lerp_(p, group["lookahead_alpha"])  # slow += alpha * (fast - slow)
+                p.copy_(slow)
+
+    optimizer.register_step_pre_hook(start)
+    optimizer.register_step_post_hook(sync)
+    return optimizer

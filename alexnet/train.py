@@ -33,7 +33,7 @@ from . import imagenet as I
 from .config import Config, Schedule
 from .device import CompiledOrEager, autocast, bf16_autocast, free_memory
 from .models import Frozen, WhiteningConv
-from .optim import Muon, muon_groups
+from .optim import Muon, add_lookahead, muon_groups
 from .position import Position, TrainingError, resume_config  # noqa: F401  (their public home was here)
 from .runs import warn
 
@@ -73,8 +73,10 @@ def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch
     # optimiser's step is a visible part of a small network's training step.
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     if t.optimizer == "muon":  # orthogonalised updates for the convolutions (optim.py), SGD for the rest
-        return Muon(muon_groups(groups, t.lr, t.muon_lr), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
+        opt = Muon(muon_groups(groups, t.lr, t.muon_lr), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
+    else:
+        opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
+    return add_lookahead(opt, t.lookahead_k, t.lookahead_alpha) if t.lookahead_k else opt
 
 
 SCHEDULES = typing.get_args(Schedule)

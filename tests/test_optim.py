@@ -1,4 +1,5 @@
-"""Muon (alexnet/optim.py): orthogonal updates for the convolutions, SGD for the rest, exact resume."""
+"""Muon (alexnet/optim.py): orthogonal updates for the convolutions, SGD for the rest, exact resume;
+lookahead around either."""
 
 import io
 
@@ -10,7 +11,7 @@ from torch import nn
 from alexnet import train as T
 from alexnet.config import PRESETS, Config, ConfigError
 from alexnet.models import build_model
-from alexnet.optim import Muon, newton_schulz
+from alexnet.optim import Muon, add_lookahead, newton_schulz
 
 # Five steps of the quintic iteration leave the singular values of a well-conditioned matrix in a
 # band around 1 (about 0.68-1.05 for these), not at 1: the iteration trades exactness for speed.
@@ -153,7 +154,7 @@ def _muon_run(data_dir, **kw) -> Config:
     return Config(preset="test").replace(**{**base, **kw})
 
 
-def _same_run(a, b):
+def _same_run(a, b, optimizer="muon"):
     for ma, mb in zip(a.metrics, b.metrics, strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):
             assert ma[key] == pytest.approx(mb[key], rel=1e-5, abs=1e-6), key
@@ -161,7 +162,7 @@ def _same_run(a, b):
     wb = torch.load(b.run_dir / "last.pt", weights_only=True)
     for k in wa["model"]:
         torch.testing.assert_close(wa["model"][k], wb["model"][k])
-    assert wb["config"]["train"]["optimizer"] == "muon"
+    assert wb["config"]["train"]["optimizer"] == optimizer
 
 
 def test_a_resumed_muon_run_equals_an_uninterrupted_one(idx_dir, tmp_path):
@@ -192,3 +193,100 @@ def test_muon_lr_without_the_muon_optimizer_is_refused():
 def test_the_command_line_names_a_muon_lr_given_without_muon_in_one_line(tmp_path):
     line = one_error_line(alexnet("train", "--preset", "speedrun", "--muon-lr", "0.3", cwd=tmp_path))
     assert "--muon-lr" in line and "--optimizer muon" in line
+
+
+def _fixed_gradient_steps(opt, params, n, seed=1):
+    """n steps on gradients drawn from a fixed stream: the same n gradients for every optimiser."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+
+
+def test_lookahead_moves_the_slow_weights_alpha_of_the_way_every_k_steps():
+    torch.manual_seed(0)
+    w, ref = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.empty(4, 3))
+    with torch.no_grad():
+        ref.copy_(w)
+    k, alpha = 5, 0.3
+    opt = add_lookahead(torch.optim.SGD([w], lr=0.1, momentum=0.9), k, alpha)
+    plain = torch.optim.SGD([ref], lr=0.1, momentum=0.9)  # the fast weights, stepped without lookahead
+    gen_w, gen_r = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    slow = w.detach().clone()  # the slow weights start as the weights before the first step
+    for step in range(1, 3 * k + 1):
+        w.grad, ref.grad = torch.randn(4, 3, generator=gen_w), torch.randn(4, 3, generator=gen_r)
+        opt.step()
+        plain.step()
+        if step % k:  # between syncs the optimiser steps alone
+            torch.testing.assert_close(w, ref, rtol=0, atol=1e-6)
+        else:  # every k steps: slow + alpha (fast - slow), and the fast weights restart there
+            slow = slow + alpha * (ref.detach() - slow)
+            torch.testing.assert_close(w.detach(), slow, rtol=0, atol=1e-6)
+            assert not torch.allclose(w, ref)
+            with torch.no_grad():
+                ref.copy_(w)
+    # SGD's momentum carries across a sync, as the paper keeps the inner optimiser's state.
+    assert torch.equal(opt.state[w]["momentum_buffer"], plain.state[ref]["momentum_buffer"])
+
+
+def test_lookahead_state_round_trips_through_state_dict_mid_cycle_and_steps_on_exactly():
+    def build(conv, bn):
+        groups = [{"params": [conv.weight], "muon": True}, {"params": list(bn.parameters())}]
+        return add_lookahead(Muon(groups, lr=0.1, momentum=0.9, weight_decay=1e-3), 4, 0.5)
+
+    conv, bn = _conv_and_bn()
+    params = lambda c, n: [c.weight, *n.parameters()]  # noqa: E731
+    opt = build(conv, bn)
+    _fixed_gradient_steps(opt, params(conv, bn), 3)  # mid-cycle: the slow weights lag the fast ones
+    assert not torch.equal(opt.state[conv.weight]["lookahead_slow"], conv.weight)
+    copies = []
+    for _ in range(2):
+        c, n = _conv_and_bn()
+        c.load_state_dict(conv.state_dict())
+        n.load_state_dict(bn.state_dict())
+        copies.append((c, n))
+    (conv2, bn2), (conv3, bn3) = copies
+    resumed, fresh = build(conv2, bn2), build(conv3, bn3)
+    saved = io.BytesIO()  # through bytes, as a checkpoint: load_state_dict alone would share the tensors
+    torch.save(opt.state_dict(), saved)
+    saved.seek(0)
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
+    for o, (c, n) in ((opt, (conv, bn)), (resumed, (conv2, bn2)), (fresh, (conv3, bn3))):
+        _fixed_gradient_steps(o, params(c, n), 6, seed=2)  # across the sync at step 4 and on
+    for a, b in zip(params(conv, bn), params(conv2, bn2), strict=True):
+        assert torch.equal(a, b)
+    # The slow weights and the step count are what carried over: a fresh lookahead lands elsewhere.
+    assert not torch.equal(conv.weight, conv3.weight)
+
+
+def test_lookahead_refuses_a_k_or_alpha_that_means_nothing():
+    w = nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match="k must be"):
+        add_lookahead(torch.optim.SGD([w], lr=0.1), 0, 0.5)
+    with pytest.raises(ValueError, match="alpha must be"):
+        add_lookahead(torch.optim.SGD([w], lr=0.1), 5, 1.5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_a_lookahead_run_interrupted_mid_cycle_resumes_to_the_same_result(idx_dir, tmp_path, monkeypatch, optimizer):
+    muon_lr = 0.02 if optimizer == "muon" else PRESETS["speedrun"].train.muon_lr  # sgd: the default, unused
+    cfg = _muon_run(idx_dir, schedule="linear", warmup_epochs=0.5, optimizer=optimizer, muon_lr=muon_lr, lookahead_k=4)
+    straight = T.fit(cfg, tmp_path / "a", progress=False, quiet=True)
+    restore = interrupt_at_batch(monkeypatch, 7)  # the second training batch of epoch 2: 6 steps, mid-cycle
+    assert T.fit(cfg, tmp_path / "b", progress=False, quiet=True).interrupted
+    restore()
+    resumed = T.fit(cfg, tmp_path / "b", resume=True, progress=False, quiet=True)
+    _same_run(straight, resumed, optimizer)
+    # Lookahead changed the run: without it the same recipe ends elsewhere.
+    other = T.fit(cfg.replace(lookahead_k=0), tmp_path / "c", progress=False, quiet=True)
+    assert other.metrics[-1]["train_loss"] != pytest.approx(straight.metrics[-1]["train_loss"], rel=1e-6)
+
+
+def test_lookahead_alpha_without_lookahead_k_is_refused():
+    with pytest.raises(ConfigError, match="--lookahead-k"):
+        PRESETS["speedrun"].replace(lookahead_alpha=0.8)
+    with pytest.raises(ConfigError, match="--lookahead-alpha must be in"):
+        PRESETS["speedrun"].replace(lookahead_k=5, lookahead_alpha=0.0)
+    with pytest.raises(ConfigError, match="--lookahead-k must not be negative"):
+        PRESETS["speedrun"].replace(lookahead_k=-1)
