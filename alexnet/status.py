@@ -156,7 +156,7 @@ class RunStatus:
         """The status as one sentence, for a report."""
         total = "?" if self.planned is None else self.planned
         where = f"epoch {self.done} of {total} done" + (
-            f", {self.step} steps into epoch {self.done + 1}" if self.step else ""
+            f", {self.step} step{'' if self.step == 1 else 's'} into epoch {self.done + 1}" if self.step else ""
         )
         return {
             "live": f"live: {where}; the run continues (its lock is held by {self.live})",

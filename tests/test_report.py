@@ -267,7 +267,7 @@ def test_report_says_an_interrupted_run_stopped_and_where(tmp_path, idx_dir, mon
     assert T.fit(tiny_cfg(idx_dir), tmp_path / "run", progress=False, quiet=True).interrupted
     run = tmp_path / "run"
     text = P.to_markdown(P.run_blocks(run))
-    assert "interrupted: epoch 1 of 2 done, 1 steps into epoch 2; continue it with alexnet train --resume" in text
+    assert "interrupted: epoch 1 of 2 done, 1 step into epoch 2; continue it with alexnet train --resume" in text
     assert "the weights of best.pt (epoch 1, the best validation accuracy and the last metrics row)" in text
     (run / "best.pt").unlink()  # last.pt's network, then: weights no metrics row describes
     text = P.to_markdown(P.run_blocks(run))
