@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from conftest import tiny_cfg
 
 from alexnet import budget as B
 from alexnet import data as D
@@ -18,20 +19,9 @@ from alexnet.config import PRESETS, Config, ConfigError, parse_duration
 
 
 def tiny(data_dir, **kw) -> Config:
-    base = dict(
-        model="lenet-relu",
-        dataset="mnist",
-        data_dir=str(data_dir),
-        epochs=4,
-        warmup_epochs=1.0,
-        batch_size=16,
-        lr=0.05,
-        momentum=0.9,
-        schedule="linear",
-        evaluate="end",
-        log_every=2,
-    )
-    return Config(preset="test").replace(**{**base, **kw})
+    """conftest's tiny recipe on lenet-relu, as a short budget-style run: linear schedule, one evaluation."""
+    budget = dict(model="lenet-relu", epochs=4, warmup_epochs=1.0, schedule="linear", evaluate="end")
+    return tiny_cfg(data_dir, **{**budget, **kw})
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import io
 
 import pytest
 import torch
-from conftest import alexnet, interrupt_at_batch, one_error_line
+from conftest import alexnet, interrupt_at_batch, one_error_line, tiny_cfg
 from torch import nn
 
 from alexnet import train as T
@@ -137,21 +137,9 @@ def test_muon_state_round_trips_through_state_dict_and_steps_on_exactly():
 
 
 def _muon_run(data_dir, **kw) -> Config:
-    base = dict(
-        model="lenet-relu",  # two convolutions (Muon) and three linear layers (SGD)
-        dataset="mnist",
-        data_dir=str(data_dir),
-        epochs=2,
-        batch_size=16,
-        lr=0.05,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        optimizer="muon",
-        muon_lr=0.02,
-        log_every=2,
-    )
-    return Config(preset="test").replace(**{**base, **kw})
+    # lenet-relu: two convolutions (Muon) and three linear layers (SGD)
+    muon = dict(model="lenet-relu", nesterov=True, weight_decay=5e-4, optimizer="muon", muon_lr=0.02)
+    return tiny_cfg(data_dir, **{**muon, **kw})
 
 
 def _same_run(a, b, optimizer="muon"):

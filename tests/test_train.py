@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import interrupt_at_batch
+from conftest import interrupt_at_batch, tiny_cfg
 
 from alexnet import device as V
 from alexnet import runs as R
@@ -15,17 +15,8 @@ from alexnet.config import PRESETS, Config, ConfigError
 
 
 def tiny(data_dir, **kw) -> Config:
-    base = dict(
-        model="lenet-relu",
-        dataset="mnist",
-        data_dir=str(data_dir),
-        epochs=2,
-        batch_size=16,
-        lr=0.05,
-        momentum=0.9,
-        log_every=2,
-    )
-    return Config(preset="test").replace(**{**base, **kw})
+    """conftest's tiny recipe on the smaller lenet-relu."""
+    return tiny_cfg(data_dir, **{"model": "lenet-relu", **kw})
 
 
 def test_presets_hold_the_chapter_recipe():
