@@ -41,6 +41,16 @@ def gzip_bomb(path: Path, header: bytes, zeros: int) -> None:
         f.write(z.flush())
 
 
+# Folders and lists of a few tiny images: resized small, read in the main process, in small batches.
+SMALL_IMAGES = ("--resize", 32, "--resolution", 28, "--workers", 0, "--batch-size", 4)
+
+
+def train_one_epoch(cwd: Path, dataset: str, data_dir, *flags):
+    """``alexnet train`` as a user types it: one epoch of LeNet-ReLU on the cpu preset into ``cwd/run``."""
+    args = ["--preset", "cpu", "--model", "lenet-relu", "--dataset", dataset, "--data-dir", data_dir, "--epochs", 1]
+    return alexnet("train", *args, *flags, "--run-dir", "run", "--no-progress", cwd=cwd)
+
+
 def peak_memory(fn) -> tuple[int, BaseException | None]:
     """Peak bytes traced by tracemalloc while ``fn`` runs (numpy and torch CPU buffers are traced)."""
     tracemalloc.start()
@@ -146,23 +156,7 @@ def test_label_out_of_range_is_refused_at_load_time(split, idx_dir):
 
 def test_label_out_of_range_stops_train_before_the_run_directory(idx_dir, tmp_path):
     write_idx(idx_dir / "train-labels-idx1-ubyte.gz", np.full(64, 10))
-    r = alexnet(
-        "train",
-        "--preset",
-        "cpu",
-        "--model",
-        "lenet-relu",
-        "--dataset",
-        "mnist",
-        "--data-dir",
-        idx_dir,
-        "--epochs",
-        1,
-        "--run-dir",
-        "run",
-        "--no-progress",
-        cwd=tmp_path,
-    )
+    r = train_one_epoch(tmp_path, "mnist", idx_dir)
     line = one_error_line(r)
     assert "train-labels-idx1-ubyte.gz: label 10 at index 0 is outside 0..9 (64 such labels)" in line, line
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
@@ -283,31 +277,7 @@ def test_a_constant_colour_channel_does_not_normalise_to_nan(tmp_path):
 def test_validation_set_with_no_readable_image_fails_the_run(tmp_path):
     _folder(tmp_path / "data" / "train", {"a": 4, "b": 4})
     _folder(tmp_path / "data" / "val", {"a": 2, "b": 2}, broken=True)
-    r = alexnet(
-        "train",
-        "--preset",
-        "cpu",
-        "--model",
-        "lenet-relu",
-        "--dataset",
-        "imagefolder",
-        "--data-dir",
-        tmp_path / "data",
-        "--resize",
-        32,
-        "--resolution",
-        28,
-        "--workers",
-        0,
-        "--epochs",
-        1,
-        "--batch-size",
-        4,
-        "--run-dir",
-        "run",
-        "--no-progress",
-        cwd=tmp_path,
-    )
+    r = train_one_epoch(tmp_path, "imagefolder", tmp_path / "data", *SMALL_IMAGES)
     assert r.returncode != 0 and "val_acc 0.0" not in r.stdout, r.stdout
     assert "no readable validation image" in [ln for ln in r.stderr.splitlines() if "skipping" not in ln][-1]
     assert "Traceback" not in r.stderr
@@ -322,25 +292,7 @@ def test_cifar_pixels_outside_a_byte_stop_train_with_one_line(tmp_path):
     data = np.random.default_rng(0).integers(0, 256, (20, 3072))
     data[0, 0] = 300
     write_cifar(tmp_path / "data", replace={"data_batch_2": {b"data": data}})
-    r = alexnet(
-        "train",
-        "--preset",
-        "cpu",
-        "--model",
-        "lenet-relu",
-        "--dataset",
-        "cifar10",
-        "--data-dir",
-        tmp_path / "data",
-        "--epochs",
-        1,
-        "--batch-size",
-        16,
-        "--run-dir",
-        "run",
-        "--no-progress",
-        cwd=tmp_path,
-    )
+    r = train_one_epoch(tmp_path, "cifar10", tmp_path / "data", "--batch-size", 16)
     line = one_error_line(r)
     assert "data_batch_2: pixel value 300 (image 0) is outside 0..255" in line, line
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
@@ -425,31 +377,7 @@ def test_a_list_entry_climbing_out_stops_train_with_one_line(tmp_path):
     entries = [f"../img/{c}/{i}.png {c == 'b':d}" for c in "ab" for i in range(2)]
     _image_list(tmp_path / "data", *entries)
     _image_list(tmp_path / "data", *entries, name="val.txt")
-    r = alexnet(
-        "train",
-        "--preset",
-        "cpu",
-        "--model",
-        "lenet-relu",
-        "--dataset",
-        "imagelist",
-        "--data-dir",
-        tmp_path / "data",
-        "--resize",
-        32,
-        "--resolution",
-        28,
-        "--workers",
-        0,
-        "--epochs",
-        1,
-        "--batch-size",
-        4,
-        "--run-dir",
-        "run",
-        "--no-progress",
-        cwd=tmp_path,
-    )
+    r = train_one_epoch(tmp_path, "imagelist", tmp_path / "data", *SMALL_IMAGES)
     assert "train.txt:1: '../img/a/0.png' climbs out of" in one_error_line(r)
 
 
