@@ -21,11 +21,9 @@ from .plotting import pyplot
 from .runs import atomic_write
 
 
-def _imshow(image: torch.Tensor, path: Path, title: str, scale: float = 0.12) -> None:
-    plt = pyplot()
-
-    h, w, c = image.shape
-    fig, ax = plt.subplots(figsize=(max(3.0, min(8.0, w * scale)), max(2.5, min(8.0, h * scale)) + 0.4))
+def _show(ax, image: torch.Tensor, title: str) -> None:
+    """An (H, W, C) image in [0, 1] on ``ax``, grey for one channel, pixels unsmoothed."""
+    c = image.shape[-1]
     ax.imshow(
         image.squeeze(-1).numpy() if c == 1 else image.numpy(),
         cmap="gray" if c == 1 else None,
@@ -35,6 +33,14 @@ def _imshow(image: torch.Tensor, path: Path, title: str, scale: float = 0.12) ->
     )
     ax.set_axis_off()
     ax.set_title(title, fontsize=8)
+
+
+def _imshow(image: torch.Tensor, path: Path, title: str, scale: float = 0.12) -> None:
+    plt = pyplot()
+
+    h, w, _ = image.shape
+    fig, ax = plt.subplots(figsize=(max(3.0, min(8.0, w * scale)), max(2.5, min(8.0, h * scale)) + 0.4))
+    _show(ax, image, title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"))
@@ -200,16 +206,7 @@ def orientation_strength(weight: torch.Tensor) -> torch.Tensor:
 
 def _panel(ax, weight: torch.Tensor, title: str) -> None:
     image, _, _ = mosaic(filter_cells(weight.detach().cpu().float()))
-    c = image.shape[-1]
-    ax.imshow(
-        image.squeeze(-1).numpy() if c == 1 else image.numpy(),
-        cmap="gray" if c == 1 else None,
-        vmin=0,
-        vmax=1,
-        interpolation="nearest",
-    )
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=8)
+    _show(ax, image, title)
 
 
 def filter_panels_figure(panels: list, cols: int | None = None, cutoff: float = LOW_FREQUENCY):

@@ -22,6 +22,18 @@ from .pictures import _pictures
 from .plan import CROP, LR_FACTORS, Budget
 from .results import Group, fmt, named, trend, versus
 
+# Exercise 4's tables: what a group of seeded runs ended with, and when it peaked.
+_RUN_COLUMNS = (
+    "test acc (last)",
+    "best test acc",
+    "epoch of best",
+    "train acc (last)",
+    "train loss (last)",
+    "test loss (last)",
+    "epoch of min test loss",
+    "s per run",
+)
+
 
 def _ex123(b, g, figs, rel, cmd, root):
     from ..chapter import chapter_figures
@@ -102,16 +114,7 @@ def _ex4(b, g, figs, rel, cmd, root):
         figs / "ex4-28.png",
         f"exercise 4 at 28x28: {b.train28} training images, {b.epochs28} epochs, cpu recipe, mean ± std over seeds",
     )
-    c = cols(
-        "test acc (last)",
-        "best test acc",
-        "epoch of best",
-        "train acc (last)",
-        "train loss (last)",
-        "test loss (last)",
-        "epoch of min test loss",
-        "s per run",
-    )
+    c = cols(*_RUN_COLUMNS)
     rate = a224.last("train_images_per_s")
     speed = (
         ""
@@ -216,16 +219,7 @@ def _ex4_whole(b, g, figs, rel) -> list[str]:
         f"exercise 4 at 28x28: {_images(b.whole_train)}, {b.whole_epochs} epochs, cpu recipe, mean ± std over seeds",
     )
     test = "the whole test set" if b.whole_test is None else f"the first {b.whole_test} test images"
-    c = cols(
-        "test acc (last)",
-        "best test acc",
-        "epoch of best",
-        "train acc (last)",
-        "train loss (last)",
-        "test loss (last)",
-        "epoch of min test loss",
-        "s per run",
-    )
+    c = cols(*_RUN_COLUMNS)
     return [
         f"- **At 28×28 on {_images(b.whole_train)}**, for {b.whole_epochs} epochs (the `cpu` preset "
         f"trains {PRESETS['cpu'].train.epochs}), the same recipe, tested on {test}:",
