@@ -586,8 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         # A torchrun worker ends here, without the interpreter's shutdown. One of Gloo's threads may
         # still be freeing its last collective, whose tensors were made in Python; freeing one needs
         # the GIL, which the shutdown no longer gives, and the thread's exit ends the process in
-        # std::terminate (SIGABRT: "terminate called without an active exception", about 1 run in
-        # 30 on a loaded 2-core machine; pytorch/pytorch#179291). Nothing is lost by skipping it:
+        # std::terminate (SIGABRT: "terminate called without an active exception", now and then
+        # on a loaded machine; docs/imagenet.md, pytorch/pytorch#179291). Nothing is lost by skipping it:
         # every file was written atomically and closed, and the run's lock released.
         sys.stdout.flush()
         sys.stderr.flush()
