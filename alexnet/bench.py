@@ -177,6 +177,9 @@ def train_accuracy(
         limit_train=limit_train,
         limit_test=limit_test,
         amp=amp,
+        # The sweep measures each batch size's peak memory in this process: memory a kept heap
+        # would carry from one row into the next (--malloc keep) must not count.
+        malloc="system",
     )
     result = fit(cfg, run_dir, progress=False, quiet=True)
     if result.interrupted:  # fit saved its checkpoint and swallowed the Ctrl-C; the sweep must stop too

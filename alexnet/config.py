@@ -300,6 +300,11 @@ class SystemConfig(_Checked):
     )
     channels_last: bool = _f(True, "NHWC memory layout (faster convolutions on CPU and GPU)")
     compile: OnOffAuto = _f("auto", "torch.compile: auto (on for CUDA), on, or off")
+    malloc: Literal["keep", "system"] = _f(
+        "keep",
+        "CPU training under glibc: keep the memory a step frees for the next step (keep), or let "
+        "malloc return it to the OS, so that every step faults its pages in again (system)",
+    )
     log_every: int = _f(25, "steps between progress-bar updates (the only host-device syncs)")
     model_parallel: str | None = _f(None, "run alexnet2012's two streams on two devices (as in 2012): cuda:0,cuda:1")
     tensorboard: bool = _f(
@@ -396,6 +401,7 @@ RESUMABLE = frozenset(
         "device",
         "amp",
         "compile",
+        "malloc",
         "log_every",
         "workers",
         "data_dir",

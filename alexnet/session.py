@@ -34,6 +34,7 @@ from .device import (
     channels_last_on,
     describe,
     init_distributed,
+    keep_freed_memory,
     reduce_means,
     select_device,
     use_compile,
@@ -86,7 +87,7 @@ def fit(
     Under torchrun, data-parallel over the ranks; rank 0 writes the run directory."""
     ckpt, held = None, None
     if not resume and P.elastic_restart(run_dir):  # the same command, restarted by torchrun: continue its run
-        resume, overrides = True, {k: v for k, v in cfg.flat().items() if k not in ("amp", "compile")}
+        resume, overrides = True, {k: v for k, v in cfg.flat().items() if k not in ("amp", "compile", "malloc")}
     if resume:
         held, ckpt = P.read_to_resume(run_dir)
     try:
@@ -124,6 +125,8 @@ class Session:
             device = select_device(names[0])
             select_device(names[1])
         self.cfg, self.device, self.rank, self.world = _resolved(cfg, device), device, rank, world
+        if device.type == "cpu" and cfg.system.malloc == "keep":
+            keep_freed_memory()
         self.main, self.quiet, self.bars = rank == 0, quiet, T.Progress(progress)
         self.run_dir: RunDir | None = None
         self.board = None  # TensorBoard's event writer, with --tensorboard

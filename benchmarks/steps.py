@@ -27,6 +27,7 @@ import torch
 
 from alexnet.bench import step_recipe, trained_part
 from alexnet.costs import training_flops
+from alexnet.device import keep_freed_memory
 from alexnet.hardware import measure_peak
 from alexnet.measure import machine, time_turns
 from alexnet.models import build_model
@@ -79,6 +80,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="runs/steps-bench", help="directory for results.md and results.json")
     args = p.parse_args(argv)
     names, threads = args.models.split(","), sorted({int(t) for t in args.threads.split(",")})
+    keep_freed_memory()  # as the trainer's steps run (--malloc keep)
     nets = {n: network(n, args.batch_size) for n in names}
     flops = {n: training_flops(m, tuple(x.shape)) for n, (m, x, _) in nets.items()}
     before = {n: measure_peak(m, tuple(x.shape), "bf16", CPU) for n, (m, x, _) in nets.items()}

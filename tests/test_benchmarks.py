@@ -148,6 +148,23 @@ def test_step_benchmark_times_the_trained_part_on_each_thread_count_with_mfu_und
     assert (tmp_path / "results.md").read_text().count("| speednet") == 4
 
 
+def test_malloc_benchmark_measures_both_allocators_in_their_own_processes(tmp_path):
+    """Keeping freed memory is process-wide and for good: each setting runs in a child of its own,
+    and the children report the step, its CPU time and page faults, and whether the setting applied."""
+    spec = importlib.util.spec_from_file_location("bench_malloc", ROOT / "benchmarks" / "malloc.py")
+    malloc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(malloc)
+    args = ["--networks", "alexnet28:8:cpu,speednet-white:8:speedrun", "--rounds", "1", "--steps", "2"]
+    result = malloc.main([*args, "--warmup", "1", "--out", str(tmp_path)])
+    assert [r["network"] for r in result["rows"]] == ["alexnet28", "speednet-white"]
+    for r in result["rows"]:
+        for key in ("system_ms", "keep_ms", "system_cpu_ms", "keep_cpu_ms", "speedup", "system_rss", "keep_rss"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["network"], key)
+        assert r["system_faults"] >= 0 and r["keep_faults"] >= 0
+        assert r["applied"] == (__import__("platform").libc_ver()[0] == "glibc")
+    assert (tmp_path / "results.md").read_text().count("| alexnet28 | 8 | cpu |") == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # benchmarks/chapter_224.py: the chapter's 224x224 runs written up in docs/report.md
 

@@ -177,6 +177,53 @@ def test_bf16_is_used_where_the_hardware_has_it(monkeypatch):
         assert V.bf16_autocast("auto", cpu) is native
 
 
+# A step's allocations, over and over: 40 MB tensors, above the largest size glibc's malloc serves
+# from its heap by default (32 MB), so each is a fresh mmap whose pages the kernel faults in
+# zero-filled (224x224 alexnet's activations at batch 128 are 72 MB).
+_STEPS = """
+import resource, sys, torch
+from alexnet.device import keep_freed_memory
+print(keep_freed_memory() if sys.argv[1] == "keep" else False)
+for step in range(12):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(10_000_000)
+    y = x * 2
+    del x, y
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="a glibc malloc setting")
+def test_memory_a_step_frees_is_reused_not_faulted_in_again():
+    """--malloc keep: once the heap has grown to a step's needs (a few steps), a step reuses what
+    the last one freed, where malloc as it comes returns it to the OS and every step faults the
+    same pages in again (docs/performance.md)."""
+    import subprocess
+    import sys
+
+    def faults(mode: str) -> tuple[str, list[int]]:
+        out = subprocess.run([sys.executable, "-c", _STEPS, mode], capture_output=True, text=True, check=True)
+        applied, *steps = out.stdout.split()
+        return applied, [int(n) for n in steps]
+
+    pages = 2 * 40_000_000 // 4096  # two 40 MB tensors a step, 4 KiB pages
+    applied, steps = faults("system")
+    assert applied == "False" and steps == [pytest.approx(pages, rel=0.02)] * 12
+    applied, steps = faults("keep")
+    assert applied == "True" and steps[-4:] == [0, 0, 0, 0]  # 20 runs here: none faulted after its 5th step
+
+
+def test_cpu_training_keeps_freed_memory_unless_asked_not_to(idx_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(S, "keep_freed_memory", lambda: calls.append(1))
+    for malloc, expected in (("keep", [1]), ("system", [])):
+        calls.clear()
+        cfg = tiny(idx_dir, epochs=1, malloc=malloc, limit_train=32, limit_test=16)
+        T.fit(cfg, tmp_path / malloc, progress=False, quiet=True)
+        assert calls == expected
+        assert json.loads((tmp_path / malloc / "config.json").read_text())["system"]["malloc"] == malloc
+
+
 def test_input_too_small_for_the_model_is_a_clear_error(idx_dir, tmp_path):
     with pytest.raises(T.TrainingError, match=r"too small.*layer 5 \(MaxPool2d\)"):
         T.fit(tiny(idx_dir, model="alexnet", resolution=28), tmp_path / "run", progress=False, quiet=True)
