@@ -125,8 +125,6 @@ class Session:
             device = select_device(names[0])
             select_device(names[1])
         self.cfg, self.device, self.rank, self.world = _resolved(cfg, device), device, rank, world
-        if device.type == "cpu" and cfg.system.malloc == "keep":
-            keep_freed_memory()
         self.main, self.quiet, self.bars = rank == 0, quiet, T.Progress(progress)
         self.run_dir: RunDir | None = None
         self.board = None  # TensorBoard's event writer, with --tensorboard
@@ -194,7 +192,7 @@ class Session:
             plan_budget(self, ckpt)  # the stem computed, and paid from the budget
         else:
             self.clock = B.Clock()
-            self._prepare_frozen()
+            self._before_first_step()
         if self.main:
             if cfg.system.tensorboard:  # the package is checked before the run directory is touched
                 from .tensorboard import Board
@@ -264,10 +262,15 @@ class Session:
         shape = plan.shape(cfg)
         return lambda s: T.lr_at(plan.schedule_step(s), plan.schedule_steps, steps, shape, drops)
 
-    def _prepare_frozen(self) -> None:
+    def _before_first_step(self) -> None:
+        """Compute any frozen stem, then keep the memory steps free (--malloc keep): from here on
+        they allocate the same tensors over and over, while the one-off buffers before (decoding the
+        data, fitting a whitening conv) have gone back to the OS."""
         self.clock.start_up()
         args = (self.data, self.cfg, self.device, self.world, self.main)  # a warning is not hushed by quiet
         self.train_net = T.prepare_frozen(self.model, self.net, *args)
+        if self.device.type == "cpu" and self.cfg.system.malloc == "keep":
+            keep_freed_memory()
 
     def skip_evaluation(self, epoch: int) -> None:
         """--evaluate end: an epoch done, with no evaluation, metrics row or checkpoint (an
@@ -318,12 +321,12 @@ def plan_budget(s: Session, ckpt: dict | None) -> None:
         s.clock = B.Clock(spent_before=s.plan.spent_s)
         if not (s.replan or budget != saved["budget_s"]):
             s.pacer = B.Pacer(s.plan, s.clock.started, each, replan=False)
-            s._prepare_frozen()
+            s._before_first_step()
             return
     if s.world > 1:
         raise ConfigError("--time-budget plans one process's run; under torchrun give --epochs")
     s.clock = s.clock or B.Clock()  # a network chosen for the budget started it
-    s._prepare_frozen()
+    s._before_first_step()
     spent = s.clock.spent()
     if spent >= budget:  # no use measuring: nothing can fit any more
         raise ConfigError(
