@@ -148,15 +148,34 @@ def first_plan(cfg: Config, step_s: float, eval_s: float, startup_s: float, step
     )
 
 
+def out_of_reach(
+    options: list[tuple[str, float]], last_step_s: float, flops: dict[str, int], seconds: float, steps_per_epoch: int
+) -> list[str]:
+    """The networks before the last that need not be timed: each has at least the last one's
+    arithmetic a step, so its step is no faster than the last one's, and at that step its epochs
+    in ``seconds`` would still fall short of the epochs it needs."""
+    last = options[-1][0]
+    return [
+        name
+        for name, need in options[:-1]
+        if flops[name] >= flops[last] and seconds / (last_step_s * steps_per_epoch) < need
+    ]
+
+
 def choose(
     options: list[tuple[str, float]], step_s: dict[str, float], seconds: float, steps_per_epoch: int
 ) -> tuple[str, str]:
     """The first network whose epochs in ``seconds`` (at its measured step) reach the epochs it
-    needs, else the last; and a line saying how it was chosen."""
-    epochs = {name: seconds / (step_s[name] * steps_per_epoch) for name, _ in options}
-    chosen = next((name for name, need in options if epochs[name] >= need), options[-1][0])
+    needs, else the last; and a line saying how it was chosen. A network missing from ``step_s``
+    was ruled out untimed (``out_of_reach``)."""
+    last = options[-1][0]
+    epochs = {name: seconds / (s * steps_per_epoch) for name, s in step_s.items()}
+    chosen = next((name for name, need in options if name in epochs and epochs[name] >= need), last)
     told = "; ".join(
         f"{name} {step_s[name] * 1e3:.1f} ms a step, {epochs[name]:.1f} epochs" + (f" (needs {need:g})" if need else "")
+        if name in step_s
+        else f"{name} not timed: at {last}'s step, with no less arithmetic, it would get "
+        f"{seconds / (step_s[last] * steps_per_epoch):.1f} epochs (needs {need:g})"
         for name, need in options
     )
     return chosen, f"network: {chosen}, chosen by the step time measured here for the {seconds:.0f} s left: {told}"

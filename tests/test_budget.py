@@ -320,24 +320,34 @@ def test_replan_without_resume_is_one_line(capsys):
 # A preset's network, chosen by the step time measured here
 
 
-@pytest.mark.parametrize("wide_step_s, chosen", [(0.5, "speednet-white-2x"), (2.0, "speednet-white")])
+@pytest.mark.parametrize(
+    "step_s, chosen, timed_names",
+    [
+        (
+            {"speednet-white-2x": 0.5, "speednet-white": 0.1},
+            "speednet-white-2x",
+            {"speednet-white-2x", "speednet-white"},
+        ),
+        ({"speednet-white-2x": 2.0, "speednet-white": 0.1}, "speednet-white", {"speednet-white-2x", "speednet-white"}),
+        # At the narrow network's own 2 s a step, 60 s hold 7.5 epochs: the wide one, with more
+        # arithmetic a step, cannot reach its 12, so it is ruled out without being built or timed.
+        ({"speednet-white-2x": 0.5, "speednet-white": 2.0}, "speednet-white", {"speednet-white"}),
+    ],
+)
 def test_a_speedrun_preset_takes_the_wide_network_only_where_enough_of_its_epochs_fit(
-    idx_dir, tmp_path, monkeypatch, capsys, wide_step_s, chosen
+    idx_dir, tmp_path, monkeypatch, capsys, step_s, chosen, timed_names
 ):
     from alexnet.measure import Timing
 
-    timed, real = {}, S.time_turns
+    timed, real = set(), S.time_turns
 
     def fake_turns(runs, device, **kw):  # the candidates as the harness would time them, at injected speeds
-        if "speednet-white" not in runs:
+        if not set(runs) <= set(step_s):
             return real(runs, device, **kw)
         for run in runs.values():
             run(1)  # each one's training step runs
         timed.update(runs)
-        return {
-            "speednet-white-2x": Timing("speednet-white-2x", [wide_step_s]),
-            "speednet-white": Timing("speednet-white", [0.1]),
-        }
+        return {name: Timing(name, [step_s[name]]) for name in runs}
 
     monkeypatch.setattr(S, "time_turns", fake_turns)
     monkeypatch.setattr(S, "measure_step", lambda *a: 0.01)
@@ -349,11 +359,23 @@ def test_a_speedrun_preset_takes_the_wide_network_only_where_enough_of_its_epoch
         assert s.model is not None and sum(p.numel() for p in s.model.parameters()) == sum(
             p.numel() for p in S.build_model(chosen).parameters()
         )
-    assert set(timed) == {"speednet-white-2x", "speednet-white"}
+    assert timed == timed_names
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert saved["model"] == chosen and saved["choose_from"] == cfg.train.choose_from
     out = capsys.readouterr().out
     assert f"network: {chosen}, chosen by the step time measured here" in out and "needs 12" in out
+    assert ("speednet-white-2x not timed" in out) == (timed_names == {"speednet-white"})
+
+
+def test_a_wider_network_is_ruled_out_untimed_only_where_it_has_no_less_arithmetic():
+    from alexnet.budget import out_of_reach
+
+    options = [("wide", 12.0), ("narrow", 0.0)]
+    # 60 s at the narrow network's 0.1 s a step and 10 steps an epoch: 60 epochs.
+    assert out_of_reach(options, 0.1, {"wide": 4, "narrow": 1}, 60.0, 10) == []
+    # 0.6 s a step: 10 epochs, short of 12; ruled out only when the wide one has no less arithmetic.
+    assert out_of_reach(options, 0.6, {"wide": 4, "narrow": 1}, 60.0, 10) == ["wide"]
+    assert out_of_reach(options, 0.6, {"wide": 1, "narrow": 4}, 60.0, 10) == []
 
 
 def test_a_network_named_on_the_command_line_is_the_one_trained():

@@ -176,6 +176,25 @@ def test_whitening_conv_makes_the_patches_uncorrelated_with_unit_variance():
     assert torch.equal(conv.weight[9:], -conv.weight[:9])  # both signs: the ReLU after it loses nothing
 
 
+def test_whitening_filters_count_the_mirror_images_without_making_them():
+    from alexnet.models import WhiteningConv
+
+    torch.manual_seed(1)
+    # Lit from the left, more or less: the mirror images' patches differ from the images' own.
+    ramp = torch.linspace(0, 1, 11) * torch.rand(32, 2, 1, 1)
+    images = torch.nn.functional.avg_pool2d(torch.rand(32, 2, 13, 13), 3, stride=1) + ramp
+    conv = WhiteningConv(2, eps=1e-3)
+    conv.fit(images)
+    # The reference: every patch of the images and of their mirror images, in double precision.
+    x = torch.cat([images, images.flip(-1)]).double()
+    patches = torch.nn.functional.unfold(x, 3).transpose(1, 2).reshape(-1, 18)
+    cov = torch.cov(patches.T, correction=0)
+    # W^T W = (C + eps)^-1 whatever the signs and bases the eigensolver picks.
+    w = conv.weight[:18].double().flatten(1)
+    want = torch.linalg.inv(cov + 1e-3 * torch.eye(18, dtype=cov.dtype))
+    torch.testing.assert_close(w.T @ w, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 def test_speednet_white_trains_nothing_in_its_frozen_stem_and_counts_no_gradient_for_it():
     model = build_model("speednet-white")
     stem = model[0]
