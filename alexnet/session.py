@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import itertools
 import time
 from dataclasses import dataclass
@@ -166,8 +167,7 @@ class Session:
         if cfg.train.time_budget and cfg.train.choose_from and ckpt is None:  # paid from the budget
             # Imports come before the clock, as for a run that names its network: torch's first
             # optimiser imports torch._dynamo (1.4 s on the 2-core EPYC), a quarter of the start-up.
-            import torch._dynamo  # noqa: F401
-
+            importlib.import_module("torch._dynamo")  # not `import torch._dynamo`: that binds a local `torch`
             self.clock = B.Clock()
             self.clock.start_up()
             cfg = self.cfg = choose_network(cfg, self.data, device, self.world, self.clock, self.quiet)
