@@ -540,6 +540,7 @@ def choose_network(cfg: Config, data: D.Source, device, world: int, clock: B.Clo
     per_epoch = D.steps_per_epoch(len(data), cfg.train.batch_size // world, world)
     budget = parse_duration(cfg.train.time_budget)
 
+    @functools.cache  # the last network, timed alone and then beside the others, is built once
     def timer(name: str):
         model = build_model(name, data.channels, len(data.classes), seed=cfg.train.seed).to(device)
         if channels_last_on(cfg.system.channels_last, device):
