@@ -518,9 +518,10 @@ def speednet_white_2x(in_channels: int = 1, num_classes: int = 10) -> nn.Sequent
 
 
 def speednet_white_3x(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
-    """``speednet-white`` at three times its widths, 144-288 after the stem: for budgets of 10 minutes
-    and more, where the 2x network levels off (docs/speedrun.md, rows 72-74: 0.9469 held out at 30
-    epochs against the 2x network's 0.9443); its step costs about 2x the 2x network's on the Xeon."""
+    """``speednet-white`` at three times its widths, 144-288 after the stem: for the long budgets,
+    where the 2x network levels off (docs/speedrun.md, row 74: 0.9469 held out at 30 epochs against
+    the 2x network's 0.9443; 0.9446 on the test set at 20 minutes on the Xeon, 10 not measured); its
+    step costs 1.85x the 2x network's there."""
     return speednet_white(in_channels, num_classes, widths=(144, 288))
 
 
@@ -564,7 +565,7 @@ MODELS: dict[str, ModelSpec] = {
         speednet_white_2x, 28, "speednet-white at 96-192 channels (the 5-minute speedrun)", init=init_default
     ),
     "speednet-white-3x": ModelSpec(
-        speednet_white_3x, 28, "speednet-white at 144-288 channels (budgets of 10 minutes and more)", init=init_default
+        speednet_white_3x, 28, "speednet-white at 144-288 channels (the long budgets: 20 minutes)", init=init_default
     ),
     "speednet-wide": ModelSpec(speednet_wide, 28, "speednet at 32-64-128 channels", init=init_default),
 }
