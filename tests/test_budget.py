@@ -320,22 +320,24 @@ def test_replan_without_resume_is_one_line(capsys):
 # A preset's network, chosen by the step time measured here
 
 
+_WIDE, _NARROW, _AT14 = "speednet-white-2x", "speednet-white", "speednet-white-2x-14"
+
+
 @pytest.mark.parametrize(
-    "step_s, chosen, timed_names",
+    "preset, step_s, chosen, timed_names",
     [
-        (
-            {"speednet-white-2x": 0.5, "speednet-white": 0.1},
-            "speednet-white-2x",
-            {"speednet-white-2x", "speednet-white"},
-        ),
-        ({"speednet-white-2x": 2.0, "speednet-white": 0.1}, "speednet-white", {"speednet-white-2x", "speednet-white"}),
+        ("speedrun", {_WIDE: 0.5, _NARROW: 0.1}, _WIDE, {_WIDE, _NARROW}),
+        ("speedrun", {_WIDE: 2.0, _NARROW: 0.1}, _NARROW, {_WIDE, _NARROW}),
         # At the narrow network's own 2 s a step, 60 s hold 7.5 epochs: the wide one, with more
         # arithmetic a step, cannot reach its 12, so it is ruled out without being built or timed.
-        ({"speednet-white-2x": 0.5, "speednet-white": 2.0}, "speednet-white", {"speednet-white"}),
+        ("speedrun", {_WIDE: 0.5, _NARROW: 2.0}, _NARROW, {_NARROW}),
+        # The long run's 300 s: 25 epochs at 3 s a step reach the 14x14 network's need, 12.5 do not.
+        ("speedrun-long", {_AT14: 3.0, _WIDE: 2.0, _NARROW: 1.0}, _AT14, {_AT14, _WIDE, _NARROW}),
+        ("speedrun-long", {_AT14: 6.0, _WIDE: 2.0, _NARROW: 1.0}, _WIDE, {_AT14, _WIDE, _NARROW}),
     ],
 )
-def test_a_speedrun_preset_takes_the_wide_network_only_where_enough_of_its_epochs_fit(
-    idx_dir, tmp_path, monkeypatch, capsys, step_s, chosen, timed_names
+def test_a_speedrun_preset_takes_a_wider_network_only_where_enough_of_its_epochs_fit(
+    idx_dir, tmp_path, monkeypatch, capsys, preset, step_s, chosen, timed_names
 ):
     from alexnet.measure import Timing
 
@@ -352,7 +354,7 @@ def test_a_speedrun_preset_takes_the_wide_network_only_where_enough_of_its_epoch
     monkeypatch.setattr(S, "time_turns", fake_turns)
     monkeypatch.setattr(S, "measure_step", lambda *a: 0.01)
     # 64 images in batches of 16: 4 steps an epoch; 60 s holds 7.5 epochs at 2 s a step, 30 at 0.5 s.
-    cfg = PRESETS["speedrun"].replace(dataset="mnist", data_dir=str(idx_dir), batch_size=16, eval_batch_size=16)
+    cfg = PRESETS[preset].replace(dataset="mnist", data_dir=str(idx_dir), batch_size=16, eval_batch_size=16)
     with T.Session(cfg, torch.device("cpu"), 0, 1, quiet=False, progress=False) as s:
         s.prepare(tmp_path / "run", None, [])
         s.run_dir.release()

@@ -81,7 +81,10 @@ def test_peak_is_at_least_what_the_networks_own_dominant_conv_reaches():
 def test_speedrun_presets_train_a_speednet_and_evaluate_once_with_flip_tta():
     from alexnet.config import PRESETS
 
-    for name, model, budget in (("speedrun", "speednet-white", "60s"), ("speedrun-long", "speednet-white-2x", "5min")):
+    for name, model, budget in (
+        ("speedrun", "speednet-white", "60s"),
+        ("speedrun-long", "speednet-white-2x-14", "5min"),
+    ):
         cfg = PRESETS[name]
         assert cfg.train.model == model and cfg.train.evaluate == "end" and cfg.data.flip_tta
         assert cfg.train.time_budget == budget and cfg.replace(epochs=7).train.time_budget is None
@@ -206,6 +209,15 @@ def test_speednet_white_trains_nothing_in_its_frozen_stem_and_counts_no_gradient
     assert training_flops(meta, tuple(x.shape)) == counter.get_total_flops()
     costs = layer_costs(meta, tuple(x.shape))
     assert costs[0].bwd_flops == 0 and costs[0].fwd_flops > 0
+
+
+def test_speednet_white_2x_14_is_the_2x_network_with_one_more_conv_at_the_stems_14x14():
+    def convs(name):  # (out channels, the side of the map each conv sees), in call order
+        rows = trace(build_model(name), (2, 1, 28, 28))
+        return [(r.output_shape[1], r.output_shape[-1]) for r in rows if r.name == "Conv2d"]
+
+    assert convs("speednet-white-2x-14") == [(48, 14)] + convs("speednet-white-2x")
+    assert convs("speednet-white-2x")[0] == (96, 14)  # the conv the new one feeds, before the first pool
 
 
 def test_computing_the_frozen_stem_once_per_image_trains_exactly_as_running_it_every_step(
