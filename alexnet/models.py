@@ -576,9 +576,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "speednet-white-wide": ModelSpec(speednet_white_wide, 28, "speednet-white at 64-128 channels", init=init_default),
     "speednet-white-2x": ModelSpec(speednet_white_2x, 28, "speednet-white at 96-192 channels", init=init_default),
-    "speednet-white-3x": ModelSpec(
-        speednet_white_3x, 28, "speednet-white at 144-288 channels (the long budgets: 20 minutes)", init=init_default
-    ),
+    "speednet-white-3x": ModelSpec(speednet_white_3x, 28, "speednet-white at 144-288 channels", init=init_default),
     "speednet-white-2x-14": ModelSpec(
         speednet_white_2x_14,
         28,
